@@ -1,0 +1,2 @@
+// CBLAS: OpenBLAS's C interface (sgemm and friends) plus its thread controls.
+#include <cblas.h>

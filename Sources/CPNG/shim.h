@@ -1,0 +1,2 @@
+// CPNG: libpng, for writing 8-bit RGB PNGs with tEXt metadata.
+#include <png.h>
