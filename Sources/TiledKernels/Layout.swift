@@ -1,0 +1,95 @@
+// Layout: moves values between layouts without arithmetic — nearest upsampling, channel concat,
+// and the NCHW ⇄ token-sequence transposes around UNet transformer blocks.
+
+/// Nearest-neighbour 2× upsampling (F.interpolate(scale_factor=2, mode="nearest")).
+/// x: [N, C, H, W] → [N, C, 2H, 2W].
+public func upsampleNearest2x(_ x: Tensor) -> Tensor {
+    precondition(x.shape.count == 4, "upsampleNearest2x: input must be [N, C, H, W], got \(x.shape)")
+    let planes = x.shape[0] * x.shape[1], h = x.shape[2], w = x.shape[3]
+    var y = Tensor(zeros: [x.shape[0], x.shape[1], 2 * h, 2 * w])
+    if y.count == 0 { return y }
+    y.data.withUnsafeMutableBufferPointer { yb in
+        x.data.withUnsafeBufferPointer { xb in
+            guard let yp = yb.baseAddress, let xp = xb.baseAddress else { return }
+            for p in 0..<planes {
+                let src = xp + p * h * w
+                let dst = yp + p * 4 * h * w
+                for i in 0..<h {
+                    let line = src + i * w
+                    let out = dst + 2 * i * 2 * w
+                    for j in 0..<w {
+                        out[2 * j] = line[j]
+                        out[2 * j + 1] = line[j]
+                    }
+                    (out + 2 * w).update(from: out, count: 2 * w)
+                }
+            }
+        }
+    }
+    return y
+}
+
+/// Concatenation along channels (torch.cat(dim=1)). a: [N, Ca, H, W], b: [N, Cb, H, W] → [N, Ca+Cb, H, W].
+public func concatChannels(_ a: Tensor, _ b: Tensor) -> Tensor {
+    precondition(a.shape.count >= 2 && b.shape.count == a.shape.count && a.shape[0] == b.shape[0]
+                 && Array(a.shape.dropFirst(2)) == Array(b.shape.dropFirst(2)),
+                 "concatChannels: shapes \(a.shape) and \(b.shape) do not concatenate on dim 1")
+    let n = a.shape[0]
+    let aItem = a.shape.dropFirst().reduce(1, *), bItem = b.shape.dropFirst().reduce(1, *)
+    var shape = a.shape
+    shape[1] += b.shape[1]
+    var d = [Float]()
+    d.reserveCapacity(n * (aItem + bItem))
+    for i in 0..<n {
+        d.append(contentsOf: a.data[(i * aItem)..<((i + 1) * aItem)])
+        d.append(contentsOf: b.data[(i * bItem)..<((i + 1) * bItem)])
+    }
+    return Tensor(shape: shape, data: d)
+}
+
+/// [N, C, H, W] → [N, H·W, C] (x.permute(0, 2, 3, 1).reshape(N, H·W, C)).
+public func nchwToTokens(_ x: Tensor) -> Tensor {
+    precondition(x.shape.count == 4, "nchwToTokens: input must be [N, C, H, W], got \(x.shape)")
+    let n = x.shape[0], c = x.shape[1], hw = x.shape[2] * x.shape[3]
+    var y = Tensor(zeros: [n, hw, c])
+    transposeBatched(x.data, into: &y.data, batches: n, rows: c, cols: hw)
+    return y
+}
+
+/// [N, H·W, C] → [N, C, H, W], the inverse of `nchwToTokens`.
+public func tokensToNCHW(_ x: Tensor, height: Int, width: Int) -> Tensor {
+    precondition(x.shape.count == 3 && x.shape[1] == height * width,
+                 "tokensToNCHW: input \(x.shape) is not [N, \(height)·\(width), C]")
+    let n = x.shape[0], c = x.shape[2]
+    var y = Tensor(zeros: [n, c, height, width])
+    transposeBatched(x.data, into: &y.data, batches: n, rows: height * width, cols: c)
+    return y
+}
+
+/// For each batch, dst [cols, rows] = srcᵀ where src is [rows, cols]; done in cache-sized blocks.
+private func transposeBatched(_ src: [Float], into dst: inout [Float], batches: Int, rows: Int, cols: Int) {
+    if src.isEmpty { return }
+    let block = 32
+    dst.withUnsafeMutableBufferPointer { db in
+        src.withUnsafeBufferPointer { sb in
+            guard let dp = db.baseAddress, let sp = sb.baseAddress else { return }
+            for b in 0..<batches {
+                let s = sp + b * rows * cols
+                let d = dp + b * rows * cols
+                var r0 = 0
+                while r0 < rows {
+                    let r1 = min(rows, r0 + block)
+                    var c0 = 0
+                    while c0 < cols {
+                        let c1 = min(cols, c0 + block)
+                        for r in r0..<r1 {
+                            for c in c0..<c1 { d[c * rows + r] = s[r * cols + c] }
+                        }
+                        c0 = c1
+                    }
+                    r0 = r1
+                }
+            }
+        }
+    }
+}

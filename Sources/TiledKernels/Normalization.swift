@@ -1,0 +1,105 @@
+// Normalization: GroupNorm (optionally fused with SiLU) and LayerNorm, torch.nn semantics.
+// Statistics are accumulated in Double, two-pass (mean, then mean squared deviation), biased variance.
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// torch.nn.GroupNorm: y = (x − mean) / sqrt(var + eps) · gamma[c] + beta[c], statistics per (sample, group).
+/// x: [N, C, *spatial] (C divisible by `groups`); gamma, beta: [C]. `silu` applies y·sigmoid(y) afterwards.
+public func groupNorm(_ x: Tensor, groups: Int, gamma: Weight, beta: Weight, eps: Float,
+                      silu: Bool = false) -> Tensor {
+    precondition(x.shape.count >= 2, "groupNorm: input must be [N, C, ...], got \(x.shape)")
+    let n = x.shape[0], c = x.shape[1]
+    precondition(groups >= 1 && c % groups == 0, "groupNorm: \(c) channels in \(groups) groups")
+    precondition(gamma.count == c && beta.count == c, "groupNorm: gamma \(gamma.shape), beta \(beta.shape) for \(c) channels")
+    let spatial = x.shape.dropFirst(2).reduce(1, *)
+    let perGroup = (c / groups) * spatial
+    let channelsPerGroup = c / groups
+    var y = Tensor(zeros: x.shape)
+    if y.count == 0 { return y }
+    let gp = gamma.base, bp = beta.base
+    y.data.withUnsafeMutableBufferPointer { yb in
+        x.data.withUnsafeBufferPointer { xb in
+            guard let yp = yb.baseAddress, let xp = xb.baseAddress else { return }
+            Parallel.forEachChunk(count: n * groups, minItemsPerChunk: max(1, (1 << 15) / max(1, perGroup))) { range in
+                for unit in range {
+                    let g = unit % groups
+                    let src = UnsafePointer(xp + unit * perGroup)
+                    let dst = yp + unit * perGroup
+                    let (mean, invStd) = meanAndInverseStd(src, count: perGroup, eps: eps)
+                    for cl in 0..<channelsPerGroup {
+                        let ch = g * channelsPerGroup + cl
+                        let a = Float(invStd * Double(gp[ch]))
+                        let b = bp[ch]
+                        let m = Float(mean)
+                        normalizeRow(src + cl * spatial, dst + cl * spatial, count: spatial,
+                                     mean: m, scale: a, shift: b, silu: silu)
+                    }
+                }
+            }
+        }
+    }
+    return y
+}
+
+/// torch.nn.LayerNorm over the last dimension: y = (x − mean) / sqrt(var + eps) · gamma + beta.
+/// x: [..., F]; gamma, beta: [F].
+public func layerNorm(_ x: Tensor, gamma: Weight, beta: Weight, eps: Float) -> Tensor {
+    precondition(!x.shape.isEmpty, "layerNorm: scalar input")
+    let f = x.shape[x.shape.count - 1]
+    precondition(gamma.count == f && beta.count == f, "layerNorm: gamma \(gamma.shape), beta \(beta.shape) for \(f) features")
+    var y = Tensor(zeros: x.shape)
+    if y.count == 0 { return y }
+    let rows = y.count / f
+    let gp = gamma.base, bp = beta.base
+    y.data.withUnsafeMutableBufferPointer { yb in
+        x.data.withUnsafeBufferPointer { xb in
+            guard let yp = yb.baseAddress, let xp = xb.baseAddress else { return }
+            Parallel.forEachChunk(count: rows, minItemsPerChunk: max(1, (1 << 15) / f)) { range in
+                for r in range {
+                    let src = UnsafePointer(xp + r * f)
+                    let dst = yp + r * f
+                    let (mean, invStd) = meanAndInverseStd(src, count: f, eps: eps)
+                    let m = Float(mean), s = Float(invStd)
+                    for i in 0..<f {
+                        dst[i] = (src[i] - m) * s * gp[i] + bp[i]
+                    }
+                }
+            }
+        }
+    }
+    return y
+}
+
+/// Mean and 1 / sqrt(biased variance + eps) of `count` values, in Double.
+@inline(__always)
+private func meanAndInverseStd(_ p: UnsafePointer<Float>, count: Int, eps: Float) -> (Double, Double) {
+    var sum = 0.0
+    for i in 0..<count { sum += Double(p[i]) }
+    let mean = sum / Double(count)
+    var sq = 0.0
+    for i in 0..<count {
+        let d = Double(p[i]) - mean
+        sq += d * d
+    }
+    let variance = sq / Double(count)
+    return (mean, 1.0 / (variance + Double(eps)).squareRoot())
+}
+
+/// dst = (src − mean) · scale + shift, then SiLU when asked.
+@inline(__always)
+private func normalizeRow(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, count: Int,
+                          mean: Float, scale: Float, shift: Float, silu: Bool) {
+    if silu {
+        for i in 0..<count {
+            let v = (src[i] - mean) * scale + shift
+            dst[i] = v / (1 + expf(-v))
+        }
+    } else {
+        for i in 0..<count {
+            dst[i] = (src[i] - mean) * scale + shift
+        }
+    }
+}
