@@ -1,0 +1,223 @@
+// Generation: the text-to-image run as diffusers' StableDiffusionPipeline.__call__ does it —
+// settings, prompt encoding with classifier-free guidance, the denoising loop, VAE decode.
+
+import Foundation
+import TiledKernels
+
+/// What to generate. Defaults are diffusers' (50 steps, guidance 7.5, PNDM from the model's scheduler config).
+public struct GenerationSettings: Sendable, Codable, Equatable {
+    public var prompt: String
+    public var negativePrompt: String?
+    public var steps: Int = 50
+    public var guidance: Float = 7.5
+    /// nil: unet.sample_size × vae_scale_factor.
+    public var width: Int?
+    public var height: Int?
+    /// nil: a random seed, reported in the result.
+    public var seed: UInt64?
+    public var scheduler: SchedulerKind = .pndm
+    /// Images per prompt, generated as one batch seeded like diffusers' num_images_per_prompt.
+    public var count: Int = 1
+
+    public init(prompt: String) { self.prompt = prompt }
+
+    public static let maxSteps = 1000
+    public static let maxCount = 16
+    public static let maxSide = 4096
+}
+
+/// Progress of one denoising step; return false from the handler to cancel.
+public struct StepProgress: Sendable {
+    public let step: Int
+    public let totalSteps: Int
+    public let timestep: Float
+    public let elapsed: TimeInterval
+    /// The latents after this step: [count, latent_channels, h/f, w/f].
+    public let latents: Tensor
+}
+
+/// The outcome of a generation.
+public struct GenerationResult: Sendable {
+    public let settings: GenerationSettings
+    public let seed: UInt64
+    public let width: Int
+    public let height: Int
+    /// Final denoised latents (diffusers' output_type="latent"): [count, latent_channels, h/f, w/f].
+    public let latents: Tensor
+    /// One 8-bit RGB image per item, row-major height × width × 3.
+    public let images: [[UInt8]]
+    /// True when the prompt or negative prompt was cut to the tokenizer's 77 tokens.
+    public let promptTruncated: Bool
+    public let negativePromptTruncated: Bool
+    /// Wall-clock seconds of each stage.
+    public let timings: StageTimings
+}
+
+/// Seconds spent in each stage of one generation.
+public struct StageTimings: Sendable, Codable {
+    public var textEncode: Double = 0
+    /// One entry per UNet evaluation (guided batch included).
+    public var steps: [Double] = []
+    public var vaeDecode: Double = 0
+
+    public var medianStep: Double {
+        guard !steps.isEmpty else { return 0 }
+        let sorted = steps.sorted()
+        let mid = sorted.count / 2
+        return sorted.count % 2 == 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2
+    }
+}
+
+/// A loaded model: configs, tokenizer and weights of each component, ready to generate.
+public final class StableDiffusionPipeline {
+    public let model: ModelFolder
+    public let tokenizer: CLIPTokenizer
+    private let textEncoderWeights: WeightProvider
+    private let unetWeights: WeightProvider
+    private let vaeWeights: WeightProvider
+    // Built on first use and kept: binding weights converts F16/BF16 tensors to F32 once.
+    private var textEncoderModel: CLIPTextEncoder?
+    private var unetModel: UNet?
+    private var vaeModel: VAEDecoder?
+
+    func textEncoder() throws -> CLIPTextEncoder {
+        if let m = textEncoderModel { return m }
+        let m = try CLIPTextEncoder(config: model.textEncoder, weights: textEncoderWeights)
+        textEncoderModel = m
+        return m
+    }
+
+    func unet() throws -> UNet {
+        if let m = unetModel { return m }
+        let m = try UNet(config: model.unet, weights: unetWeights)
+        unetModel = m
+        return m
+    }
+
+    func vaeDecoder() throws -> VAEDecoder {
+        if let m = vaeModel { return m }
+        let m = try VAEDecoder(config: model.vae, weights: vaeWeights)
+        vaeModel = m
+        return m
+    }
+
+    /// Reads configs and the tokenizer and maps every component's weights now (validating each file's
+    /// header and tensor ranges, so a broken file fails before any work); pages are read on use.
+    public init(model: ModelFolder) throws {
+        self.model = model
+        tokenizer = try CLIPTokenizer(directory: model.tokenizerURL)
+        textEncoderWeights = try ComponentWeights(directory: model.url, component: "text_encoder")
+        unetWeights = try ComponentWeights(directory: model.url, component: "unet")
+        vaeWeights = try ComponentWeights(directory: model.url, component: "vae")
+    }
+
+    /// Checks a request against the model and returns the resolved (width, height).
+    public func validate(_ s: GenerationSettings) throws -> (width: Int, height: Int) {
+        let f = model.vaeScaleFactor
+        let width = s.width ?? model.defaultSize.width
+        let height = s.height ?? model.defaultSize.height
+        for (name, value) in [("width", width), ("height", height)] {
+            guard value > 0, value <= GenerationSettings.maxSide else {
+                throw PipelineError.invalidRequest("\(name) \(value) is out of range (\(f)…\(GenerationSettings.maxSide))")
+            }
+            guard value % 8 == 0, value % f == 0 else {
+                throw PipelineError.invalidRequest("\(name) \(value) is not a multiple of \(max(8, f))")
+            }
+        }
+        guard (1...GenerationSettings.maxSteps).contains(s.steps) else {
+            throw PipelineError.invalidRequest("steps \(s.steps) is out of range (1…\(GenerationSettings.maxSteps))")
+        }
+        guard (1...GenerationSettings.maxCount).contains(s.count) else {
+            throw PipelineError.invalidRequest("count \(s.count) is out of range (1…\(GenerationSettings.maxCount))")
+        }
+        guard s.guidance.isFinite else { throw PipelineError.invalidRequest("guidance must be a finite number") }
+        return (width, height)
+    }
+
+    /// Prompt embeddings as diffusers' encode_prompt: [uncond ×count, cond ×count] with guidance, else cond ×count.
+    func encodePrompts(_ s: GenerationSettings, guided: Bool, encoder: CLIPTextEncoder)
+        throws -> (context: Tensor, truncated: Bool, negativeTruncated: Bool) {
+        let maxLength = model.textEncoder.maxPositionEmbeddings
+        let cond = tokenizer.encode(s.prompt, maxLength: maxLength)
+        var rows = [cond.ids]
+        var negativeTruncated = false
+        if guided {
+            let neg = tokenizer.encode(s.negativePrompt ?? "", maxLength: maxLength)
+            negativeTruncated = neg.truncated
+            rows.insert(neg.ids, at: 0)
+        }
+        let embedded = try encoder.encode(rows)
+        let parts = (0..<rows.count).flatMap { r in
+            Array(repeating: embedded.slice(batch: r..<(r + 1)), count: s.count)
+        }
+        return (Tensor.stack(batches: parts), cond.truncated, negativeTruncated)
+    }
+
+    /// Runs the whole generation. `progress` is called after every step; returning false cancels.
+    public func generate(_ s: GenerationSettings,
+                         progress: (StepProgress) -> Bool = { _ in true }) throws -> GenerationResult {
+        let (width, height) = try validate(s)
+        let seed = s.seed ?? UInt64.random(in: 0..<(1 << 32))
+        let guided = s.guidance > 1
+        var timings = StageTimings()
+        var clock = Date()
+        let encoder = try textEncoder()
+        let prompts = try encodePrompts(s, guided: guided, encoder: encoder)
+        timings.textEncode = Date().timeIntervalSince(clock)
+
+        var scheduler = try makeScheduler(s.scheduler, config: model.scheduler, steps: s.steps)
+        var random = TorchRandom(seed: seed)
+        let f = model.vaeScaleFactor
+        let latentShape = [s.count, model.unet.inChannels, height / f, width / f]
+        var latents = scale(random.randn(latentShape), by: scheduler.initNoiseSigma)
+
+        let unet = try unet()
+        let start = Date()
+        let timesteps = scheduler.timesteps
+        for (i, t) in timesteps.enumerated() {
+            clock = Date()
+            let input = guided ? Tensor.stack(batches: [latents, latents]) : latents
+            let scaled = scheduler.scaleModelInput(input, stepIndex: i)
+            var eps = unet(scaled, timestep: t, context: prompts.context)
+            if guided {
+                let uncond = eps.slice(batch: 0..<s.count)
+                let text = eps.slice(batch: s.count..<(2 * s.count))
+                eps = TiledKernels.add(uncond, scale(TiledKernels.add(text, scale(uncond, by: -1)), by: s.guidance))
+            }
+            latents = scheduler.step(output: eps, stepIndex: i, sample: latents, random: &random)
+            timings.steps.append(Date().timeIntervalSince(clock))
+            let p = StepProgress(step: i + 1, totalSteps: timesteps.count, timestep: t,
+                                 elapsed: Date().timeIntervalSince(start), latents: latents)
+            if !progress(p) { throw PipelineError.cancelled }
+        }
+
+        clock = Date()
+        let vae = try vaeDecoder()
+        // StableDiffusionPipeline divides by scaling_factor only (shift_factor belongs to SD3-style VAEs).
+        let scalingFactor = model.vae.scalingFactor
+        let decoded = vae(Tensor(shape: latents.shape, data: latents.data.map { $0 / scalingFactor }))
+        timings.vaeDecode = Date().timeIntervalSince(clock)
+        return GenerationResult(settings: s, seed: seed, width: width, height: height, latents: latents,
+                                images: StableDiffusionPipeline.rgb8(decoded),
+                                promptTruncated: prompts.truncated, negativePromptTruncated: prompts.negativeTruncated,
+                                timings: timings)
+    }
+
+    /// image: [N, 3, H, W] in [-1, 1] → N row-major H×W×3 byte images, rounded as diffusers' numpy_to_pil.
+    public static func rgb8(_ image: Tensor) -> [[UInt8]] {
+        let n = image.shape[0], c = image.shape[1], h = image.shape[2], w = image.shape[3]
+        return (0..<n).map { b in
+            var out = [UInt8](repeating: 0, count: h * w * 3)
+            for y in 0..<h {
+                for x in 0..<w {
+                    for ch in 0..<3 {
+                        let src = ch < c ? image.data[((b * c + ch) * h + y) * w + x] : 0
+                        let v = min(max(src / 2 + 0.5, 0), 1) * 255
+                        out[(y * w + x) * 3 + ch] = UInt8(v.rounded(.toNearestOrEven))
+                    }
+                }
+            }
+            return out
+        }
+    }
+}

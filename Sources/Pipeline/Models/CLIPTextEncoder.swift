@@ -1,0 +1,80 @@
+// CLIPTextEncoder: transformers' CLIPTextModel forward (causal self-attention, quick_gelu or gelu MLP,
+// final layer norm); SD 1.x conditions on its last_hidden_state.
+
+import TiledKernels
+
+public struct CLIPTextEncoder {
+    public let config: CLIPTextConfig
+
+    private struct EncoderLayer {
+        let norm1: LayerNormLayer
+        let attention: MultiHeadAttention
+        let norm2: LayerNormLayer
+        let fc1: Linear
+        let fc2: Linear
+    }
+
+    private let tokenEmbedding: Weight
+    private let positionEmbedding: Weight
+    private let layers: [EncoderLayer]
+    private let finalNorm: LayerNormLayer
+
+    public init(config: CLIPTextConfig, weights w: WeightProvider) throws {
+        self.config = config
+        let d = config.hiddenSize
+        // Real SD checkpoints prefix every name with "text_model."; transformers 5 saves without it.
+        let p = w.has("text_model.embeddings.token_embedding.weight") || !w.has("embeddings.token_embedding.weight")
+            ? "text_model." : ""
+        tokenEmbedding = try w.weight("\(p)embeddings.token_embedding.weight", shape: [config.vocabSize, d])
+        positionEmbedding = try w.weight("\(p)embeddings.position_embedding.weight",
+                                         shape: [config.maxPositionEmbeddings, d])
+        layers = try (0..<config.numHiddenLayers).map { i in
+            let l = "\(p)encoder.layers.\(i)"
+            return EncoderLayer(
+                norm1: try LayerNormLayer(w, "\(l).layer_norm1", dim: d, eps: config.layerNormEps),
+                attention: MultiHeadAttention(
+                    q: try Linear(w, "\(l).self_attn.q_proj", in: d, out: d),
+                    k: try Linear(w, "\(l).self_attn.k_proj", in: d, out: d),
+                    v: try Linear(w, "\(l).self_attn.v_proj", in: d, out: d),
+                    out: try Linear(w, "\(l).self_attn.out_proj", in: d, out: d),
+                    heads: config.numAttentionHeads),
+                norm2: try LayerNormLayer(w, "\(l).layer_norm2", dim: d, eps: config.layerNormEps),
+                fc1: try Linear(w, "\(l).mlp.fc1", in: d, out: config.intermediateSize),
+                fc2: try Linear(w, "\(l).mlp.fc2", in: config.intermediateSize, out: d))
+        }
+        finalNorm = try LayerNormLayer(w, "\(p)final_layer_norm", dim: d, eps: config.layerNormEps)
+    }
+
+    /// ids: one row of token ids per prompt (each row ≤ max_position_embeddings long).
+    /// Returns last_hidden_state: [prompts, tokens, hidden].
+    public func encode(_ ids: [[Int32]]) throws -> Tensor {
+        let d = config.hiddenSize
+        guard let tokens = ids.first?.count, ids.allSatisfy({ $0.count == tokens }) else {
+            throw PipelineError.invalidRequest("text encoder: token rows must be non-empty and of equal length")
+        }
+        guard tokens <= config.maxPositionEmbeddings else {
+            throw PipelineError.invalidRequest("text encoder: \(tokens) tokens exceed max_position_embeddings \(config.maxPositionEmbeddings)")
+        }
+        var x = Tensor(zeros: [ids.count, tokens, d])
+        for (b, row) in ids.enumerated() {
+            for (t, id) in row.enumerated() {
+                guard id >= 0, Int(id) < config.vocabSize else {
+                    throw PipelineError.invalidRequest("text encoder: token id \(id) is outside the vocabulary (\(config.vocabSize))")
+                }
+                let dst = (b * tokens + t) * d
+                let tok = Int(id) * d
+                let pos = t * d
+                for c in 0..<d {
+                    x.data[dst + c] = tokenEmbedding.values[tok + c] + positionEmbedding.values[pos + c]
+                }
+            }
+        }
+        for layer in layers {
+            x = add(x, layer.attention(layer.norm1(x), causal: true))
+            var h = layer.fc1(layer.norm2(x))
+            h = config.hiddenAct == "gelu" ? gelu(h) : quickGelu(h)
+            x = add(x, layer.fc2(h))
+        }
+        return finalNorm(x)
+    }
+}

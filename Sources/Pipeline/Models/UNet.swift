@@ -1,0 +1,180 @@
+// UNet: diffusers' UNet2DConditionModel forward for SD 1.x / 2.x (positional time embedding,
+// CrossAttn/plain down and up blocks, cross-attention mid block), built from its config.json.
+
+import Foundation
+import TiledKernels
+
+public struct UNet {
+    public let config: UNetConfig
+
+    /// One resolution level going down: resnets (each optionally followed by a transformer), then a downsampler.
+    struct DownLevel {
+        let resnets: [ResnetBlock]
+        let transformers: [SpatialTransformer?]
+        let downsample: Downsample?
+    }
+
+    /// One level going up: each resnet takes the current map concatenated with one skip connection.
+    struct UpLevel {
+        let resnets: [ResnetBlock]
+        let transformers: [SpatialTransformer?]
+        let upsample: Upsample?
+    }
+
+    private let timeLinear1: Linear
+    private let timeLinear2: Linear
+    private let convIn: Conv2d
+    private let down: [DownLevel]
+    private let midResnets: [ResnetBlock]
+    private let midTransformer: SpatialTransformer?
+    private let up: [UpLevel]
+    private let normOut: GroupNormLayer
+    private let convOut: Conv2d
+
+    public init(config: UNetConfig, weights w: WeightProvider, file: String = "unet/config.json") throws {
+        try config.validate(file: file)
+        self.config = config
+        let levels = config.blockOutChannels.count
+        let channels = config.blockOutChannels
+        let heads = try (config.numAttentionHeads ?? config.attentionHeadDim)
+            .expanded(levels: levels, field: "attention_head_dim", file: file)
+        let contextDims = try config.crossAttentionDim.expanded(levels: levels, field: "cross_attention_dim", file: file)
+        let layersPerBlock = try config.layersPerBlock.expanded(levels: levels, field: "layers_per_block", file: file)
+        let transformerLayers = try config.transformerLayersPerBlock
+            .expanded(levels: levels, field: "transformer_layers_per_block", file: file)
+        let groups = config.normNumGroups
+        let eps = config.normEps
+        let timeDim = channels[0] * 4
+
+        timeLinear1 = try Linear(w, "time_embedding.linear_1", in: channels[0], out: timeDim)
+        timeLinear2 = try Linear(w, "time_embedding.linear_2", in: timeDim, out: timeDim)
+        convIn = try Conv2d(w, "conv_in", in: config.inChannels, out: channels[0], kernel: config.convInKernel)
+
+        func transformer(_ p: String, _ c: Int, level: Int) throws -> SpatialTransformer {
+            try SpatialTransformer(w, p, channels: c, heads: heads[level], layers: transformerLayers[level],
+                                   contextDim: contextDims[level], groups: groups,
+                                   linearProjection: config.useLinearProjection)
+        }
+
+        var down: [DownLevel] = []
+        var outC = channels[0]
+        for (i, type) in config.downBlockTypes.enumerated() {
+            let inC = outC
+            outC = channels[i]
+            let p = "down_blocks.\(i)"
+            let hasAttention = type == "CrossAttnDownBlock2D"
+            var resnets: [ResnetBlock] = []
+            var transformers: [SpatialTransformer?] = []
+            for j in 0..<layersPerBlock[i] {
+                resnets.append(try ResnetBlock(w, "\(p).resnets.\(j)", in: j == 0 ? inC : outC, out: outC,
+                                               timeChannels: timeDim, groups: groups, eps: eps))
+                transformers.append(hasAttention ? try transformer("\(p).attentions.\(j)", outC, level: i) : nil)
+            }
+            let isFinal = i == levels - 1
+            let downsample = isFinal ? nil
+                : try Downsample(w, "\(p).downsamplers.0", channels: outC, padding: config.downsamplePadding)
+            down.append(DownLevel(resnets: resnets, transformers: transformers, downsample: downsample))
+        }
+        self.down = down
+
+        let midC = channels[levels - 1]
+        if config.midBlockType != nil {
+            midResnets = try (0..<2).map {
+                try ResnetBlock(w, "mid_block.resnets.\($0)", in: midC, out: midC, timeChannels: timeDim,
+                                groups: groups, eps: eps, outputScale: config.midBlockScaleFactor)
+            }
+            midTransformer = try transformer("mid_block.attentions.0", midC, level: levels - 1)
+        } else {
+            midResnets = []
+            midTransformer = nil
+        }
+
+        let reversedChannels = Array(channels.reversed())
+        var up: [UpLevel] = []
+        var upOut = reversedChannels[0]
+        for (i, type) in config.upBlockTypes.enumerated() {
+            let prevC = upOut
+            upOut = reversedChannels[i]
+            let inC = reversedChannels[min(i + 1, levels - 1)]
+            let level = levels - 1 - i  // up block i mirrors down level (levels - 1 - i)
+            let layers = layersPerBlock[level] + 1
+            let p = "up_blocks.\(i)"
+            let hasAttention = type == "CrossAttnUpBlock2D"
+            var resnets: [ResnetBlock] = []
+            var transformers: [SpatialTransformer?] = []
+            for j in 0..<layers {
+                let skipC = j == layers - 1 ? inC : upOut
+                let resIn = j == 0 ? prevC : upOut
+                resnets.append(try ResnetBlock(w, "\(p).resnets.\(j)", in: resIn + skipC, out: upOut,
+                                               timeChannels: timeDim, groups: groups, eps: eps))
+                transformers.append(hasAttention ? try transformer("\(p).attentions.\(j)", upOut, level: level) : nil)
+            }
+            let upsample = i == levels - 1 ? nil : try Upsample(w, "\(p).upsamplers.0", channels: upOut)
+            up.append(UpLevel(resnets: resnets, transformers: transformers, upsample: upsample))
+        }
+        self.up = up
+
+        normOut = try GroupNormLayer(w, "conv_norm_out", channels: channels[0], groups: groups, eps: eps)
+        convOut = try Conv2d(w, "conv_out", in: channels[0], out: config.outChannels, kernel: config.convOutKernel)
+    }
+
+    /// Sinusoidal timestep features as diffusers' get_timestep_embedding (float32 arithmetic, max_period 10000).
+    static func timestepFeatures(_ t: Float, dim: Int, flipSinToCos: Bool, freqShift: Float) -> [Float] {
+        let half = dim / 2
+        let logMax = Float(-log(10000.0))
+        var sines = [Float](repeating: 0, count: half)
+        var cosines = [Float](repeating: 0, count: half)
+        for i in 0..<half {
+            let exponent = logMax * Float(i) / (Float(half) - freqShift)
+            let arg = t * Foundation.exp(exponent)
+            sines[i] = Foundation.sin(arg)
+            cosines[i] = Foundation.cos(arg)
+        }
+        var out = flipSinToCos ? cosines + sines : sines + cosines
+        if dim % 2 == 1 { out.append(0) }
+        return out
+    }
+
+    /// Noise prediction. sample: [N, in_channels, h, w]; timestep: the scheduler's t (same for the batch);
+    /// context: [N, tokens, cross_attention_dim]. Returns [N, out_channels, h, w].
+    public func callAsFunction(_ sample: Tensor, timestep: Float, context: Tensor) -> Tensor {
+        let n = sample.shape[0]
+        let c0 = config.blockOutChannels[0]
+        let feats = UNet.timestepFeatures(timestep, dim: c0, flipSinToCos: config.flipSinToCos,
+                                          freqShift: Float(config.freqShift))
+        var tFeatures = Tensor(zeros: [n, c0])
+        for b in 0..<n { tFeatures.data.replaceSubrange((b * c0)..<((b + 1) * c0), with: feats) }
+        let temb = timeLinear2(silu(timeLinear1(tFeatures)))
+        let siluTemb = silu(temb)
+
+        var x = convIn(config.centerInputSample ? Tensor(shape: sample.shape, data: sample.data.map { 2 * $0 - 1 }) : sample)
+        var skips: [Tensor] = [x]
+        for level in down {
+            for (resnet, transformer) in zip(level.resnets, level.transformers) {
+                x = resnet(x, siluTimeEmbedding: siluTemb)
+                if let tr = transformer { x = tr(x, context: context) }
+                skips.append(x)
+            }
+            if let ds = level.downsample {
+                x = ds(x)
+                skips.append(x)
+            }
+        }
+        if let midT = midTransformer {
+            x = midResnets[0](x, siluTimeEmbedding: siluTemb)
+            x = midT(x, context: context)
+            x = midResnets[1](x, siluTimeEmbedding: siluTemb)
+        }
+        for level in up {
+            for (resnet, transformer) in zip(level.resnets, level.transformers) {
+                let skip = skips.removeLast()
+                x = resnet(concatChannels(x, skip), siluTimeEmbedding: siluTemb)
+                if let tr = transformer { x = tr(x, context: context) }
+            }
+            if let us = level.upsample, let next = skips.last {
+                x = us(x, size: (next.shape[2], next.shape[3]))
+            }
+        }
+        return convOut(normOut(x, silu: true))
+    }
+}

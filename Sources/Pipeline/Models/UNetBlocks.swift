@@ -1,0 +1,157 @@
+// Building blocks shared by the UNet and the VAE decoder, after diffusers' ResnetBlock2D,
+// Transformer2DModel / BasicTransformerBlock, Downsample2D and Upsample2D.
+
+import TiledKernels
+
+/// diffusers ResnetBlock2D (time_embedding_norm "default", output_scale_factor 1).
+struct ResnetBlock {
+    let norm1: GroupNormLayer
+    let conv1: Conv2d
+    let timeProjection: Linear?
+    let norm2: GroupNormLayer
+    let conv2: Conv2d
+    let shortcut: Conv2d?
+    let outputScale: Float
+
+    init(_ w: WeightProvider, _ p: String, in inC: Int, out outC: Int, timeChannels: Int?, groups: Int,
+         eps: Float, outputScale: Float = 1) throws {
+        norm1 = try GroupNormLayer(w, "\(p).norm1", channels: inC, groups: groups, eps: eps)
+        conv1 = try Conv2d(w, "\(p).conv1", in: inC, out: outC, kernel: 3)
+        timeProjection = try timeChannels.map { try Linear(w, "\(p).time_emb_proj", in: $0, out: outC) }
+        norm2 = try GroupNormLayer(w, "\(p).norm2", channels: outC, groups: groups, eps: eps)
+        conv2 = try Conv2d(w, "\(p).conv2", in: outC, out: outC, kernel: 3)
+        shortcut = inC != outC ? try Conv2d(w, "\(p).conv_shortcut", in: inC, out: outC, kernel: 1) : nil
+        self.outputScale = outputScale
+    }
+
+    /// x: [N, C, H, W]; siluTimeEmbedding: silu(temb) [N, T] (nil for the VAE).
+    func callAsFunction(_ x: Tensor, siluTimeEmbedding: Tensor?) -> Tensor {
+        var h = conv1(norm1(x, silu: true))
+        if let proj = timeProjection, let t = siluTimeEmbedding {
+            h = addChannelBias(h, proj(t))
+        }
+        h = conv2(norm2(h, silu: true))
+        var out = add(shortcut.map { $0(x) } ?? x, h)
+        if outputScale != 1 { out = scale(out, by: 1 / outputScale) }
+        return out
+    }
+}
+
+/// diffusers BasicTransformerBlock (layer_norm, self-attention, cross-attention, GEGLU feed-forward).
+struct TransformerBlock {
+    let norm1: LayerNormLayer
+    let selfAttention: MultiHeadAttention
+    let norm2: LayerNormLayer
+    let crossAttention: MultiHeadAttention
+    let norm3: LayerNormLayer
+    let ffIn: Linear
+    let ffOut: Linear
+
+    init(_ w: WeightProvider, _ p: String, dim: Int, heads: Int, contextDim: Int) throws {
+        func attn(_ name: String, kvDim: Int) throws -> MultiHeadAttention {
+            MultiHeadAttention(
+                q: try Linear(w, "\(p).\(name).to_q", in: dim, out: dim, bias: false),
+                k: try Linear(w, "\(p).\(name).to_k", in: kvDim, out: dim, bias: false),
+                v: try Linear(w, "\(p).\(name).to_v", in: kvDim, out: dim, bias: false),
+                out: try Linear(w, "\(p).\(name).to_out.0", in: dim, out: dim),
+                heads: heads)
+        }
+        norm1 = try LayerNormLayer(w, "\(p).norm1", dim: dim, eps: 1e-5)
+        selfAttention = try attn("attn1", kvDim: dim)
+        norm2 = try LayerNormLayer(w, "\(p).norm2", dim: dim, eps: 1e-5)
+        crossAttention = try attn("attn2", kvDim: contextDim)
+        norm3 = try LayerNormLayer(w, "\(p).norm3", dim: dim, eps: 1e-5)
+        ffIn = try Linear(w, "\(p).ff.net.0.proj", in: dim, out: dim * 8)
+        ffOut = try Linear(w, "\(p).ff.net.2", in: dim * 4, out: dim)
+    }
+
+    /// x: [B, T, dim]; context: [B, S, contextDim].
+    func callAsFunction(_ x: Tensor, context: Tensor) -> Tensor {
+        var h = add(x, selfAttention(norm1(x)))
+        h = add(h, crossAttention(norm2(h), context: context))
+        return add(h, ffOut(geglu(ffIn(norm3(h)))))
+    }
+}
+
+/// diffusers Transformer2DModel over an NCHW feature map (conv or linear projections).
+struct SpatialTransformer {
+    let norm: GroupNormLayer
+    let linearProjection: Bool
+    let projInConv: Conv2d?
+    let projInLinear: Linear?
+    let blocks: [TransformerBlock]
+    let projOutConv: Conv2d?
+    let projOutLinear: Linear?
+
+    init(_ w: WeightProvider, _ p: String, channels: Int, heads: Int, layers: Int, contextDim: Int,
+         groups: Int, linearProjection: Bool) throws {
+        guard heads > 0, channels % heads == 0 else {
+            throw PipelineError.badWeights(component: p, reason: "\(channels) channels do not split into \(heads) heads")
+        }
+        norm = try GroupNormLayer(w, "\(p).norm", channels: channels, groups: groups, eps: 1e-6)
+        self.linearProjection = linearProjection
+        if linearProjection {
+            projInLinear = try Linear(w, "\(p).proj_in", in: channels, out: channels)
+            projOutLinear = try Linear(w, "\(p).proj_out", in: channels, out: channels)
+            projInConv = nil
+            projOutConv = nil
+        } else {
+            projInConv = try Conv2d(w, "\(p).proj_in", in: channels, out: channels, kernel: 1)
+            projOutConv = try Conv2d(w, "\(p).proj_out", in: channels, out: channels, kernel: 1)
+            projInLinear = nil
+            projOutLinear = nil
+        }
+        blocks = try (0..<layers).map {
+            try TransformerBlock(w, "\(p).transformer_blocks.\($0)", dim: channels, heads: heads, contextDim: contextDim)
+        }
+    }
+
+    /// x: [N, C, H, W]; context: [N, S, contextDim].
+    func callAsFunction(_ x: Tensor, context: Tensor) -> Tensor {
+        let height = x.shape[2], width = x.shape[3]
+        var h = norm(x)
+        if let conv = projInConv {
+            h = nchwToTokens(conv(h))
+        } else if let lin = projInLinear {
+            h = lin(nchwToTokens(h))
+        }
+        for block in blocks { h = block(h, context: context) }
+        if let lin = projOutLinear {
+            h = tokensToNCHW(lin(h), height: height, width: width)
+        } else if let conv = projOutConv {
+            h = conv(tokensToNCHW(h, height: height, width: width))
+        }
+        return add(h, x)
+    }
+}
+
+/// diffusers Downsample2D with a conv (stride 2).
+struct Downsample {
+    let conv: Conv2d
+
+    init(_ w: WeightProvider, _ p: String, channels: Int, padding: Int) throws {
+        guard padding == 1 else {
+            throw PipelineError.unsupported(file: p, feature: "downsample_padding \(padding)")
+        }
+        conv = try Conv2d(w, "\(p).conv", in: channels, out: channels, kernel: 3, stride: 2, padding: padding)
+    }
+
+    func callAsFunction(_ x: Tensor) -> Tensor { conv(x) }
+}
+
+/// diffusers Upsample2D with a conv: nearest-neighbour resize (to `size`, or 2×), then 3×3 conv.
+struct Upsample {
+    let conv: Conv2d
+
+    init(_ w: WeightProvider, _ p: String, channels: Int) throws {
+        conv = try Conv2d(w, "\(p).conv", in: channels, out: channels, kernel: 3)
+    }
+
+    func callAsFunction(_ x: Tensor, size: (height: Int, width: Int)? = nil) -> Tensor {
+        let target = size ?? (x.shape[2] * 2, x.shape[3] * 2)
+        if target.height == x.shape[2] * 2 && target.width == x.shape[3] * 2 {
+            return conv(upsampleNearest2x(x))
+        }
+        return conv(upsampleNearest(x, height: target.height, width: target.width))
+    }
+}
