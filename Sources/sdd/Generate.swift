@@ -1,0 +1,180 @@
+// `sdd generate`: one prompt to PNG files (and optionally the final latents as .npy), as diffusers would make them.
+
+import ArgumentParser
+import Foundation
+import Pipeline
+
+struct Generate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Generate images from a text prompt.",
+        discussion: "Defaults follow diffusers: 50 steps, guidance 7.5, PNDM, size from the model's config.")
+
+    @Option(help: "Model: a diffusers folder (model_index.json). Default: $SDD_MODEL.")
+    var model: String?
+
+    @Option(help: "What the image should not show.")
+    var negativePrompt: String?
+
+    @Option(help: "Denoising steps.")
+    var steps: Int = 50
+
+    @Option(help: "Classifier-free guidance scale (≤ 1 runs the conditional branch only).")
+    var guidance: Float = 7.5
+
+    @Option(help: "Width in pixels, a multiple of 8 (default: the model's sample size).")
+    var width: Int?
+
+    @Option(help: "Height in pixels, a multiple of 8 (default: the model's sample size).")
+    var height: Int?
+
+    @Option(help: "Seed (same as torch.Generator(\"cpu\").manual_seed). Default: random, printed.")
+    var seed: UInt64?
+
+    @Option(help: "Scheduler: \(SchedulerKind.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var scheduler: String = "pndm"
+
+    @Option(help: "Images to generate in one batch (FILE-1.png … FILE-N.png when more than one).")
+    var count: Int = 1
+
+    @Option(name: [.short, .long], help: "Output PNG path.")
+    var output: String = "sdd.png"
+
+    @Option(help: "Also write the final latents as a float32 .npy [count, 4, H/8, W/8].")
+    var saveLatents: String?
+
+    @Flag(help: "Print stage timings and peak memory as one JSON line on stderr.")
+    var timings = false
+
+    @Argument(help: "The prompt.")
+    var prompt: String
+
+    func run() throws {
+        do {
+            try generate()
+        } catch let error as ExitCode {
+            throw error
+        } catch {
+            printError("sdd: error: \(error)")
+            throw ExitCode.failure
+        }
+    }
+
+    private func generate() throws {
+        guard let kind = SchedulerKind(rawValue: scheduler.lowercased()) else {
+            throw PipelineError.invalidRequest(
+                "unknown scheduler \"\(scheduler)\"; choose one of \(SchedulerKind.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        guard output.lowercased().hasSuffix(".png") else {
+            throw PipelineError.invalidRequest("--output \(output): the file name must end in .png")
+        }
+        let modelPath = try ModelLocation.resolve(model)
+        let folder = try ModelFolder(url: URL(fileURLWithPath: modelPath))
+        let pipeline = try StableDiffusionPipeline(model: folder)
+
+        var settings = GenerationSettings(prompt: prompt)
+        settings.negativePrompt = negativePrompt
+        settings.steps = steps
+        settings.guidance = guidance
+        settings.width = width
+        settings.height = height
+        settings.seed = seed
+        settings.scheduler = kind
+        settings.count = count
+        _ = try pipeline.validate(settings)
+
+        let tokens = pipeline.tokenizer.encode(prompt, maxLength: folder.textEncoder.maxPositionEmbeddings)
+        if tokens.truncated {
+            printError("sdd: warning: the prompt has \(tokens.tokenCount) tokens; only the first "
+                + "\(folder.textEncoder.maxPositionEmbeddings) (with start and end) are used")
+        }
+        if let neg = negativePrompt,
+           pipeline.tokenizer.encode(neg, maxLength: folder.textEncoder.maxPositionEmbeddings).truncated {
+            printError("sdd: warning: the negative prompt is longer than \(folder.textEncoder.maxPositionEmbeddings) tokens and was truncated")
+        }
+
+        let progress = ProgressLine(enabled: isatty(STDERR_FILENO) != 0)
+        let result = try pipeline.generate(settings) { p in
+            progress.update(p)
+            return true
+        }
+        progress.finish()
+
+        let outputs = OutputNames.pngPaths(output, count: count)
+        let text = PNGMetadata.entries(for: result, model: folder.name)
+        for (image, path) in zip(result.images, outputs) {
+            try PNGWriter.write(rgb: image, width: result.width, height: result.height, text: text,
+                                to: URL(fileURLWithPath: path))
+            print(path)
+        }
+        if let npy = saveLatents {
+            try NPYWriter.write(float32: result.latents.data, shape: result.latents.shape, to: URL(fileURLWithPath: npy))
+            print(npy)
+        }
+        if timings {
+            let t = result.timings
+            let report: [String: Double] = [
+                "text_encode_seconds": t.textEncode, "unet_step_seconds": t.medianStep,
+                "vae_decode_seconds": t.vaeDecode, "peak_rss_bytes": Double(ProcessMemory.peakResidentBytes() ?? 0),
+                "unet_evaluations": Double(t.steps.count),
+            ]
+            let json = try JSONSerialization.data(withJSONObject: report, options: [.sortedKeys])
+            printError(String(decoding: json, as: UTF8.self))
+        }
+        printError("sdd: seed \(result.seed), \(result.width)×\(result.height), \(settings.scheduler.rawValue), "
+            + "\(settings.steps) steps, guidance \(settings.guidance)")
+    }
+}
+
+/// Where the model comes from when --model is not given.
+enum ModelLocation {
+    static func resolve(_ option: String?) throws -> String {
+        if let path = option, !path.isEmpty { return path }
+        if let env = ProcessInfo.processInfo.environment["SDD_MODEL"], !env.isEmpty { return env }
+        throw PipelineError.invalidRequest("no model given: pass --model PATH (a diffusers folder) or set SDD_MODEL")
+    }
+}
+
+/// FILE.png for one image; FILE-1.png … FILE-N.png for a batch.
+enum OutputNames {
+    static func pngPaths(_ path: String, count: Int) -> [String] {
+        guard count > 1 else { return [path] }
+        let stem = String(path.dropLast(4))
+        let ext = String(path.suffix(4))
+        return (1...count).map { "\(stem)-\($0)\(ext)" }
+    }
+}
+
+/// A one-line progress display on a terminal: step i/n, seconds per step, ETA.
+final class ProgressLine {
+    private let enabled: Bool
+    init(enabled: Bool) { self.enabled = enabled }
+
+    func update(_ p: StepProgress) {
+        guard enabled else { return }
+        let perStep = p.elapsed / Double(p.step)
+        let eta = perStep * Double(p.totalSteps - p.step)
+        let line = String(format: "\rstep %d/%d  %.2f s/step  ETA %.0f s ", p.step, p.totalSteps, perStep, eta)
+        FileHandle.standardError.write(Data(line.utf8))
+    }
+
+    func finish() {
+        if enabled { FileHandle.standardError.write(Data("\n".utf8)) }
+    }
+}
+
+func printError(_ message: String) {
+    FileHandle.standardError.write(Data((message + "\n").utf8))
+}
+
+/// The process's memory as the kernel reports it in /proc/self/status.
+enum ProcessMemory {
+    /// VmHWM: the peak resident set size, in bytes.
+    static func peakResidentBytes() -> Int? {
+        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return nil }
+        for line in status.split(separator: "\n") where line.hasPrefix("VmHWM:") {
+            let kb = line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first.flatMap { Int($0) }
+            return kb.map { $0 * 1024 }
+        }
+        return nil
+    }
+}
