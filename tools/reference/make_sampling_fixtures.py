@@ -96,6 +96,12 @@ def cases():
         ("euler-a-linspace-8", "euler-a", 8, {"timestep_spacing": "linspace"}),
         ("euler-a-trailing-30", "euler-a", 30, {"timestep_spacing": "trailing"}),
         ("ddim-cosine-10", "ddim", 10, {"beta_schedule": "squaredcos_cap_v2", "clip_sample": False}),
+        ("euler-karras-10", "euler", 10, {"use_karras_sigmas": True}),
+        ("lms-karras-10", "lms", 10, {"use_karras_sigmas": True}),
+        ("dpm++2m-karras-12", "dpm++2m", 12, {"use_karras_sigmas": True}),
+        ("dpm++2m-karras-25", "dpm++2m", 25, {"use_karras_sigmas": True}),
+        ("dpm++3m-heun-10", "dpm++2m", 10, {"solver_order": 3, "solver_type": "heun"}),
+        ("dpm-solver-sigmamin-10", "dpm++2m", 10, {"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}),
         ("euler-zsnr-10", "euler", 10, {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing",
                                          "prediction_type": "v_prediction"}),
     ]

@@ -1,0 +1,66 @@
+// Conv2dTests: conv2d() against a direct-loop Double convolution, including forced multi-band runs.
+// Tolerance: 1e-5 of the output scale (F32 GEMM over at most a few hundred products).
+import XCTest
+@testable import TiledKernels
+
+final class Conv2dTests: XCTestCase {
+    /// Runs conv2d (optionally with a band scratch bound) and compares it with the reference.
+    private func check(n: Int, c: Int, o: Int, h: Int, w: Int, kh: Int, kw: Int, stride: Int, padding: Int,
+                       bias: Bool = true, maxScratchFloats: Int? = nil, seed: UInt64,
+                       file: StaticString = #filePath, line: UInt = #line) {
+        let x = randomTensor([n, c, h, w], seed: seed)
+        let weight = randomWeight([o, c, kh, kw], seed: seed + 1)
+        let b = bias ? randomWeight([o], seed: seed + 2) : nil
+        let got = maxScratchFloats.map {
+            conv2d(x, weight: weight, bias: b, stride: stride, padding: padding, maxScratchFloats: $0)
+        } ?? conv2d(x, weight: weight, bias: b, stride: stride, padding: padding)
+        let want = Ref.conv2d(x.doubles, n: n, c: c, h: h, w: w, weight: weight.doubles, o: o, kh: kh, kw: kw,
+                              bias: b?.doubles, stride: stride, padding: padding)
+        assertClose(got, want.values, shape: want.shape, tolerance: 1e-5, file: file, line: line)
+    }
+
+    func testStride2Padding1MatchesReference() {
+        check(n: 2, c: 3, o: 5, h: 7, w: 9, kh: 3, kw: 3, stride: 2, padding: 1, seed: 10)
+    }
+
+    func testStride1Padding1KeepsSizeAndMatchesReference() {
+        check(n: 2, c: 3, o: 5, h: 7, w: 9, kh: 3, kw: 3, stride: 1, padding: 1, seed: 20)
+    }
+
+    func testPointwiseConvMatchesReference() {
+        check(n: 2, c: 6, o: 5, h: 7, w: 9, kh: 1, kw: 1, stride: 1, padding: 0, seed: 30)
+    }
+
+    func testConvWithoutBiasMatchesReference() {
+        check(n: 1, c: 4, o: 3, h: 6, w: 5, kh: 3, kw: 3, stride: 1, padding: 1, bias: false, seed: 40)
+    }
+
+    func testNonSquareKernelLargePaddingAndStride3MatchReference() {
+        check(n: 1, c: 2, o: 3, h: 11, w: 8, kh: 4, kw: 2, stride: 3, padding: 2, seed: 50)
+    }
+
+    func testUnpaddedConvMatchesReference() {
+        check(n: 1, c: 3, o: 2, h: 6, w: 7, kh: 3, kw: 3, stride: 1, padding: 0, seed: 55)
+    }
+
+    func testOneOutputRowPerBandMatchesReference() {
+        // kdim · wOut = 27 · 9 floats per row; a bound of 1 float still gives one-row bands.
+        check(n: 2, c: 3, o: 5, h: 7, w: 9, kh: 3, kw: 3, stride: 1, padding: 1, maxScratchFloats: 1, seed: 60)
+    }
+
+    func testBandsWithARemainderMatchReference() {
+        // 3 rows per band over 7 output rows: bands of 3, 3, 1.
+        check(n: 2, c: 3, o: 5, h: 7, w: 9, kh: 3, kw: 3, stride: 1, padding: 1,
+              maxScratchFloats: 27 * 9 * 3, seed: 70)
+    }
+
+    func testStridedConvInSeveralBandsMatchesReference() {
+        check(n: 1, c: 3, o: 4, h: 13, w: 10, kh: 3, kw: 3, stride: 2, padding: 1,
+              maxScratchFloats: 27 * 5 * 2, seed: 80)
+    }
+
+    func testDefaultScratchBoundSplitsALargeInputIntoBands() {
+        // kdim 288 · 160 columns = 46 080 floats per row → 45 rows per 8 MiB band → 4 bands.
+        check(n: 1, c: 32, o: 2, h: 160, w: 160, kh: 3, kw: 3, stride: 1, padding: 1, seed: 90)
+    }
+}
