@@ -40,6 +40,11 @@ public struct DDIMScheduler: Scheduler {
             throw SchedulerError.unsupported(field: "timestep_spacing", value: other, scheduler: name)
         }
         timesteps = intTimesteps.map { Float($0) }
+        if let bad = intTimesteps.first(where: { $0 < 0 || $0 >= n }) {
+            throw SchedulerError.invalidValue(
+                field: "steps", value: "\(steps)",
+                reason: "timestep \(bad) is outside 0..<\(n) (steps_offset \(config.stepsOffset ?? 0))")
+        }
     }
 
     public func scaleModelInput(_ sample: Tensor, stepIndex: Int) -> Tensor { sample }

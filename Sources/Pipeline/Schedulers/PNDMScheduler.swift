@@ -46,8 +46,8 @@ public struct PNDMScheduler: Scheduler {
         var prk: [Int] = []
         var plms: [Int]
         if skipPRK {
-            plms = Array(base.dropLast()) + [base[base.count - 2 >= 0 ? base.count - 2 : 0]] + [base[base.count - 1]]
-            if base.count < 2 { plms = [base[0]] }  // np slicing of a 1-element array: [] + [] + [t0]
+            // concatenate([ts[:-1], ts[-2:-1], ts[-1:]])[::-1]: the second-to-last timestep twice.
+            plms = Array(base.dropLast()) + Array(base.dropLast().suffix(1)) + Array(base.suffix(1))
             plms.reverse()
         } else {
             guard base.count >= 4 else {
@@ -64,6 +64,11 @@ public struct PNDMScheduler: Scheduler {
         prkTimesteps = prk
         intTimesteps = prk + plms
         timesteps = intTimesteps.map { Float($0) }
+        if let bad = intTimesteps.first(where: { $0 < 0 || $0 >= n }) {
+            throw SchedulerError.invalidValue(
+                field: "steps", value: "\(steps)",
+                reason: "timestep \(bad) is outside 0..<\(n) (steps_offset \(config.stepsOffset ?? 0))")
+        }
     }
 
     public func scaleModelInput(_ sample: Tensor, stepIndex: Int) -> Tensor { sample }
