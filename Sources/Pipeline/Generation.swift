@@ -153,54 +153,68 @@ public final class StableDiffusionPipeline {
         return (Tensor.stack(batches: parts), cond.truncated, negativeTruncated)
     }
 
+    /// Starts a generation: validates, resolves size and seed, draws the initial latents. No model runs yet.
+    public func begin(_ s: GenerationSettings) throws -> Generation {
+        let (width, height) = try validate(s)
+        var resolved = s
+        resolved.width = width
+        resolved.height = height
+        resolved.seed = s.seed ?? UInt64.random(in: 0..<(1 << 32))
+        let scheduler = try makeScheduler(s.scheduler, config: model.scheduler, steps: s.steps)
+        var random = TorchRandom(seed: resolved.seed ?? 0)
+        let f = model.vaeScaleFactor
+        let latentShape = [s.count, model.unet.inChannels, height / f, width / f]
+        let latents = scale(random.randn(latentShape), by: scheduler.initNoiseSigma)
+        let state = GenerationState(settings: resolved, latents: latents, scheduler: scheduler, random: random,
+                                    stepIndex: 0)
+        return try Generation(pipeline: self, state: state)
+    }
+
+    /// Continues a generation from a checkpoint (`Generation.state`), giving the same result as an uninterrupted run.
+    public func resume(_ state: GenerationState) throws -> Generation {
+        let (width, height) = try validate(state.settings)
+        let f = model.vaeScaleFactor
+        let expected = [state.settings.count, model.unet.inChannels, height / f, width / f]
+        guard state.latents.shape == expected, state.stepIndex <= state.scheduler.timesteps.count else {
+            throw PipelineError.invalidRequest("checkpoint does not fit this model or request (latents \(state.latents.shape), expected \(expected))")
+        }
+        return try Generation(pipeline: self, state: state)
+    }
+
     /// Runs the whole generation. `progress` is called after every step; returning false cancels.
     public func generate(_ s: GenerationSettings,
                          progress: (StepProgress) -> Bool = { _ in true }) throws -> GenerationResult {
-        let (width, height) = try validate(s)
-        let seed = s.seed ?? UInt64.random(in: 0..<(1 << 32))
-        let guided = s.guidance > 1
-        var timings = StageTimings()
-        var clock = Date()
-        let encoder = try textEncoder()
-        let prompts = try encodePrompts(s, guided: guided, encoder: encoder)
-        timings.textEncode = Date().timeIntervalSince(clock)
-
-        var scheduler = try makeScheduler(s.scheduler, config: model.scheduler, steps: s.steps)
-        var random = TorchRandom(seed: seed)
-        let f = model.vaeScaleFactor
-        let latentShape = [s.count, model.unet.inChannels, height / f, width / f]
-        var latents = scale(random.randn(latentShape), by: scheduler.initNoiseSigma)
-
-        let unet = try unet()
-        let start = Date()
-        let timesteps = scheduler.timesteps
-        for (i, t) in timesteps.enumerated() {
-            clock = Date()
-            let input = guided ? Tensor.stack(batches: [latents, latents]) : latents
-            let scaled = scheduler.scaleModelInput(input, stepIndex: i)
-            var eps = unet(scaled, timestep: t, context: prompts.context)
-            if guided {
-                let uncond = eps.slice(batch: 0..<s.count)
-                let text = eps.slice(batch: s.count..<(2 * s.count))
-                eps = TiledKernels.add(uncond, scale(TiledKernels.add(text, scale(uncond, by: -1)), by: s.guidance))
-            }
-            latents = scheduler.step(output: eps, stepIndex: i, sample: latents, random: &random)
-            timings.steps.append(Date().timeIntervalSince(clock))
-            let p = StepProgress(step: i + 1, totalSteps: timesteps.count, timestep: t,
-                                 elapsed: Date().timeIntervalSince(start), latents: latents)
+        let generation = try begin(s)
+        while let p = try generation.next() {
             if !progress(p) { throw PipelineError.cancelled }
         }
+        return try generation.finish()
+    }
 
-        clock = Date()
+    /// One guided UNet evaluation and scheduler step on `state`.
+    func denoise(_ state: inout GenerationState, context: Tensor) throws {
+        let s = state.settings
+        let guided = s.guidance > 1
+        let unet = try unet()
+        let i = state.stepIndex
+        let t = state.scheduler.timesteps[i]
+        let input = guided ? Tensor.stack(batches: [state.latents, state.latents]) : state.latents
+        let scaled = state.scheduler.scaleModelInput(input, stepIndex: i)
+        var eps = unet(scaled, timestep: t, context: context)
+        if guided {
+            let uncond = eps.slice(batch: 0..<s.count)
+            let text = eps.slice(batch: s.count..<(2 * s.count))
+            eps = TiledKernels.add(uncond, scale(TiledKernels.add(text, scale(uncond, by: -1)), by: s.guidance))
+        }
+        state.latents = state.scheduler.step(output: eps, stepIndex: i, sample: state.latents, random: &state.random)
+        state.stepIndex += 1
+    }
+
+    /// Latents → images through the VAE decoder (diffusers divides by scaling_factor only; shift_factor is SD3's).
+    func decode(_ latents: Tensor) throws -> [[UInt8]] {
         let vae = try vaeDecoder()
-        // StableDiffusionPipeline divides by scaling_factor only (shift_factor belongs to SD3-style VAEs).
         let scalingFactor = model.vae.scalingFactor
-        let decoded = vae(Tensor(shape: latents.shape, data: latents.data.map { $0 / scalingFactor }))
-        timings.vaeDecode = Date().timeIntervalSince(clock)
-        return GenerationResult(settings: s, seed: seed, width: width, height: height, latents: latents,
-                                images: StableDiffusionPipeline.rgb8(decoded),
-                                promptTruncated: prompts.truncated, negativePromptTruncated: prompts.negativeTruncated,
-                                timings: timings)
+        return StableDiffusionPipeline.rgb8(vae(Tensor(shape: latents.shape, data: latents.data.map { $0 / scalingFactor })))
     }
 
     /// image: [N, 3, H, W] in [-1, 1] → N row-major H×W×3 byte images, rounded as diffusers' numpy_to_pil.

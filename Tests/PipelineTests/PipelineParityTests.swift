@@ -101,3 +101,36 @@ final class PipelineParityTests: XCTestCase {
         XCTAssertThrowsError(try pipeline.validate(s)) { XCTAssertTrue("\($0)".contains("steps"), "\($0)") }
     }
 }
+
+final class CheckpointTests: XCTestCase {
+    func testAResumedCheckpointGivesTheSameImageAsAnUninterruptedRun() throws {
+        let pipeline = try StableDiffusionPipeline(model: try ModelFolder(url: ModelFixtures.tinyModel))
+        for kind in SchedulerKind.allCases {
+            var s = GenerationSettings(prompt: "a green triangle")
+            s.steps = 6
+            s.seed = 99
+            s.scheduler = kind
+            s.negativePrompt = "blurry"
+            let whole = try pipeline.generate(s)
+
+            let first = try pipeline.begin(s)
+            for _ in 0..<3 { _ = try first.next() }
+            let saved = try JSONEncoder().encode(first.state)
+            let restored = try JSONDecoder().decode(GenerationState.self, from: saved)
+            XCTAssertEqual(restored.stepIndex, 3)
+            let resumed = try pipeline.resume(restored).finish()
+            XCTAssertEqual(resumed.latents.data, whole.latents.data, "\(kind): resumed latents differ")
+            XCTAssertEqual(resumed.images, whole.images, "\(kind): resumed image differs")
+        }
+    }
+
+    func testACheckpointWithLatentsOfTheWrongShapeIsRefused() throws {
+        let pipeline = try StableDiffusionPipeline(model: try ModelFolder(url: ModelFixtures.tinyModel))
+        var s = GenerationSettings(prompt: "x")
+        s.steps = 2
+        s.seed = 1
+        var state = try pipeline.begin(s).state
+        state.latents = Tensor(zeros: [1, 4, 3, 3])
+        XCTAssertThrowsError(try pipeline.resume(state))
+    }
+}
