@@ -1,10 +1,10 @@
 // swift-tools-version:6.0
 // sdd: a Stable Diffusion text-to-image daemon for modest hardware.
-// Dependencies point one way: sdd → Pipeline → TiledKernels, MMapWeights (see DESIGN.md).
+// Dependencies point one way (see DESIGN.md): sdd → Daemon → Pipeline → TiledKernels → MMapWeights;
+// sdctl → SDDAPI only, so the client builds and starts fast.
 import PackageDescription
 
 let optimize: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release))]
-
 let package = Package(
     name: "sdd",
     platforms: [.macOS(.v14)],
@@ -22,7 +22,7 @@ let package = Package(
         .systemLibrary(name: "CSystemd", path: "Sources/CSystemd", pkgConfig: "libsystemd",
                        providers: [.apt(["libsystemd-dev"])]),
         .target(name: "MMapWeights", swiftSettings: optimize),
-        .target(name: "TiledKernels", dependencies: ["CBLAS"], swiftSettings: optimize),
+        .target(name: "TiledKernels", dependencies: ["CBLAS", "MMapWeights"], swiftSettings: optimize),
         .target(name: "Pipeline", dependencies: ["MMapWeights", "TiledKernels", "CPNG"], swiftSettings: optimize),
         .executableTarget(name: "sdd", dependencies: [
             "Pipeline",

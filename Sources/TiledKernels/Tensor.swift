@@ -1,6 +1,8 @@
 // Tensor: the dense F32 activation type every kernel reads and writes.
 // Row-major; images are NCHW, token sequences are [batch, tokens, channels].
 
+import MMapWeights
+
 /// A dense, row-major F32 tensor with value semantics (copy-on-write through its array).
 public struct Tensor: Sendable {
     /// Extent of each dimension, outermost first.
@@ -52,30 +54,76 @@ public struct Tensor: Sendable {
     }
 }
 
-/// A read-only F32 weight: a pointer into a mapped file or into storage kept alive by `owner`.
+/// A read-only weight in its stored type (F32, F16, BF16 or a ggml block quantization): a view into a
+/// mapped file, or into storage kept alive by `owner`. Kernels dequantize panels of rows as they go.
+/// Rows are the outermost dimension: a [out, in] matrix or an [out, in, kh, kw] conv kernel has `out`
+/// rows of `rowLength` elements, and quantized blocks run along each row.
 public struct Weight: @unchecked Sendable {
     /// Extent of each dimension as stored (PyTorch order, e.g. [out, in] or [out, in, kh, kw]).
     public let shape: [Int]
-    /// `shape.reduce(1, *)` values.
-    public let values: UnsafeBufferPointer<Float>
-    /// Whatever keeps `values` valid (a mapping, an array box); nil for static data.
+    public let type: TensorType
+    /// The stored bytes (`type.byteCount(elements: count)` of them).
+    public let bytes: UnsafeRawBufferPointer
+    /// Whatever keeps `bytes` valid (a mapping, a box); nil for static data.
     public let owner: AnyObject?
 
-    public init(shape: [Int], values: UnsafeBufferPointer<Float>, owner: AnyObject?) {
-        precondition(values.count == shape.reduce(1, *), "Weight: \(values.count) values for shape \(shape)")
+    /// A weight of any type; `bytes` must hold exactly the elements of `shape` in `type`'s layout.
+    public init(shape: [Int], type: TensorType, bytes: UnsafeRawBufferPointer, owner: AnyObject?) {
+        let count = shape.reduce(1, *)
+        precondition(type.byteCount(elements: count) == bytes.count,
+                     "Weight: \(bytes.count) bytes for \(type.name) shape \(shape)")
+        precondition(!type.isQuantized || (shape.last ?? 0) % type.blockSize == 0,
+                     "Weight: \(type.name) rows of \(shape.last ?? 0) are not whole blocks")
         self.shape = shape
-        self.values = values
+        self.type = type
+        self.bytes = bytes
         self.owner = owner
     }
 
-    /// A weight that owns a copy of `array`.
+    /// An F32 weight over `values`.
+    public init(shape: [Int], values: UnsafeBufferPointer<Float>, owner: AnyObject?) {
+        self.init(shape: shape, type: .f32, bytes: UnsafeRawBufferPointer(values), owner: owner)
+    }
+
+    /// An F32 weight that owns a copy of `array`.
     public init(shape: [Int], array: [Float]) {
         let box = WeightBox(array)
         self.init(shape: shape, values: UnsafeBufferPointer(box.pointer), owner: box)
     }
 
-    public var count: Int { values.count }
-    public var base: UnsafePointer<Float> { values.baseAddress! }
+    public var count: Int { shape.reduce(1, *) }
+    /// Rows: the outermost dimension (1 for a scalar).
+    public var rows: Int { shape.first ?? 1 }
+    /// Elements per row: the product of the inner dimensions.
+    public var rowLength: Int { shape.dropFirst().reduce(1, *) }
+
+    /// The F32 values; only for `type == .f32`.
+    public var values: UnsafeBufferPointer<Float> {
+        precondition(type == .f32, "Weight.values on a \(type.name) weight; use dequantizeRows")
+        return bytes.bindMemory(to: Float.self)
+    }
+
+    public var base: UnsafePointer<Float> { values.baseAddress ?? UnsafePointer(bitPattern: 16)! }
+
+    /// The same bytes seen with another shape of equal element count and whole blocks per row.
+    public func reshaped(_ newShape: [Int]) -> Weight {
+        Weight(shape: newShape, type: type, bytes: bytes, owner: owner)
+    }
+
+    /// Decodes rows `range` (each `rowLength` elements) to F32 into `destination`.
+    public func dequantizeRows(_ range: Range<Int>, into destination: UnsafeMutablePointer<Float>) {
+        precondition(range.lowerBound >= 0 && range.upperBound <= rows)
+        guard let base = bytes.baseAddress, !range.isEmpty else { return }
+        let rowBytes = (rowLength / type.blockSize) * type.blockBytes
+        type.dequantize(base + range.lowerBound * rowBytes, count: range.count * rowLength, into: destination)
+    }
+
+    /// All values as F32 (a copy), for small weights and tests.
+    public func dequantized() -> [Float] {
+        var out = [Float](repeating: 0, count: count)
+        out.withUnsafeMutableBufferPointer { dequantizeRows(0..<rows, into: $0.baseAddress!) }
+        return out
+    }
 }
 
 /// Owns F32 storage for a `Weight` that is not backed by a mapping (converted F16/BF16 data).

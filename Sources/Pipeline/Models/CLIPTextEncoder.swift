@@ -56,16 +56,17 @@ public struct CLIPTextEncoder {
             throw PipelineError.invalidRequest("text encoder: \(tokens) tokens exceed max_position_embeddings \(config.maxPositionEmbeddings)")
         }
         var x = Tensor(zeros: [ids.count, tokens, d])
+        var position = [Float](repeating: 0, count: tokens * d)
+        position.withUnsafeMutableBufferPointer { positionEmbedding.dequantizeRows(0..<tokens, into: $0.baseAddress!) }
         for (b, row) in ids.enumerated() {
             for (t, id) in row.enumerated() {
                 guard id >= 0, Int(id) < config.vocabSize else {
                     throw PipelineError.invalidRequest("text encoder: token id \(id) is outside the vocabulary (\(config.vocabSize))")
                 }
                 let dst = (b * tokens + t) * d
-                let tok = Int(id) * d
-                let pos = t * d
-                for c in 0..<d {
-                    x.data[dst + c] = tokenEmbedding.values[tok + c] + positionEmbedding.values[pos + c]
+                x.data.withUnsafeMutableBufferPointer { out in
+                    tokenEmbedding.dequantizeRows(Int(id)..<(Int(id) + 1), into: out.baseAddress! + dst)
+                    for c in 0..<d { out[dst + c] += position[t * d + c] }
                 }
             }
         }

@@ -25,7 +25,7 @@ struct Linear {
         let raw = try w.weight(name, shape: nil)
         if raw.shape == [out, inFeatures] { return raw }
         if raw.shape == [out, inFeatures, 1, 1] {
-            return Weight(shape: [out, inFeatures], values: raw.values, owner: raw.owner)
+            return raw.reshaped([out, inFeatures])
         }
         throw PipelineError.badWeights(component: name, reason: "shape \(raw.shape), expected \([out, inFeatures])")
     }
