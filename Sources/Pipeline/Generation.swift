@@ -70,7 +70,7 @@ public struct StageTimings: Sendable, Codable {
 
 /// A loaded model: configs, tokenizer and weights of each component, ready to generate.
 public final class StableDiffusionPipeline {
-    public let model: ModelFolder
+    public let model: StableDiffusionModel
     public let tokenizer: CLIPTokenizer
     private let textEncoderWeights: WeightProvider
     private let unetWeights: WeightProvider
@@ -103,12 +103,12 @@ public final class StableDiffusionPipeline {
 
     /// Reads configs and the tokenizer and maps every component's weights now (validating each file's
     /// header and tensor ranges, so a broken file fails before any work); pages are read on use.
-    public init(model: ModelFolder) throws {
+    public init(model: StableDiffusionModel) throws {
         self.model = model
-        tokenizer = try CLIPTokenizer(directory: model.tokenizerURL)
-        textEncoderWeights = try ComponentWeights(directory: model.url, component: "text_encoder")
-        unetWeights = try ComponentWeights(directory: model.url, component: "unet")
-        vaeWeights = try ComponentWeights(directory: model.url, component: "vae")
+        tokenizer = model.tokenizer
+        textEncoderWeights = try model.weights("text_encoder")
+        unetWeights = try model.weights("unet")
+        vaeWeights = try model.weights("vae")
     }
 
     /// Checks a request against the model and returns the resolved (width, height).

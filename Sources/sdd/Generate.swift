@@ -68,7 +68,7 @@ struct Generate: ParsableCommand {
             throw PipelineError.invalidRequest("--output \(output): the file name must end in .png")
         }
         let modelPath = try ModelLocation.resolve(model)
-        let folder = try ModelFolder(url: URL(fileURLWithPath: modelPath))
+        let folder = try StableDiffusionModel(url: URL(fileURLWithPath: modelPath))
         let pipeline = try StableDiffusionPipeline(model: folder)
 
         var settings = GenerationSettings(prompt: prompt)

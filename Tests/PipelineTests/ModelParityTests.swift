@@ -11,7 +11,7 @@ final class ModelParityTests: XCTestCase {
     let tolerance: Float = 1e-4
 
     func testTextEncoderLastHiddenStateMatchesTransformers() throws {
-        let model = try ModelFolder(url: ModelFixtures.tinyModel)
+        let model = try StableDiffusionModel(url: ModelFixtures.tinyModel)
         let ref = try ModelFixtures.tensors("text_encoder.safetensors")
         let ids = try XCTUnwrap(ref["input_ids"])
         let rows = ids.shape[0], tokens = ids.shape[1]
@@ -25,11 +25,11 @@ final class ModelParityTests: XCTestCase {
     }
 
     func testTokenizerFeedsTheTextEncoderTheReferenceIds() throws {
-        let model = try ModelFolder(url: ModelFixtures.tinyModel)
+        let model = try StableDiffusionModel(url: ModelFixtures.tinyModel)
         let meta = try ModelFixtures.json("text_encoder.json")
         let prompts = try XCTUnwrap(meta["prompts"] as? [String])
         let expected = try XCTUnwrap(meta["input_ids"] as? [[Int]])
-        let tokenizer = try CLIPTokenizer(directory: model.tokenizerURL)
+        let tokenizer = model.tokenizer
         for (prompt, ids) in zip(prompts, expected) {
             XCTAssertEqual(tokenizer.encode(prompt, maxLength: 77).ids.map(Int.init), ids, prompt)
         }
@@ -57,7 +57,7 @@ final class ModelParityTests: XCTestCase {
     }
 
     func testVAEDecoderMatchesDiffusers() throws {
-        let model = try ModelFolder(url: ModelFixtures.tinyModel)
+        let model = try StableDiffusionModel(url: ModelFixtures.tinyModel)
         let weights = try ComponentWeights(directory: model.url, component: "vae")
         let vae = try VAEDecoder(config: model.vae, weights: weights)
         let ref = try ModelFixtures.tensors("vae.safetensors")

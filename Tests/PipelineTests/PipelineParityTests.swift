@@ -31,7 +31,7 @@ final class PipelineParityTests: XCTestCase {
     }
 
     func testEveryReferenceCaseMatchesDiffusers() throws {
-        let pipeline = try StableDiffusionPipeline(model: try ModelFolder(url: ModelFixtures.tinyModel))
+        let pipeline = try StableDiffusionPipeline(model: try StableDiffusionModel(url: ModelFixtures.tinyModel))
         let all = try cases()
         XCTAssertGreaterThanOrEqual(all.count, 7)
         for c in all {
@@ -64,7 +64,7 @@ final class PipelineParityTests: XCTestCase {
     }
 
     func testTheSameSeedGivesTheSameImage() throws {
-        let pipeline = try StableDiffusionPipeline(model: try ModelFolder(url: ModelFixtures.tinyModel))
+        let pipeline = try StableDiffusionPipeline(model: try StableDiffusionModel(url: ModelFixtures.tinyModel))
         var s = GenerationSettings(prompt: "a red circle")
         s.steps = 3
         s.seed = 7
@@ -77,7 +77,7 @@ final class PipelineParityTests: XCTestCase {
     }
 
     func testACancelledGenerationStopsAtTheStepItWasCancelledAt() throws {
-        let pipeline = try StableDiffusionPipeline(model: try ModelFolder(url: ModelFixtures.tinyModel))
+        let pipeline = try StableDiffusionPipeline(model: try StableDiffusionModel(url: ModelFixtures.tinyModel))
         var s = GenerationSettings(prompt: "a blue square")
         s.steps = 10
         s.seed = 1
@@ -90,7 +90,7 @@ final class PipelineParityTests: XCTestCase {
     }
 
     func testSizesThatAreNotMultiplesOfEightAreRefusedByName() throws {
-        let pipeline = try StableDiffusionPipeline(model: try ModelFolder(url: ModelFixtures.tinyModel))
+        let pipeline = try StableDiffusionPipeline(model: try StableDiffusionModel(url: ModelFixtures.tinyModel))
         var s = GenerationSettings(prompt: "x")
         s.width = 60
         XCTAssertThrowsError(try pipeline.validate(s)) { error in
@@ -104,7 +104,7 @@ final class PipelineParityTests: XCTestCase {
 
 final class CheckpointTests: XCTestCase {
     func testAResumedCheckpointGivesTheSameImageAsAnUninterruptedRun() throws {
-        let pipeline = try StableDiffusionPipeline(model: try ModelFolder(url: ModelFixtures.tinyModel))
+        let pipeline = try StableDiffusionPipeline(model: try StableDiffusionModel(url: ModelFixtures.tinyModel))
         for kind in SchedulerKind.allCases {
             var s = GenerationSettings(prompt: "a green triangle")
             s.steps = 6
@@ -125,7 +125,7 @@ final class CheckpointTests: XCTestCase {
     }
 
     func testACheckpointWithLatentsOfTheWrongShapeIsRefused() throws {
-        let pipeline = try StableDiffusionPipeline(model: try ModelFolder(url: ModelFixtures.tinyModel))
+        let pipeline = try StableDiffusionPipeline(model: try StableDiffusionModel(url: ModelFixtures.tinyModel))
         var s = GenerationSettings(prompt: "x")
         s.steps = 2
         s.seed = 1

@@ -88,7 +88,7 @@ final class GenerateCommandTests: XCTestCase {
         var s = GenerationSettings(prompt: "a cat")
         s.steps = 2
         s.seed = 5
-        let result = try StableDiffusionPipeline(model: ModelFolder(url: URL(fileURLWithPath: Self.tinyModel)))
+        let result = try StableDiffusionPipeline(model: StableDiffusionModel(url: URL(fileURLWithPath: Self.tinyModel)))
             .generate(s)
         XCTAssertEqual(try NPYReader.readFloat32(from: URL(fileURLWithPath: npy)).data, result.latents.data)
     }

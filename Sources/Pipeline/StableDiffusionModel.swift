@@ -1,19 +1,40 @@
-// ModelFolder: finds a Stable Diffusion model in diffusers' folder layout through model_index.json
+// StableDiffusionModel: finds a Stable Diffusion model in diffusers' folder layout through model_index.json
 // and decodes each component's config, with errors that name the file at fault.
 
 import Foundation
 
-/// A diffusers pipeline folder: model_index.json plus unet/, vae/, text_encoder/, tokenizer/, scheduler/.
-public struct ModelFolder: Sendable {
+/// A Stable Diffusion 1.x/2.x model: configs, tokenizer and weights of each component.
+public struct StableDiffusionModel: Sendable {
     public let url: URL
     public let pipelineClass: String
     public let unet: UNetConfig
     public let vae: VAEConfig
     public let textEncoder: CLIPTextConfig
     public let scheduler: SchedulerConfig
+    public let tokenizer: CLIPTokenizer
+    /// Opens one component's weights ("unet", "vae", "text_encoder").
+    private let openWeights: @Sendable (String) throws -> WeightProvider
 
-    /// The model's short name for metadata (the folder's name).
-    public var name: String { url.lastPathComponent }
+    /// The model's short name for metadata (the folder's or file's name, without extension).
+    public var name: String { url.hasDirectoryPath ? url.lastPathComponent : url.deletingPathExtension().lastPathComponent }
+
+    /// The weights of one component ("unet", "vae", "text_encoder"), mapped, not read.
+    public func weights(_ component: String) throws -> WeightProvider { try openWeights(component) }
+
+    /// A model from parts (used by other on-disk formats such as GGUF).
+    public init(url: URL, pipelineClass: String, unet: UNetConfig, vae: VAEConfig, textEncoder: CLIPTextConfig,
+                scheduler: SchedulerConfig, tokenizer: CLIPTokenizer,
+                weights: @escaping @Sendable (String) throws -> WeightProvider) throws {
+        self.url = url
+        self.pipelineClass = pipelineClass
+        self.unet = unet
+        self.vae = vae
+        self.textEncoder = textEncoder
+        self.scheduler = scheduler
+        self.tokenizer = tokenizer
+        self.openWeights = weights
+        try Self.checkCompatible(unet: unet, vae: vae, textEncoder: textEncoder, file: url.path)
+    }
 
     /// Pixels per latent cell (diffusers' vae_scale_factor).
     public var vaeScaleFactor: Int { vae.scaleFactor }
@@ -24,15 +45,21 @@ public struct ModelFolder: Sendable {
         return (s.width * vaeScaleFactor, s.height * vaeScaleFactor)
     }
 
+    /// Opens a model: a diffusers folder, or a single .gguf file written by `sdd convert`.
     public init(url: URL) throws {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory) else {
-            throw PipelineError.missingFile(path: url.path, what: "model folder")
+            throw PipelineError.missingFile(path: url.path, what: "model folder or .gguf file")
         }
-        guard isDirectory.boolValue else {
-            throw PipelineError.unsupported(file: url.path,
-                                            feature: "a single-file model (use a diffusers folder with model_index.json)")
+        if !isDirectory.boolValue {
+            self = try StableDiffusionModel.openSingleFile(url)
+            return
         }
+        try self.init(diffusersFolder: URL(fileURLWithPath: url.path, isDirectory: true))
+    }
+
+    /// A diffusers pipeline folder: model_index.json plus unet/, vae/, text_encoder/, tokenizer/, scheduler/.
+    public init(diffusersFolder url: URL) throws {
         self.url = url
         let indexURL = url.appendingPathComponent("model_index.json")
         guard FileManager.default.fileExists(atPath: indexURL.path) else {
@@ -68,17 +95,29 @@ public struct ModelFolder: Sendable {
         try textEncoder.validate(file: textFile.path)
         scheduler = try decodeConfig(SchedulerConfig.self,
                                      at: url.appendingPathComponent("scheduler/scheduler_config.json"))
+        tokenizer = try CLIPTokenizer(directory: url.appendingPathComponent("tokenizer"))
+        let root = url
+        openWeights = { component in try ComponentWeights(directory: root, component: component) }
+        try Self.checkCompatible(unet: unet, vae: vae, textEncoder: textEncoder, file: unetFile.path)
+    }
+
+    /// The UNet must take the text encoder's embeddings and the VAE's latents.
+    static func checkCompatible(unet: UNetConfig, vae: VAEConfig, textEncoder: CLIPTextConfig, file: String) throws {
+        let unetFile = file
         let contextDims = try unet.crossAttentionDim.expanded(levels: unet.blockOutChannels.count,
-                                                              field: "cross_attention_dim", file: unetFile.path)
+                                                              field: "cross_attention_dim", file: unetFile)
         for dim in contextDims where dim != textEncoder.hiddenSize {
-            throw PipelineError.badConfig(file: unetFile.path, field: "cross_attention_dim",
+            throw PipelineError.badConfig(file: unetFile, field: "cross_attention_dim",
                                           reason: "is \(dim) but the text encoder's hidden_size is \(textEncoder.hiddenSize)")
         }
         if unet.inChannels != vae.latentChannels {
-            throw PipelineError.badConfig(file: unetFile.path, field: "in_channels",
+            throw PipelineError.badConfig(file: unetFile, field: "in_channels",
                                           reason: "is \(unet.inChannels) but the VAE has \(vae.latentChannels) latent channels")
         }
     }
 
-    public var tokenizerURL: URL { url.appendingPathComponent("tokenizer") }
+    /// Single-file formats. GGUF support registers itself here (see GGUFModel.swift).
+    static func openSingleFile(_ url: URL) throws -> StableDiffusionModel {
+        throw PipelineError.unsupported(file: url.path, feature: "a single-file model (use a diffusers folder)")
+    }
 }
