@@ -72,6 +72,7 @@ public struct StageTimings: Sendable, Codable {
 public final class StableDiffusionPipeline {
     public let model: StableDiffusionModel
     public let tokenizer: CLIPTokenizer
+    public let residency: WeightResidency
     private let textEncoderWeights: WeightProvider
     private let unetWeights: WeightProvider
     private let vaeWeights: WeightProvider
@@ -79,32 +80,37 @@ public final class StableDiffusionPipeline {
     private var textEncoderModel: CLIPTextEncoder?
     private var unetModel: UNet?
     private var vaeModel: VAEDecoder?
+    /// Tiled VAE decode (diffusers' enable_tiling semantics, see VAETiling.swift); nil decodes the whole latent at once.
+    public var vaeTiling: VAETiling?
 
     func textEncoder() throws -> CLIPTextEncoder {
         if let m = textEncoderModel { return m }
-        let m = try CLIPTextEncoder(config: model.textEncoder, weights: textEncoderWeights)
+        let m = try CLIPTextEncoder(config: model.textEncoder, weights: textEncoderWeights, residency: residency)
         textEncoderModel = m
         return m
     }
 
     func unet() throws -> UNet {
         if let m = unetModel { return m }
-        let m = try UNet(config: model.unet, weights: unetWeights)
+        let m = try UNet(config: model.unet, weights: unetWeights, residency: residency)
         unetModel = m
         return m
     }
 
     func vaeDecoder() throws -> VAEDecoder {
         if let m = vaeModel { return m }
-        let m = try VAEDecoder(config: model.vae, weights: vaeWeights)
+        let m = try VAEDecoder(config: model.vae, weights: vaeWeights, residency: residency)
         vaeModel = m
         return m
     }
 
     /// Reads configs and the tokenizer and maps every component's weights now (validating each file's
     /// header and tensor ranges, so a broken file fails before any work); pages are read on use.
-    public init(model: StableDiffusionModel) throws {
+    /// residency: `.streamed` (default) keeps about one module's weights resident; `.resident` keeps
+    /// every page once read; `.strict` also drops them from the page cache.
+    public init(model: StableDiffusionModel, residency: WeightResidency = .streamed) throws {
         self.model = model
+        self.residency = residency
         tokenizer = model.tokenizer
         textEncoderWeights = try model.weights("text_encoder")
         unetWeights = try model.weights("unet")
@@ -214,7 +220,16 @@ public final class StableDiffusionPipeline {
     func decode(_ latents: Tensor) throws -> [[UInt8]] {
         let vae = try vaeDecoder()
         let scalingFactor = model.vae.scalingFactor
-        return StableDiffusionPipeline.rgb8(vae(Tensor(shape: latents.shape, data: latents.data.map { $0 / scalingFactor })))
+        let z = Tensor(shape: latents.shape, data: latents.data.map { $0 / scalingFactor })
+        if let tiling = vaeTiling {
+            guard tiling.preservesSize(scaleFactor: model.vaeScaleFactor) else {
+                throw PipelineError.invalidRequest("VAE tiles of \(tiling.tileLatentSize) latent cells with overlap "
+                    + "\(tiling.overlapFactor) would not give a \(latents.shape[3] * model.vaeScaleFactor)×"
+                    + "\(latents.shape[2] * model.vaeScaleFactor) image")
+            }
+            return StableDiffusionPipeline.rgb8(try vae.decodeTiled(z, tiling: tiling))
+        }
+        return StableDiffusionPipeline.rgb8(vae(z))
     }
 
     /// image: [N, 3, H, W] in [-1, 1] → N row-major H×W×3 byte images, rounded as diffusers' numpy_to_pil.

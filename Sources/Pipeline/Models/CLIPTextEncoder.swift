@@ -18,8 +18,9 @@ public struct CLIPTextEncoder {
     private let positionEmbedding: Weight
     private let layers: [EncoderLayer]
     private let finalNorm: LayerNormLayer
+    private let streamer: WeightStreamer
 
-    public init(config: CLIPTextConfig, weights w: WeightProvider) throws {
+    public init(config: CLIPTextConfig, weights w: WeightProvider, residency: WeightResidency = .resident) throws {
         self.config = config
         let d = config.hiddenSize
         // Real SD checkpoints prefix every name with "text_model."; transformers 5 saves without it.
@@ -43,6 +44,13 @@ public struct CLIPTextEncoder {
                 fc2: try Linear(w, "\(l).mlp.fc2", in: config.intermediateSize, out: d))
         }
         finalNorm = try LayerNormLayer(w, "\(p)final_layer_norm", dim: d, eps: config.layerNormEps)
+        // Per-layer groups; the token table is read row by row (only the prompt's rows fault in) and
+        // released after the lookup, so it is not in the prefetched order.
+        streamer = WeightStreamer(
+            order: [[positionEmbedding]] + layers.map {
+                $0.norm1.weights + $0.attention.weights + $0.norm2.weights + $0.fc1.weights + $0.fc2.weights
+            } + [finalNorm.weights],
+            residency: residency)
     }
 
     /// ids: one row of token ids per prompt (each row ≤ max_position_embeddings long).
@@ -57,7 +65,9 @@ public struct CLIPTextEncoder {
         }
         var x = Tensor(zeros: [ids.count, tokens, d])
         var position = [Float](repeating: 0, count: tokens * d)
-        position.withUnsafeMutableBufferPointer { positionEmbedding.dequantizeRows(0..<tokens, into: $0.baseAddress!) }
+        streamer.run {
+            position.withUnsafeMutableBufferPointer { positionEmbedding.dequantizeRows(0..<tokens, into: $0.baseAddress!) }
+        }
         for (b, row) in ids.enumerated() {
             for (t, id) in row.enumerated() {
                 guard id >= 0, Int(id) < config.vocabSize else {
@@ -70,12 +80,17 @@ public struct CLIPTextEncoder {
                 }
             }
         }
-        for layer in layers {
-            x = add(x, layer.attention(layer.norm1(x), causal: true))
-            var h = layer.fc1(layer.norm2(x))
-            h = config.hiddenAct == "gelu" ? gelu(h) : quickGelu(h)
-            x = add(x, layer.fc2(h))
+        if streamer.residency != .resident {
+            WeightStreamer.release([tokenEmbedding], dropPageCache: streamer.residency == .strict)
         }
-        return finalNorm(x)
+        for layer in layers {
+            x = streamer.run {
+                let a = add(x, layer.attention(layer.norm1(x), causal: true))
+                var h = layer.fc1(layer.norm2(a))
+                h = config.hiddenAct == "gelu" ? gelu(h) : quickGelu(h)
+                return add(a, layer.fc2(h))
+            }
+        }
+        return streamer.run { finalNorm(x) }
     }
 }

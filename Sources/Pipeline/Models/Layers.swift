@@ -1,7 +1,21 @@
 // Layers: the PyTorch modules the models are made of (Linear, Conv2d, GroupNorm, LayerNorm, Attention),
 // each bound to its weights by its diffusers / transformers parameter name.
 
+import Synchronization
 import TiledKernels
+
+/// A module that reads weights: their list is what weight streaming prefetches and releases.
+protocol WeightGroup {
+    var weights: [Weight] { get }
+}
+
+/// Multiply-add work done by the matmul-shaped layers (2 FLOPs per multiply-add), for `sdd bench`.
+public enum ComputeCounter {
+    static let flops = Atomic<Int>(0)
+    public static var total: Int { flops.load(ordering: .relaxed) }
+    public static func reset() { flops.store(0, ordering: .relaxed) }
+    static func add(_ n: Int) { flops.add(n, ordering: .relaxed) }
+}
 
 /// Where a model component's weights come from (a safetensors folder, a GGUF file, a test double).
 public protocol WeightProvider: AnyObject {
@@ -11,7 +25,7 @@ public protocol WeightProvider: AnyObject {
 }
 
 /// torch.nn.Linear: weight [out, in], optional bias [out].
-struct Linear {
+struct Linear: WeightGroup {
     let weight: Weight
     let bias: Weight?
 
@@ -30,11 +44,16 @@ struct Linear {
         throw PipelineError.badWeights(component: name, reason: "shape \(raw.shape), expected \([out, inFeatures])")
     }
 
-    func callAsFunction(_ x: Tensor) -> Tensor { linear(x, weight: weight, bias: bias) }
+    var weights: [Weight] { [weight] + (bias.map { [$0] } ?? []) }
+
+    func callAsFunction(_ x: Tensor) -> Tensor {
+        ComputeCounter.add(2 * (x.count / max(weight.rowLength, 1)) * weight.count)
+        return linear(x, weight: weight, bias: bias)
+    }
 }
 
 /// torch.nn.Conv2d with square kernel, symmetric padding.
-struct Conv2d {
+struct Conv2d: WeightGroup {
     let weight: Weight
     let bias: Weight?
     let stride: Int
@@ -48,13 +67,17 @@ struct Conv2d {
         self.padding = padding ?? kernel / 2
     }
 
+    var weights: [Weight] { [weight] + (bias.map { [$0] } ?? []) }
+
     func callAsFunction(_ x: Tensor) -> Tensor {
-        conv2d(x, weight: weight, bias: bias, stride: stride, padding: padding)
+        let y = conv2d(x, weight: weight, bias: bias, stride: stride, padding: padding)
+        ComputeCounter.add(2 * y.count * weight.rowLength)
+        return y
     }
 }
 
 /// torch.nn.GroupNorm (affine).
-struct GroupNormLayer {
+struct GroupNormLayer: WeightGroup {
     let gamma: Weight
     let beta: Weight
     let groups: Int
@@ -67,13 +90,15 @@ struct GroupNormLayer {
         self.eps = eps
     }
 
+    var weights: [Weight] { [gamma, beta] }
+
     func callAsFunction(_ x: Tensor, silu: Bool = false) -> Tensor {
         groupNorm(x, groups: groups, gamma: gamma, beta: beta, eps: eps, silu: silu)
     }
 }
 
 /// torch.nn.LayerNorm over the last dimension.
-struct LayerNormLayer {
+struct LayerNormLayer: WeightGroup {
     let gamma: Weight
     let beta: Weight
     let eps: Float
@@ -84,12 +109,14 @@ struct LayerNormLayer {
         self.eps = eps
     }
 
+    var weights: [Weight] { [gamma, beta] }
+
     func callAsFunction(_ x: Tensor) -> Tensor { layerNorm(x, gamma: gamma, beta: beta, eps: eps) }
 }
 
 /// Multi-head attention with separate q/k/v/out projections, as diffusers' Attention and CLIP's attention.
 /// Tokens in: [B, T, C]; context: [B, S, Cctx] (self-attention when nil).
-struct MultiHeadAttention {
+struct MultiHeadAttention: WeightGroup {
     let q: Linear
     let k: Linear
     let v: Linear
@@ -104,9 +131,14 @@ struct MultiHeadAttention {
         self.heads = heads
     }
 
+    var weights: [Weight] { q.weights + k.weights + v.weights + out.weights }
+
     func callAsFunction(_ x: Tensor, context: Tensor? = nil, causal: Bool = false) -> Tensor {
         let ctx = context ?? x
-        let a = attention(q: q(x), k: k(ctx), v: v(ctx), heads: heads, causal: causal)
+        let query = q(x)
+        let a = attention(q: query, k: k(ctx), v: v(ctx), heads: heads, causal: causal)
+        // QKᵀ and PV: 2 · 2 · Tq · Tk · channels per batch item.
+        ComputeCounter.add(4 * query.count * ctx.shape[ctx.shape.count - 2])
         return out(a)
     }
 }

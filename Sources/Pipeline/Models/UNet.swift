@@ -30,8 +30,11 @@ public struct UNet {
     private let up: [UpLevel]
     private let normOut: GroupNormLayer
     private let convOut: Conv2d
+    private let streamer: WeightStreamer
 
-    public init(config: UNetConfig, weights w: WeightProvider, file: String = "unet/config.json") throws {
+    /// residency: how weights stay in memory; `.streamed` keeps about one resnet or transformer resident.
+    public init(config: UNetConfig, weights w: WeightProvider, residency: WeightResidency = .resident,
+                file: String = "unet/config.json") throws {
         try config.validate(file: file)
         self.config = config
         let levels = config.blockOutChannels.count
@@ -116,7 +119,35 @@ public struct UNet {
 
         normOut = try GroupNormLayer(w, "conv_norm_out", channels: channels[0], groups: groups, eps: eps)
         convOut = try Conv2d(w, "conv_out", in: channels[0], out: config.outChannels, kernel: config.convOutKernel)
+
+        // The execution order of weight groups, exactly as callAsFunction visits them.
+        var order: [[Weight]] = [timeLinear1.weights + timeLinear2.weights, convIn.weights]
+        for level in down {
+            for (resnet, transformer) in zip(level.resnets, level.transformers) {
+                order.append(resnet.weights)
+                if let t = transformer { order.append(t.weights) }
+            }
+            if let d = level.downsample { order.append(d.weights) }
+        }
+        if let midT = midTransformer {
+            order += [midResnets[0].weights, midT.weights, midResnets[1].weights]
+        }
+        for level in up {
+            for (resnet, transformer) in zip(level.resnets, level.transformers) {
+                order.append(resnet.weights)
+                if let t = transformer { order.append(t.weights) }
+            }
+            if let u = level.upsample { order.append(u.weights) }
+        }
+        order.append(normOut.weights + convOut.weights)
+        streamer = WeightStreamer(order: order, residency: residency)
     }
+
+    /// Bytes of the largest weight group: what `.streamed` keeps resident at a time (plus the next one).
+    public var largestGroupBytes: Int { streamer.largestGroupBytes }
+
+    /// Bytes of all weights as stored.
+    public var totalWeightBytes: Int { streamer.totalBytes }
 
     /// Sinusoidal timestep features as diffusers' get_timestep_embedding (float32 arithmetic, max_period 10000).
     static func timestepFeatures(_ t: Float, dim: Int, flipSinToCos: Bool, freqShift: Float) -> [Float] {
@@ -144,37 +175,36 @@ public struct UNet {
                                           freqShift: Float(config.freqShift))
         var tFeatures = Tensor(zeros: [n, c0])
         for b in 0..<n { tFeatures.data.replaceSubrange((b * c0)..<((b + 1) * c0), with: feats) }
-        let temb = timeLinear2(silu(timeLinear1(tFeatures)))
-        let siluTemb = silu(temb)
+        let siluTemb = streamer.run { silu(timeLinear2(silu(timeLinear1(tFeatures)))) }
 
-        var x = convIn(config.centerInputSample ? Tensor(shape: sample.shape, data: sample.data.map { 2 * $0 - 1 }) : sample)
+        var x = streamer.run { convIn(config.centerInputSample ? Tensor(shape: sample.shape, data: sample.data.map { 2 * $0 - 1 }) : sample) }
         var skips: [Tensor] = [x]
         for level in down {
             for (resnet, transformer) in zip(level.resnets, level.transformers) {
-                x = resnet(x, siluTimeEmbedding: siluTemb)
-                if let tr = transformer { x = tr(x, context: context) }
+                x = streamer.run { resnet(x, siluTimeEmbedding: siluTemb) }
+                if let tr = transformer { x = streamer.run { tr(x, context: context) } }
                 skips.append(x)
             }
             if let ds = level.downsample {
-                x = ds(x)
+                x = streamer.run { ds(x) }
                 skips.append(x)
             }
         }
         if let midT = midTransformer {
-            x = midResnets[0](x, siluTimeEmbedding: siluTemb)
-            x = midT(x, context: context)
-            x = midResnets[1](x, siluTimeEmbedding: siluTemb)
+            x = streamer.run { midResnets[0](x, siluTimeEmbedding: siluTemb) }
+            x = streamer.run { midT(x, context: context) }
+            x = streamer.run { midResnets[1](x, siluTimeEmbedding: siluTemb) }
         }
         for level in up {
             for (resnet, transformer) in zip(level.resnets, level.transformers) {
                 let skip = skips.removeLast()
-                x = resnet(concatChannels(x, skip), siluTimeEmbedding: siluTemb)
-                if let tr = transformer { x = tr(x, context: context) }
+                x = streamer.run { resnet(concatChannels(x, skip), siluTimeEmbedding: siluTemb) }
+                if let tr = transformer { x = streamer.run { tr(x, context: context) } }
             }
             if let us = level.upsample, let next = skips.last {
-                x = us(x, size: (next.shape[2], next.shape[3]))
+                x = streamer.run { us(x, size: (next.shape[2], next.shape[3])) }
             }
         }
-        return convOut(normOut(x, silu: true))
+        return streamer.run { convOut(normOut(x, silu: true)) }
     }
 }

@@ -4,7 +4,7 @@
 import TiledKernels
 
 /// diffusers ResnetBlock2D (time_embedding_norm "default", output_scale_factor 1).
-struct ResnetBlock {
+struct ResnetBlock: WeightGroup {
     let norm1: GroupNormLayer
     let conv1: Conv2d
     let timeProjection: Linear?
@@ -24,6 +24,11 @@ struct ResnetBlock {
         self.outputScale = outputScale
     }
 
+    var weights: [Weight] {
+        norm1.weights + conv1.weights + (timeProjection?.weights ?? []) + norm2.weights + conv2.weights
+            + (shortcut?.weights ?? [])
+    }
+
     /// x: [N, C, H, W]; siluTimeEmbedding: silu(temb) [N, T] (nil for the VAE).
     func callAsFunction(_ x: Tensor, siluTimeEmbedding: Tensor?) -> Tensor {
         var h = conv1(norm1(x, silu: true))
@@ -38,7 +43,7 @@ struct ResnetBlock {
 }
 
 /// diffusers BasicTransformerBlock (layer_norm, self-attention, cross-attention, GEGLU feed-forward).
-struct TransformerBlock {
+struct TransformerBlock: WeightGroup {
     let norm1: LayerNormLayer
     let selfAttention: MultiHeadAttention
     let norm2: LayerNormLayer
@@ -65,16 +70,47 @@ struct TransformerBlock {
         ffOut = try Linear(w, "\(p).ff.net.2", in: dim * 4, out: dim)
     }
 
+    var weights: [Weight] {
+        norm1.weights + selfAttention.weights + norm2.weights + crossAttention.weights + norm3.weights
+            + ffIn.weights + ffOut.weights
+    }
+
+    /// Tokens per feed-forward tile: the GEGLU hidden layer (8 × dim wide) exists for this many tokens at a time.
+    static let feedForwardTile = 1024
+
     /// x: [B, T, dim]; context: [B, S, contextDim].
     func callAsFunction(_ x: Tensor, context: Tensor) -> Tensor {
         var h = add(x, selfAttention(norm1(x)))
         h = add(h, crossAttention(norm2(h), context: context))
-        return add(h, ffOut(geglu(ffIn(norm3(h)))))
+        return feedForward(h)
+    }
+
+    /// h + FF(norm3(h)), computed over tiles of tokens so the 8×-wide hidden layer stays small.
+    /// Every op is row-wise, so tiling gives bit-identical results.
+    func feedForward(_ h: Tensor) -> Tensor {
+        let dim = h.shape[h.shape.count - 1]
+        let rows = h.count / dim
+        let tile = TransformerBlock.feedForwardTile
+        if rows <= tile { return add(h, ffOut(geglu(ffIn(norm3(h))))) }
+        var out = h
+        var start = 0
+        while start < rows {
+            let n = min(tile, rows - start)
+            let chunk = Tensor(shape: [n, dim], data: Array(h.data[(start * dim)..<((start + n) * dim)]))
+            let y = ffOut(geglu(ffIn(norm3(chunk))))
+            out.data.withUnsafeMutableBufferPointer { o in
+                y.data.withUnsafeBufferPointer { src in
+                    for i in 0..<(n * dim) { o[start * dim + i] += src[i] }
+                }
+            }
+            start += n
+        }
+        return out
     }
 }
 
 /// diffusers Transformer2DModel over an NCHW feature map (conv or linear projections).
-struct SpatialTransformer {
+struct SpatialTransformer: WeightGroup {
     let norm: GroupNormLayer
     let linearProjection: Bool
     let projInConv: Conv2d?
@@ -106,6 +142,11 @@ struct SpatialTransformer {
         }
     }
 
+    var weights: [Weight] {
+        norm.weights + (projInConv?.weights ?? []) + (projInLinear?.weights ?? []) + blocks.flatMap(\.weights)
+            + (projOutConv?.weights ?? []) + (projOutLinear?.weights ?? [])
+    }
+
     /// x: [N, C, H, W]; context: [N, S, contextDim].
     func callAsFunction(_ x: Tensor, context: Tensor) -> Tensor {
         let height = x.shape[2], width = x.shape[3]
@@ -126,7 +167,7 @@ struct SpatialTransformer {
 }
 
 /// diffusers Downsample2D with a conv (stride 2).
-struct Downsample {
+struct Downsample: WeightGroup {
     let conv: Conv2d
 
     init(_ w: WeightProvider, _ p: String, channels: Int, padding: Int) throws {
@@ -136,16 +177,20 @@ struct Downsample {
         conv = try Conv2d(w, "\(p).conv", in: channels, out: channels, kernel: 3, stride: 2, padding: padding)
     }
 
+    var weights: [Weight] { conv.weights }
+
     func callAsFunction(_ x: Tensor) -> Tensor { conv(x) }
 }
 
 /// diffusers Upsample2D with a conv: nearest-neighbour resize (to `size`, or 2×), then 3×3 conv.
-struct Upsample {
+struct Upsample: WeightGroup {
     let conv: Conv2d
 
     init(_ w: WeightProvider, _ p: String, channels: Int) throws {
         conv = try Conv2d(w, "\(p).conv", in: channels, out: channels, kernel: 3)
     }
+
+    var weights: [Weight] { conv.weights }
 
     func callAsFunction(_ x: Tensor, size: (height: Int, width: Int)? = nil) -> Tensor {
         let target = size ?? (x.shape[2] * 2, x.shape[3] * 2)

@@ -19,8 +19,10 @@ public struct VAEDecoder {
     private let up: [UpLevel]
     private let normOut: GroupNormLayer
     private let convOut: Conv2d
+    private let streamer: WeightStreamer
 
-    public init(config: VAEConfig, weights w: WeightProvider, file: String = "vae/config.json") throws {
+    public init(config: VAEConfig, weights w: WeightProvider, residency: WeightResidency = .resident,
+                file: String = "vae/config.json") throws {
         try config.validate(file: file)
         self.config = config
         let channels = config.blockOutChannels
@@ -70,23 +72,41 @@ public struct VAEDecoder {
         self.up = up
         normOut = try GroupNormLayer(w, "decoder.conv_norm_out", channels: channels[0], groups: groups, eps: eps)
         convOut = try Conv2d(w, "decoder.conv_out", in: channels[0], out: config.outChannels, kernel: 3)
+
+        // Weight groups in the order callAsFunction visits them.
+        var order: [[Weight]] = [(postQuantConv?.weights ?? []) + convIn.weights, midResnets[0].weights]
+        if let norm = midNorm, let attn = midAttention { order.append(norm.weights + attn.weights) }
+        order.append(midResnets[1].weights)
+        for level in up {
+            order += level.resnets.map(\.weights)
+            if let u = level.upsample { order.append(u.weights) }
+        }
+        order.append(normOut.weights + convOut.weights)
+        streamer = WeightStreamer(order: order, residency: residency)
     }
 
     /// z: [N, latent_channels, h, w] (already divided by scaling_factor) → image [N, 3, h·f, w·f] in about [-1, 1].
     public func callAsFunction(_ z: Tensor) -> Tensor {
-        var x = postQuantConv.map { $0(z) } ?? z
-        x = convIn(x)
-        x = midResnets[0](x, siluTimeEmbedding: nil)
+        var x = streamer.run { convIn(postQuantConv.map { $0(z) } ?? z) }
+        x = streamer.run { midResnets[0](x, siluTimeEmbedding: nil) }
         if let norm = midNorm, let attn = midAttention {
-            let h = x.shape[2], w = x.shape[3]
-            let tokens = nchwToTokens(norm(x))
-            x = TiledKernels.add(x, tokensToNCHW(attn(tokens), height: h, width: w))
+            x = streamer.run {
+                let h = x.shape[2], w = x.shape[3]
+                let tokens = nchwToTokens(norm(x))
+                return TiledKernels.add(x, tokensToNCHW(attn(tokens), height: h, width: w))
+            }
         }
-        x = midResnets[1](x, siluTimeEmbedding: nil)
+        x = streamer.run { midResnets[1](x, siluTimeEmbedding: nil) }
         for level in up {
-            for resnet in level.resnets { x = resnet(x, siluTimeEmbedding: nil) }
-            if let us = level.upsample { x = us(x) }
+            for resnet in level.resnets { x = streamer.run { resnet(x, siluTimeEmbedding: nil) } }
+            if let us = level.upsample { x = streamer.run { us(x) } }
         }
-        return convOut(normOut(x, silu: true))
+        return streamer.run { convOut(normOut(x, silu: true)) }
     }
+
+    /// Bytes of the largest weight group (what `.streamed` keeps resident at a time, plus the next).
+    public var largestGroupBytes: Int { streamer.largestGroupBytes }
+
+    /// Bytes of all weights as stored.
+    public var totalWeightBytes: Int { streamer.totalBytes }
 }

@@ -1,0 +1,84 @@
+// ProcessMemory: this process's memory as the kernel reports it (/proc/self/status), and a sampler
+// that records the anonymous / file-backed split at the moment of peak resident set size.
+
+import Foundation
+
+public enum ProcessMemory {
+    /// Resident memory figures, in bytes.
+    public struct Snapshot: Sendable, Equatable {
+        public var rss = 0
+        public var rssAnon = 0
+        public var rssFile = 0
+        public var peakRSS = 0
+    }
+
+    /// Reads VmRSS, RssAnon, RssFile and VmHWM from /proc/self/status (nil where unavailable).
+    public static func snapshot() -> Snapshot? {
+        guard let text = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return nil }
+        var s = Snapshot()
+        for line in text.split(separator: "\n") {
+            let parts = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+            guard parts.count >= 2, let kb = Int(parts[1]) else { continue }
+            switch parts[0] {
+            case "VmRSS:": s.rss = kb * 1024
+            case "RssAnon:": s.rssAnon = kb * 1024
+            case "RssFile:": s.rssFile = kb * 1024
+            case "VmHWM:": s.peakRSS = kb * 1024
+            default: break
+            }
+        }
+        return s
+    }
+
+    /// VmHWM: the peak resident set size, in bytes.
+    public static func peakResidentBytes() -> Int? { snapshot()?.peakRSS }
+}
+
+/// Polls /proc/self/status on a background thread and keeps the snapshot with the largest VmRSS, so
+/// a benchmark can say how much of its peak was anonymous memory and how much mapped file pages.
+public final class PeakMemorySampler: @unchecked Sendable {
+    // @unchecked: `peak` is guarded by `lock`; the thread stops when `running` is cleared.
+    private let lock = NSLock()
+    private var peak = ProcessMemory.Snapshot()
+    private var running = true
+    private let interval: TimeInterval
+
+    public init(interval: TimeInterval = 0.02) {
+        self.interval = interval
+        let thread = Thread { [weak self] in
+            while let me = self, me.isRunning {
+                me.sample()
+                Thread.sleep(forTimeInterval: me.interval)
+            }
+        }
+        thread.start()
+    }
+
+    private var isRunning: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return running
+    }
+
+    public func sample() {
+        guard let s = ProcessMemory.snapshot() else { return }
+        lock.lock()
+        if s.rss > peak.rss { peak = s }
+        peak.peakRSS = max(peak.peakRSS, s.peakRSS)
+        lock.unlock()
+    }
+
+    /// The snapshot taken at the highest VmRSS seen so far (peakRSS is the kernel's VmHWM).
+    public var peakSnapshot: ProcessMemory.Snapshot {
+        sample()
+        lock.lock()
+        defer { lock.unlock() }
+        return peak
+    }
+
+    public func stop() {
+        lock.lock()
+        running = false
+        lock.unlock()
+    }
+}
