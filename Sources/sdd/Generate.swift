@@ -42,6 +42,18 @@ struct Generate: ParsableCommand {
     @Option(help: "Also write the final latents as a float32 .npy [count, 4, H/8, W/8].")
     var saveLatents: String?
 
+    @Flag(help: "Decode the VAE in overlapping tiles (diffusers' enable_tiling), the tile size chosen for a default activation budget.")
+    var vaeTiling = false
+
+    @Option(help: "Decode the VAE in tiles of N×N latent cells (N×8 pixels; a multiple of 4), overlap 0.25.")
+    var vaeTileSize: Int?
+
+    @Option(help: "Memory budget, e.g. 256M or 1G: weights are streamed and the VAE tiled to stay under it, or the run is refused with the numbers.")
+    var memoryBudget: String?
+
+    @Option(help: "Weight residency: streamed (default: about one module resident), resident, strict (also drops page cache).")
+    var residency: String = "streamed"
+
     @Flag(help: "Print stage timings and peak memory as one JSON line on stderr.")
     var timings = false
 
@@ -69,7 +81,10 @@ struct Generate: ParsableCommand {
         }
         let modelPath = try ModelLocation.resolve(model)
         let folder = try StableDiffusionModel(url: URL(fileURLWithPath: modelPath))
-        let pipeline = try StableDiffusionPipeline(model: folder)
+        guard let residencyMode = WeightResidency(rawValue: residency) else {
+            throw PipelineError.invalidRequest("unknown --residency \(residency); choose streamed, resident or strict")
+        }
+        let pipeline = try StableDiffusionPipeline(model: folder, residency: residencyMode)
 
         var settings = GenerationSettings(prompt: prompt)
         settings.negativePrompt = negativePrompt
@@ -80,7 +95,15 @@ struct Generate: ParsableCommand {
         settings.seed = seed
         settings.scheduler = kind
         settings.count = count
-        _ = try pipeline.validate(settings)
+        let size = try pipeline.validate(settings)
+        pipeline.vaeTiling = try chooseVAETiling(folder, width: size.width, height: size.height)
+        if let budget = memoryBudget {
+            let plan = try MemoryPlanner.plan(budget: try MemorySize.parse(budget), pipeline: pipeline,
+                                              width: size.width, height: size.height, count: count,
+                                              guided: guidance > 1)
+            if vaeTileSize == nil { pipeline.vaeTiling = plan.vaeTiling }
+            printError("sdd: memory budget \(budget): \(plan)")
+        }
 
         let tokens = pipeline.tokenizer.encode(prompt, maxLength: folder.textEncoder.maxPositionEmbeddings)
         if tokens.truncated {
@@ -125,6 +148,25 @@ struct Generate: ParsableCommand {
     }
 }
 
+extension Generate {
+    /// --vae-tile-size N as given, or with --vae-tiling the largest tile whose decode fits the default budget
+    /// (nil: untiled, also when the whole decode fits).
+    func chooseVAETiling(_ model: StableDiffusionModel, width: Int, height: Int) throws -> VAETiling? {
+        let f = model.vaeScaleFactor
+        if let n = vaeTileSize {
+            let tiling = VAETiling(tileLatentSize: n, scaleFactor: f)
+            try tiling.validate()
+            guard tiling.preservesSize(scaleFactor: f) else {
+                throw PipelineError.invalidRequest("--vae-tile-size \(n): with overlap 0.25 the tile must be a multiple of 4 latent cells")
+            }
+            return tiling
+        }
+        guard vaeTiling else { return nil }
+        return try VAEDecoder.tiling(forBudgetBytes: VAETiling.defaultActivationBudgetBytes, config: model.vae,
+                                     latentHeight: height / f, latentWidth: width / f, batch: count)
+    }
+}
+
 /// Where the model comes from when --model is not given.
 enum ModelLocation {
     static func resolve(_ option: String?) throws -> String {
@@ -164,17 +206,4 @@ final class ProgressLine {
 
 func printError(_ message: String) {
     FileHandle.standardError.write(Data((message + "\n").utf8))
-}
-
-/// The process's memory as the kernel reports it in /proc/self/status.
-enum ProcessMemory {
-    /// VmHWM: the peak resident set size, in bytes.
-    static func peakResidentBytes() -> Int? {
-        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return nil }
-        for line in status.split(separator: "\n") where line.hasPrefix("VmHWM:") {
-            let kb = line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first.flatMap { Int($0) }
-            return kb.map { $0 * 1024 }
-        }
-        return nil
-    }
 }
