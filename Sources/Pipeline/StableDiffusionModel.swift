@@ -116,8 +116,5 @@ public struct StableDiffusionModel: Sendable {
         }
     }
 
-    /// Single-file formats. GGUF support registers itself here (see GGUFModel.swift).
-    static func openSingleFile(_ url: URL) throws -> StableDiffusionModel {
-        throw PipelineError.unsupported(file: url.path, feature: "a single-file model (use a diffusers folder)")
-    }
+    // Single-file formats (`openSingleFile`) live in GGUFModel.swift.
 }

@@ -72,8 +72,9 @@ public struct Weight: @unchecked Sendable {
         let count = shape.reduce(1, *)
         precondition(type.byteCount(elements: count) == bytes.count,
                      "Weight: \(bytes.count) bytes for \(type.name) shape \(shape)")
-        precondition(!type.isQuantized || (shape.last ?? 0) % type.blockSize == 0,
-                     "Weight: \(type.name) rows of \(shape.last ?? 0) are not whole blocks")
+        let rowLength = shape.dropFirst().reduce(1, *)
+        precondition(!type.isQuantized || rowLength % type.blockSize == 0,
+                     "Weight: \(type.name) rows of \(rowLength) are not whole blocks")
         self.shape = shape
         self.type = type
         self.bytes = bytes

@@ -61,23 +61,44 @@ public struct CLIPTokenizer: Sendable {
     public init(directory: URL) throws {
         let vocabURL = directory.appendingPathComponent("vocab.json")
         let mergesURL = directory.appendingPathComponent("merges.txt")
+        let configURL = directory.appendingPathComponent("tokenizer_config.json")
+        let mapURL = directory.appendingPathComponent("special_tokens_map.json")
+        let config = FileManager.default.fileExists(atPath: configURL.path) ? try Self.readJSONObject(configURL) : nil
+        let map = FileManager.default.fileExists(atPath: mapURL.path) ? try Self.readJSONObject(mapURL) : nil
+        let (specials, maxLength) = Self.settings(config: config, configLabel: configURL.path,
+                                                  specialTokensMap: map, mapLabel: mapURL.path)
+        try self.init(vocabURL: vocabURL, mergesURL: mergesURL, specialTokens: specials, modelMaxLength: maxLength)
+    }
+
+    /// A tokenizer from the contents of a tokenizer folder's files held in memory (e.g. a GGUF file's
+    /// metadata): vocab.json text, merges.txt text and, optionally, tokenizer_config.json and
+    /// special_tokens_map.json text. `source` prefixes error messages (e.g. "model.gguf: sdd.tokenizer").
+    public init(vocabJSON: String, merges: String, tokenizerConfig: String? = nil, specialTokensMap: String? = nil,
+                source: String) throws {
+        let config = try tokenizerConfig.map { try Self.parseJSONObject(Data($0.utf8), label: "\(source) tokenizer_config.json") }
+        let map = try specialTokensMap.map { try Self.parseJSONObject(Data($0.utf8), label: "\(source) special_tokens_map.json") }
+        let (specials, maxLength) = Self.settings(config: config, configLabel: "\(source) tokenizer_config.json",
+                                                  specialTokensMap: map, mapLabel: "\(source) special_tokens_map.json")
+        try self.init(vocabObject: try Self.parseJSONObject(Data(vocabJSON.utf8), label: "\(source) vocab.json"),
+                      vocabLabel: "\(source) vocab.json", mergesText: merges, mergesLabel: "\(source) merges.txt",
+                      specialTokens: specials, modelMaxLength: maxLength)
+    }
+
+    /// Special-token names and model_max_length from tokenizer_config.json then special_tokens_map.json.
+    private static func settings(config: [String: Any]?, configLabel: String, specialTokensMap map: [String: Any]?,
+                                 mapLabel: String) -> (SpecialTokenNames, Int) {
         var specials = SpecialTokenNames()
         var maxLength = 77
-        let configURL = directory.appendingPathComponent("tokenizer_config.json")
-        if FileManager.default.fileExists(atPath: configURL.path) {
-            let object = try Self.readJSONObject(configURL)
-            specials.update(from: object, file: configURL.path)
+        if let object = config {
+            specials.update(from: object, file: configLabel)
             if let value = object["model_max_length"] as? NSNumber, value.doubleValue >= 1,
                 value.doubleValue < 1_000_000
             {
                 maxLength = value.intValue
             }
         }
-        let mapURL = directory.appendingPathComponent("special_tokens_map.json")
-        if FileManager.default.fileExists(atPath: mapURL.path) {
-            specials.update(from: try Self.readJSONObject(mapURL), file: mapURL.path)
-        }
-        try self.init(vocabURL: vocabURL, mergesURL: mergesURL, specialTokens: specials, modelMaxLength: maxLength)
+        if let map { specials.update(from: map, file: mapLabel) }
+        return (specials, maxLength)
     }
 
     /// Names of the special tokens (CLIP defaults: bos `<|startoftext|>`, the rest `<|endoftext|>`).
@@ -107,16 +128,31 @@ public struct CLIPTokenizer: Sendable {
         modelMaxLength: Int = 77
     ) throws {
         let vocabObject = try Self.readJSONObject(vocabURL)
+        guard let mergesData = FileManager.default.contents(atPath: mergesURL.path) else {
+            throw TokenizerError.missingFile(mergesURL.path)
+        }
+        guard let mergesText = String(data: mergesData, encoding: .utf8) else {
+            throw TokenizerError.malformed(file: mergesURL.path, reason: "not UTF-8")
+        }
+        try self.init(vocabObject: vocabObject, vocabLabel: vocabURL.path, mergesText: mergesText,
+                      mergesLabel: mergesURL.path, specialTokens: names, modelMaxLength: modelMaxLength)
+    }
+
+    /// The shared core: a parsed vocab.json object and merges.txt text; labels name them in errors.
+    private init(
+        vocabObject: [String: Any], vocabLabel: String, mergesText: String, mergesLabel: String,
+        specialTokens names: SpecialTokenNames, modelMaxLength: Int
+    ) throws {
         var vocabulary = [String: Int32](minimumCapacity: vocabObject.count)
         for (key, value) in vocabObject {
             guard let number = value as? NSNumber, let id = Int32(exactly: number.doubleValue), id >= 0 else {
-                throw TokenizerError.malformed(file: vocabURL.path, reason: "id of \"\(key)\" is not an integer")
+                throw TokenizerError.malformed(file: vocabLabel, reason: "id of \"\(key)\" is not an integer")
             }
             vocabulary[key] = id
         }
         func id(_ token: String, _ role: String) throws -> Int32 {
             guard let id = vocabulary[token] else {
-                throw TokenizerError.malformed(file: vocabURL.path, reason: "\(role) token \"\(token)\" not in vocabulary")
+                throw TokenizerError.malformed(file: vocabLabel, reason: "\(role) token \"\(token)\" not in vocabulary")
             }
             return id
         }
@@ -125,7 +161,7 @@ public struct CLIPTokenizer: Sendable {
         padID = try id(names.pad, "pad")
         unkID = try id(names.unk, "unk")
         guard modelMaxLength >= 2 else {
-            throw TokenizerError.malformed(file: vocabURL.path, reason: "model_max_length \(modelMaxLength) < 2")
+            throw TokenizerError.malformed(file: vocabLabel, reason: "model_max_length \(modelMaxLength) < 2")
         }
         self.modelMaxLength = modelMaxLength
 
@@ -139,12 +175,6 @@ public struct CLIPTokenizer: Sendable {
         self.byteIDs = byteIDs
         self.byteEndIDs = byteEndIDs
 
-        guard let mergesData = FileManager.default.contents(atPath: mergesURL.path) else {
-            throw TokenizerError.missingFile(mergesURL.path)
-        }
-        guard let mergesText = String(data: mergesData, encoding: .utf8) else {
-            throw TokenizerError.malformed(file: mergesURL.path, reason: "not UTF-8")
-        }
         var merges = [UInt64: Merge]()
         var rank: Int32 = 0
         for (lineIndex, line) in mergesText.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
@@ -155,7 +185,7 @@ public struct CLIPTokenizer: Sendable {
                 let merged = vocabulary[String(parts[0]) + String(parts[1])]
             else {
                 throw TokenizerError.malformed(
-                    file: mergesURL.path, reason: "line \(lineIndex + 1) \"\(trimmed)\" is not a merge of vocabulary tokens")
+                    file: mergesLabel, reason: "line \(lineIndex + 1) \"\(trimmed)\" is not a merge of vocabulary tokens")
             }
             let key = UInt64(UInt32(a)) << 32 | UInt64(UInt32(b))
             if merges[key] == nil { merges[key] = Merge(rank: rank, merged: merged) }
@@ -368,14 +398,18 @@ public struct CLIPTokenizer: Sendable {
         guard let data = FileManager.default.contents(atPath: url.path) else {
             throw TokenizerError.missingFile(url.path)
         }
+        return try parseJSONObject(data, label: url.path)
+    }
+
+    private static func parseJSONObject(_ data: Data, label: String) throws -> [String: Any] {
         let object: Any
         do {
             object = try JSONSerialization.jsonObject(with: data)
         } catch {
-            throw TokenizerError.malformed(file: url.path, reason: "invalid JSON (\(error.localizedDescription))")
+            throw TokenizerError.malformed(file: label, reason: "invalid JSON (\(error.localizedDescription))")
         }
         guard let dictionary = object as? [String: Any] else {
-            throw TokenizerError.malformed(file: url.path, reason: "top level is not a JSON object")
+            throw TokenizerError.malformed(file: label, reason: "top level is not a JSON object")
         }
         return dictionary
     }
