@@ -137,6 +137,12 @@ public final class StableDiffusionPipeline {
             throw PipelineError.invalidRequest("count \(s.count) is out of range (1…\(GenerationSettings.maxCount))")
         }
         guard s.guidance.isFinite else { throw PipelineError.invalidRequest("guidance must be a finite number") }
+        do {
+            // The scheduler must be able to place every step in the training range (e.g. PNDM at 1000 steps cannot).
+            _ = try makeScheduler(s.scheduler, config: model.scheduler, steps: s.steps)
+        } catch {
+            throw PipelineError.invalidRequest("\(s.scheduler.rawValue) with \(s.steps) steps: \(error)")
+        }
         return (width, height)
     }
 

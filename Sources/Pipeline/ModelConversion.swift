@@ -212,7 +212,9 @@ public struct ModelInspection: Sendable {
     public var components: [Component] = []
     /// (key, short rendering) for GGUF metadata; config summaries for folders.
     public var metadata: [(String, String)] = []
-    public var memory: MemoryEstimate?
+    /// The planner's estimate for a guided generation at the model's default size, streamed weights.
+    public var memory: MemoryPlan?
+    public var memorySize = (width: 0, height: 0)
 
     /// Reads only headers and configs; no tensor data is touched.
     public init(url: URL) throws {
@@ -221,7 +223,6 @@ public struct ModelInspection: Sendable {
         guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory) else {
             throw PipelineError.missingFile(path: url.path, what: "model folder or .gguf file")
         }
-        var unetTensors: [(name: String, bytes: Int)] = []
         let model: StableDiffusionModel
         if isDirectory.boolValue {
             format = "diffusers folder"
@@ -232,7 +233,6 @@ public struct ModelInspection: Sendable {
                 for t in w.tensorNames {
                     guard let info = try w.info(t) else { continue }
                     c.add(t, type: info.dtype.safetensorsName, bytes: info.byteRange.count)
-                    if name == "unet" { unetTensors.append((t, info.byteRange.count)) }
                 }
                 components.append(c)
             }
@@ -245,7 +245,6 @@ public struct ModelInspection: Sendable {
                 var c = Component(name: name)
                 for t in gguf.tensors where t.name.hasPrefix(name + ".") {
                     c.add(String(t.name.dropFirst(name.count + 1)), type: t.type.name, bytes: t.byteRange.count)
-                    if name == "unet" { unetTensors.append((String(t.name.dropFirst(5)), t.byteRange.count)) }
                 }
                 components.append(c)
             }
@@ -253,7 +252,9 @@ public struct ModelInspection: Sendable {
         }
         metadata.append(("unet", "block_out_channels \(model.unet.blockOutChannels), "
             + "text encoder hidden size \(model.textEncoder.hiddenSize)"))
-        memory = MemoryEstimate(unet: model.unet, tensorBytes: unetTensors, vaeScaleFactor: model.vaeScaleFactor)
+        memorySize = model.defaultSize
+        memory = try MemoryPlanner.plan(budget: nil, pipeline: try StableDiffusionPipeline(model: model, residency: .streamed),
+                                        width: memorySize.width, height: memorySize.height)
     }
 
     /// The human-readable report `sdd inspect` prints.
@@ -274,10 +275,7 @@ public struct ModelInspection: Sendable {
         lines.append("metadata:")
         for (k, v) in metadata { lines.append("  \(k) = \(v)") }
         if let m = memory {
-            lines.append(
-                "planned peak memory (estimate, \(m.width)×\(m.height) guided): \(mb(m.plannedPeakBytes)) = "
-                    + "largest UNet block \(m.largestBlock) \(mb(m.largestBlockWeightBytes)) "
-                    + "+ skip connections \(mb(m.skipConnectionBytes))")
+            lines.append("memory (estimate, \(memorySize.width)×\(memorySize.height) guided, streamed weights, untiled VAE): \(m)")
         }
         return lines.joined(separator: "\n")
     }

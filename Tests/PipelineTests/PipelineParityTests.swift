@@ -89,6 +89,15 @@ final class PipelineParityTests: XCTestCase {
         XCTAssertEqual(seen, 3)
     }
 
+    func testAStepCountTheSchedulerCannotPlaceIsRefusedBeforeAnyWork() throws {
+        let pipeline = try StableDiffusionPipeline(model: try StableDiffusionModel(url: ModelFixtures.tinyModel))
+        var s = GenerationSettings(prompt: "x")
+        s.steps = 1000  // PNDM with steps_offset 1 would need timestep 1000, outside 0..<1000
+        XCTAssertThrowsError(try pipeline.validate(s)) { XCTAssertTrue("\($0)".contains("pndm with 1000 steps"), "\($0)") }
+        s.steps = 999
+        XCTAssertNoThrow(try pipeline.validate(s))
+    }
+
     func testSizesThatAreNotMultiplesOfEightAreRefusedByName() throws {
         let pipeline = try StableDiffusionPipeline(model: try StableDiffusionModel(url: ModelFixtures.tinyModel))
         var s = GenerationSettings(prompt: "x")

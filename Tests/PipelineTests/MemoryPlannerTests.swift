@@ -1,0 +1,40 @@
+// MemoryPlanner: budgets parse as users write them, the plan accounts for SD 1.5's skip connections,
+// a tight budget tiles the VAE, and an impossible one is refused with the numbers.
+
+import Foundation
+import Pipeline
+import XCTest
+
+final class MemoryPlannerTests: XCTestCase {
+    func testSizesParseInTheUnitsUsersWrite() throws {
+        XCTAssertEqual(try MemorySize.parse("256M"), 256 << 20)
+        XCTAssertEqual(try MemorySize.parse("1.5G"), 3 << 29)
+        XCTAssertEqual(try MemorySize.parse("300MiB"), 300 << 20)
+        XCTAssertEqual(try MemorySize.parse("4096"), 4096)
+        for bad in ["", "-1M", "lots", "12Q", "0"] {
+            XCTAssertThrowsError(try MemorySize.parse(bad), bad)
+        }
+    }
+
+    func testSD15UNetActivationsIncludeTheSkipConnectionsOfBothGuidanceHalves() throws {
+        let sd15 = try JSONDecoder().decode(UNetConfig.self, from: Data("{}".utf8))  // defaults = SD 1.5
+        let bytes = MemoryPlanner.unetActivationBytes(sd15, latentHeight: 64, latentWidth: 64, batch: 2)
+        let skips = 6_635_520 * 4 * 2  // DESIGN.md: ~53 MB of F32 skip connections
+        XCTAssertGreaterThan(bytes, skips)
+        XCTAssertLessThan(bytes, 4 * skips, "activations stay within a small multiple of the skips")
+    }
+
+    func testATightBudgetTilesTheVAEAndAnImpossibleOneIsRefused() throws {
+        let pipeline = try StableDiffusionPipeline(model: StableDiffusionModel(url: ModelFixtures.tinyModel))
+        let open = try MemoryPlanner.plan(budget: nil, pipeline: pipeline, width: 256, height: 256)
+        XCTAssertNil(open.vaeTiling)
+        let budget = open.unetPeak + (open.vaePeak - open.unetPeak) / 2
+        XCTAssertGreaterThan(open.vaePeak, open.unetPeak, "the untiled VAE is the peak at 256×256 on the tiny model")
+        let tight = try MemoryPlanner.plan(budget: budget, pipeline: pipeline, width: 256, height: 256)
+        XCTAssertNotNil(tight.vaeTiling)
+        XCTAssertLessThanOrEqual(tight.peak, budget)
+        XCTAssertThrowsError(try MemoryPlanner.plan(budget: 1 << 20, pipeline: pipeline, width: 256, height: 256)) {
+            XCTAssertTrue("\($0)".contains("too small"), "\($0)")
+        }
+    }
+}
