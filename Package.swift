@@ -5,14 +5,24 @@
 import PackageDescription
 
 let optimize: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release))]
+let nio: [Target.Dependency] = [
+    .product(name: "NIOCore", package: "swift-nio"),
+    .product(name: "NIOPosix", package: "swift-nio"),
+    .product(name: "NIOHTTP1", package: "swift-nio"),
+]
+
 let package = Package(
     name: "sdd",
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "sdd", targets: ["sdd"]),
+        .executable(name: "sdctl", targets: ["sdctl"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
@@ -24,13 +34,24 @@ let package = Package(
         .target(name: "MMapWeights", swiftSettings: optimize),
         .target(name: "TiledKernels", dependencies: ["CBLAS", "MMapWeights"], swiftSettings: optimize),
         .target(name: "Pipeline", dependencies: ["MMapWeights", "TiledKernels", "CPNG"], swiftSettings: optimize),
+        .target(name: "SDDAPI"),
+        .target(name: "Daemon", dependencies: [
+            "Pipeline", "SDDAPI", "CSystemd",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ] + nio),
         .executableTarget(name: "sdd", dependencies: [
-            "Pipeline",
+            "Pipeline", "Daemon",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
+        .executableTarget(name: "sdctl", dependencies: [
+            "SDDAPI",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ] + nio),
         .testTarget(name: "MMapWeightsTests", dependencies: ["MMapWeights"]),
         .testTarget(name: "TiledKernelsTests", dependencies: ["TiledKernels"]),
         .testTarget(name: "PipelineTests", dependencies: ["Pipeline"]),
-        .testTarget(name: "SDDTests", dependencies: ["sdd", "Pipeline"]),
+        .testTarget(name: "DaemonTests", dependencies: ["Daemon", "SDDAPI"] + nio),
+        .testTarget(name: "SDDTests", dependencies: ["sdd", "sdctl", "Pipeline"]),
     ]
 )

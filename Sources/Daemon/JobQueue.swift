@@ -1,0 +1,479 @@
+// JobQueue: every job the daemon knows, the priority queue the worker takes from, per-job event subscribers,
+// and the counters /metrics reports. Thread-safe; each state change is written to the spool.
+
+import Foundation
+import Logging
+import SDDAPI
+
+/// Step-time statistics for sdd_step_seconds (a Prometheus histogram).
+public struct StepStats: Sendable, Equatable {
+    /// Upper bounds of the histogram buckets, seconds.
+    public static let bounds: [Double] = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
+    /// Cumulative counts per bound (Prometheus `le` semantics).
+    public var buckets = [UInt64](repeating: 0, count: bounds.count)
+    public var count: UInt64 = 0
+    public var sum: Double = 0
+
+    mutating func add(_ seconds: Double) {
+        count += 1
+        sum += seconds
+        for (i, b) in Self.bounds.enumerated() where seconds <= b { buckets[i] += 1 }
+    }
+}
+
+/// A point-in-time view for /metrics and /v1/health.
+public struct QueueSnapshot: Sendable {
+    public var queueDepth: Int
+    public var jobsByState: [JobState: Int]
+    public var running: String?
+    public var steps: StepStats
+    public var submittedTotal: UInt64
+    public var rejectedTotal: UInt64
+}
+
+public final class JobQueue: @unchecked Sendable {
+    /// What the worker gets when it asks for work.
+    public enum Next {
+        case job(JobRecord)
+        case timedOut
+        case stopping
+    }
+
+    public typealias Subscriber = @Sendable (JobEvent) -> Void
+
+    struct Entry {
+        var record: JobRecord
+        var cancelRequested = false
+        /// It was running when the daemon stopped: it goes first, to resume from its checkpoint.
+        var resumeFirst = false
+        var subscribers: [UInt64: Subscriber] = [:]
+    }
+
+    private let cond = NSCondition()
+    private let writeLock = NSLock()
+    private var entries: [String: Entry] = [:]
+    private var reservedIDs: Set<String> = []
+    private var nextSeq: UInt64 = 1
+    private var nextToken: UInt64 = 1
+    private var accepting = true
+    private var stopping = false
+    private var runningID: String?
+    private var steps = StepStats()
+    private var submittedTotal: UInt64 = 0
+    private var rejectedTotal: UInt64 = 0
+
+    public let spool: Spool
+    /// Most jobs waiting at once; more submissions get 429.
+    public let maxQueued: Int
+    let logger: Logger
+    /// Told the systemd STATUS= line whenever it changes (called outside the lock).
+    private let statusListener: (@Sendable (String) -> Void)?
+
+    /// Loads every job in the spool: queued ones stay queued; one that was running is queued first to resume.
+    public init(spool: Spool, maxQueued: Int, logger: Logger, statusListener: (@Sendable (String) -> Void)? = nil) {
+        self.spool = spool
+        self.maxQueued = maxQueued
+        self.logger = logger
+        self.statusListener = statusListener
+        let loaded = spool.loadJobs()
+        for problem in loaded.problems { logger.error("\(problem)") }
+        for record in loaded.records {
+            var entry = Entry(record: record)
+            if record.job.state == .running {
+                entry.resumeFirst = true
+                entry.record.job.state = .queued
+                logger.info("job will resume", metadata: ["job": "\(record.job.id)", "step": "\(record.job.progress?.step ?? 0)"])
+            }
+            entries[record.job.id] = entry
+            nextSeq = max(nextSeq, record.seq + 1)
+        }
+        if !entries.isEmpty {
+            let queued = entries.values.filter { $0.record.job.state == .queued }.count
+            logger.info("spool loaded", metadata: ["jobs": "\(entries.count)", "queued": "\(queued)"])
+        }
+    }
+
+    public static func now() -> Double { Date().timeIntervalSince1970 }
+
+    // MARK: clients
+
+    /// Queues a resolved request for `owner`; returns once the job is on disk.
+    /// Throws 503 `shutting_down`, 429 `queue_full`, or 500 `internal` if the spool cannot be written.
+    public func submit(_ request: JobRequest, owner: UInt32) throws(APIError) -> Job {
+        cond.lock()
+        guard accepting else {
+            rejectedTotal += 1
+            cond.unlock()
+            throw APIError(.shuttingDown, "the daemon is shutting down; submit again once it is back")
+        }
+        let queued = entries.values.reduce(0) { $0 + ($1.record.job.state == .queued ? 1 : 0) } + reservedIDs.count
+        guard queued < maxQueued else {
+            rejectedTotal += 1
+            cond.unlock()
+            throw APIError(.queueFull, "the queue is full (\(maxQueued) jobs waiting); try again later")
+        }
+        var id = Self.newID()
+        while entries[id] != nil || reservedIDs.contains(id) { id = Self.newID() }
+        reservedIDs.insert(id)
+        let seq = nextSeq
+        nextSeq += 1
+        cond.unlock()
+
+        let record = JobRecord(seq: seq, job: Job(id: id, state: .queued, owner: owner, createdAt: Self.now(), settings: request))
+        do {
+            try spool.save(record)
+        } catch {
+            cond.lock()
+            reservedIDs.remove(id)
+            cond.unlock()
+            logger.error("cannot save a job", metadata: ["error": "\(error)"])
+            throw APIError(.internalError, "cannot save the job: \(error)")
+        }
+        cond.lock()
+        reservedIDs.remove(id)
+        entries[id] = Entry(record: record)
+        submittedTotal += 1
+        let job = view(entries[id]!)
+        emit(JobEvent(event: .queued, job: id, time: Self.now(), position: job.position))
+        cond.broadcast()
+        let status = statusLineLocked()
+        cond.unlock()
+        statusListener?(status)
+        logger.info("job queued", metadata: ["job": "\(id)", "owner": "\(owner)", "priority": "\(request.priority ?? 0)"])
+        return job
+    }
+
+    /// The job if `uid` may see it (its owner, or root).
+    public func job(_ id: String, uid: UInt32) -> Job? {
+        cond.lock()
+        defer { cond.unlock() }
+        guard let e = entries[id], Self.visible(e, to: uid) else { return nil }
+        return view(e)
+    }
+
+    /// The jobs `uid` may see, oldest first.
+    public func list(uid: UInt32) -> [Job] {
+        cond.lock()
+        defer { cond.unlock() }
+        let order = queuedOrder()
+        return entries.values.filter { Self.visible($0, to: uid) }.sorted { $0.record.seq < $1.record.seq }
+            .map { view($0, order: order) }
+    }
+
+    /// Cancels a queued job at once (state canceled) or asks the worker to stop a running one between steps
+    /// (state stays running until it does). 404 if not visible, 409 if already final.
+    public func cancel(_ id: String, uid: UInt32) throws(APIError) -> Job {
+        cond.lock()
+        guard var e = entries[id], Self.visible(e, to: uid) else {
+            cond.unlock()
+            throw APIError(.notFound, "no job \(id)")
+        }
+        switch e.record.job.state {
+        case .finished, .failed, .canceled:
+            cond.unlock()
+            throw APIError(.conflict, "job \(id) is already \(e.record.job.state.rawValue)")
+        case .running:
+            e.cancelRequested = true
+            entries[id] = e
+            let job = view(e)
+            cond.unlock()
+            logger.info("cancel requested", metadata: ["job": "\(id)"])
+            return job
+        case .queued:
+            e.record.job.state = .canceled
+            e.record.job.finishedAt = Self.now()
+            e.record.job.error = APIError(.canceled, "canceled while queued")
+            entries[id] = e
+            emit(JobEvent(event: .canceled, job: id, time: Self.now()))
+            let job = view(e)
+            let status = statusLineLocked()
+            cond.unlock()
+            persist(id)
+            statusListener?(status)
+            logger.info("job canceled", metadata: ["job": "\(id)"])
+            return job
+        }
+    }
+
+    /// Registers `subscriber` for the job's events. Returns the events that describe its state now (to send
+    /// first) and a token for `unsubscribe` (nil when the job is already final: nothing more will come).
+    /// nil if `uid` may not see the job. The subscriber is called with the queue locked: it must not block
+    /// or call back into the queue.
+    public func subscribe(_ id: String, uid: UInt32, _ subscriber: @escaping Subscriber)
+        -> (initial: [JobEvent], token: UInt64?)? {
+        cond.lock()
+        defer { cond.unlock() }
+        guard var e = entries[id], Self.visible(e, to: uid) else { return nil }
+        let job = view(e)
+        let now = Self.now()
+        var initial: [JobEvent] = []
+        switch job.state {
+        case .queued:
+            initial.append(JobEvent(event: .queued, job: id, time: now, position: job.position))
+        case .running:
+            initial.append(JobEvent(event: .started, job: id, time: job.startedAt ?? now, step: job.progress?.step,
+                                    total: job.progress?.total))
+            if let p = job.progress, p.step > 0 {
+                initial.append(JobEvent(event: .step, job: id, time: now, step: p.step, total: p.total, etaSeconds: p.etaSeconds))
+            }
+        case .finished, .failed, .canceled:
+            return ([finalEvent(job)], nil)
+        }
+        let token = nextToken
+        nextToken += 1
+        e.subscribers[token] = subscriber
+        entries[id] = e
+        return (initial, token)
+    }
+
+    public func unsubscribe(_ id: String, token: UInt64) {
+        cond.lock()
+        entries[id]?.subscribers[token] = nil
+        cond.unlock()
+    }
+
+    /// Stops taking new jobs (submissions get 503); queued ones stay on disk for the next start.
+    public func stopAccepting() {
+        cond.lock()
+        accepting = false
+        cond.unlock()
+    }
+
+    public var isAccepting: Bool {
+        cond.lock()
+        defer { cond.unlock() }
+        return accepting
+    }
+
+    // MARK: the worker
+
+    /// Blocks until a job is queued (returns it, now running), `deadline` passes, or `stopWorker` is called.
+    public func next(until deadline: Date?) -> Next {
+        cond.lock()
+        while true {
+            if stopping {
+                cond.unlock()
+                return .stopping
+            }
+            if let id = queuedOrder().first, var e = entries[id] {
+                e.record.job.state = .running
+                e.record.job.startedAt = Self.now()
+                e.resumeFirst = false
+                entries[id] = e
+                runningID = id
+                // Others moved up one place.
+                for other in queuedOrder() { emitPosition(other) }
+                let record = e.record
+                cond.unlock()
+                persist(id)
+                return .job(record)
+            }
+            if let d = deadline {
+                if Date() >= d || !cond.wait(until: d) {
+                    if Date() >= d {
+                        cond.unlock()
+                        return .timedOut
+                    }
+                }
+            } else {
+                cond.wait()
+            }
+        }
+    }
+
+    /// The worker began (or resumed) generating: `step` of `total` done already.
+    public func markStarted(_ id: String, step: Int, total: Int) {
+        cond.lock()
+        entries[id]?.record.job.progress = JobProgress(step: step, total: total)
+        emit(JobEvent(event: .started, job: id, time: Self.now(), step: step, total: total))
+        let status = statusLineLocked()
+        cond.unlock()
+        statusListener?(status)
+    }
+
+    /// One denoising step done, which took `seconds`; `eta` seconds are left.
+    public func reportStep(_ id: String, step: Int, total: Int, seconds: Double, eta: Double?) {
+        cond.lock()
+        entries[id]?.record.job.progress = JobProgress(step: step, total: total, etaSeconds: eta)
+        steps.add(seconds)
+        emit(JobEvent(event: .step, job: id, time: Self.now(), step: step, total: total, etaSeconds: eta))
+        let status = statusLineLocked()
+        cond.unlock()
+        statusListener?(status)
+    }
+
+    public func isCancelRequested(_ id: String) -> Bool {
+        cond.lock()
+        defer { cond.unlock() }
+        return entries[id]?.cancelRequested ?? false
+    }
+
+    /// The running job reached a final state (its images, if any, are already on disk).
+    public func complete(_ id: String, state: JobState, images: Int = 0, error: APIError? = nil) {
+        cond.lock()
+        guard var e = entries[id] else {
+            cond.unlock()
+            return
+        }
+        e.record.job.state = state
+        e.record.job.finishedAt = Self.now()
+        e.record.job.images = images
+        e.record.job.error = error
+        if state == .finished, let p = e.record.job.progress {
+            e.record.job.progress = JobProgress(step: p.total, total: p.total, etaSeconds: 0)
+        }
+        entries[id] = e
+        if runningID == id { runningID = nil }
+        cond.unlock()
+        // On disk before anyone hears it is done.
+        persist(id)
+        cond.lock()
+        if let e = entries[id] { emit(finalEvent(view(e))) }
+        let status = statusLineLocked()
+        cond.unlock()
+        statusListener?(status)
+    }
+
+    /// The worker is stopping with this job unfinished: it stays "running" on disk and resumes after a restart.
+    public func release(_ id: String) {
+        cond.lock()
+        if runningID == id { runningID = nil }
+        cond.unlock()
+    }
+
+    /// Wakes the worker and makes `next` return `.stopping`.
+    public func stopWorker() {
+        cond.lock()
+        stopping = true
+        cond.broadcast()
+        cond.unlock()
+    }
+
+    // MARK: housekeeping and reporting
+
+    /// Removes final jobs older than `maxAge` seconds, then the oldest final jobs while the spool holds more than
+    /// `maxBytes`. Returns the ids removed.
+    @discardableResult
+    public func sweep(maxAge: Double?, maxBytes: Int?, now: Double = JobQueue.now()) -> [String] {
+        cond.lock()
+        let final = entries.values.filter { $0.record.job.state.isFinal }
+            .sorted { ($0.record.job.finishedAt ?? 0) < ($1.record.job.finishedAt ?? 0) }
+        cond.unlock()
+        var doomed: [(String, Int)] = []
+        var kept: [(String, Int, Int)] = []  // id, images, bytes
+        for e in final {
+            let j = e.record.job
+            if let age = maxAge, now - (j.finishedAt ?? now) >= age {
+                doomed.append((j.id, j.images))
+            } else {
+                kept.append((j.id, j.images, maxBytes == nil ? 0 : spool.bytesUsed(j.id, images: j.images)))
+            }
+        }
+        if let limit = maxBytes {
+            var total = kept.reduce(0) { $0 + $1.2 }
+            for (id, images, bytes) in kept where total > limit {
+                doomed.append((id, images))
+                total -= bytes
+            }
+        }
+        guard !doomed.isEmpty else { return [] }
+        cond.lock()
+        for (id, _) in doomed { entries[id] = nil }
+        cond.unlock()
+        for (id, images) in doomed { spool.remove(id, images: images) }
+        logger.info("retention removed jobs", metadata: ["count": "\(doomed.count)"])
+        return doomed.map(\.0)
+    }
+
+    public func snapshot() -> QueueSnapshot {
+        cond.lock()
+        defer { cond.unlock() }
+        var byState: [JobState: Int] = [:]
+        for s in JobState.allCases { byState[s] = 0 }
+        for e in entries.values { byState[e.record.job.state, default: 0] += 1 }
+        return QueueSnapshot(queueDepth: byState[.queued] ?? 0, jobsByState: byState, running: runningID, steps: steps,
+                             submittedTotal: submittedTotal, rejectedTotal: rejectedTotal)
+    }
+
+    /// "idle", or "job 3f2a: step 12/50, 2 queued".
+    public func statusLine() -> String {
+        cond.lock()
+        defer { cond.unlock() }
+        return statusLineLocked()
+    }
+
+    // MARK: internals (the lock is held)
+
+    private func statusLineLocked() -> String {
+        let queued = entries.values.reduce(0) { $0 + ($1.record.job.state == .queued ? 1 : 0) }
+        guard let id = runningID, let e = entries[id] else {
+            return queued == 0 ? "idle" : "idle, \(queued) queued"
+        }
+        let p = e.record.job.progress
+        return "job \(JobID.short(id)): step \(p?.step ?? 0)/\(p?.total ?? e.record.job.settings.steps ?? 0), \(queued) queued"
+    }
+
+    /// Queued ids in the order they will run: resumed first, then higher priority, then arrival.
+    private func queuedOrder() -> [String] {
+        entries.values.filter { $0.record.job.state == .queued }.sorted { a, b in
+            if a.resumeFirst != b.resumeFirst { return a.resumeFirst }
+            let pa = a.record.job.settings.priority ?? 0, pb = b.record.job.settings.priority ?? 0
+            if pa != pb { return pa > pb }
+            return a.record.seq < b.record.seq
+        }.map(\.record.job.id)
+    }
+
+    private func view(_ e: Entry, order: [String]? = nil) -> Job {
+        var job = e.record.job
+        if job.state == .queued, let index = (order ?? queuedOrder()).firstIndex(of: job.id) {
+            job.position = index + 1
+        } else {
+            job.position = nil
+        }
+        return job
+    }
+
+    private func emitPosition(_ id: String) {
+        guard let e = entries[id], !e.subscribers.isEmpty else { return }
+        emit(JobEvent(event: .queued, job: id, time: Self.now(), position: view(e).position))
+    }
+
+    private func emit(_ event: JobEvent) {
+        guard var e = entries[event.job], !e.subscribers.isEmpty else { return }
+        for s in e.subscribers.values { s(event) }
+        if event.isFinal {
+            e.subscribers = [:]
+            entries[event.job] = e
+        }
+    }
+
+    private func finalEvent(_ job: Job) -> JobEvent {
+        let time = job.finishedAt ?? Self.now()
+        switch job.state {
+        case .finished: return JobEvent(event: .finished, job: job.id, time: time, images: job.images)
+        case .canceled: return JobEvent(event: .canceled, job: job.id, time: time)
+        default: return JobEvent(event: .failed, job: job.id, time: time, error: job.error)
+        }
+    }
+
+    static func visible(_ e: Entry, to uid: UInt32) -> Bool { uid == 0 || e.record.job.owner == uid }
+
+    static func newID() -> String {
+        let n = UInt64.random(in: 0...UInt64.max)
+        let hex = String(n, radix: 16)
+        return String(repeating: "0", count: JobID.length - hex.count) + hex
+    }
+
+    /// Writes the job's newest record; writes for one queue are serialized so the last one wins.
+    private func persist(_ id: String) {
+        writeLock.lock()
+        defer { writeLock.unlock() }
+        cond.lock()
+        let record = entries[id]?.record
+        cond.unlock()
+        guard let record else { return }
+        do { try spool.save(record) } catch {
+            logger.error("cannot save job state", metadata: ["job": "\(id)", "error": "\(error)"])
+        }
+    }
+}

@@ -1,0 +1,52 @@
+// Metrics: GET /metrics in the Prometheus text exposition format (version 0.0.4), written by hand.
+
+import Foundation
+import SDDAPI
+
+public enum Metrics {
+    /// The exposition text for a queue snapshot and the process's memory.
+    public static func render(_ s: QueueSnapshot, modelLoaded: Bool, uptime: Double) -> String {
+        var out = ""
+        func metric(_ name: String, _ type: String, _ help: String, _ samples: [(String, String)]) {
+            out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
+            for (labels, value) in samples { out += "\(name)\(labels) \(value)\n" }
+        }
+        func num(_ d: Double) -> String { d.isFinite ? String(d) : (d > 0 ? "+Inf" : "-Inf") }
+        metric("sdd_queue_depth", "gauge", "Jobs waiting to run.", [("", "\(s.queueDepth)")])
+        metric("sdd_jobs", "gauge", "Jobs the daemon holds, by state.",
+               JobState.allCases.map { ("{state=\"\($0.rawValue)\"}", "\(s.jobsByState[$0] ?? 0)") })
+        metric("sdd_jobs_submitted_total", "counter", "Jobs accepted since start.", [("", "\(s.submittedTotal)")])
+        metric("sdd_jobs_rejected_total", "counter", "Submissions refused (queue full or shutting down) since start.",
+               [("", "\(s.rejectedTotal)")])
+        var buckets = zip(StepStats.bounds, s.steps.buckets).map { ("{le=\"\(num($0))\"}", "\($1)") }
+        buckets.append(("{le=\"+Inf\"}", "\(s.steps.count)"))
+        out += "# HELP sdd_step_seconds Seconds per denoising step (one UNet evaluation).\n"
+        out += "# TYPE sdd_step_seconds histogram\n"
+        for (labels, value) in buckets { out += "sdd_step_seconds_bucket\(labels) \(value)\n" }
+        out += "sdd_step_seconds_sum \(num(s.steps.sum))\nsdd_step_seconds_count \(s.steps.count)\n"
+        let memory = ProcessStatus.read()
+        metric("sdd_peak_rss_bytes", "gauge", "Peak resident set size of the daemon (VmHWM).", [("", "\(memory.peakRSS)")])
+        metric("sdd_rss_bytes", "gauge", "Resident set size of the daemon (VmRSS).", [("", "\(memory.rss)")])
+        metric("sdd_model_loaded", "gauge", "1 while the model's weights are mapped.", [("", modelLoaded ? "1" : "0")])
+        metric("sdd_uptime_seconds", "gauge", "Seconds since the daemon started.", [("", num(uptime))])
+        return out
+    }
+}
+
+/// The process's memory from /proc/self/status, in bytes.
+public struct ProcessStatus: Sendable {
+    public var rss = 0
+    public var peakRSS = 0
+
+    public static func read() -> ProcessStatus {
+        var s = ProcessStatus()
+        guard let text = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return s }
+        for line in text.split(separator: "\n") {
+            let parts = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+            guard parts.count >= 2, let kb = Int(parts[1]) else { continue }
+            if parts[0] == "VmRSS:" { s.rss = kb * 1024 }
+            if parts[0] == "VmHWM:" { s.peakRSS = kb * 1024 }
+        }
+        return s
+    }
+}

@@ -1,0 +1,129 @@
+// RequestValidation: turns a POST /v1/jobs body into a fully resolved JobRequest, or an APIError that names
+// the field at fault. Runs before anything is queued, so a bad request never touches accepted jobs.
+
+import Foundation
+import Pipeline
+import SDDAPI
+
+/// What the daemon knows about the model without loading its weights (from its config files).
+public struct ModelDefaults: Sendable, Equatable {
+    public var width: Int
+    public var height: Int
+    /// Sizes must be multiples of this (and of 8).
+    public var sizeMultiple: Int
+
+    public init(width: Int, height: Int, sizeMultiple: Int) {
+        self.width = width
+        self.height = height
+        self.sizeMultiple = sizeMultiple
+    }
+}
+
+public enum RequestValidation {
+    /// Decodes the body strictly (unknown fields, wrong types and bad JSON are errors).
+    public static func decode(_ body: [UInt8]) throws(APIError) -> JobRequest {
+        do {
+            return try JSONDecoder().decode(JobRequest.self, from: Data(body))
+        } catch let error as DecodingError {
+            throw map(error, validJSON: (try? JSONSerialization.jsonObject(with: Data(body), options: [.fragmentsAllowed])) != nil)
+        } catch {
+            throw APIError(.badJSON, "the body is not valid JSON: \(error)")
+        }
+    }
+
+    static func map(_ error: DecodingError, validJSON: Bool) -> APIError {
+        func field(_ path: [CodingKey]) -> String { path.map(\.stringValue).joined(separator: ".") }
+        switch error {
+        case .typeMismatch(let type, let ctx):
+            if ctx.codingPath.isEmpty { return APIError(.badJSON, "the body must be a JSON object") }
+            return APIError(.wrongType, "field \"\(field(ctx.codingPath))\": expected \(typeName(type))")
+        case .valueNotFound(let type, let ctx):
+            return APIError(.wrongType, "field \"\(field(ctx.codingPath))\": expected \(typeName(type)), got null")
+        case .keyNotFound(let key, _):
+            return APIError(.wrongType, "field \"\(key.stringValue)\" is required")
+        case .dataCorrupted(let ctx):
+            if ctx.debugDescription.hasPrefix("unknown field") {
+                return APIError(.unknownField, "\(ctx.debugDescription); known fields: "
+                    + JobRequest.CodingKeys.allCases.map(\.stringValue).joined(separator: ", "))
+            }
+            if ctx.codingPath.isEmpty && !validJSON {
+                return APIError(.badJSON, "the body is not valid JSON: \(ctx.debugDescription)")
+            }
+            // A number that does not fit the field (2.5 for steps, -1 for seed).
+            let name = ctx.codingPath.isEmpty ? "" : "field \"\(field(ctx.codingPath))\": "
+            return APIError(.wrongType, "\(name)\(ctx.debugDescription)")
+        @unknown default:
+            return APIError(.badJSON, "the body could not be read: \(error)")
+        }
+    }
+
+    static func typeName(_ type: Any.Type) -> String {
+        switch type {
+        case is String.Type: return "a string"
+        case is Int.Type, is UInt64.Type: return "an integer"
+        case is Double.Type: return "a number"
+        default: return "\(type)"
+        }
+    }
+
+    /// Checks ranges and fills every default (seed included), so the job runs the same after any restart.
+    /// - defaults: the model's size defaults; nil if the model could not be read (size stays unresolved).
+    public static func resolve(_ r: JobRequest, defaults: ModelDefaults?) throws(APIError) -> JobRequest {
+        var out = r
+        guard !r.prompt.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else {
+            throw APIError(.invalidValue, "prompt must not be empty")
+        }
+        let steps = r.steps ?? JobRequest.defaultSteps
+        guard (1...GenerationSettings.maxSteps).contains(steps) else {
+            throw APIError(.invalidValue, "steps \(steps) is out of range (1…\(GenerationSettings.maxSteps))")
+        }
+        out.steps = steps
+        let guidance = r.guidance ?? JobRequest.defaultGuidance
+        guard guidance.isFinite, (0...100).contains(guidance) else {
+            throw APIError(.invalidValue, "guidance \(guidance) is out of range (0…100)")
+        }
+        out.guidance = guidance
+        let multiple = max(8, defaults?.sizeMultiple ?? 8)
+        for (name, value) in [("width", r.width), ("height", r.height)] {
+            guard let v = value else { continue }
+            guard (multiple...GenerationSettings.maxSide).contains(v) else {
+                throw APIError(.invalidValue, "\(name) \(v) is out of range (\(multiple)…\(GenerationSettings.maxSide))")
+            }
+            guard v % multiple == 0 else { throw APIError(.invalidValue, "\(name) \(v) is not a multiple of \(multiple)") }
+        }
+        out.width = r.width ?? defaults?.width
+        out.height = r.height ?? defaults?.height
+        let name = (r.scheduler ?? JobRequest.defaultScheduler).lowercased()
+        guard SchedulerKind(rawValue: name) != nil else {
+            throw APIError(.invalidValue, "unknown scheduler \"\(r.scheduler ?? "")\"; choose one of "
+                + SchedulerKind.allCases.map(\.rawValue).joined(separator: ", "))
+        }
+        out.scheduler = name
+        let count = r.count ?? JobRequest.defaultCount
+        guard (1...GenerationSettings.maxCount).contains(count) else {
+            throw APIError(.invalidValue, "count \(count) is out of range (1…\(GenerationSettings.maxCount))")
+        }
+        out.count = count
+        let priority = r.priority ?? 0
+        guard JobRequest.priorityRange.contains(priority) else {
+            throw APIError(.invalidValue, "priority \(priority) is out of range (\(JobRequest.priorityRange.lowerBound)…\(JobRequest.priorityRange.upperBound))")
+        }
+        out.priority = priority
+        out.seed = r.seed ?? UInt64.random(in: 0..<(1 << 32))
+        return out
+    }
+
+    /// The pipeline's settings for a resolved request.
+    public static func settings(_ r: JobRequest) -> GenerationSettings {
+        var s = GenerationSettings(prompt: r.prompt)
+        s.negativePrompt = r.negativePrompt
+        s.steps = r.steps ?? JobRequest.defaultSteps
+        s.guidance = Float(r.guidance ?? JobRequest.defaultGuidance)
+        s.width = r.width
+        s.height = r.height
+        s.seed = r.seed
+        s.scheduler = SchedulerKind(rawValue: r.scheduler ?? JobRequest.defaultScheduler) ?? .pndm
+        s.count = r.count ?? JobRequest.defaultCount
+        return s
+    }
+}

@@ -1,0 +1,263 @@
+// Worker: the one thread that owns the pipeline. It takes jobs in queue order, runs them step by step
+// (checking for cancel and shutdown between steps), checkpoints every few steps, writes the PNGs, and
+// releases the model after the keep-alive idle time.
+
+import Foundation
+import Logging
+import Pipeline
+import SDDAPI
+
+public final class Worker: @unchecked Sendable {
+    public let queue: JobQueue
+    public let modelURL: URL?
+    /// Seconds the model stays loaded after a job; nil = forever, 0 = released at once.
+    public let keepAlive: Double?
+    /// A checkpoint is written every this many steps (and when stopping mid-job).
+    public let checkpointEvery: Int
+    let logger: Logger
+
+    private let lock = NSLock()
+    private var stopRequested = false
+    private var busy = false
+    private var lastProgress = Date()
+    private var loaded = false
+    private var finished: [CheckedContinuation<Void, Never>] = []
+    private var exited = false
+
+    /// Only touched on the worker thread.
+    private var pipeline: StableDiffusionPipeline?
+
+    /// Bytes a generation may use (--memory-budget): each job is planned under it (VAE tiling) or fails
+    /// with the planner's message. nil: no limit.
+    public var memoryBudget: Int?
+
+    public init(queue: JobQueue, modelURL: URL?, keepAlive: Double?, checkpointEvery: Int = 5, logger: Logger) {
+        self.queue = queue
+        self.modelURL = modelURL
+        self.keepAlive = keepAlive
+        self.checkpointEvery = max(1, checkpointEvery)
+        self.logger = logger
+    }
+
+    /// Starts the worker thread.
+    public func start() {
+        let thread = Thread { [self] in
+            loop()
+            lock.lock()
+            exited = true
+            let waiters = finished
+            finished = []
+            lock.unlock()
+            for w in waiters { w.resume() }
+        }
+        thread.name = "sdd-worker"
+        thread.stackSize = 16 << 20
+        thread.start()
+    }
+
+    /// Asks the worker to stop (checkpointing a running job after its current step) and waits until it has.
+    public func stop() async {
+        requestStop()
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in whenExited(c) }
+    }
+
+    /// Makes the running job pause after its current step (checkpointed), without waking an idle worker.
+    /// Safe to call from a queue subscriber; `stop()` finishes the job.
+    public func requestStopSoon() {
+        lock.lock()
+        stopRequested = true
+        lock.unlock()
+    }
+
+    private func requestStop() {
+        lock.lock()
+        stopRequested = true
+        lock.unlock()
+        queue.stopWorker()
+    }
+
+    private func whenExited(_ c: CheckedContinuation<Void, Never>) {
+        lock.lock()
+        if exited {
+            lock.unlock()
+            c.resume()
+        } else {
+            finished.append(c)
+            lock.unlock()
+        }
+    }
+
+    /// Whether the worker is making progress: idle, or its last step (or load) ended within `interval` seconds.
+    public func isHealthy(within interval: Double, now: Date = Date()) -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return !busy || now.timeIntervalSince(lastProgress) < interval
+    }
+
+    /// Whether the model's weights are mapped now.
+    public var modelLoaded: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return loaded
+    }
+
+    private var shouldStop: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return stopRequested
+    }
+
+    private func heartbeat(busy: Bool? = nil) {
+        lock.lock()
+        lastProgress = Date()
+        if let b = busy { self.busy = b }
+        lock.unlock()
+    }
+
+    private func setLoaded(_ value: Bool) {
+        lock.lock()
+        loaded = value
+        lock.unlock()
+    }
+
+    // MARK: the worker thread
+
+    private func loop() {
+        var idleSince = Date()
+        while true {
+            let deadline: Date? = pipeline != nil ? keepAlive.map { idleSince.addingTimeInterval($0) } : nil
+            switch queue.next(until: deadline) {
+            case .stopping:
+                return
+            case .timedOut:
+                unloadModel()
+            case .job(let record):
+                heartbeat(busy: true)
+                run(record)
+                heartbeat(busy: false)
+                idleSince = Date()
+                if keepAlive == 0 { unloadModel() }
+            }
+        }
+    }
+
+    private func unloadModel() {
+        guard pipeline != nil else { return }
+        pipeline = nil
+        setLoaded(false)
+        logger.info("model released after keep-alive")
+    }
+
+    private func loadModel() throws -> StableDiffusionPipeline {
+        if let p = pipeline { return p }
+        guard let url = modelURL else {
+            throw PipelineError.invalidRequest("no model configured: start sdd serve with --model PATH or SDD_MODEL")
+        }
+        let clock = Date()
+        let p = try StableDiffusionPipeline(model: try StableDiffusionModel(url: url))
+        pipeline = p
+        setLoaded(true)
+        logger.info("model loaded", metadata: ["model": "\(url.path)", "seconds": "\(Date().timeIntervalSince(clock))"])
+        return p
+    }
+
+    private func run(_ record: JobRecord) {
+        let id = record.job.id
+        let log = Logger.withJob(logger, id)
+        do {
+            let pipeline = try loadModel()
+            heartbeat()
+            let generation = try begin(record, pipeline: pipeline, log: log)
+            let total = generation.state.totalSteps
+            let startStep = generation.state.stepIndex
+            var lastCheckpoint = startStep
+            queue.markStarted(id, step: startStep, total: total)
+            log.info("job started", metadata: ["step": "\(startStep)", "total": "\(total)"])
+            let clock = Date()
+            while true {
+                if queue.isCancelRequested(id) {
+                    spoolCheckpointRemove(id)
+                    queue.complete(id, state: .canceled, error: APIError(.canceled, "canceled while running"))
+                    log.info("job canceled", metadata: ["step": "\(generation.state.stepIndex)"])
+                    return
+                }
+                if shouldStop {
+                    if generation.state.stepIndex > lastCheckpoint { try checkpoint(id, generation) }
+                    queue.release(id)
+                    log.info("job paused for shutdown", metadata: ["step": "\(generation.state.stepIndex)"])
+                    return
+                }
+                let stepClock = Date()
+                guard let p = try generation.next() else { break }
+                heartbeat()
+                let done = p.step - startStep
+                let mean = Date().timeIntervalSince(clock) / Double(max(1, done))
+                queue.reportStep(id, step: p.step, total: p.totalSteps, seconds: Date().timeIntervalSince(stepClock),
+                                 eta: mean * Double(p.totalSteps - p.step))
+                if p.step - lastCheckpoint >= checkpointEvery, p.step < p.totalSteps {
+                    try checkpoint(id, generation)
+                    lastCheckpoint = p.step
+                }
+            }
+            let result = try generation.finish()
+            heartbeat()
+            let text = PNGMetadata.entries(for: result, model: pipeline.model.name)
+            for (n, image) in result.images.enumerated() {
+                try PNGWriter.write(rgb: image, width: result.width, height: result.height, text: text,
+                                    to: queue.spool.imageURL(id, n))
+            }
+            queue.complete(id, state: .finished, images: result.images.count)
+            spoolCheckpointRemove(id)
+            log.info("job finished", metadata: ["images": "\(result.images.count)",
+                                                "seconds": "\(String(format: "%.2f", Date().timeIntervalSince(clock)))"])
+        } catch {
+            spoolCheckpointRemove(id)
+            queue.complete(id, state: .failed, error: APIError(.generationFailed, "\(error)"))
+            log.error("job failed", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Resumes from the job's checkpoint when there is a usable one, else starts at step 0.
+    private func begin(_ record: JobRecord, pipeline: StableDiffusionPipeline, log: Logger) throws -> Generation {
+        let settings = RequestValidation.settings(record.job.settings)
+        if let budget = memoryBudget {
+            let plan = try MemoryPlanner.apply(budget: budget, to: pipeline, width: settings.width, height: settings.height,
+                                               count: settings.count, guided: settings.guidance > 1)
+            log.info("memory plan", metadata: ["plan": "\(plan)"])
+        } else {
+            pipeline.vaeTiling = nil
+        }
+        if let data = queue.spool.loadCheckpoint(record.job.id) {
+            do {
+                let state = try JSONDecoder().decode(GenerationState.self, from: data)
+                guard state.settings.prompt == settings.prompt, state.settings.seed == settings.seed,
+                      state.settings.steps == settings.steps else {
+                    throw PipelineError.invalidRequest("the checkpoint belongs to other settings")
+                }
+                return try pipeline.resume(state)
+            } catch {
+                log.warning("checkpoint unusable, starting over", metadata: ["error": "\(error)"])
+            }
+        }
+        return try pipeline.begin(settings)
+    }
+
+    /// Saves the generation state; a failure (disk full) is logged, not fatal: the job goes on without it.
+    private func checkpoint(_ id: String, _ generation: Generation) throws {
+        do {
+            try queue.spool.saveCheckpoint(id, try JSONEncoder().encode(generation.state))
+        } catch {
+            logger.warning("cannot write a checkpoint", metadata: ["job": "\(id)", "error": "\(error)"])
+        }
+    }
+
+    private func spoolCheckpointRemove(_ id: String) { queue.spool.removeCheckpoint(id) }
+}
+
+extension Logger {
+    static func withJob(_ base: Logger, _ id: String) -> Logger {
+        var l = base
+        l[metadataKey: "job"] = "\(id)"
+        return l
+    }
+}

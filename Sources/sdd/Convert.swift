@@ -1,0 +1,72 @@
+// `sdd convert`: a diffusers folder → one GGUF file holding every component, config and the tokenizer.
+
+import ArgumentParser
+import Foundation
+import MMapWeights
+import Pipeline
+
+struct Convert: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Convert a diffusers model folder to one (quantized) GGUF file.",
+        discussion: """
+            Large matmul and conv weights get --type (when their rows are whole blocks of 32); norms, biases, \
+            position embeddings and small tensors stay F32; tensors whose rows are not whole blocks fall back \
+            to F16. The VAE is kept F16 for quantized types unless --vae-type says otherwise. The output is \
+            written to a temp file, fsynced and renamed into place; it alone is a complete --model.
+            """)
+
+    @Option(help: "The diffusers model folder (model_index.json). Default: $SDD_MODEL.")
+    var model: String?
+
+    @Option(help: "Weight type: q8_0, q4_0, q4_1, q5_0, q5_1, f16, bf16 or f32.")
+    var type: String
+
+    @Option(help: "VAE weight type: f16, f32 or same (as --type). Default: f16 for quantized types, else same.")
+    var vaeType: String?
+
+    @Option(name: [.short, .long], help: "The GGUF file to write.")
+    var output: String
+
+    func run() throws {
+        do {
+            try convert()
+        } catch {
+            printError("sdd: error: \(error)")
+            throw ExitCode.failure
+        }
+    }
+
+    private func convert() throws {
+        guard let main = TensorType(name: type) else {
+            throw PipelineError.invalidRequest(
+                "--type \(type): choose one of q8_0, q4_0, q4_1, q5_0, q5_1, f16, bf16, f32")
+        }
+        var vae: TensorType?
+        switch vaeType?.lowercased() {
+        case nil: vae = nil
+        case "same": vae = main
+        case "f16": vae = .f16
+        case "f32": vae = .f32
+        case let other?: throw PipelineError.invalidRequest("--vae-type \(other): choose f16, f32 or same")
+        }
+        let source = URL(fileURLWithPath: try ModelLocation.resolve(model), isDirectory: true)
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: source.path, isDirectory: &isDirectory), isDirectory.boolValue
+        else {
+            throw PipelineError.invalidRequest("--model \(source.path): convert needs a diffusers model folder")
+        }
+        let start = Date()
+        let summary = try ModelConverter.convert(
+            diffusersFolder: source, to: URL(fileURLWithPath: output),
+            options: ConversionOptions(type: main, vaeType: vae)
+        ) { printError("sdd: convert: \($0)") }
+        let types = summary.countsByType.sorted { $0.key.name < $1.key.name }.map { "\($0.key.name) \($0.value)" }
+        if !summary.skipped.isEmpty {
+            printError("sdd: convert: left out non-float tensors: \(summary.skipped.joined(separator: ", "))")
+        }
+        printError(String(format: "sdd: convert: %d tensors (%@), %.1f MB in %.1f s",
+                          summary.tensorCount, types.joined(separator: ", "),
+                          Double(summary.fileSize) / 1_000_000, Date().timeIntervalSince(start)))
+        print(output)
+    }
+}

@@ -1,0 +1,133 @@
+// `sdd serve`: the daemon — HTTP/1.1 + JSON on a Unix socket (or the one systemd passes), a durable job queue,
+// and systemd notify/watchdog integration. See DESIGN.md, "Daemon".
+
+import ArgumentParser
+import Daemon
+import Dispatch
+import Foundation
+import Logging
+import SDDAPI
+
+struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the image generation daemon.",
+        discussion: """
+            Serves the API on a Unix socket (or the socket systemd passes with LISTEN_FDS, in which case --socket \
+            is ignored). Jobs are kept in --state-dir and survive restarts; SIGTERM checkpoints the running job \
+            and exits.
+            """)
+
+    @Option(help: "Model: a diffusers folder or .gguf file. Default: $SDD_MODEL.")
+    var model: String?
+
+    @Option(help: "Unix socket to listen on (ignored under socket activation).")
+    var socket: String = APIVersion.defaultSocketPath
+
+    @Option(help: "Directory for queued jobs, checkpoints and results.")
+    var stateDir: String = "/var/lib/sdd"
+
+    @Option(help: "Permissions of the socket file, octal.")
+    var socketMode: String = "0660"
+
+    @Option(help: "Group of the socket file (name or gid). Default: the daemon's group.")
+    var socketGroup: String?
+
+    @Option(help: "How long the model stays loaded after the last job: 30s, 5m, 1h, 0 (release at once), -1 or forever.")
+    var keepAlive: String = "5m"
+
+    @Option(help: "Memory budget for generation, e.g. 256M or 1G.")
+    var memoryBudget: String?
+
+    @Option(help: "Most jobs waiting at once; more submissions get 429.")
+    var queueLimit: Int = 1000
+
+    @Option(help: "Keep finished jobs and their images this long: 24h, 7d, forever.")
+    var retention: String = "24h"
+
+    @Option(help: "Also remove the oldest finished jobs while their files take more than this, e.g. 2G.")
+    var retentionSize: String?
+
+    @Option(help: "Write a checkpoint of the running job every this many steps.")
+    var checkpointEvery: Int = 5
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    func validate() throws {
+        guard queueLimit >= 1 else { throw ValidationError("--queue-limit must be at least 1") }
+        guard checkpointEvery >= 1 else { throw ValidationError("--checkpoint-every must be at least 1") }
+        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level \(logLevel): unknown level") }
+    }
+
+    /// The daemon's configuration from the options; throws `OptionError` naming the bad option.
+    func makeConfiguration() throws -> DaemonConfiguration {
+        var config = DaemonConfiguration()
+        config.model = URL(fileURLWithPath: try ModelLocation.resolve(model))
+        config.socketPath = socket
+        config.socketMode = try FileModeOption.parse(socketMode)
+        config.socketGroup = try socketGroup.map { try GroupOption.resolve($0) }
+        config.stateDirectory = URL(fileURLWithPath: stateDir)
+        config.keepAlive = try DurationOption.parse(keepAlive, option: "--keep-alive")
+        config.memoryBudget = try memoryBudget.map { try ByteSizeOption.parse($0, option: "--memory-budget") }
+        config.maxQueued = queueLimit
+        config.retention = try DurationOption.parse(retention, option: "--retention")
+        config.retentionBytes = try retentionSize.map { try ByteSizeOption.parse($0, option: "--retention-size") }
+        config.checkpointEvery = checkpointEvery
+        return config
+    }
+
+    func run() throws {
+        var config: DaemonConfiguration
+        do {
+            config = try makeConfiguration()
+        } catch {
+            printError("sdd serve: error: \(error)")
+            throw ExitCode(2)
+        }
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "sdd")
+        let inherited = SocketActivation.listenFDs()
+        if let fd = inherited.first {
+            config.inheritedSocket = fd
+            if inherited.count > 1 { logger.warning("systemd passed \(inherited.count) sockets; serving the first") }
+        } else {
+            let dir = URL(fileURLWithPath: config.socketPath).deletingLastPathComponent().path
+            try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true,
+                                                     attributes: [.posixPermissions: 0o755])
+        }
+        // ArgumentParser's root command is synchronous: run the async daemon and wait for it here.
+        let outcome = Outcome()
+        let done = DispatchSemaphore(value: 0)
+        let finalConfig = config
+        Task.detached {
+            do { try await Daemon.run(finalConfig, logger: logger) } catch { outcome.set(error) }
+            done.signal()
+        }
+        done.wait()
+        if let error = outcome.error {
+            logger.critical("sdd serve failed", metadata: ["error": "\(error)"])
+            throw ExitCode.failure
+        }
+    }
+}
+
+/// The daemon's error, handed from its task to the waiting main thread.
+private final class Outcome: @unchecked Sendable {
+    private let lock = NSLock()
+    private var stored: Error?
+    func set(_ e: Error) {
+        lock.lock()
+        stored = e
+        lock.unlock()
+    }
+    var error: Error? {
+        lock.lock()
+        defer { lock.unlock() }
+        return stored
+    }
+}

@@ -1,0 +1,377 @@
+// End-to-end tests of sdctl: real `sdd serve` processes on temporary sockets with the committed tiny model,
+// and sdctl as a real process — exit statuses, files, stdout and stderr.
+
+import Foundation
+import Pipeline
+import XCTest
+
+/// One `sdd serve` process on a temporary socket and state directory.
+final class TestDaemon: @unchecked Sendable {
+    let directory: URL
+    let socket: String
+    let process = Process()
+    let log: URL
+
+    /// Starts a daemon in a new temporary directory, or in `directory` (the socket and state of an earlier one).
+    init(model: String = GenerateCommandTests.tinyModel, directory existing: URL? = nil) throws {
+        directory = existing
+            ?? URL(fileURLWithPath: "/tmp").appendingPathComponent("sdctl-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        socket = directory.appendingPathComponent("sdd.sock").path
+        log = directory.appendingPathComponent("daemon.log")
+        if !FileManager.default.fileExists(atPath: log.path) {
+            FileManager.default.createFile(atPath: log.path, contents: nil)
+        }
+        process.executableURL = GenerateCommandTests.binary
+        process.arguments = ["serve", "--model", model, "--socket", socket,
+                             "--state-dir", directory.appendingPathComponent("state").path]
+        var env = ProcessInfo.processInfo.environment
+        for key in ["SDD_MODEL", "SDD_SOCKET", "LISTEN_FDS", "LISTEN_PID", "NOTIFY_SOCKET", "WATCHDOG_USEC"] {
+            env.removeValue(forKey: key)
+        }
+        process.environment = env
+        let handle = try FileHandle(forWritingTo: log)
+        handle.seekToEndOfFile()
+        process.standardOutput = handle
+        process.standardError = handle
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        // Serving once `sdctl health` answers.
+        let deadline = Date().addingTimeInterval(60)
+        while Date() < deadline {
+            if !process.isRunning { break }
+            if FileManager.default.fileExists(atPath: socket),
+               let health = try? SdctlTests.sdctl(["health"], socket: socket), health.status == 0 { return }
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        stop()
+        throw TestDaemonError(message: "sdd serve did not start serving on \(socket); its log:\n\(logText)")
+    }
+
+    /// kill -9, leaving the socket file and state behind as a crash would.
+    func crash() {
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    var logText: String { (try? String(contentsOf: log, encoding: .utf8)) ?? "" }
+
+    func stop() {
+        if process.isRunning {
+            process.terminate()
+            process.waitUntilExit()
+        }
+        try? FileManager.default.removeItem(at: directory)
+    }
+}
+
+struct TestDaemonError: Error, CustomStringConvertible {
+    let message: String
+    var description: String { message }
+}
+
+final class SdctlTests: XCTestCase {
+    static var sdctlBinary: String { ProcessRunner.binDirectory.appendingPathComponent("sdctl").path }
+
+    /// Runs sdctl with `--socket socket` (when given) in front of the arguments.
+    static func sdctl(_ arguments: [String], socket: String?, in directory: URL? = nil) throws -> ProcessRunner.Result {
+        try ProcessRunner.run(sdctlBinary, (socket.map { ["--socket", $0] } ?? []) + arguments,
+                              environment: ["SDD_SOCKET": nil], currentDirectory: directory)
+    }
+
+    /// One daemon for the tests of this class that need one (the tiny model loads fast, but not for free).
+    nonisolated(unsafe) static var shared: TestDaemon?
+
+    override class func tearDown() {
+        shared?.stop()
+        shared = nil
+        super.tearDown()
+    }
+
+    var daemon: TestDaemon {
+        get throws {
+            if let d = Self.shared { return d }
+            let d = try TestDaemon()
+            Self.shared = d
+            return d
+        }
+    }
+
+    var workDir: URL!
+
+    override func setUpWithError() throws {
+        workDir = FileManager.default.temporaryDirectory.appendingPathComponent("sdctl-test-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: workDir, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(at: workDir)
+    }
+
+    func sdctl(_ arguments: [String]) throws -> ProcessRunner.Result {
+        try Self.sdctl(arguments, socket: try daemon.socket, in: workDir)
+    }
+
+    func path(_ name: String) -> String { workDir.appendingPathComponent(name).path }
+
+    static func isJobID(_ s: String) -> Bool {
+        s.count == 16 && s.allSatisfy { $0.isHexDigit && !$0.isUppercase }
+    }
+
+    // MARK: without a daemon
+
+    func testHelpWorksWithoutADaemonAndDocumentsTheExitStatuses() throws {
+        let help = try Self.sdctl(["--help"], socket: "/nonexistent/sdd.sock")
+        XCTAssertEqual(help.status, 0, help.output)
+        for text in ["generate", "jobs", "status", "wait", "fetch", "cancel", "models", "health", "EXIT STATUS",
+                     "3  the job was canceled", "SDD_SOCKET"] {
+            XCTAssertTrue(help.stdout.contains(text), "--help lacks \(text)")
+        }
+        let generateHelp = try Self.sdctl(["generate", "--help"], socket: nil)
+        XCTAssertEqual(generateHelp.status, 0)
+        for option in ["--negative-prompt", "--steps", "--guidance", "--width", "--height", "--seed", "--scheduler",
+                       "--count", "--priority", "--output", "--no-wait", "--json"] {
+            XCTAssertTrue(generateHelp.stdout.contains(option), "generate --help lacks \(option)")
+        }
+    }
+
+    func testNoDaemonGivesAClearMessageAndExitStatus1() throws {
+        // A socket file nobody listens on: connection refused.
+        let socket = path("stale.sock")
+        let fd = Foundation.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { buffer in
+            for (i, byte) in socket.utf8.enumerated() { buffer[i] = byte }
+        }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        XCTAssertEqual(bound, 0)
+        close(fd)
+
+        let refused = try Self.sdctl(["jobs"], socket: socket)
+        XCTAssertEqual(refused.status, 1)
+        XCTAssertTrue(refused.stderr.contains("sdctl: error: cannot connect to \(socket): Connection refused"),
+                      refused.stderr)
+        XCTAssertTrue(refused.stderr.contains("is sdd serve running?"), refused.stderr)
+
+        let missing = path("missing.sock")
+        let absent = try ProcessRunner.run(Self.sdctlBinary, ["generate", "--steps", "1", "a cat"],
+                                           environment: ["SDD_SOCKET": missing])
+        XCTAssertEqual(absent.status, 1)
+        XCTAssertTrue(absent.stderr.contains("cannot connect to \(missing): No such file or directory"), absent.stderr)
+
+        let waiting = try Self.sdctl(["wait", "0123456789abcdef"], socket: socket)
+        XCTAssertEqual(waiting.status, 1, "wait must not retry a daemon it never reached")
+    }
+
+    func testABadCommandLineExits2() throws {
+        for arguments in [["generate"], ["generate", "--steps", "many", "x"], ["frobnicate"], ["fetch"],
+                          ["fetch", "--index", "-1", "0123456789abcdef"]] {
+            let run = try Self.sdctl(arguments, socket: "/nonexistent/sdd.sock")
+            XCTAssertEqual(run.status, 2, "\(arguments): \(run.output)")
+        }
+    }
+
+    // MARK: with a daemon
+
+    func testGenerateWaitsAndWritesThePNGThatSddGenerateWrites() throws {
+        let settings = ["--steps", "3", "--seed", "42", "--width", "48", "--height", "80", "--scheduler", "euler-a",
+                        "--negative-prompt", "blurry", "--guidance", "6.5"]
+        let run = try sdctl(["generate"] + settings + ["-o", path("client.png"), "a red circle"])
+        XCTAssertEqual(run.status, 0, run.output)
+        XCTAssertEqual(run.stdout, path("client.png") + "\n")
+
+        let direct = try ProcessRunner.run(GenerateCommandTests.binary.path, [
+            "generate", "--model", GenerateCommandTests.tinyModel, "-o", path("direct.png"),
+        ] + settings + ["a red circle"], environment: ["SDD_MODEL": nil])
+        XCTAssertEqual(direct.status, 0, direct.output)
+
+        let client = try PNGReader.read(from: workDir.appendingPathComponent("client.png"))
+        let reference = try PNGReader.read(from: workDir.appendingPathComponent("direct.png"))
+        XCTAssertEqual(client.width, 48)
+        XCTAssertEqual(client.height, 80)
+        XCTAssertEqual(client.rgb, reference.rgb, "the daemon's pixels differ from sdd generate's")
+        XCTAssertEqual(client.text.map(\.key), reference.text.map(\.key))
+        XCTAssertEqual(client.text.map(\.value), reference.text.map(\.value))
+        XCTAssertEqual(try Data(contentsOf: workDir.appendingPathComponent("client.png")),
+                       try Data(contentsOf: workDir.appendingPathComponent("direct.png")))
+    }
+
+    func testGenerateWithACountWritesNumberedFiles() throws {
+        let run = try sdctl(["generate", "--steps", "1", "--seed", "7", "--width", "32", "--height", "32",
+                             "--count", "2", "-o", path("many.png"), "two cats"])
+        XCTAssertEqual(run.status, 0, run.output)
+        XCTAssertEqual(run.stdout, path("many-1.png") + "\n" + path("many-2.png") + "\n")
+        for name in ["many-1.png", "many-2.png"] {
+            XCTAssertEqual(try PNGReader.read(from: workDir.appendingPathComponent(name)).width, 32)
+        }
+    }
+
+    func testJSONPrintsEachEventAsOneJSONLine() throws {
+        let run = try sdctl(["generate", "--json", "--steps", "3", "--seed", "1", "--width", "32", "--height", "32",
+                             "-o", path("j.png"), "json please"])
+        XCTAssertEqual(run.status, 0, run.output)
+        let lines = run.stdout.split(separator: "\n", omittingEmptySubsequences: false).dropLast()
+        XCTAssertFalse(lines.isEmpty)
+        var events: [String] = []
+        var job: String?
+        for line in lines {
+            let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+            let event = try XCTUnwrap(object?["event"] as? String, "not an event: \(line)")
+            events.append(event)
+            let id = try XCTUnwrap(object?["job"] as? String)
+            XCTAssertEqual(id, job ?? id)
+            job = id
+        }
+        XCTAssertEqual(events.last, "finished", "\(events)")
+        XCTAssertTrue(events.contains("step"), "\(events)")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: path("j.png")))
+        XCTAssertTrue(run.stderr.contains("wrote \(path("j.png"))"), run.stderr)
+    }
+
+    func testNoWaitPrintsTheIdThenWaitAndFetchGetTheImage() throws {
+        let submit = try sdctl(["generate", "--no-wait", "--steps", "2", "--seed", "3", "--width", "32",
+                                "--height", "48", "--priority", "-5", "queued for later"])
+        XCTAssertEqual(submit.status, 0, submit.output)
+        let id = submit.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        XCTAssertTrue(Self.isJobID(id), "not a job id: \(submit.stdout)")
+
+        let wait = try sdctl(["wait", id])
+        XCTAssertEqual(wait.status, 0, wait.output)
+
+        let status = try sdctl(["status", id])
+        XCTAssertEqual(status.status, 0, status.output)
+        XCTAssertTrue(status.stdout.contains("job \(id): finished, 1 image"), status.stdout)
+        XCTAssertTrue(status.stdout.contains("seed 3"), status.stdout)
+        XCTAssertTrue(status.stdout.contains("priority -5"), status.stdout)
+
+        let jobs = try sdctl(["jobs"])
+        XCTAssertTrue(jobs.stdout.contains(id), jobs.stdout)
+
+        let fetch = try sdctl(["fetch", String(id.prefix(10)), "-o", path("later.png")])
+        XCTAssertEqual(fetch.status, 0, fetch.output)
+        let image = try PNGReader.read(from: workDir.appendingPathComponent("later.png"))
+        XCTAssertEqual([image.width, image.height], [32, 48])
+
+        let toStdout = try sdctl(["fetch", id, "--index", "0", "-o", "-"])
+        XCTAssertEqual(toStdout.status, 0, toStdout.stderr)
+        XCTAssertEqual(toStdout.stdoutData, try Data(contentsOf: workDir.appendingPathComponent("later.png")))
+
+        let outOfRange = try sdctl(["fetch", id, "--index", "5"])
+        XCTAssertEqual(outOfRange.status, 1)
+    }
+
+    func testACanceledJobMakesGenerateAndWaitExit3() throws {
+        // A long job keeps the worker busy; generate waits on it from another process.
+        let socket = try daemon.socket
+        let generate = Process()
+        generate.executableURL = URL(fileURLWithPath: Self.sdctlBinary)
+        generate.arguments = ["--socket", socket, "generate", "--steps", "500", "--width", "256", "--height", "256",
+                              "--seed", "9", "-o", path("never.png"), "a very long job"]
+        let err = Pipe()
+        generate.standardError = err
+        generate.standardOutput = FileHandle.nullDevice
+        try generate.run()
+
+        let id = try waitForJob(prompt: "a very long job")
+        let behind = try sdctl(["generate", "--no-wait", "--steps", "1", "queued behind it"])
+        let queuedID = behind.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+
+        // A queued job canceled: wait says so with status 3.
+        XCTAssertEqual(try sdctl(["cancel", queuedID]).status, 0)
+        let waitQueued = try sdctl(["wait", queuedID])
+        XCTAssertEqual(waitQueued.status, 3, waitQueued.output)
+        XCTAssertTrue(waitQueued.stderr.contains("canceled"), waitQueued.stderr)
+
+        // The running job canceled: the waiting generate exits 3 and writes nothing.
+        let cancel = try sdctl(["cancel", id])
+        XCTAssertEqual(cancel.status, 0, cancel.output)
+        let stderr = err.fileHandleForReading.readDataToEndOfFile()
+        generate.waitUntilExit()
+        XCTAssertEqual(generate.terminationStatus, 3, String(decoding: stderr, as: UTF8.self))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("never.png")))
+        XCTAssertEqual(try sdctl(["wait", id]).status, 3)
+
+        // Canceling it again is an API error, printed with its code.
+        let again = try sdctl(["cancel", id])
+        XCTAssertEqual(again.status, 1)
+        XCTAssertTrue(again.stderr.hasPrefix("sdctl: error: "), again.stderr)
+        XCTAssertTrue(again.stderr.contains("(conflict)"), again.stderr)
+    }
+
+    func testGenerateKeepsWaitingWhileTheDaemonRestarts() throws {
+        let first = try TestDaemon()
+        defer { first.stop() }
+        let generate = Process()
+        generate.executableURL = URL(fileURLWithPath: Self.sdctlBinary)
+        generate.arguments = ["--socket", first.socket, "generate", "--steps", "20", "--width", "256",
+                              "--height", "256", "--seed", "11", "-o", path("survivor.png"), "survives a crash"]
+        let err = Pipe()
+        generate.standardError = err
+        generate.standardOutput = FileHandle.nullDevice
+        try generate.run()
+
+        // Crash the daemon once the job is under way, then start a new one on the same socket and state.
+        let deadline = Date().addingTimeInterval(60)
+        while Date() < deadline {
+            let status = try Self.sdctl(["jobs", "--json"], socket: first.socket)
+            if let object = try? JSONSerialization.jsonObject(with: status.stdoutData) as? [String: Any],
+               let job = (object["jobs"] as? [[String: Any]])?.first,
+               let step = (job["progress"] as? [String: Any])?["step"] as? Int, step >= 2 { break }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        first.crash()
+        Thread.sleep(forTimeInterval: 1)
+        let second = try TestDaemon(directory: first.directory)
+
+        let stderr = err.fileHandleForReading.readDataToEndOfFile()
+        generate.waitUntilExit()
+        second.stop()
+        XCTAssertEqual(generate.terminationStatus, 0, String(decoding: stderr, as: UTF8.self))
+        XCTAssertEqual(try PNGReader.read(from: workDir.appendingPathComponent("survivor.png")).width, 256)
+    }
+
+    /// The id of the caller's job with `prompt`, once the daemon lists it.
+    func waitForJob(prompt: String) throws -> String {
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline {
+            let jobs = try sdctl(["jobs", "--json"])
+            if jobs.status == 0,
+               let object = try? JSONSerialization.jsonObject(with: jobs.stdoutData) as? [String: Any],
+               let list = object["jobs"] as? [[String: Any]],
+               let job = list.last(where: { ($0["settings"] as? [String: Any])?["prompt"] as? String == prompt }),
+               let id = job["id"] as? String {
+                return id
+            }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        throw TestDaemonError(message: "the daemon never listed the job \"\(prompt)\"")
+    }
+
+    func testAPIErrorsArePrintedWithTheirCode() throws {
+        let bad = try sdctl(["generate", "--steps", "0", "x"])
+        XCTAssertEqual(bad.status, 1)
+        XCTAssertTrue(bad.stderr.hasPrefix("sdctl: error: "), bad.stderr)
+        XCTAssertTrue(bad.stderr.contains("(invalid_value)"), bad.stderr)
+
+        let unknown = try sdctl(["status", "0123456789abcdef"])
+        XCTAssertEqual(unknown.status, 1)
+        XCTAssertTrue(unknown.stderr.contains("(not_found)"), unknown.stderr)
+    }
+
+    func testModelsAndHealthDescribeTheDaemon() throws {
+        let health = try sdctl(["health"])
+        XCTAssertEqual(health.status, 0, health.output)
+        XCTAssertTrue(health.stdout.hasPrefix("ok: sdd "), health.stdout)
+        let models = try sdctl(["models"])
+        XCTAssertEqual(models.status, 0, models.output)
+        XCTAssertTrue(models.stdout.hasPrefix("tiny-sd  "), models.stdout)
+        XCTAssertTrue(models.stdout.contains("euler-a"), models.stdout)
+        let json = try sdctl(["models", "--json"])
+        XCTAssertNotNil(try JSONSerialization.jsonObject(with: json.stdoutData) as? [String: Any])
+    }
+}
