@@ -2,6 +2,7 @@
 // so a crash at any instant leaves either the old or the new file (temp file, fsync, rename, fsync dir).
 
 import Foundation
+import Pipeline
 import SDDAPI
 
 /// A job as it is kept on disk: the API view plus its arrival number (queue order survives restarts).
@@ -70,7 +71,8 @@ public final class Spool: Sendable {
     public func save(_ record: JobRecord) throws {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
-        try AtomicFile.write(try encoder.encode(record), to: jobs.appendingPathComponent("\(record.job.id).json"))
+        try OutputFiles.writeAtomically(try encoder.encode(record), to: jobs.appendingPathComponent("\(record.job.id).json"),
+                                        mode: 0o640)
     }
 
     /// Removes a job's record, checkpoint and images; returns the bytes freed.
@@ -83,7 +85,7 @@ public final class Spool: Sendable {
             freed += Self.fileSize(url)
             unlink(url.path)
         }
-        AtomicFile.syncDirectory(jobs)
+        OutputFiles.syncDirectory(jobs)
         return freed
     }
 
@@ -91,7 +93,9 @@ public final class Spool: Sendable {
 
     func checkpointURL(_ id: String) -> URL { checkpoints.appendingPathComponent("\(id).json") }
 
-    public func saveCheckpoint(_ id: String, _ data: Data) throws { try AtomicFile.write(data, to: checkpointURL(id)) }
+    public func saveCheckpoint(_ id: String, _ data: Data) throws {
+        try OutputFiles.writeAtomically(data, to: checkpointURL(id), mode: 0o640)
+    }
     public func loadCheckpoint(_ id: String) -> Data? { try? Data(contentsOf: checkpointURL(id)) }
     public func removeCheckpoint(_ id: String) { unlink(checkpointURL(id).path) }
 
@@ -107,54 +111,5 @@ public final class Spool: Sendable {
     static func fileSize(_ url: URL) -> Int {
         var st = stat()
         return stat(url.path, &st) == 0 ? Int(st.st_size) : 0
-    }
-}
-
-/// Crash-safe file replacement: temp file in the same folder, fsync, rename over, fsync the folder.
-public enum AtomicFile {
-    public static func write(_ data: Data, to url: URL) throws {
-        let dir = url.deletingLastPathComponent()
-        let tmp = dir.appendingPathComponent(".\(url.lastPathComponent).\(UInt64.random(in: 0...UInt64.max)).tmp")
-        func fail(_ what: String, _ err: Int32) -> SpoolError {
-            SpoolError(path: url.path, reason: "\(what): \(String(cString: strerror(err)))")
-        }
-        let fd = open(tmp.path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o640)
-        guard fd >= 0 else { throw fail("cannot create a temporary file", errno) }
-        var ok = false
-        defer { if !ok { unlink(tmp.path) } }
-        let writeError: Int32? = data.withUnsafeBytes { raw in
-            var written = 0
-            while written < raw.count {
-                guard let base = raw.baseAddress else { return nil }
-                let n = Glibc.write(fd, base + written, raw.count - written)
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    return errno
-                }
-                written += n
-            }
-            return nil
-        }
-        if let e = writeError {
-            close(fd)
-            throw fail("write failed", e)
-        }
-        if fsync(fd) != 0 {
-            let e = errno
-            close(fd)
-            throw fail("fsync failed", e)
-        }
-        close(fd)
-        guard rename(tmp.path, url.path) == 0 else { throw fail("rename failed", errno) }
-        ok = true
-        syncDirectory(dir)
-    }
-
-    /// fsync a folder so a rename or unlink in it is durable (best effort).
-    public static func syncDirectory(_ dir: URL) {
-        let fd = open(dir.path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0 else { return }
-        fsync(fd)
-        close(fd)
     }
 }

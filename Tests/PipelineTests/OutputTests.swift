@@ -175,3 +175,15 @@ final class OutputTests: XCTestCase {
         XCTAssertThrowsError(try NPYReader.decodeFloat32([0x93] + Array("NUMPY".utf8) + [1, 0, 200, 0]))
     }
 }
+
+final class ImageGridTests: XCTestCase {
+    func testImagesAreTiledRowByRowWithSquareishColumns() {
+        // Five 2×1 images, each filled with its index: 3 columns, 2 rows, the last cell black.
+        let images = (1...5).map { [UInt8](repeating: UInt8($0), count: 2 * 1 * 3) }
+        let grid = ImageGrid(images: images, width: 2, height: 1)
+        XCTAssertEqual(grid.width, 6)
+        XCTAssertEqual(grid.height, 2)
+        let firstPixels = stride(from: 0, to: grid.rgb.count, by: 6).map { grid.rgb[$0] }
+        XCTAssertEqual(firstPixels, [1, 2, 3, 4, 5, 0])
+    }
+}

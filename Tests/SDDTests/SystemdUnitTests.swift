@@ -110,7 +110,7 @@ final class SystemdUnitTests: XCTestCase {
             XCTAssertTrue(fm.isExecutableFile(atPath: destdir.appendingPathComponent(exe).path), exe)
         }
         for file in ["etc/systemd/system/sdd.service", "etc/systemd/system/sdd.socket", "etc/sdd/sdd.env",
-                     "opt/sdd/lib/sysusers.d/sdd.conf", "opt/sdd/share/doc/sdd/service.md"] {
+                     "opt/sdd/lib/sysusers.d/sdd.conf", "opt/sdd/share/doc/sdd/README.md"] {
             XCTAssertTrue(fm.fileExists(atPath: destdir.appendingPathComponent(file).path), file)
         }
         let unitDir = destdir.appendingPathComponent("etc/systemd/system")

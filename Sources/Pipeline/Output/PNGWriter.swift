@@ -298,18 +298,23 @@ enum CRC32 {
     }
 }
 
-/// Writing result files so a reader never sees a partial one.
-enum OutputFiles {
-    /// Writes `bytes` to a temp file in `url`'s folder, fsyncs it, renames it over `url`, and fsyncs
+/// Writing result files so a reader never sees a partial one (images, latents, the daemon's spool).
+public enum OutputFiles {
+    /// Writes `data` to a temp file in `url`'s folder, fsyncs it, renames it over `url`, and fsyncs
     /// the folder (best effort). On failure the temp file is removed and `url` is untouched.
-    static func writeAtomically(_ bytes: [UInt8], to url: URL) throws {
+    public static func writeAtomically(_ data: Data, to url: URL, mode: mode_t = 0o666) throws {
+        try writeAtomically([UInt8](data), to: url, mode: mode)
+    }
+
+    /// As above, for bytes; `mode` is filtered by the umask.
+    public static func writeAtomically(_ bytes: [UInt8], to url: URL, mode: mode_t = 0o666) throws {
         let dir = url.deletingLastPathComponent()
         let tmp = dir.appendingPathComponent(
             ".\(url.lastPathComponent).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).tmp")
         func fail(_ what: String, _ err: Int32) -> OutputFileError {
             OutputFileError(path: url.path, "\(what): \(String(cString: strerror(err)))")
         }
-        let fd = open(tmp.path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o666)
+        let fd = open(tmp.path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
         guard fd >= 0 else { throw fail("cannot create a temporary file in \(dir.path)", errno) }
         var ok = false
         defer { if !ok { unlink(tmp.path) } }
@@ -338,10 +343,14 @@ enum OutputFiles {
         if close(fd) != 0 { throw fail("close failed", errno) }
         if rename(tmp.path, url.path) != 0 { throw fail("cannot rename the temporary file into place", errno) }
         ok = true
-        let dfd = open(dir.path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if dfd >= 0 {
-            _ = fsync(dfd)
-            close(dfd)
-        }
+        syncDirectory(dir)
+    }
+
+    /// fsync a folder so a rename or unlink in it is durable (best effort).
+    public static func syncDirectory(_ dir: URL) {
+        let fd = open(dir.path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { return }
+        _ = fsync(fd)
+        close(fd)
     }
 }
