@@ -9,7 +9,7 @@ struct Generate: ParsableCommand {
         abstract: "Generate images from a text prompt.",
         discussion: "Defaults follow diffusers: 50 steps, guidance 7.5, PNDM, size from the model's config.")
 
-    @Option(help: "Model: a diffusers folder (model_index.json). Default: $SDD_MODEL.")
+    @Option(help: "Model: a diffusers folder or .gguf file. Default: $SDD_MODEL, else the bundled demo model.")
     var model: String?
 
     @Option(help: "What the image should not show.")
@@ -38,6 +38,9 @@ struct Generate: ParsableCommand {
 
     @Option(name: [.short, .long], help: "Output PNG path.")
     var output: String = "sdd.png"
+
+    @Flag(help: "Write the --count images tiled into one PNG (a grid of ⌈√N⌉ columns) instead of one file each.")
+    var grid = false
 
     @Option(help: "Also write the final latents as a float32 .npy [count, 4, H/8, W/8].")
     var saveLatents: String?
@@ -122,12 +125,18 @@ struct Generate: ParsableCommand {
         }
         progress.finish()
 
-        let outputs = OutputNames.pngPaths(output, count: count)
         let text = PNGMetadata.entries(for: result, model: folder.name)
-        for (image, path) in zip(result.images, outputs) {
-            try PNGWriter.write(rgb: image, width: result.width, height: result.height, text: text,
-                                to: URL(fileURLWithPath: path))
-            print(path)
+        if grid {
+            let tiled = ImageGrid(images: result.images, width: result.width, height: result.height)
+            try PNGWriter.write(rgb: tiled.rgb, width: tiled.width, height: tiled.height, text: text,
+                                to: URL(fileURLWithPath: output))
+            print(output)
+        } else {
+            for (image, path) in zip(result.images, OutputNames.pngPaths(output, count: count)) {
+                try PNGWriter.write(rgb: image, width: result.width, height: result.height, text: text,
+                                    to: URL(fileURLWithPath: path))
+                print(path)
+            }
         }
         if let npy = saveLatents {
             try NPYWriter.write(float32: result.latents.data, shape: result.latents.shape, to: URL(fileURLWithPath: npy))
@@ -167,12 +176,31 @@ extension Generate {
     }
 }
 
-/// Where the model comes from when --model is not given.
+/// Where the model comes from: --model, else $SDD_MODEL, else the demo model that ships with sdd
+/// (installed in PREFIX/share/sdd/models/demo, or models/demo in the source tree the binary was built in).
 enum ModelLocation {
     static func resolve(_ option: String?) throws -> String {
         if let path = option, !path.isEmpty { return path }
         if let env = ProcessInfo.processInfo.environment["SDD_MODEL"], !env.isEmpty { return env }
-        throw PipelineError.invalidRequest("no model given: pass --model PATH (a diffusers folder) or set SDD_MODEL")
+        if let bundled = bundledDemoModel() { return bundled }
+        throw PipelineError.invalidRequest(
+            "no model given: pass --model PATH (a diffusers folder or .gguf file) or set SDD_MODEL")
+    }
+
+    /// The demo model next to the executable: ../share/sdd/models/demo when installed, or a
+    /// models/demo folder in one of the executable's ancestors (a source checkout's .build tree).
+    static func bundledDemoModel() -> String? {
+        let exe = URL(fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+            ?? CommandLine.arguments[0]).resolvingSymlinksInPath()
+        var dir = exe.deletingLastPathComponent()
+        var candidates = [dir.deletingLastPathComponent().appendingPathComponent("share/sdd/models/demo")]
+        for _ in 0..<5 {
+            dir = dir.deletingLastPathComponent()
+            candidates.append(dir.appendingPathComponent("models/demo"))
+        }
+        return candidates.first {
+            FileManager.default.fileExists(atPath: $0.appendingPathComponent("model_index.json").path)
+        }?.path
     }
 }
 

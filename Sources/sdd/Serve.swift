@@ -17,7 +17,7 @@ struct Serve: ParsableCommand {
             and exits.
             """)
 
-    @Option(help: "Model: a diffusers folder or .gguf file. Default: $SDD_MODEL.")
+    @Option(help: "Model: a diffusers folder or .gguf file. Default: $SDD_MODEL, else the bundled demo model.")
     var model: String?
 
     @Option(help: "Unix socket to listen on (ignored under socket activation).")

@@ -93,6 +93,16 @@ final class GenerateCommandTests: XCTestCase {
         XCTAssertEqual(try NPYReader.readFloat32(from: URL(fileURLWithPath: npy)).data, result.latents.data)
     }
 
+    func testGridTilesTheBatchIntoOnePicture() throws {
+        let png = workDir.appendingPathComponent("grid.png")
+        let run = try sdd(["generate", "--model", Self.tinyModel, "--steps", "1", "--seed", "3", "--count", "4",
+                           "--grid", "-o", png.path, "x"])
+        XCTAssertEqual(run.status, 0, run.stderr)
+        let image = try PNGReader.read(from: png)
+        XCTAssertEqual([image.width, image.height], [128, 128], "2×2 tiles of 64×64")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: workDir.appendingPathComponent("grid-1.png").path))
+    }
+
     func testARandomSeedIsPrintedWhenNoneIsGiven() throws {
         let run = try sdd(["generate", "--model", Self.tinyModel, "--steps", "1",
                            "-o", workDir.appendingPathComponent("r.png").path, "x"])
