@@ -32,7 +32,8 @@ let package = Package(
         .systemLibrary(name: "CSystemd", path: "Sources/CSystemd", pkgConfig: "libsystemd",
                        providers: [.apt(["libsystemd-dev"])]),
         .target(name: "MMapWeights", swiftSettings: optimize),
-        .target(name: "TiledKernels", dependencies: ["CBLAS", "MMapWeights"], swiftSettings: optimize),
+        .target(name: "CKernels", path: "Sources/CKernels", cSettings: [.unsafeFlags(["-O3"])]),
+        .target(name: "TiledKernels", dependencies: ["CBLAS", "CKernels", "MMapWeights"], swiftSettings: optimize),
         .target(name: "Pipeline", dependencies: ["MMapWeights", "TiledKernels", "CPNG"], swiftSettings: optimize),
         .target(name: "SDDAPI"),
         .target(name: "Daemon", dependencies: [

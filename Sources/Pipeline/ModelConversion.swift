@@ -169,7 +169,10 @@ public enum ModelConverter {
             }
             let w = try item.source.weight(item.sourceName, shape: nil)
             defer { item.source.release([item.sourceName]) }
-            let values = w.values
+            // Sources hand out F16/BF16 (and GGUF types) in place; the quantizer reads F32.
+            let f32 = w.type == .f32 ? w : Weight(shape: w.shape, array: w.dequantized())
+            defer { withExtendedLifetime(f32) {} }
+            let values = f32.values
             let rowLength = tensor.shape.count >= 2 ? tensor.shape.dropFirst().reduce(1, *) : tensor.shape.reduce(1, *)
             let rows = values.count / max(rowLength, 1)
             let rowBytes = tensor.type.byteCount(elements: rowLength) ?? 0

@@ -1,5 +1,5 @@
 // WeightLoading: finds a model component's safetensors weights the way diffusers does and hands
-// out F32 `Weight`s — zero-copy views into the mapping for aligned F32, converted copies otherwise.
+// out `Weight`s — zero-copy views into the mapping for F16, BF16 and aligned F32, F32 copies otherwise.
 
 import Foundation
 import MMapWeights
@@ -109,8 +109,9 @@ public final class ComponentWeights: WeightProvider, @unchecked Sendable {
     /// The validated record of `prefix + name`, or nil if there is none.
     public func info(_ name: String) throws -> TensorInfo? { try source.info(prefix + name) }
 
-    /// Tensor `prefix + name` as F32. Aligned F32 data is returned in place (the Weight's owner is
-    /// the mapping); F16/BF16/F64 are converted into a `WeightBox`. When `shape` is given the stored
+    /// Tensor `prefix + name`. Aligned F32 data and F16/BF16 data (typed `Weight`s the kernels dequantize
+    /// as they go) are returned in place, the Weight's owner being the mapping; F64 and unaligned F32 are
+    /// converted into an F32 `WeightBox`. When `shape` is given the stored
     /// shape must equal it. Throws `WeightsError` naming the tensor and file: `.missingTensor`,
     /// `.shapeMismatch` (expected and found), `.unsupportedDType` (integer/bool data).
     public func weight(_ name: String, shape: [Int]? = nil) throws -> Weight {
@@ -125,6 +126,12 @@ public final class ComponentWeights: WeightProvider, @unchecked Sendable {
         }
         if let values = info.float32Pointer {
             return Weight(shape: info.shape, values: values, owner: info.file)
+        }
+        // F16 / BF16 stay in their stored type, zero-copy over the mapping: kernels dequantize as they go,
+        // so a half-precision checkpoint is never inflated into anonymous F32 memory.
+        if info.dtype == .f16 || info.dtype == .bf16 {
+            return Weight(shape: info.shape, type: info.dtype == .f16 ? .f16 : .bf16, bytes: info.rawBytes,
+                          owner: info.file)
         }
         guard info.dtype.isConvertibleToFloat32 else {
             throw WeightsError(

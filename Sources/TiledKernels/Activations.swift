@@ -12,7 +12,7 @@ let activationChunk = 1 << 14
 /// Applies `f` to every element (same shape out), in parallel for large tensors.
 @inline(__always)
 func mapElements(_ x: Tensor, _ f: (Float) -> Float) -> Tensor {
-    var y = Tensor(zeros: x.shape)
+    var y = uninitializedTensor(x.shape)
     y.data.withUnsafeMutableBufferPointer { yb in
         x.data.withUnsafeBufferPointer { xb in
             guard let yp = yb.baseAddress, let xp = xb.baseAddress else { return }
@@ -39,16 +39,22 @@ public func quickGelu(_ x: Tensor) -> Tensor {
     mapElements(x) { v in v / (1 + expf(-1.702 * v)) }
 }
 
+public func geglu(_ x: Tensor) -> Tensor {
+    KernelProfile.measure("geglu") {
+        gegluKernel(x)
+    }
+}
+
 /// diffusers GEGLU after its projection: x [..., 2F] → [..., F],
 /// hidden, gate = x.chunk(2, dim: -1); out = hidden · gelu(gate).
-public func geglu(_ x: Tensor) -> Tensor {
+func gegluKernel(_ x: Tensor) -> Tensor {
     precondition(!x.shape.isEmpty && x.shape[x.shape.count - 1] % 2 == 0,
                  "geglu: last dimension of \(x.shape) must be even")
     let twoF = x.shape[x.shape.count - 1]
     let f = twoF / 2
     var outShape = x.shape
     outShape[outShape.count - 1] = f
-    var y = Tensor(zeros: outShape)
+    var y = uninitializedTensor(outShape)
     if y.count == 0 { return y }
     let rows = y.count / f
     y.data.withUnsafeMutableBufferPointer { yb in

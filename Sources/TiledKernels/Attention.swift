@@ -1,14 +1,21 @@
 // Attention: multi-head scaled-dot-product attention over query tiles × key tiles with an online softmax
 // (running max / running sum), so no Tq×Tk matrix is ever allocated — only one tile of scores per thread.
 
+public func attention(q: Tensor, k: Tensor, v: Tensor, heads: Int, causal: Bool = false,
+                      queryTile: Int = 256, keyTile: Int = 512) -> Tensor {
+    KernelProfile.measure("attention d\(q.shape.count == 3 ? q.shape[2] / max(1, heads) : 0)", flops: 4 * Double(q.count) * Double(k.shape.count == 3 ? k.shape[1] : 0)) {
+        attentionTiles(q: q, k: k, v: v, heads: heads, causal: causal, queryTile: queryTile, keyTile: keyTile)
+    }
+}
+
 /// softmax(q·kᵀ / sqrt(D)) · v per head (torch F.scaled_dot_product_attention).
 /// q: [B, Tq, H·D]; k, v: [B, Tk, H·D] → [B, Tq, H·D]; head h owns channels h·D..<(h+1)·D.
 /// `causal`: key j > query i is masked (CLIP's causal mask, top-left aligned).
 /// Scratch per thread is one queryTile×keyTile score tile plus a queryTile×D accumulator; tile products use
 /// cblas_sgemm. Large problems split their (batch, head, query tile) units across cores, with OpenBLAS held to
 /// one thread meanwhile. A query with no key to attend to (Tk = 0) gets zeros.
-public func attention(q: Tensor, k: Tensor, v: Tensor, heads: Int, causal: Bool = false,
-                      queryTile: Int = 256, keyTile: Int = 512) -> Tensor {
+func attentionTiles(q: Tensor, k: Tensor, v: Tensor, heads: Int, causal: Bool,
+                    queryTile: Int, keyTile: Int) -> Tensor {
     precondition(q.shape.count == 3 && k.shape.count == 3 && v.shape.count == 3,
                  "attention: q \(q.shape), k \(k.shape), v \(v.shape) must be [B, T, H·D]")
     let batch = q.shape[0], tq = q.shape[1], channels = q.shape[2]
@@ -17,8 +24,9 @@ public func attention(q: Tensor, k: Tensor, v: Tensor, heads: Int, causal: Bool 
                  "attention: k \(k.shape) and v \(v.shape) do not match q \(q.shape)")
     precondition(heads >= 1 && channels % heads == 0, "attention: \(channels) channels in \(heads) heads")
     precondition(queryTile >= 1 && keyTile >= 1, "attention: tiles \(queryTile)×\(keyTile)")
-    var out = Tensor(zeros: q.shape)
-    if out.count == 0 || tk == 0 { return out }
+    if q.count == 0 || tk == 0 { return Tensor(zeros: q.shape) }
+    // Every (batch, head, query tile) unit writes its rows of every head's channels.
+    var out = uninitializedTensor(q.shape)
 
     let headDim = channels / heads
     let qTile = min(queryTile, tq), kTile = min(keyTile, tk)

@@ -28,6 +28,7 @@ func sgemm(
         }
         return
     }
+    BLASThreading.ensure()
     let limit = Int(Int32.max)
     precondition(m <= limit && n <= limit && k <= limit && lda <= limit && ldb <= limit && ldc <= limit,
                  "sgemm: dimensions exceed 32-bit BLAS indices (m \(m), n \(n), k \(k))")
@@ -39,37 +40,75 @@ func sgemm(
                 beta, c, blasint(ldc))
 }
 
-/// Runs `body` with OpenBLAS confined to its calling thread, for kernels that split independent tiles across
-/// cores themselves (two thread pools on the same cores spin against each other). Nested or concurrent uses
-/// share one limit: the first entrant lowers OpenBLAS to 1 thread, the last one out restores its count.
+/// Process-wide BLAS threading: OpenBLAS runs every call on its calling thread only. TiledKernels splits
+/// large products into independent units itself (`Parallel.forEachUnit`), so no OpenBLAS worker threads spin
+/// (sched_yield) beside the kernels' own threads, and a core slowed by another process only delays the units
+/// it happens to hold. Every GEMM entry point calls `ensure()` first.
+enum BLASThreading {
+    /// OpenBLAS's own thread count when TiledKernels first ran a product, before it was set to 1.
+    nonisolated(unsafe) private(set) static var threadsAtLoad: Int = 1
+
+    private static let configured: Void = {
+        threadsAtLoad = Int(openblas_get_num_threads())
+        openblas_set_num_threads(1)
+    }()
+
+    @inline(__always)
+    static func ensure() { _ = configured }
+}
+
+/// Kept for kernels that split their own tiles across cores: OpenBLAS is single-threaded process-wide
+/// (see `BLASThreading`), so this only makes sure that setting is in effect.
 func withSingleThreadedBLAS<R>(_ body: () -> R) -> R {
-    BLASThreadLimit.shared.enter()
-    defer { BLASThreadLimit.shared.leave() }
+    BLASThreading.ensure()
     return body()
 }
 
-private final class BLASThreadLimit: @unchecked Sendable {
-    static let shared = BLASThreadLimit()
-    private var mutex = pthread_mutex_t()
-    private var holders = 0
-    private var savedThreads: Int32 = 1
+/// How a product is cut into units for `Parallel.forEachUnit`: chunks of `rowChunk` output rows ×
+/// `colChunk` output columns. Every unit packs its row chunk of one operand and its column chunk of the other,
+/// so the cut minimizes the total packed (rowUnits · cols + colUnits · rows) for about 4 units per core: a
+/// product with few rows and a large weight is cut along the weight, a tall one along its rows.
+/// Chunks are multiples of 16 unless whole.
+struct GemmGrid {
+    let rows: Int, cols: Int
+    let rowChunk: Int, colChunk: Int
+    var rowUnits: Int { (rows + rowChunk - 1) / rowChunk }
+    var colUnits: Int { (cols + colChunk - 1) / colChunk }
+    var units: Int { rowUnits * colUnits }
 
-    private init() { pthread_mutex_init(&mutex, nil) }
-
-    func enter() {
-        pthread_mutex_lock(&mutex)
-        if holders == 0 {
-            savedThreads = openblas_get_num_threads()
-            if savedThreads > 1 { openblas_set_num_threads(1) }
+    /// `depth`: multiply-adds behind one output element (the K dimension).
+    init(rows: Int, cols: Int, depth: Int, minRows: Int = 64, minCols: Int = 64) {
+        self.rows = rows
+        self.cols = cols
+        // Below ~4 MFLOP, or on one core, a single unit: thread hand-off costs more than it saves.
+        if Parallel.cores == 1 || 2 * rows * cols * depth < (1 << 22) {
+            rowChunk = max(1, rows)
+            colChunk = max(1, cols)
+            return
         }
-        holders += 1
-        pthread_mutex_unlock(&mutex)
+        let target = 4 * Parallel.cores
+        let maxRowUnits = max(1, rows / minRows), maxColUnits = max(1, cols / minCols)
+        var best = (ru: 1, cu: 1, cost: Int.max)
+        for ru in 1...min(target, maxRowUnits) {
+            let cu = min(maxColUnits, (target + ru - 1) / ru)
+            // Fewer units than asked for (small products) count as extra cost: idle cores.
+            let shortfall = max(0, min(target, maxRowUnits * maxColUnits) - ru * cu)
+            let cost = ru * cols + cu * rows + shortfall * (rows + cols)
+            if cost < best.cost { best = (ru, cu, cost) }
+        }
+        rowChunk = GemmGrid.chunk(rows, best.ru)
+        colChunk = GemmGrid.chunk(cols, best.cu)
     }
 
-    func leave() {
-        pthread_mutex_lock(&mutex)
-        holders -= 1
-        if holders == 0 && savedThreads > 1 { openblas_set_num_threads(savedThreads) }
-        pthread_mutex_unlock(&mutex)
+    private static func chunk(_ total: Int, _ parts: Int) -> Int {
+        if parts <= 1 { return max(1, total) }
+        let c = (total + parts - 1) / parts
+        return min(total, (c + 15) / 16 * 16)
+    }
+
+    /// The row and column ranges of unit `u`.
+    func ranges(_ u: Int) -> (Range<Int>, Range<Int>) {
+        let r0 = (u / colUnits) * rowChunk, c0 = (u % colUnits) * colChunk
+        return (r0..<min(rows, r0 + rowChunk), c0..<min(cols, c0 + colChunk))
     }
 }

@@ -1,12 +1,18 @@
 // Layout: moves values between layouts without arithmetic — nearest upsampling, channel concat,
 // and the NCHW ⇄ token-sequence transposes around UNet transformer blocks.
 
+public func upsampleNearest2x(_ x: Tensor) -> Tensor {
+    KernelProfile.measure("upsample") {
+        upsampleNearest2xKernel(x)
+    }
+}
+
 /// Nearest-neighbour 2× upsampling (F.interpolate(scale_factor=2, mode="nearest")).
 /// x: [N, C, H, W] → [N, C, 2H, 2W].
-public func upsampleNearest2x(_ x: Tensor) -> Tensor {
+func upsampleNearest2xKernel(_ x: Tensor) -> Tensor {
     precondition(x.shape.count == 4, "upsampleNearest2x: input must be [N, C, H, W], got \(x.shape)")
     let planes = x.shape[0] * x.shape[1], h = x.shape[2], w = x.shape[3]
-    var y = Tensor(zeros: [x.shape[0], x.shape[1], 2 * h, 2 * w])
+    var y = uninitializedTensor([x.shape[0], x.shape[1], 2 * h, 2 * w])
     if y.count == 0 { return y }
     y.data.withUnsafeMutableBufferPointer { yb in
         x.data.withUnsafeBufferPointer { xb in
@@ -29,8 +35,14 @@ public func upsampleNearest2x(_ x: Tensor) -> Tensor {
     return y
 }
 
-/// Concatenation along channels (torch.cat(dim=1)). a: [N, Ca, H, W], b: [N, Cb, H, W] → [N, Ca+Cb, H, W].
 public func concatChannels(_ a: Tensor, _ b: Tensor) -> Tensor {
+    KernelProfile.measure("concat") {
+        concatChannelsKernel(a, b)
+    }
+}
+
+/// Concatenation along channels (torch.cat(dim=1)). a: [N, Ca, H, W], b: [N, Cb, H, W] → [N, Ca+Cb, H, W].
+func concatChannelsKernel(_ a: Tensor, _ b: Tensor) -> Tensor {
     precondition(a.shape.count >= 2 && b.shape.count == a.shape.count && a.shape[0] == b.shape[0]
                  && Array(a.shape.dropFirst(2)) == Array(b.shape.dropFirst(2)),
                  "concatChannels: shapes \(a.shape) and \(b.shape) do not concatenate on dim 1")
@@ -47,21 +59,33 @@ public func concatChannels(_ a: Tensor, _ b: Tensor) -> Tensor {
     return Tensor(shape: shape, data: d)
 }
 
-/// [N, C, H, W] → [N, H·W, C] (x.permute(0, 2, 3, 1).reshape(N, H·W, C)).
 public func nchwToTokens(_ x: Tensor) -> Tensor {
+    KernelProfile.measure("transpose") {
+        nchwToTokensKernel(x)
+    }
+}
+
+/// [N, C, H, W] → [N, H·W, C] (x.permute(0, 2, 3, 1).reshape(N, H·W, C)).
+func nchwToTokensKernel(_ x: Tensor) -> Tensor {
     precondition(x.shape.count == 4, "nchwToTokens: input must be [N, C, H, W], got \(x.shape)")
     let n = x.shape[0], c = x.shape[1], hw = x.shape[2] * x.shape[3]
-    var y = Tensor(zeros: [n, hw, c])
+    var y = uninitializedTensor([n, hw, c])
     transposeBatched(x.data, into: &y.data, batches: n, rows: c, cols: hw)
     return y
 }
 
-/// [N, H·W, C] → [N, C, H, W], the inverse of `nchwToTokens`.
 public func tokensToNCHW(_ x: Tensor, height: Int, width: Int) -> Tensor {
+    KernelProfile.measure("transpose") {
+        tokensToNCHWKernel(x, height: height, width: width)
+    }
+}
+
+/// [N, H·W, C] → [N, C, H, W], the inverse of `nchwToTokens`.
+func tokensToNCHWKernel(_ x: Tensor, height: Int, width: Int) -> Tensor {
     precondition(x.shape.count == 3 && x.shape[1] == height * width,
                  "tokensToNCHW: input \(x.shape) is not [N, \(height)·\(width), C]")
     let n = x.shape[0], c = x.shape[2]
-    var y = Tensor(zeros: [n, c, height, width])
+    var y = uninitializedTensor([n, c, height, width])
     transposeBatched(x.data, into: &y.data, batches: n, rows: height * width, cols: c)
     return y
 }

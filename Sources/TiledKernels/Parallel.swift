@@ -38,3 +38,20 @@ private struct UncheckedSendableBox<T>: @unchecked Sendable {
     let value: T
     init(_ value: T) { self.value = value }
 }
+
+extension Parallel {
+    /// Calls `body(i)` for every i in `0..<count`, spreading the calls over the cores; a thread that finishes
+    /// early takes the next unit, so a core slowed by another process does not hold the rest back.
+    /// `count` ≤ 1 (or one core) runs inline.
+    static func forEachUnit(count: Int, _ body: (Int) -> Void) {
+        if count <= 0 { return }
+        if count == 1 || cores == 1 {
+            for i in 0..<count { body(i) }
+            return
+        }
+        withoutActuallyEscaping(body) { escapable in
+            let task = UncheckedSendableBox(escapable)
+            DispatchQueue.concurrentPerform(iterations: count) { i in task.value(i) }
+        }
+    }
+}

@@ -1,6 +1,7 @@
 // Tensor: the dense F32 activation type every kernel reads and writes.
 // Row-major; images are NCHW, token sequences are [batch, tokens, channels].
 
+import CKernels
 import MMapWeights
 
 /// A dense, row-major F32 tensor with value semantics (copy-on-write through its array).
@@ -111,12 +112,17 @@ public struct Weight: @unchecked Sendable {
         Weight(shape: newShape, type: type, bytes: bytes, owner: owner)
     }
 
-    /// Decodes rows `range` (each `rowLength` elements) to F32 into `destination`.
+    /// Decodes rows `range` (each `rowLength` elements) to F32 into `destination`, with the vectorized
+    /// decoders of CKernels (values identical to `TensorType.dequantize`, the scalar reference).
     public func dequantizeRows(_ range: Range<Int>, into destination: UnsafeMutablePointer<Float>) {
         precondition(range.lowerBound >= 0 && range.upperBound <= rows)
         guard let base = bytes.baseAddress, !range.isEmpty else { return }
         let rowBytes = (rowLength / type.blockSize) * type.blockBytes
-        type.dequantize(base + range.lowerBound * rowBytes, count: range.count * rowLength, into: destination)
+        let source = base + range.lowerBound * rowBytes
+        let count = range.count * rowLength
+        if ck_dequantize(type.rawValue, source, Int64(count), destination) != 0 {
+            type.dequantize(source, count: count, into: destination)
+        }
     }
 
     /// All values as F32 (a copy), for small weights and tests.

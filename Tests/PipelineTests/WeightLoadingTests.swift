@@ -1,5 +1,5 @@
-// ComponentWeights: finds a component's weights like diffusers, returns zero-copy F32 or
-// converted F16/BF16/F64 weights, and names tensor, file and shapes in every error.
+// ComponentWeights: finds a component's weights like diffusers, returns zero-copy F32/F16/BF16 or
+// converted F64 weights, and names tensor, file and shapes in every error.
 
 import Foundation
 import MMapWeights
@@ -8,10 +8,10 @@ import XCTest
 
 @testable import Pipeline
 
-/// A Weight's values, read while the Weight (and so its owner) is certainly alive: `values` is
-/// an unowned pointer, so `Array(try w.weight(...).values)` could read freed converted storage.
+/// A Weight's values as F32 (any stored type), read while the Weight (and so its owner) is certainly
+/// alive: its bytes are an unowned pointer, so reading after the Weight is gone could see freed storage.
 func floats(_ w: Weight) -> [Float] {
-    withExtendedLifetime(w) { Array(w.values) }
+    withExtendedLifetime(w) { w.dequantized() }
 }
 
 final class WeightLoadingTests: XCTestCase {
@@ -58,14 +58,20 @@ final class WeightLoadingTests: XCTestCase {
         XCTAssertTrue(w.owner is MappedFile)
     }
 
-    func testHalfBFloatAndDoubleWeightsAreConvertedToF32() throws {
+    func testHalfAndBFloatWeightsStayTypedInTheMappingAndDoubleIsConvertedToF32() throws {
         try put(sampleWriter(), "unet", "diffusion_pytorch_model.safetensors")
         let weights = try ComponentWeights(directory: root, component: "unet")
         let h = try weights.weight("norm.weight")
-        XCTAssertTrue(h.owner is WeightBox)
+        XCTAssertEqual(h.type, .f16)
+        XCTAssertTrue(h.owner is MappedFile)
         XCTAssertEqual(floats(h), [1, -2, Float(sign: .plus, exponent: -24, significand: 1)])
-        XCTAssertEqual(floats(try weights.weight("norm.bias")), [1.5])
-        XCTAssertEqual(floats(try weights.weight("scale")), [0.25])
+        let b = try weights.weight("norm.bias")
+        XCTAssertEqual(b.type, .bf16)
+        XCTAssertTrue(b.owner is MappedFile)
+        XCTAssertEqual(floats(b), [1.5])
+        let d = try weights.weight("scale")
+        XCTAssertTrue(d.owner is WeightBox)
+        XCTAssertEqual(floats(d), [0.25])
     }
 
     func testWeightsOutliveTheirComponentWeights() throws {

@@ -1,6 +1,7 @@
 // Reference: the plain, obviously-correct kernels (direct loops in Double) the tests compare against,
 // plus deterministic pseudo-random inputs and a tolerance check that states its bound.
 import XCTest
+import MMapWeights
 @testable import TiledKernels
 #if canImport(Glibc)
 import Glibc
@@ -159,5 +160,27 @@ enum Ref {
             }
         }
         return out
+    }
+}
+
+/// Keeps the bytes of a typed test weight alive.
+final class ByteBox {
+    let buffer: UnsafeMutableRawBufferPointer
+    init(_ bytes: [UInt8]) {
+        buffer = .allocate(byteCount: max(bytes.count, 1), alignment: 64)
+        bytes.withUnsafeBytes { src in
+            if let s = src.baseAddress { buffer.baseAddress!.copyMemory(from: s, byteCount: src.count) }
+        }
+    }
+    deinit { buffer.deallocate() }
+}
+
+extension Weight {
+    /// This F32 weight stored as `type` (ggml's reference quantizer); its F32 meaning is `dequantized()`.
+    func converted(to type: TensorType) -> Weight {
+        let bytes = Quantizer.quantize(dequantized(), to: type)
+        let box = ByteBox(bytes)
+        return Weight(shape: shape, type: type,
+                      bytes: UnsafeRawBufferPointer(start: box.buffer.baseAddress, count: bytes.count), owner: box)
     }
 }

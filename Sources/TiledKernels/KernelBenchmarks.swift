@@ -1,0 +1,61 @@
+// KernelBenchmarks: what `sdd bench` reports about the machine — the BLAS core OpenBLAS picked, the
+// threads a GEMM runs on, and the F32 GEMM rate the kernels actually reach here.
+import CBLAS
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Facts about the compute backend on this machine.
+public enum MachineInfo {
+    /// OpenBLAS's kernel family (openblas_get_corename: "Cooperlake", "Haswell" …); it follows
+    /// OPENBLAS_CORETYPE when that is set when the library loads.
+    public static func blasCoreName() -> String {
+        guard let name = openblas_get_corename() else { return "unknown" }
+        return String(cString: name)
+    }
+
+    /// Threads a large GEMM runs on: TiledKernels splits each product over this many cores and keeps
+    /// OpenBLAS itself at one thread per call (see `BLASThreading`).
+    public static func blasThreads() -> Int {
+        BLASThreading.ensure()
+        return Parallel.cores * Int(max(1, openblas_get_num_threads()))
+    }
+}
+
+/// Median GFLOP/s of `repeats` timed F32 products C[m, n] = A[m, k] · B[k, n], run the way the kernels run
+/// them (split over the cores, OpenBLAS single-threaded per unit), after one untimed warm-up.
+public func measureGEMMGFLOPS(m: Int, n: Int, k: Int, repeats: Int) -> Double {
+    precondition(m > 0 && n > 0 && k > 0 && repeats > 0, "measureGEMMGFLOPS: m \(m), n \(n), k \(k), repeats \(repeats)")
+    let a = UnsafeMutablePointer<Float>.allocate(capacity: m * k)
+    let b = UnsafeMutablePointer<Float>.allocate(capacity: k * n)
+    let c = UnsafeMutablePointer<Float>.allocate(capacity: m * n)
+    defer { a.deallocate(); b.deallocate(); c.deallocate() }
+    for i in 0..<(m * k) { a[i] = Float(i % 7) * 0.1 - 0.3 }
+    for i in 0..<(k * n) { b[i] = Float(i % 5) * 0.1 - 0.2 }
+    let grid = GemmGrid(rows: m, cols: n, depth: k)
+    func once() {
+        Parallel.forEachUnit(count: grid.units) { u in
+            let (r, col) = grid.ranges(u)
+            sgemm(m: r.count, n: col.count, k: k, a: a + r.lowerBound * k, lda: k, b: b + col.lowerBound, ldb: n,
+                  beta: 0, c: c + r.lowerBound * n + col.lowerBound, ldc: n)
+        }
+    }
+    once()
+    var seconds: [Double] = []
+    for _ in 0..<repeats {
+        let t0 = monotonicSeconds()
+        once()
+        seconds.append(monotonicSeconds() - t0)
+    }
+    seconds.sort()
+    let median = seconds[seconds.count / 2]
+    return 2 * Double(m) * Double(n) * Double(k) / max(median, 1e-12) / 1e9
+}
+
+func monotonicSeconds() -> Double {
+    var t = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &t)
+    return Double(t.tv_sec) + Double(t.tv_nsec) * 1e-9
+}

@@ -1,0 +1,104 @@
+// WeightPanels: typed weights (F16, BF16, ggml block quantizations) as F32 rows for a GEMM — the weight
+// itself when it is F32, one dequantized copy in an arena when it is small, panels of rows otherwise.
+import CKernels
+
+/// Scratch bounds of the products over typed weights (tests shrink them to force many panels / bands).
+struct GemmLimits: Sendable {
+    /// A non-F32 weight of at most this many values is dequantized whole, once per call (16 MiB of F32).
+    var wholeWeightFloats: Int
+    /// Otherwise it is dequantized in panels of rows of at most this many values each (4 MiB of F32),
+    /// one panel per unit of work. (1 MiB panels measured 54 vs 69 GFLOP/s on the 1280-channel 3×3 conv:
+    /// a 16-row panel is a poor GEMM shape.)
+    var panelFloats: Int
+    /// Bound on one im2col band of a convolution, in floats (8 MiB); one band per unit of work (per core).
+    var bandFloats: Int
+
+    static let standard = GemmLimits(wholeWeightFloats: 4 << 20, panelFloats: 1 << 20, bandFloats: 1 << 21)
+}
+
+/// The F32 rows of a weight during one product.
+struct PreparedWeight {
+    let weight: Weight
+    /// All rows as F32 (row stride `weight.rowLength`), or nil when rows come in panels.
+    let whole: UnsafePointer<Float>?
+    /// Rows per panel when `whole` is nil.
+    let panelRows: Int
+
+    var panels: Int { (weight.rows + panelRows - 1) / panelRows }
+
+    func panelRange(_ p: Int) -> Range<Int> { (p * panelRows)..<min(weight.rows, (p + 1) * panelRows) }
+}
+
+/// Runs `body` with `weight`'s rows available as F32: zero-copy for F32; a whole dequantized copy (from a
+/// pooled arena) when it has at most `limits.wholeWeightFloats` values; else panels of rows sized by
+/// `limits.panelFloats`, cut so there are at least `minPanels` of them when the weight has that many rows.
+func withPreparedWeight<R>(_ weight: Weight, limits: GemmLimits, minPanels: Int,
+                           _ body: (PreparedWeight) -> R) -> R {
+    if weight.type == .f32 {
+        return body(PreparedWeight(weight: weight, whole: weight.base, panelRows: max(1, weight.rows)))
+    }
+    if weight.count <= limits.wholeWeightFloats {
+        return ScratchArena.withArena { arena in
+            let buffer = arena.floats(weight.count)
+            weight.dequantizeRowsInParallel(0..<weight.rows, into: buffer)
+            return body(PreparedWeight(weight: weight, whole: UnsafePointer(buffer), panelRows: max(1, weight.rows)))
+        }
+    }
+    let rowLength = max(1, weight.rowLength)
+    var rows = max(1, limits.panelFloats / rowLength)
+    rows = min(rows, max(1, (weight.rows + minPanels - 1) / max(1, minPanels)))
+    if rows > 16 { rows = rows / 16 * 16 }
+    return body(PreparedWeight(weight: weight, whole: nil, panelRows: rows))
+}
+
+extension Weight {
+    /// `dequantizeRows` split over the cores for large ranges.
+    func dequantizeRowsInParallel(_ range: Range<Int>, into destination: UnsafeMutablePointer<Float>) {
+        let rowLength = max(1, self.rowLength)
+        Parallel.forEachChunk(count: range.count, minItemsPerChunk: max(1, (1 << 18) / rowLength)) { chunk in
+            let rows = (range.lowerBound + chunk.lowerBound)..<(range.lowerBound + chunk.upperBound)
+            dequantizeRows(rows, into: destination + chunk.lowerBound * rowLength)
+        }
+    }
+
+    /// Runs `body` with this weight's values as F32 (zero-copy for F32, a dequantized copy otherwise);
+    /// for the small vectors kernels read whole (biases, norm scales).
+    func withFloats<R>(_ body: (UnsafePointer<Float>) -> R) -> R {
+        if type == .f32 { return body(base) }
+        var copy = [Float](repeating: 0, count: max(1, count))
+        return copy.withUnsafeMutableBufferPointer { b in
+            dequantizeRows(0..<rows, into: b.baseAddress!)
+            return body(UnsafePointer(b.baseAddress!))
+        }
+    }
+}
+
+/// y[r, o] = Σ_k x[r, k] · W[o, k] + beta · y[r, o]: the linear-layer product with a weight of any type.
+/// x: [rows, K] (row stride K); weight: [O, K] as rows × rowLength; y: [rows, O] (row stride O).
+func multiplyByTransposedWeight(x: UnsafePointer<Float>, rows: Int, weight: Weight,
+                                y: UnsafeMutablePointer<Float>, beta: Float, limits: GemmLimits) {
+    let outF = weight.rows, inF = weight.rowLength
+    if rows == 0 || outF == 0 { return }
+    let grid = GemmGrid(rows: rows, cols: outF, depth: inF)
+    withPreparedWeight(weight, limits: limits, minPanels: grid.units > 1 ? 2 * Parallel.cores : 1) { prepared in
+        if let w = prepared.whole {
+            Parallel.forEachUnit(count: grid.units) { u in
+                let (r, o) = grid.ranges(u)
+                sgemm(transB: true, m: r.count, n: o.count, k: inF, a: x + r.lowerBound * inF, lda: inF,
+                      b: w + o.lowerBound * inF, ldb: inF, beta: beta,
+                      c: y + r.lowerBound * outF + o.lowerBound, ldc: outF)
+            }
+            return
+        }
+        // Panels of weight rows: each unit dequantizes one panel and multiplies all rows of x by it.
+        Parallel.forEachUnit(count: prepared.panels) { p in
+            let o = prepared.panelRange(p)
+            ScratchArena.withArena { arena in
+                let panel = arena.floats(o.count * inF)
+                weight.dequantizeRows(o, into: panel)
+                sgemm(transB: true, m: rows, n: o.count, k: inF, a: x, lda: inF, b: panel, ldb: inF,
+                      beta: beta, c: y + o.lowerBound, ldc: outF)
+            }
+        }
+    }
+}
