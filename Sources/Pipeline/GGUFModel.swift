@@ -55,11 +55,9 @@ public enum SDDGGUFKey {
 public final class GGUFComponentWeights: WeightProvider, @unchecked Sendable {
     // @unchecked: every stored property is immutable; GGUFFile is Sendable.
 
-    /// TEMPORARY SWITCH — flip to `false` once TiledKernels' linear/conv consume non-F32 `Weight`s
-    /// (dequantizing panels). While true, F16/BF16/quantized tensors are dequantized into an owned F32
-    /// `WeightBox` when a model binds them (F32 tensors are zero-copy either way), because
-    /// `Weight.values` traps on non-F32 weights.
-    public static let convertsToF32ByDefault = true
+    /// Whether tensors are handed out as owned F32 copies instead of typed views of the mapping.
+    /// The kernels dequantize panels of any type as they go, so the default keeps weights in place.
+    public static let convertsToF32ByDefault = false
 
     public let gguf: GGUFFile
     /// E.g. "unet."; prepended to every name.
@@ -112,7 +110,7 @@ public final class GGUFComponentWeights: WeightProvider, @unchecked Sendable {
         // conv kernel ([out, in, kh, kw], stored 2-D) cannot be handed out typed with its 4-D shape until that
         // check becomes `rowLength % blockSize == 0` (blocks run along the flattened row, as Weight documents);
         // until then such tensors fall back to an F32 copy. Keep this test in step with Weight.init.
-        let blocksFit = !info.type.isQuantized || (logical.last ?? 0) % info.type.blockSize == 0
+        let blocksFit = !info.type.isQuantized || logical.dropFirst().reduce(1, *) % info.type.blockSize == 0
         if info.type == .f32 || (!convertsToF32 && blocksFit) {
             return Weight(shape: logical, type: info.type, bytes: bytes, owner: gguf.file)
         }

@@ -7,5 +7,5 @@ struct SDD: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sdd",
         abstract: "Stable Diffusion text-to-image for modest hardware.",
-        subcommands: [Generate.self, Serve.self, Convert.self, Inspect.self])
+        subcommands: [Generate.self, Bench.self, Serve.self, Convert.self, Inspect.self])
 }
