@@ -34,7 +34,8 @@ public enum MemorySize {
 public struct MemoryPlan: Sendable, CustomStringConvertible {
     /// Runtime, BLAS buffers, tokenizer, code: measured on the tiny model as the process's floor.
     public var baseline: Int
-    /// Weights resident at once: the largest module and the one prefetched after it (streamed).
+    /// Weights resident at once: the largest streaming group (streamed; the next group's prefetch goes to
+    /// the page cache, not this process's resident set, until it runs), or every weight (resident).
     public var unetWeights: Int
     /// Skip connections plus the largest set of live activations in one UNet module.
     public var unetActivations: Int
@@ -97,10 +98,10 @@ public enum MemoryPlanner {
         let streamed = pipeline.residency != .resident
         var plan = MemoryPlan(
             baseline: baselineBytes,
-            unetWeights: streamed ? 2 * unet.largestGroupBytes : unet.totalWeightBytes,
+            unetWeights: streamed ? unet.largestGroupBytes : unet.totalWeightBytes,
             unetActivations: unetActivationBytes(model.unet, latentHeight: h, latentWidth: w,
                                                  batch: count * (guided ? 2 : 1)),
-            vaeWeights: streamed ? 2 * vae.largestGroupBytes : vae.totalWeightBytes,
+            vaeWeights: streamed ? vae.largestGroupBytes : vae.totalWeightBytes,
             vaeActivations: VAEDecoder.peakActivationBytes(config: model.vae, latentHeight: h, latentWidth: w, batch: count),
             vaeTiling: nil)
         guard let budget else { return plan }

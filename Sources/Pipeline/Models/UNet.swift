@@ -124,18 +124,18 @@ public struct UNet {
         var order: [[Weight]] = [timeLinear1.weights + timeLinear2.weights, convIn.weights]
         for level in down {
             for (resnet, transformer) in zip(level.resnets, level.transformers) {
-                order.append(resnet.weights)
-                if let t = transformer { order.append(t.weights) }
+                order += resnet.groups
+                if let t = transformer { order += t.groups }
             }
             if let d = level.downsample { order.append(d.weights) }
         }
         if let midT = midTransformer {
-            order += [midResnets[0].weights, midT.weights, midResnets[1].weights]
+            order += midResnets[0].groups + midT.groups + midResnets[1].groups
         }
         for level in up {
             for (resnet, transformer) in zip(level.resnets, level.transformers) {
-                order.append(resnet.weights)
-                if let t = transformer { order.append(t.weights) }
+                order += resnet.groups
+                if let t = transformer { order += t.groups }
             }
             if let u = level.upsample { order.append(u.weights) }
         }
@@ -181,8 +181,8 @@ public struct UNet {
         var skips: [Tensor] = [x]
         for level in down {
             for (resnet, transformer) in zip(level.resnets, level.transformers) {
-                x = streamer.run { resnet(x, siluTimeEmbedding: siluTemb) }
-                if let tr = transformer { x = streamer.run { tr(x, context: context) } }
+                x = resnet(x, siluTimeEmbedding: siluTemb, streamer: streamer)
+                if let tr = transformer { x = tr(x, context: context, streamer: streamer) }
                 skips.append(x)
             }
             if let ds = level.downsample {
@@ -191,15 +191,15 @@ public struct UNet {
             }
         }
         if let midT = midTransformer {
-            x = streamer.run { midResnets[0](x, siluTimeEmbedding: siluTemb) }
-            x = streamer.run { midT(x, context: context) }
-            x = streamer.run { midResnets[1](x, siluTimeEmbedding: siluTemb) }
+            x = midResnets[0](x, siluTimeEmbedding: siluTemb, streamer: streamer)
+            x = midT(x, context: context, streamer: streamer)
+            x = midResnets[1](x, siluTimeEmbedding: siluTemb, streamer: streamer)
         }
         for level in up {
             for (resnet, transformer) in zip(level.resnets, level.transformers) {
                 let skip = skips.removeLast()
-                x = streamer.run { resnet(concatChannels(x, skip), siluTimeEmbedding: siluTemb) }
-                if let tr = transformer { x = streamer.run { tr(x, context: context) } }
+                x = resnet(concatChannels(x, skip), siluTimeEmbedding: siluTemb, streamer: streamer)
+                if let tr = transformer { x = tr(x, context: context, streamer: streamer) }
             }
             if let us = level.upsample, let next = skips.last {
                 x = streamer.run { us(x, size: (next.shape[2], next.shape[3])) }

@@ -29,16 +29,29 @@ struct ResnetBlock: WeightGroup {
             + (shortcut?.weights ?? [])
     }
 
-    /// x: [N, C, H, W]; siluTimeEmbedding: silu(temb) [N, T] (nil for the VAE).
-    func callAsFunction(_ x: Tensor, siluTimeEmbedding: Tensor?) -> Tensor {
-        var h = conv1(norm1(x, silu: true))
-        if let proj = timeProjection, let t = siluTimeEmbedding {
-            h = addChannelBias(h, proj(t))
+    /// Streaming groups in execution order: the first half (norm1, conv1, time projection), the second.
+    var groups: [[Weight]] {
+        [norm1.weights + conv1.weights + (timeProjection?.weights ?? []),
+         norm2.weights + conv2.weights + (shortcut?.weights ?? [])]
+    }
+
+    /// x: [N, C, H, W]; siluTimeEmbedding: silu(temb) [N, T] (nil for the VAE). With a streamer, each of
+    /// `groups` is run through it in turn.
+    func callAsFunction(_ x: Tensor, siluTimeEmbedding: Tensor?, streamer: WeightStreamer? = nil) -> Tensor {
+        let stream = streamer ?? WeightStreamer.none
+        var h = stream.run {
+            var h = conv1(norm1(x, silu: true))
+            if let proj = timeProjection, let t = siluTimeEmbedding {
+                h = addChannelBias(h, proj(t))
+            }
+            return h
         }
-        h = conv2(norm2(h, silu: true))
-        var out = add(shortcut.map { $0(x) } ?? x, h)
-        if outputScale != 1 { out = scale(out, by: 1 / outputScale) }
-        return out
+        return stream.run {
+            h = conv2(norm2(h, silu: true))
+            var out = add(shortcut.map { $0(x) } ?? x, h)
+            if outputScale != 1 { out = scale(out, by: 1 / outputScale) }
+            return out
+        }
     }
 }
 
@@ -78,11 +91,17 @@ struct TransformerBlock: WeightGroup {
     /// Tokens per feed-forward tile: the GEGLU hidden layer (8 × dim wide) exists for this many tokens at a time.
     static let feedForwardTile = 1024
 
+    /// Streaming groups in execution order: self-attention, cross-attention, feed-forward.
+    var groups: [[Weight]] {
+        [norm1.weights + selfAttention.weights, norm2.weights + crossAttention.weights,
+         norm3.weights + ffIn.weights + ffOut.weights]
+    }
+
     /// x: [B, T, dim]; context: [B, S, contextDim].
-    func callAsFunction(_ x: Tensor, context: Tensor) -> Tensor {
-        var h = add(x, selfAttention(norm1(x)))
-        h = add(h, crossAttention(norm2(h), context: context))
-        return feedForward(h)
+    func callAsFunction(_ x: Tensor, context: Tensor, streamer: WeightStreamer = .none) -> Tensor {
+        var h = streamer.run { add(x, selfAttention(norm1(x))) }
+        h = streamer.run { add(h, crossAttention(norm2(h), context: context)) }
+        return streamer.run { feedForward(h) }
     }
 
     /// h + FF(norm3(h)), computed over tiles of tokens so the 8×-wide hidden layer stays small.
@@ -147,22 +166,30 @@ struct SpatialTransformer: WeightGroup {
             + (projOutConv?.weights ?? []) + (projOutLinear?.weights ?? [])
     }
 
+    /// Streaming groups in execution order: input projection, each block's groups, output projection.
+    var groups: [[Weight]] {
+        [norm.weights + (projInConv?.weights ?? []) + (projInLinear?.weights ?? [])] + blocks.flatMap(\.groups)
+            + [(projOutConv?.weights ?? []) + (projOutLinear?.weights ?? [])]
+    }
+
     /// x: [N, C, H, W]; context: [N, S, contextDim].
-    func callAsFunction(_ x: Tensor, context: Tensor) -> Tensor {
+    func callAsFunction(_ x: Tensor, context: Tensor, streamer: WeightStreamer = .none) -> Tensor {
         let height = x.shape[2], width = x.shape[3]
-        var h = norm(x)
-        if let conv = projInConv {
-            h = nchwToTokens(conv(h))
-        } else if let lin = projInLinear {
-            h = lin(nchwToTokens(h))
+        var h = streamer.run {
+            let normed = norm(x)
+            if let conv = projInConv { return nchwToTokens(conv(normed)) }
+            if let lin = projInLinear { return lin(nchwToTokens(normed)) }
+            return normed
         }
-        for block in blocks { h = block(h, context: context) }
-        if let lin = projOutLinear {
-            h = tokensToNCHW(lin(h), height: height, width: width)
-        } else if let conv = projOutConv {
-            h = conv(tokensToNCHW(h, height: height, width: width))
+        for block in blocks { h = block(h, context: context, streamer: streamer) }
+        return streamer.run {
+            if let lin = projOutLinear {
+                h = tokensToNCHW(lin(h), height: height, width: width)
+            } else if let conv = projOutConv {
+                h = conv(tokensToNCHW(h, height: height, width: width))
+            }
+            return add(h, x)
         }
-        return add(h, x)
     }
 }
 

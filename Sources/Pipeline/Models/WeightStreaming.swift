@@ -22,6 +22,9 @@ final class WeightStreamer: @unchecked Sendable {
     private let order: [[Weight]]
     private var cursor = 0
 
+    /// A streamer that only runs bodies (for modules used without streaming).
+    static let none = WeightStreamer(order: [], residency: .resident)
+
     init(order: [[Weight]], residency: WeightResidency) {
         self.order = order
         self.residency = residency
