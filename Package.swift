@@ -34,7 +34,7 @@ let package = Package(
         .target(name: "MMapWeights", swiftSettings: optimize),
         .target(name: "CKernels", path: "Sources/CKernels", cSettings: [.unsafeFlags(["-O3"])]),
         .target(name: "TiledKernels", dependencies: ["CBLAS", "CKernels", "MMapWeights"], swiftSettings: optimize),
-        .target(name: "Pipeline", dependencies: ["MMapWeights", "TiledKernels", "CPNG"], swiftSettings: optimize),
+        .target(name: "Pipeline", dependencies: ["MMapWeights", "TiledKernels", "CKernels", "CPNG"], swiftSettings: optimize),
         .target(name: "SDDAPI"),
         .target(name: "Daemon", dependencies: [
             "Pipeline", "SDDAPI", "CSystemd",

@@ -2,6 +2,7 @@
 // that records the anonymous / file-backed split at the moment of peak resident set size.
 
 import Foundation
+import CKernels
 
 public enum ProcessMemory {
     /// Resident memory figures, in bytes.
@@ -32,6 +33,15 @@ public enum ProcessMemory {
 
     /// VmHWM: the peak resident set size, in bytes.
     public static func peakResidentBytes() -> Int? { snapshot()?.peakRSS }
+
+    /// Makes glibc serve every allocation of 1 MiB or more with its own mapping, returned to the kernel
+    /// on free. glibc otherwise raises that threshold as large blocks are freed and keeps them in its
+    /// heaps, which fragments a run of many short-lived activation tensors: measured on SD 1.5 Q8_0
+    /// 512×512, peak RSS 269 MB → 213 MB, UNet step +15% (page faults on fresh mappings).
+    /// Called when a memory budget is set.
+    public static func preferCompactHeap() {
+        _ = ck_set_malloc_mmap_threshold(1 << 20)
+    }
 }
 
 /// Polls /proc/self/status on a background thread and keeps the snapshot with the largest VmRSS, so

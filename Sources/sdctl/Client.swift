@@ -89,6 +89,23 @@ struct SDDClient: Sendable {
         _ method: HTTPMethod, _ path: String, body: [UInt8]? = nil,
         _ handle: (_ status: Int, _ body: inout ResponseBody) async throws -> T
     ) async throws -> T {
+        // A GET whose connection closed before any answer came is safe to send again (it changes nothing);
+        // other methods are not retried, so a job is never submitted twice.
+        var attempt = 0
+        while true {
+            do {
+                return try await exchangeOnce(method, path, body: body, handle)
+            } catch let error as ChannelError where error == .ioOnClosedChannel && method == .GET && attempt < 2 {
+                attempt += 1
+                try await Task.sleep(nanoseconds: 100_000_000)
+            }
+        }
+    }
+
+    private func exchangeOnce<T: Sendable>(
+        _ method: HTTPMethod, _ path: String, body: [UInt8]? = nil,
+        _ handle: (_ status: Int, _ body: inout ResponseBody) async throws -> T
+    ) async throws -> T {
         let channel = try await connect()
         return try await channel.executeThenClose { inbound, outbound in
             var head = HTTPRequestHead(version: .http1_1, method: method, uri: path)

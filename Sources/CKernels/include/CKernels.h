@@ -21,6 +21,11 @@ int ck_dequantize_level(void);
 /// Forces a path (for tests): -1 restores automatic choice; a level the CPU lacks is ignored.
 void ck_force_dequantize_level(int level);
 
+/// Serves allocations of `threshold` bytes or more with their own mappings (returned to the kernel on
+/// free) and trims the heap above it: glibc's mallopt(M_MMAP_THRESHOLD / M_TRIM_THRESHOLD).
+/// Returns 0 on success.
+int ck_set_malloc_mmap_threshold(int threshold);
+
 #ifdef __cplusplus
 }
 #endif

@@ -197,8 +197,9 @@ public struct UNet {
         }
         for level in up {
             for (resnet, transformer) in zip(level.resnets, level.transformers) {
-                let skip = skips.removeLast()
-                x = resnet(concatChannels(x, skip), siluTimeEmbedding: siluTemb, streamer: streamer)
+                // Hand the map and the skip to the concat so neither outlives it (the peak of the up path).
+                let input = concatChannels(take(&x), skips.removeLast())
+                x = resnet(input, siluTimeEmbedding: siluTemb, streamer: streamer)
                 if let tr = transformer { x = tr(x, context: context, streamer: streamer) }
             }
             if let us = level.upsample, let next = skips.last {
@@ -207,4 +208,11 @@ public struct UNet {
         }
         return streamer.run { convOut(normOut(x, silu: true)) }
     }
+}
+
+/// Moves a tensor out of a variable, leaving it empty, so its storage is freed as soon as the taker is done.
+func take(_ t: inout Tensor) -> Tensor {
+    let value = t
+    t = Tensor(zeros: [0])
+    return value
 }
