@@ -46,6 +46,7 @@ final class PipelineParityTests: XCTestCase {
                 return true
             }
             XCTAssertEqual(stepErrors.count, refSteps.shape[0], "\(name): number of UNet evaluations")
+            XCTAssertLessThanOrEqual(stepErrors.max() ?? .infinity, latentTolerance, "\(name): per-step latents \(stepErrors)")
             let latentError = relativeMaxError(result.latents, try XCTUnwrap(ref["latents"]))
             XCTAssertLessThanOrEqual(latentError, latentTolerance,
                                      "\(name): final latents relative error \(latentError); per step \(stepErrors)")
