@@ -21,14 +21,11 @@ public struct EulerAncestralDiscreteScheduler: Scheduler {
             offset: config.stepsOffset ?? 0, kind: name)
         let full = schedule.sigmas
         sigmas = timesteps.map { Float(NoiseSchedule.interp(Double($0), full)) } + [0]
-        let maxSigma = sigmas.max() ?? 0
-        initNoiseSigma = spacing == "linspace" || spacing == "trailing" ? maxSigma : (maxSigma * maxSigma + 1).squareRoot()
+        initNoiseSigma = NoiseSchedule.initNoiseSigma(sigmas: sigmas, spacing: spacing)
     }
 
     public func scaleModelInput(_ sample: Tensor, stepIndex: Int) -> Tensor {
-        let sigma = sigmas[stepIndex]
-        let d = (sigma * sigma + 1).squareRoot()
-        return Elementwise.map(sample) { $0 / d }
+        NoiseSchedule.scaleModelInput(sample, sigma: sigmas[stepIndex])
     }
 
     public mutating func step(output: Tensor, stepIndex: Int, sample: Tensor, random: inout TorchRandom) -> Tensor {

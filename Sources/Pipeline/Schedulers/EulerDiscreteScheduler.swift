@@ -45,14 +45,11 @@ public struct EulerDiscreteScheduler: Scheduler {
         case let other: throw SchedulerError.unsupported(field: "final_sigmas_type", value: other, scheduler: name)
         }
         sigmas = spaced.map { Float($0) } + [last]
-        let maxSigma = sigmas.max() ?? 0
-        initNoiseSigma = spacing == "linspace" || spacing == "trailing" ? maxSigma : (maxSigma * maxSigma + 1).squareRoot()
+        initNoiseSigma = NoiseSchedule.initNoiseSigma(sigmas: sigmas, spacing: spacing)
     }
 
     public func scaleModelInput(_ sample: Tensor, stepIndex: Int) -> Tensor {
-        let sigma = sigmas[stepIndex]
-        let d = (sigma * sigma + 1).squareRoot()
-        return Elementwise.map(sample) { $0 / d }
+        NoiseSchedule.scaleModelInput(sample, sigma: sigmas[stepIndex])
     }
 
     public mutating func step(output: Tensor, stepIndex: Int, sample: Tensor, random: inout TorchRandom) -> Tensor {

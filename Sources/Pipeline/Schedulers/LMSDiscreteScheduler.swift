@@ -35,14 +35,11 @@ public struct LMSDiscreteScheduler: Scheduler {
         }
         timesteps = steps32
         sigmas = spaced.map { Float($0) } + [0]
-        let maxSigma = sigmas.max() ?? 0
-        initNoiseSigma = spacing == "linspace" || spacing == "trailing" ? maxSigma : (maxSigma * maxSigma + 1).squareRoot()
+        initNoiseSigma = NoiseSchedule.initNoiseSigma(sigmas: sigmas, spacing: spacing)
     }
 
     public func scaleModelInput(_ sample: Tensor, stepIndex: Int) -> Tensor {
-        let sigma = sigmas[stepIndex]
-        let d = (sigma * sigma + 1).squareRoot()
-        return Elementwise.map(sample) { $0 / d }
+        NoiseSchedule.scaleModelInput(sample, sigma: sigmas[stepIndex])
     }
 
     /// ∫_{σ[t]}^{σ[t+1]} Π_{k≠current} (τ − σ[t−k]) / (σ[t−current] − σ[t−k]) dτ.

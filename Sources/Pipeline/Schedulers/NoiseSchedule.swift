@@ -5,6 +5,19 @@ import TiledKernels
 
 /// The training schedule every diffusers scheduler builds in `__init__`, in torch's float32.
 struct NoiseSchedule: Codable, Sendable {
+    /// The sigma schedulers' init_noise_sigma (Euler, Euler a, K-LMS): σ_max for "linspace"/"trailing"
+    /// spacing, else sqrt(σ_max² + 1), as diffusers computes it.
+    static func initNoiseSigma(sigmas: [Float], spacing: String) -> Float {
+        let maxSigma = sigmas.max() ?? 0
+        return spacing == "linspace" || spacing == "trailing" ? maxSigma : (maxSigma * maxSigma + 1).squareRoot()
+    }
+
+    /// The sigma schedulers' scale_model_input: sample / sqrt(σ² + 1).
+    static func scaleModelInput(_ sample: Tensor, sigma: Float) -> Tensor {
+        let d = (sigma * sigma + 1).squareRoot()
+        return Elementwise.map(sample) { $0 / d }
+    }
+
     var numTrainTimesteps: Int
     /// `alphas_cumprod`, float32 as torch computes it (cumprod accumulates in double).
     var alphasCumprod: [Float]
