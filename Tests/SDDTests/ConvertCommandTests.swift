@@ -5,24 +5,10 @@ import Foundation
 import Pipeline
 import XCTest
 
-/// Runs the sdd binary SwiftPM built (found as GenerateCommandTests finds it), capturing its output.
+/// Runs the sdd binary SwiftPM built, capturing its output (GenerateCommandTests' runner).
 struct SDDProcess {
     func sdd(_ arguments: [String]) throws -> GenerateCommandTests.Run {
-        let process = Process()
-        process.executableURL = GenerateCommandTests.binary
-        process.arguments = arguments
-        var env = ProcessInfo.processInfo.environment
-        env.removeValue(forKey: "SDD_MODEL")
-        process.environment = env
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        let outData = out.fileHandleForReading.readDataToEndOfFile()
-        let errData = err.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return GenerateCommandTests.Run(status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
-                                        stderr: String(decoding: errData, as: UTF8.self))
+        try GenerateCommandTests.runSDD(arguments)
     }
 }
 

@@ -27,8 +27,13 @@ final class GenerateCommandTests: XCTestCase {
     }
 
     func sdd(_ arguments: [String], environment: [String: String] = [:]) throws -> Run {
+        try Self.runSDD(arguments, environment: environment)
+    }
+
+    /// Runs the built sdd binary without SDD_MODEL (plus `environment`), capturing its output.
+    static func runSDD(_ arguments: [String], environment: [String: String] = [:]) throws -> Run {
         let process = Process()
-        process.executableURL = Self.binary
+        process.executableURL = binary
         process.arguments = arguments
         var env = ProcessInfo.processInfo.environment
         env.removeValue(forKey: "SDD_MODEL")
