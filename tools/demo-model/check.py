@@ -117,6 +117,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="held-out large only, seed 0")
     ap.add_argument("--guidance", type=float, default=GUIDANCE)
     ap.add_argument("--steps", type=int, default=STEPS)
+    ap.add_argument("--device", default="cpu", help="cuda where one is lent (the seeds' noise is "
+                    "still drawn on the CPU, as diffusers does with a CPU generator)")
     a = ap.parse_args()
 
     cs = cases(a.guidance, a.steps)
@@ -137,6 +139,7 @@ def main():
     torch.set_num_threads(a.threads)
     pipe = StableDiffusionPipeline.from_pretrained(a.model, torch_dtype=torch.float32, safety_checker=None)
     pipe.set_progress_bar_config(disable=True)
+    pipe.to(a.device)
     if a.quick:
         cs = [c for c in cs if c["kind"] == "held_out" and c["size"] == "large" and c["seed"] == 0]
     imgs, res, anyw = [], {}, {}

@@ -92,13 +92,26 @@ def sample(seed, index, train=True):
     return img, caption(colour, shape, size, position, background), attrs
 
 
-def make(seed, n, train=True):
-    imgs = np.empty((n, SIZE, SIZE, 3), np.uint8)
+def _make_range(args):
+    seed, start, stop, train = args
+    imgs = np.empty((stop - start, SIZE, SIZE, 3), np.uint8)
     caps = []
-    for i in range(n):
-        imgs[i], c, _ = sample(seed, i, train)
+    for i in range(start, stop):
+        imgs[i - start], c, _ = sample(seed, i, train)
         caps.append(c)
     return imgs, caps
+
+
+def make(seed, n, train=True, workers=1):
+    """n samples; the same for any number of worker processes (each index has its own RNG)."""
+    if workers <= 1 or n < 2000:
+        return _make_range((seed, 0, n, train))
+    from multiprocessing import Pool
+    chunk = (n + 4 * workers - 1) // (4 * workers)
+    jobs = [(seed, i, min(n, i + chunk), train) for i in range(0, n, chunk)]
+    with Pool(workers) as pool:
+        parts = pool.map(_make_range, jobs)
+    return np.concatenate([p[0] for p in parts]), [c for p in parts for c in p[1]]
 
 
 def grid(images, cols):

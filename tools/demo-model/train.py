@@ -54,7 +54,7 @@ UNET_CFG = dict(
     sample_size=8, in_channels=4, out_channels=4,
     down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
     up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-    block_out_channels=[32, 64, 64], layers_per_block=1, attention_head_dim=4,
+    block_out_channels=[48, 64, 96], layers_per_block=1, attention_head_dim=4,
     cross_attention_dim=64, norm_num_groups=8, norm_eps=1e-5, flip_sin_to_cos=True,
     freq_shift=0, downsample_padding=1, use_linear_projection=False, act_fn="silu",
 )
@@ -151,20 +151,22 @@ def train_decoder(a):
 
 @torch.no_grad()
 def encode_latents(a):
-    vae = AutoencoderKL.from_pretrained(os.path.join(a.work, "vae")).eval()
-    imgs, caps = dataset.make(a.seed + 1000, a.unet_images)
+    vae = AutoencoderKL.from_pretrained(os.path.join(a.work, "vae")).to(DEV).eval()
+    t0 = time.time()
+    imgs, caps = dataset.make(a.seed + 1000, a.unet_images, workers=a.workers)
+    log(f"rendered {len(imgs)} images in {time.time() - t0:.0f}s ({a.workers} workers)")
     means, stds = [], []
     t0 = time.time()
-    for i in range(0, len(imgs), 256):
-        post = vae.encode(to_tensor(imgs[i:i + 256])).latent_dist
-        means.append(post.mean)
-        stds.append(post.std)
+    for i in range(0, len(imgs), 1024):
+        post = vae.encode(to_tensor(imgs[i:i + 1024]).to(DEV)).latent_dist
+        means.append(post.mean.cpu())
+        stds.append(post.std.cpu())
     mean, std = torch.cat(means), torch.cat(stds)
     g = torch.Generator().manual_seed(a.seed + 2)
     sample = mean + std * torch.randn(mean.shape, generator=g)
     sf = 1.0 / sample.std().item()
     # reconstruction check on the first 256
-    rec = vae.decode(mean[:256]).sample
+    rec = vae.decode(mean[:256].to(DEV)).sample.cpu()
     mse = F.mse_loss(rec, to_tensor(imgs[:256])).item()
     log(f"latents {tuple(mean.shape)} in {time.time() - t0:.0f}s: mean {sample.mean():.4f} std "
         f"{sample.std():.4f} -> scaling_factor {sf:.5f}; posterior std mean {std.mean():.4f}; "
@@ -183,36 +185,47 @@ def encode_latents(a):
 def train_unet(a):
     torch.manual_seed(a.seed + 3)
     data = torch.load(os.path.join(a.work, "latents.pt"))
-    mean, std, ids, uncond, sf = data["mean"], data["std"], data["ids"], data["uncond"], data["scaling_factor"]
+    mean, std, ids, uncond = (data[k].to(DEV) for k in ("mean", "std", "ids", "uncond"))
+    sf = data["scaling_factor"]
     N = len(mean)
-    te = CLIPTextModel(CLIPTextConfig(**TEXT_CFG))
-    unet = UNet2DConditionModel(**UNET_CFG)
+    te = CLIPTextModel(CLIPTextConfig(**TEXT_CFG)).to(DEV)
+    unet = UNet2DConditionModel(**UNET_CFG).to(DEV)
     log(f"unet params {n_params(unet)}, text encoder params {n_params(te)}, {N} latents, sf {sf:.5f}")
-    if a.resume:
-        unet.load_state_dict(torch.load(os.path.join(a.work, "unet_train.pt")))
+    if a.init_from:  # continue from an exported checkpoint folder (its EMA weights; fresh optimizer)
+        unet.load_state_dict(load_file(os.path.join(a.init_from, "unet", "diffusion_pytorch_model.safetensors")))
+        te_sd = load_file(os.path.join(a.init_from, "text_encoder", "model.safetensors"))
+        names = set(te.state_dict())  # exported names carry "text_model."; the module may not
+        te_sd = {k if k in names else k.removeprefix("text_model."): v for k, v in te_sd.items()}
+        missing, unexpected = te.load_state_dict(te_sd, strict=False)
+        assert not unexpected and all("position_ids" in k for k in missing), (missing, unexpected)
+        log(f"initialised from {a.init_from}")
     sched = DDPMScheduler(**SD15_BETAS)
-    acp = sched.alphas_cumprod
+    acp = sched.alphas_cumprod.to(DEV)
     params = list(unet.parameters()) + list(te.parameters())
-    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0, betas=(0.9, 0.99),
+                            fused=DEV.type == "cuda")
     ema_unet = {k: v.detach().clone() for k, v in unet.state_dict().items()}
     ema_te = {k: v.detach().clone() for k, v in te.state_dict().items()}
-    g = torch.Generator().manual_seed(a.seed + 4)
+    live = [v for m in (unet, te) for v in m.state_dict().values() if v.dtype.is_floating_point]
+    ema = [e[k] for m, e in ((unet, ema_unet), (te, ema_te))
+           for k, v in m.state_dict().items() if v.dtype.is_floating_point]
+    g = torch.Generator(DEV).manual_seed(a.seed + 4)
     t0 = time.time()
     run = None
     hist = []
     for step in range(1, a.steps + 1):
-        lr = a.lr * min(1.0, step / 300)  # constant after warm-up: checkpoint N == a run of N steps
+        lr = a.lr * min(1.0, step / a.warmup)  # constant after warm-up: checkpoint N == a run of N steps
         for pg in opt.param_groups:
             pg["lr"] = lr
-        idx = torch.randint(0, N, (a.batch,), generator=g)
-        lat = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * sf
-        noise = torch.randn(lat.shape, generator=g)
-        t = torch.randint(0, 1000, (a.batch,), generator=g)
+        idx = torch.randint(0, N, (a.batch,), generator=g, device=DEV)
+        lat = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g, device=DEV)) * sf
+        noise = torch.randn(lat.shape, generator=g, device=DEV)
+        t = torch.randint(0, 1000, (a.batch,), generator=g, device=DEV)
         s = acp[t].sqrt().view(-1, 1, 1, 1)
         n = (1 - acp[t]).sqrt().view(-1, 1, 1, 1)
         noisy = s * lat + n * noise
         tid = ids[idx].clone()
-        drop = torch.rand(a.batch, generator=g) < a.uncond_prob
+        drop = torch.rand(a.batch, generator=g, device=DEV) < a.uncond_prob
         tid[drop] = uncond[0]
         enc = te(tid)[0]
         pred = unet(noisy, t, enc).sample
@@ -223,23 +236,25 @@ def train_unet(a):
         opt.step()
         d = min(a.ema, (1 + step) / (10 + step))
         with torch.no_grad():
-            for m, e in ((unet, ema_unet), (te, ema_te)):
-                for k, v in m.state_dict().items():
-                    if v.dtype.is_floating_point:
-                        e[k].mul_(d).add_(v.detach(), alpha=1 - d)
-        run = loss.item() if run is None else 0.99 * run + 0.01 * loss.item()
-        if step % 100 == 0 or step == 1:
+            torch._foreach_lerp_(ema, live, 1 - d)
+        if step % 20 == 0 or step == 1:  # .item() waits for the device: not every step
+            run = loss.item() if run is None else 0.8179 * run + 0.1821 * loss.item()  # ~0.99/step
+        out_of_time = a.max_minutes and time.time() - t0 > 60 * a.max_minutes
+        if step % 100 == 0 or step == 1 or out_of_time:
             el = time.time() - t0
             log(f"unet step {step}/{a.steps} loss {loss.item():.4f} (avg {run:.4f}) lr {lr:.2e} "
                 f"{step * a.batch / el:.0f} samples/s, {el / 60:.1f} min")
             hist.append((step, run))
-        if step % a.ckpt_every == 0 or step == a.steps:
+        if step % a.ckpt_every == 0 or step == a.steps or out_of_time:
             out = os.path.join(a.work, f"ckpt-{step:06d}")
             export(out, ema_unet, ema_te, sf)
             with open(os.path.join(out, "train_state.json"), "w") as f:
                 json.dump(dict(step=step, loss_avg=run, minutes=(time.time() - t0) / 60,
                                loss_curve=hist, args=vars(a)), f, indent=1)
             log(f"checkpoint {out}")
+        if out_of_time:
+            log(f"stopping at step {step}: --max-minutes {a.max_minutes} reached")
+            break
     log(f"unet done in {(time.time() - t0) / 60:.1f} min, final loss avg {run:.4f}")
 
 
@@ -335,6 +350,7 @@ def bench(a):
 
 
 ARGS = None
+DEV = torch.device("cpu")
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
@@ -359,8 +375,19 @@ if __name__ == "__main__":
     ap.add_argument("--uncond-prob", type=float, default=0.1)
     ap.add_argument("--ckpt-every", type=int, default=500)
     ap.add_argument("--ckpt", default=None)
-    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init-from", default=None, help="unet: start from this exported checkpoint")
+    ap.add_argument("--warmup", type=int, default=300, help="unet: learning-rate warm-up steps")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--workers", type=int, default=1, help="processes rendering the dataset")
+    ap.add_argument("--max-minutes", type=float, default=0,
+                    help="unet: stop (with a checkpoint) after this many minutes")
     ARGS = a = ap.parse_args()
+    DEV = torch.device(a.device)
+    if DEV.type == "cuda":  # reproducible up to the few CUDA kernels without a deterministic path
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     torch.set_num_threads(a.threads)
     os.makedirs(a.work, exist_ok=True)
     log("args", vars(a))
