@@ -1,6 +1,7 @@
 // KernelBenchmarks: what `sdd bench` reports about the machine — the BLAS core OpenBLAS picked, the
 // threads a GEMM runs on, and the F32 GEMM rate the kernels actually reach here.
 import CBLAS
+import MMapWeights
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -58,4 +59,58 @@ func monotonicSeconds() -> Double {
     var t = timespec()
     clock_gettime(CLOCK_MONOTONIC, &t)
     return Double(t.tv_sec) + Double(t.tv_nsec) * 1e-9
+}
+
+/// One convolution shape for `measureConvSeconds`: [batch, channels, height, width] in, `outChannels` out,
+/// a 3×3 stride-1 padding-1 kernel stored as `type`.
+public struct ConvBenchmarkShape: Sendable {
+    public var batch: Int, channels: Int, outChannels: Int, height: Int, width: Int
+    public var type: TensorType
+    public init(batch: Int, channels: Int, outChannels: Int, height: Int, width: Int, type: TensorType) {
+        self.batch = batch
+        self.channels = channels
+        self.outChannels = outChannels
+        self.height = height
+        self.width = width
+        self.type = type
+    }
+
+    /// Multiply-adds × 2 of the direct convolution (what GFLOP/s figures for convs are quoted against).
+    public var flops: Double { 2 * Double(batch * outChannels * height * width) * Double(channels * 9) }
+}
+
+/// Median seconds of `repeats` timed 3×3 convolutions of `shape` (after one warm-up), with im2col + GEMM
+/// (`winograd` false) or Winograd F(2×2, 3×3) (`winograd` true), on pseudo-random inputs and weights.
+public func measureConvSeconds(_ shape: ConvBenchmarkShape, winograd: Bool, repeats: Int) -> Double {
+    let s = shape
+    var state: UInt64 = 12345
+    func next() -> Float {
+        state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+        return Float(state >> 40) / Float(1 << 24) - 0.5
+    }
+    let x = Tensor(shape: [s.batch, s.channels, s.height, s.width],
+                   data: (0..<(s.batch * s.channels * s.height * s.width)).map { _ in next() })
+    let values = (0..<(s.outChannels * s.channels * 9)).map { _ in next() * 0.1 }
+    let weightShape = [s.outChannels, s.channels, 3, 3]
+    let weight: Weight
+    if s.type == .f32 {
+        weight = Weight(shape: weightShape, array: values)
+    } else {
+        let bytes = Quantizer.quantize(values, to: s.type)
+        let box = WeightBox(count: (bytes.count + 3) / 4)
+        UnsafeMutableRawPointer(box.pointer.baseAddress!).copyMemory(from: bytes, byteCount: bytes.count)
+        weight = Weight(shape: weightShape, type: s.type,
+                        bytes: UnsafeRawBufferPointer(start: box.pointer.baseAddress, count: bytes.count), owner: box)
+    }
+    let bias = Weight(shape: [s.outChannels], array: (0..<s.outChannels).map { _ in next() })
+    var limits = GemmLimits.standard
+    limits.convAlgorithm = winograd ? .winograd : .im2col
+    _ = conv2d(x, weight: weight, bias: bias, stride: 1, padding: 1, limits: limits)
+    var seconds: [Double] = []
+    for _ in 0..<max(1, repeats) {
+        let t0 = monotonicSeconds()
+        _ = conv2d(x, weight: weight, bias: bias, stride: 1, padding: 1, limits: limits)
+        seconds.append(monotonicSeconds() - t0)
+    }
+    return seconds.sorted()[seconds.count / 2]
 }

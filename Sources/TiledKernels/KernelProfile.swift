@@ -1,5 +1,6 @@
 // KernelProfile: optional wall-clock totals per kernel (SDD_KERNEL_PROFILE=1), printed to stderr at exit,
 // so a whole-model run shows where its time goes (conv 3×3 vs 1×1, linear, attention, norms …).
+// SDD_KERNEL_PROFILE=shapes also splits kernels that report a shape (convolutions) by that shape.
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -13,6 +14,12 @@ enum KernelProfile {
         let on = String(cString: v) != "0"
         if on { atexit { KernelProfile.report() } }
         return on
+    }()
+
+    /// Whether SDD_KERNEL_PROFILE=shapes asked for per-shape totals.
+    static let detailed: Bool = {
+        guard enabled, let v = getenv("SDD_KERNEL_PROFILE") else { return false }
+        return String(cString: v) == "shapes"
     }()
 
     nonisolated(unsafe) private static var totals: [String: (seconds: Double, calls: Int, flops: Double)] = [:]

@@ -17,17 +17,17 @@ func upsampleNearest2xKernel(_ x: Tensor) -> Tensor {
     y.data.withUnsafeMutableBufferPointer { yb in
         x.data.withUnsafeBufferPointer { xb in
             guard let yp = yb.baseAddress, let xp = xb.baseAddress else { return }
-            for p in 0..<planes {
-                let src = xp + p * h * w
-                let dst = yp + p * 4 * h * w
-                for i in 0..<h {
-                    let line = src + i * w
-                    let out = dst + 2 * i * 2 * w
+            // Rows of all planes are independent: split them over the cores for large tensors.
+            Parallel.forEachChunk(count: planes * h, minItemsPerChunk: max(1, elementwiseChunk / max(1, 4 * w))) { range in
+                for row in range {
+                    let p = row / h, i = row % h
+                    let line = xp + p * h * w + i * w
+                    let out = yp + p * 4 * h * w + 2 * i * 2 * w
                     for j in 0..<w {
                         out[2 * j] = line[j]
                         out[2 * j + 1] = line[j]
                     }
-                    (out + 2 * w).update(from: out, count: 2 * w)
+                    (out + 2 * w).initialize(from: out, count: 2 * w)
                 }
             }
         }

@@ -1,6 +1,11 @@
 // WeightPanels: typed weights (F16, BF16, ggml block quantizations) as F32 rows for a GEMM — the weight
 // itself when it is F32, one dequantized copy in an arena when it is small, panels of rows otherwise.
 import CKernels
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// Scratch bounds of the products over typed weights (tests shrink them to force many panels / bands).
 struct GemmLimits: Sendable {
@@ -11,9 +16,34 @@ struct GemmLimits: Sendable {
     /// a 16-row panel is a poor GEMM shape.)
     var panelFloats: Int
     /// Bound on one im2col band of a convolution, in floats (8 MiB); one band per unit of work (per core).
+    /// A Winograd convolution keeps its transformed input and products of one band within the same bound.
     var bandFloats: Int
+    /// How 3×3 stride-1 padding-1 convolutions run (tests force one algorithm or the other).
+    var convAlgorithm: ConvAlgorithm = .automatic
 
-    static let standard = GemmLimits(wholeWeightFloats: 4 << 20, panelFloats: 1 << 20, bandFloats: 1 << 21)
+    /// SDD_CONV_ALGORITHM=im2col or =winograd forces one convolution algorithm (for A/B timing and checks).
+    static let standard = GemmLimits(wholeWeightFloats: 4 << 20, panelFloats: 1 << 20, bandFloats: 1 << 21,
+                                     convAlgorithm: ConvAlgorithm.fromEnvironment)
+}
+
+/// The algorithm of a 3×3, stride-1, padding-1 convolution.
+enum ConvAlgorithm: Sendable {
+    /// Winograd F(2×2, 3×3) when both channel counts are at least 32 and the transformed weight
+    /// (16 · O · C floats) fits `wholeWeightFloats`; im2col + GEMM otherwise.
+    case automatic
+    case im2col
+    /// Winograd whenever the shape allows it, whatever the sizes.
+    case winograd
+
+    /// SDD_CONV_ALGORITHM (im2col, winograd; anything else or unset: automatic).
+    static var fromEnvironment: ConvAlgorithm {
+        guard let v = getenv("SDD_CONV_ALGORITHM") else { return .automatic }
+        switch String(cString: v) {
+        case "im2col": return .im2col
+        case "winograd": return .winograd
+        default: return .automatic
+        }
+    }
 }
 
 /// The F32 rows of a weight during one product.

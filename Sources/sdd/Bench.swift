@@ -4,6 +4,7 @@
 import ArgumentParser
 import Foundation
 import Pipeline
+import MMapWeights
 import TiledKernels
 
 struct Bench: ParsableCommand {
@@ -32,6 +33,17 @@ struct Bench: ParsableCommand {
     @Option(help: "Memory budget, e.g. 256M (chooses VAE tiling); default: no limit.")
     var memoryBudget: String?
 
+    @Option(help: ArgumentHelp(
+        "What to time: all (one generation), vae (only the VAE decoder, --repeats times) or conv.",
+        discussion: "vae decodes a fixed pseudo-random latent of the requested size with the model's VAE weights "
+            + "(untiled unless --memory-budget picks tiles), after one untimed warm-up decode; it reports the "
+            + "median and every timed decode. Compare with tools/bench/vae_vs_diffusers.py. conv times the 3×3 convolution "
+            + "shapes of SD 1.5's VAE (F16) and UNet (Q8_0, batch 2) with im2col and with Winograd, interleaved."))
+    var stage: String = "all"
+
+    @Option(help: "With --stage vae: timed decodes (the median is reported).")
+    var repeats: Int = 3
+
     @Flag(help: "Print one JSON object instead of a table.")
     var json = false
 
@@ -49,6 +61,11 @@ struct Bench: ParsableCommand {
     private func bench() throws {
         guard let residencyMode = WeightResidency(rawValue: residency) else {
             throw PipelineError.invalidRequest("unknown --residency \(residency); choose resident, streamed or strict")
+        }
+        if stage == "vae" { return try benchVAE(residency: residencyMode) }
+        if stage == "conv" { return benchConv() }
+        guard stage == "all" else {
+            throw PipelineError.invalidRequest("unknown --stage \(stage); choose all, vae or conv")
         }
         let sampler = PeakMemorySampler()
         defer { sampler.stop() }
@@ -120,6 +137,86 @@ struct Bench: ParsableCommand {
         print(String(format: "machine GEMM     %.1f GFLOP/s (sgemm 4096×1280×1280, %@, %d threads)", gemm,
                      MachineInfo.blasCoreName(), MachineInfo.blasThreads()))
         print("peak memory      \(mib(peak.peakRSS)) VmHWM; at peak RssAnon \(mib(peak.rssAnon)), RssFile \(mib(peak.rssFile))")
+    }
+}
+
+extension Bench {
+    /// `--stage conv`: each SD 1.5 3×3 stride-1 conv shape with im2col and with Winograd, median of `repeats`.
+    fileprivate func benchConv() {
+        let vae: [(Int, Int, Int)] = [(512, 512, 64), (512, 512, 128), (512, 512, 256), (512, 256, 256),
+                                      (256, 256, 256), (256, 256, 512), (256, 128, 512), (128, 128, 512)]
+        let unet: [(Int, Int, Int)] = [(320, 320, 64), (640, 320, 64), (320, 640, 32), (640, 640, 32),
+                                       (1280, 1280, 16)]
+        let shapes = vae.map { ConvBenchmarkShape(batch: 1, channels: $0.0, outChannels: $0.1, height: $0.2,
+                                                  width: $0.2, type: .f16) }
+            + unet.map { ConvBenchmarkShape(batch: 2, channels: $0.0, outChannels: $0.1, height: $0.2, width: $0.2,
+                                            type: .q8_0) }
+        print("conv 3×3 (N×C×H×W → O, type): im2col s, Winograd s, ratio; GFLOP/s of the direct conv")
+        for s in shapes {
+            let a = measureConvSeconds(s, winograd: false, repeats: repeats)
+            let b = measureConvSeconds(s, winograd: true, repeats: repeats)
+            print(String(format: "%dx%dx%dx%d → %d %@: im2col %.3f s (%.0f), winograd %.3f s (%.0f), ratio %.2f",
+                         s.batch, s.channels, s.height, s.width, s.outChannels, s.type.name, a, s.flops / a / 1e9,
+                         b, s.flops / b / 1e9, b / a))
+        }
+    }
+
+    /// `--stage vae`: the VAE decoder alone on a fixed latent, one warm-up decode then `repeats` timed ones.
+    fileprivate func benchVAE(residency: WeightResidency) throws {
+        guard repeats >= 1 else { throw PipelineError.invalidRequest("--repeats must be at least 1") }
+        let gemm = measureGEMMGFLOPS(m: 4096, n: 1280, k: 1280, repeats: 5)
+        let modelPath = try ModelLocation.resolve(model)
+        let sdModel = try StableDiffusionModel(url: URL(fileURLWithPath: modelPath))
+        let f = sdModel.vaeScaleFactor
+        let size = sdModel.defaultSize
+        let w = width ?? size.width, h = height ?? size.height
+        guard w % f == 0, h % f == 0, w > 0, h > 0 else {
+            throw PipelineError.invalidRequest("--width/--height must be positive multiples of \(f)")
+        }
+        let shape = [1, sdModel.vae.latentChannels, h / f, w / f]
+        // A fixed latent with roughly unit variance (values of a scaled SD latent): a simple LCG, no seed option.
+        var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+        let values = (0..<shape.reduce(1, *)).map { _ -> Float in
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            return (Float(state >> 40) / Float(1 << 24) - 0.5) * 3.4
+        }
+        let z = Tensor(shape: shape, data: values)
+        let decoder = try VAEDecoder(config: sdModel.vae, weights: try sdModel.weights("vae"), residency: residency)
+        var tiling: VAETiling?
+        if let budget = memoryBudget {
+            tiling = try VAEDecoder.tiling(forBudgetBytes: try MemorySize.parse(budget), config: sdModel.vae,
+                                       latentHeight: shape[2], latentWidth: shape[3])
+        }
+        func decode() throws -> Tensor {
+            if let tiling { return try decoder.decodeTiled(z, tiling: tiling) }
+            return decoder(z)
+        }
+        var checksum = Double(try decode().data.reduce(0, +))
+        var seconds: [Double] = []
+        for _ in 0..<repeats {
+            let t0 = Date()
+            let image = try decode()
+            seconds.append(Date().timeIntervalSince(t0))
+            checksum = Double(image.data.reduce(0, +))
+        }
+        let median = seconds.sorted()[seconds.count / 2]
+        if json {
+            let report: [String: Any] = [
+                "model": sdModel.name, "width": w, "height": h, "stage": "vae",
+                "vae_decode_seconds": median, "vae_decode_seconds_all": seconds,
+                "tiled": tiling != nil, "output_sum": checksum,
+                "machine_gemm_gflops_per_second": gemm,
+            ]
+            let data = try JSONSerialization.data(withJSONObject: report, options: [.sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+            return
+        }
+        print("model            \(sdModel.name), VAE decode only, \(w)×\(h)\(tiling == nil ? "" : ", tiled")")
+        print(String(format: "VAE decode       %.3f s median of %d  (all: %@)", median, repeats,
+                     seconds.map { String(format: "%.3f", $0) }.joined(separator: " ")))
+        print(String(format: "output sum       %.6g", checksum))
+        print(String(format: "machine GEMM     %.1f GFLOP/s (sgemm 4096×1280×1280, %@, %d threads)", gemm,
+                     MachineInfo.blasCoreName(), MachineInfo.blasThreads()))
     }
 }
 

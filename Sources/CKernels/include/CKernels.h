@@ -26,6 +26,26 @@ void ck_force_dequantize_level(int level);
 /// Returns 0 on success.
 int ck_set_malloc_mmap_threshold(int threshold);
 
+/// Winograd F(2×2, 3×3) weight transform U = G g Gᵀ for `rows` output channels of a [O, C, 3, 3] F32 weight
+/// starting at `w` (row o at w + o·C·9): writes U[ξ][o][c] (ξ = 4a + b, 16 planes of outChannels × channels
+/// floats) at u + ξ·outChannels·channels + o·channels + c; `u` already points at the first row's offset.
+void ck_winograd_f23_weight(const float *w, int64_t rows, int64_t channels, int64_t outChannels, float *u);
+
+/// Winograd F(2×2, 3×3) input transform V = Bᵀ d B of tile rows firstTileRow ..< firstTileRow + tileRows
+/// (tile (ty, tx) covers input rows 2ty − 1 … 2ty + 2 and columns 2tx − 1 … 2tx + 2, zero outside the
+/// [channels, height, width] image) into V[ξ][c][l · tilesWide + tx] (16 planes of channels × tileRows ·
+/// tilesWide floats). `scratch`: (2·tilesWide + 2) + (2·tileRows + 2)·4·tilesWide floats.
+void ck_winograd_f23_input(const float *image, int64_t channels, int64_t height, int64_t width,
+                           int64_t firstTileRow, int64_t tileRows, int64_t tilesWide, float *v, float *scratch);
+
+/// Winograd F(2×2, 3×3) output transform Y = Aᵀ m A (+ bias[o] when bias is not NULL) of the products
+/// M[ξ][o][tile] (16 planes of outChannels × tileRows · tilesWide floats) into output rows
+/// 2·firstTileRow ..< min(height, 2·(firstTileRow + tileRows)) of y [outChannels, height, width];
+/// width ≤ 2·tilesWide. `scratch`: 4·tilesWide floats.
+void ck_winograd_f23_output(const float *m, int64_t outChannels, int64_t tileRows, int64_t tilesWide,
+                            const float *bias, float *y, int64_t height, int64_t width, int64_t firstTileRow,
+                            float *scratch);
+
 #ifdef __cplusplus
 }
 #endif

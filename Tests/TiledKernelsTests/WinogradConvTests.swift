@@ -1,0 +1,101 @@
+// WinogradConvTests: the Winograd F(2×2, 3×3) path of conv2d against the direct-loop Double convolution
+// (odd sizes, partial tiles, many bands, batches, typed weights) and the automatic choice between it and im2col.
+// Tolerance: 1e-5 of the output scale, as for im2col (the transforms add at most 16 terms per value).
+import XCTest
+import MMapWeights
+@testable import TiledKernels
+
+final class WinogradConvTests: XCTestCase {
+    private func limits(_ algorithm: ConvAlgorithm, bandFloats: Int = GemmLimits.standard.bandFloats) -> GemmLimits {
+        var l = GemmLimits.standard
+        l.convAlgorithm = algorithm
+        l.bandFloats = bandFloats
+        return l
+    }
+
+    private func check(n: Int, c: Int, o: Int, h: Int, w: Int, bias: Bool = true, type: TensorType = .f32,
+                       limits: GemmLimits, seed: UInt64, scale: Float = 1,
+                       file: StaticString = #filePath, line: UInt = #line) {
+        let x = randomTensor([n, c, h, w], seed: seed, scale: scale)
+        let f32 = randomWeight([o, c, 3, 3], seed: seed + 1)
+        let weight = type == .f32 ? f32 : f32.converted(to: type)
+        let b = bias ? randomWeight([o], seed: seed + 2) : nil
+        let got = conv2d(x, weight: weight, bias: b, stride: 1, padding: 1, limits: limits)
+        let want = Ref.conv2d(x.doubles, n: n, c: c, h: h, w: w, weight: weight.dequantized().map(Double.init), o: o,
+                              kh: 3, kw: 3, bias: b?.doubles, stride: 1, padding: 1)
+        assertClose(got, want.values, shape: want.shape, tolerance: 1e-5, file: file, line: line)
+    }
+
+    func testEvenSizesMatchReference() {
+        check(n: 1, c: 4, o: 3, h: 8, w: 6, limits: limits(.winograd), seed: 100)
+    }
+
+    func testOddSizesWritePartialTilesAndMatchReference() {
+        check(n: 2, c: 3, o: 5, h: 7, w: 9, limits: limits(.winograd), seed: 110)
+    }
+
+    func testOnePixelAndOneRowInputsMatchReference() {
+        check(n: 1, c: 2, o: 3, h: 1, w: 1, limits: limits(.winograd), seed: 120)
+        check(n: 1, c: 2, o: 3, h: 1, w: 5, limits: limits(.winograd), seed: 121)
+        check(n: 1, c: 2, o: 3, h: 4, w: 1, limits: limits(.winograd), seed: 122)
+    }
+
+    func testWithoutBiasMatchesReference() {
+        check(n: 1, c: 6, o: 4, h: 5, w: 6, bias: false, limits: limits(.winograd), seed: 130)
+    }
+
+    func testOneTileRowPerBandMatchesReference() {
+        // A bound of 1 float still gives one tile row per band: 5 bands per image, 10 units.
+        check(n: 2, c: 5, o: 3, h: 9, w: 7, limits: limits(.winograd, bandFloats: 1), seed: 140)
+    }
+
+    func testBandsWithARemainderMatchReference() {
+        // 16 · (4 + 3) · 6 tiles = 672 floats per tile row; 2 rows per band over 6 tile rows.
+        check(n: 1, c: 4, o: 3, h: 12, w: 11, limits: limits(.winograd, bandFloats: 672 * 2), seed: 150)
+        // 3 tile rows per band over 5: bands of 3 and 2.
+        check(n: 1, c: 4, o: 3, h: 10, w: 11, limits: limits(.winograd, bandFloats: 672 * 3), seed: 151)
+    }
+
+    func testLargeInputSplitOverCoresMatchesReference() {
+        check(n: 2, c: 48, o: 40, h: 26, w: 30, limits: .standard, seed: 160)
+    }
+
+    func testTypedWeightsAreDequantizedOnTheWayAndMatchReference() {
+        for type in [TensorType.f16, .bf16, .q8_0, .q4_1] {
+            check(n: 1, c: 32, o: 33, h: 9, w: 10, type: type, limits: .standard, seed: 170)
+        }
+    }
+
+    func testLargeInputValuesStayWithinTheToleranceOfTheirScale() {
+        // Values ~100 with an offset-free spread: the transforms' sums must not lose more than F32 GEMM does.
+        check(n: 1, c: 64, o: 32, h: 12, w: 12, limits: .standard, seed: 180, scale: 100)
+    }
+
+    func testAutomaticChoiceUsesWinogradForWideConvolutions() {
+        let x = randomTensor([1, 32, 10, 12], seed: 190)
+        let weight = randomWeight([32, 32, 3, 3], seed: 191), b = randomWeight([32], seed: 192)
+        let auto = conv2d(x, weight: weight, bias: b, stride: 1, padding: 1, limits: .standard)
+        let winograd = conv2d(x, weight: weight, bias: b, stride: 1, padding: 1, limits: limits(.winograd))
+        let im2col = conv2d(x, weight: weight, bias: b, stride: 1, padding: 1, limits: limits(.im2col))
+        XCTAssertEqual(auto.data, winograd.data)
+        XCTAssertNotEqual(auto.data, im2col.data)
+    }
+
+    func testAutomaticChoiceKeepsIm2colForNarrowConvolutions() {
+        let x = randomTensor([1, 16, 10, 12], seed: 200)
+        let weight = randomWeight([32, 16, 3, 3], seed: 201)
+        let auto = conv2d(x, weight: weight, bias: nil, stride: 1, padding: 1, limits: .standard)
+        let im2col = conv2d(x, weight: weight, bias: nil, stride: 1, padding: 1, limits: limits(.im2col))
+        XCTAssertEqual(auto.data, im2col.data)
+    }
+
+    func testAutomaticChoiceKeepsIm2colWhenTheTransformedWeightExceedsTheWholeWeightBound() {
+        let x = randomTensor([1, 32, 6, 6], seed: 210)
+        let weight = randomWeight([32, 32, 3, 3], seed: 211)
+        var small = limits(.automatic)
+        small.wholeWeightFloats = 16 * 32 * 32 - 1
+        let auto = conv2d(x, weight: weight, bias: nil, stride: 1, padding: 1, limits: small)
+        let im2col = conv2d(x, weight: weight, bias: nil, stride: 1, padding: 1, limits: limits(.im2col))
+        XCTAssertEqual(auto.data, im2col.data)
+    }
+}
