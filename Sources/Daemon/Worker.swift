@@ -226,6 +226,7 @@ public final class Worker: @unchecked Sendable {
             log.info("memory plan", metadata: ["plan": "\(plan)"])
         } else {
             pipeline.vaeTiling = nil
+            pipeline.unetMemory = .fastest
         }
         if let data = queue.spool.loadCheckpoint(record.job.id) {
             do {

@@ -82,6 +82,8 @@ public final class StableDiffusionPipeline {
     private var vaeModel: VAEDecoder?
     /// Tiled VAE decode (diffusers' enable_tiling semantics, see VAETiling.swift); nil decodes the whole latent at once.
     public var vaeTiling: VAETiling?
+    /// How the UNet trades speed for memory (the memory planner picks `.compact` when a budget needs it).
+    public var unetMemory: UNetMemoryMode = .fastest
 
     func textEncoder() throws -> CLIPTextEncoder {
         if let m = textEncoderModel { return m }
@@ -212,7 +214,7 @@ public final class StableDiffusionPipeline {
         let t = state.scheduler.timesteps[i]
         let input = guided ? Tensor.stack(batches: [state.latents, state.latents]) : state.latents
         let scaled = state.scheduler.scaleModelInput(input, stepIndex: i)
-        var eps = unet(scaled, timestep: t, context: context)
+        var eps = unet(scaled, timestep: t, context: context, memory: unetMemory)
         if guided {
             let uncond = eps.slice(batch: 0..<s.count)
             let text = eps.slice(batch: s.count..<(2 * s.count))

@@ -2,6 +2,7 @@
 // VAE tile size — from estimates of each stage's peak, or refuses with the numbers when it cannot fit.
 
 import Foundation
+import TiledKernels
 
 /// A byte count written as users write it: 512M, 1.5G, 300MiB, 268435456.
 public enum MemorySize {
@@ -39,18 +40,23 @@ public struct MemoryPlan: Sendable, CustomStringConvertible {
     public var unetWeights: Int
     /// Skip connections plus the largest set of live activations in one UNet module.
     public var unetActivations: Int
+    /// The UNet's kernel scratch at its largest (a dequantized weight and one im2col band per core).
+    public var scratch: Int = 0
     public var vaeWeights: Int
     /// The VAE decode's activations with the chosen tiling.
     public var vaeActivations: Int
     public var vaeTiling: VAETiling?
+    /// How the UNet runs: `.fastest` unless the budget needs `.compact`.
+    public var unetMemory: UNetMemoryMode = .fastest
 
-    public var unetPeak: Int { baseline + unetWeights + unetActivations }
+    public var unetPeak: Int { baseline + unetWeights + unetActivations + scratch }
     public var vaePeak: Int { baseline + vaeWeights + vaeActivations }
     public var peak: Int { max(unetPeak, vaePeak) }
 
     public var description: String {
         "planned peak \(MemorySize.describe(peak)): UNet \(MemorySize.describe(unetPeak)) (weights "
-            + "\(MemorySize.describe(unetWeights)), activations \(MemorySize.describe(unetActivations))), VAE "
+            + "\(MemorySize.describe(unetWeights)), activations \(MemorySize.describe(unetActivations)), "
+            + "\(unetMemory)), VAE "
             + "\(MemorySize.describe(vaePeak)) (\(vaeTiling.map { "tiles of \($0.tileLatentSize) latent cells" } ?? "untiled"))"
     }
 }
@@ -59,32 +65,86 @@ public enum MemoryPlanner {
     /// The process floor before any model work (Swift runtime, OpenBLAS thread buffers, tokenizer tables).
     public static let baselineBytes = 48 << 20
 
-    /// Peak F32 activation bytes of one UNet evaluation on [batch, in, h, w] latents: every skip connection
-    /// plus the largest module's live tensors (a resnet on the concatenated input, or a transformer's
-    /// tokens with q, k, v, attention tiles and one feed-forward tile).
-    public static func unetActivationBytes(_ config: UNetConfig, latentHeight: Int, latentWidth: Int, batch: Int) -> Int {
+    /// Peak activation bytes of one UNet evaluation on [batch, in, h, w] latents, module by module in the
+    /// order the UNet runs them: the skip connections alive at that point plus the module's live tensors (a
+    /// resnet's input, shortcut, normed input and hidden maps; a transformer's residual and tokens with
+    /// normed, q, k, v, attention and projection outputs and one feed-forward tile). With `memory.itemByItem`
+    /// the temporaries exist for one batch item while the others hold their maps; F16 skips count 2 bytes.
+    /// Kernel scratch is not included (see `ScratchArena.peakDemandBytes`).
+    public static func unetActivationBytes(_ config: UNetConfig, latentHeight: Int, latentWidth: Int, batch: Int,
+                                           memory: UNetMemoryMode = .fastest) -> Int {
         let c = config.blockOutChannels
-        let layers = (try? config.layersPerBlock.expanded(levels: c.count, field: "", file: "")) ?? Array(repeating: 2, count: c.count)
+        let levels = c.count
+        let layers = (try? config.layersPerBlock.expanded(levels: levels, field: "", file: "")) ?? Array(repeating: 2, count: levels)
+        let attention = config.downBlockTypes.map { $0 == "CrossAttnDownBlock2D" }
+        let lane = memory.itemByItem ? 1 : batch
+        let waiting = batch - lane
+        let skipBytes = memory.halfPrecisionSkips ? 2 : 4
+        var sizes: [Int] = []  // pixels per level
         var h = latentHeight, w = latentWidth
-        var skips = batch * c[0] * h * w
-        var live = 0
-        for (i, ch) in c.enumerated() {
-            let pixels = h * w
-            skips += layers[i] * batch * ch * pixels
-            // Up path at this level: the concatenated input (ch + next) and its normed copy, then up to three
-            // ch-wide maps, plus one im2col band (≤ 2 Mi floats).
-            let upIn = ch + (i + 1 < c.count ? c[i + 1] : ch)
-            let resnet = batch * pixels * (2 * upIn + 3 * ch) + (2 << 20)
-            // Transformer: residual, normed, q, k, v, attention out, plus a 256-token GEGLU tile (12 × ch wide).
-            let transformer = batch * pixels * ch * 6 + TransformerBlock.feedForwardTile * ch * 12
-            live = max(live, resnet, transformer)
-            if i + 1 < c.count {
-                skips += batch * ch * ((h + 1) / 2) * ((w + 1) / 2)
-                h = (h + 1) / 2
-                w = (w + 1) / 2
+        for i in 0..<levels {
+            sizes.append(h * w)
+            if i + 1 < levels { h = (h + 1) / 2; w = (w + 1) / 2 }
+        }
+        var skips: [Int] = []  // bytes of each skip connection alive
+        var peak = 0
+        func resnet(_ inC: Int, _ outC: Int, _ pixels: Int) {
+            // Per item in turn: input, shortcut, normed input, hidden (and its successor); waiting items hold
+            // an input or a shortcut and hidden map each.
+            let temps = lane * pixels * (2 * inC + 2 * outC) + waiting * pixels * max(inC, 2 * outC)
+            peak = max(peak, skips.reduce(0, +) + temps * 4)
+        }
+        func transformer(_ ch: Int, _ pixels: Int) {
+            let temps = batch * pixels * ch * 2 + lane * pixels * ch * 6 + TransformerBlock.feedForwardTile * ch * 12
+            peak = max(peak, skips.reduce(0, +) + temps * 4)
+        }
+        skips.append(batch * c[0] * sizes[0] * skipBytes)
+        var ch = c[0]
+        for i in 0..<levels {
+            for j in 0..<layers[i] {
+                resnet(j == 0 ? ch : c[i], c[i], sizes[i])
+                ch = c[i]
+                if attention[i] { transformer(ch, sizes[i]) }
+                skips.append(batch * ch * sizes[i] * skipBytes)
+            }
+            if i + 1 < levels {
+                // Downsample: input and output maps.
+                peak = max(peak, skips.reduce(0, +) + batch * ch * (sizes[i] + sizes[i + 1]) * 4)
+                skips.append(batch * ch * sizes[i + 1] * skipBytes)
             }
         }
-        return (skips + live) * MemoryLayout<Float>.size
+        resnet(ch, ch, sizes[levels - 1])
+        transformer(ch, sizes[levels - 1])
+        resnet(ch, ch, sizes[levels - 1])
+        for i in (0..<levels).reversed() {
+            for j in 0...layers[i] {
+                let skipC = j == layers[i] ? (i > 0 ? c[i - 1] : c[0]) : c[i]
+                skips.removeLast()
+                resnet(ch + skipC, c[i], sizes[i])
+                ch = c[i]
+                if attention[i] { transformer(ch, sizes[i]) }
+            }
+            if i > 0 {
+                // Upsample: input, the 2× resized map and the conv output.
+                peak = max(peak, skips.reduce(0, +) + batch * ch * (sizes[i] + 2 * sizes[i - 1]) * 4)
+            }
+        }
+        return peak
+    }
+
+    /// The UNet's scratch bound: its largest weight, and its widest 3×3 input (a concatenation on the up
+    /// path) unfolded over one image at the largest level.
+    static func unetScratchBytes(_ config: UNetConfig, unet: UNet, latentHeight: Int, latentWidth: Int) -> Int {
+        let c = config.blockOutChannels
+        var band = 0
+        var h = latentHeight, w = latentWidth
+        for (i, ch) in c.enumerated() {
+            let upIn = ch + (i + 1 < c.count ? c[i + 1] : ch)
+            band = max(band, upIn * 9 * h * w)
+            h = (h + 1) / 2
+            w = (w + 1) / 2
+        }
+        return ScratchArena.peakDemandBytes(largestWeightFloats: unet.largestWeightElements, largestBandFloats: band)
     }
 
     /// Plans a generation of `settings` on `pipeline` under `budget` bytes (nil: no limit, untiled VAE).
@@ -105,12 +165,20 @@ public enum MemoryPlanner {
             vaeWeights: streamed ? vae.largestGroupBytes : vae.totalWeightBytes,
             vaeActivations: VAEDecoder.peakActivationBytes(config: model.vae, latentHeight: h, latentWidth: w, batch: count),
             vaeTiling: nil)
+        plan.scratch = unetScratchBytes(model.unet, unet: unet, latentHeight: h, latentWidth: w)
         guard let budget else { return plan }
+        if plan.unetPeak > budget {
+            // Item by item with F16 skips: slower and not bit-exact, so only when the budget needs it.
+            plan.unetMemory = .compact
+            plan.unetActivations = unetActivationBytes(model.unet, latentHeight: h, latentWidth: w,
+                                                       batch: count * (guided ? 2 : 1), memory: .compact)
+        }
         if plan.unetPeak > budget {
             throw PipelineError.invalidRequest(
                 "memory budget \(MemorySize.describe(budget)) is too small for \(w * f)×\(h * f): the UNet needs about "
                 + "\(MemorySize.describe(plan.unetPeak)) (weights \(MemorySize.describe(plan.unetWeights)) "
-                + "\(streamed ? "streamed" : "resident"), activations \(MemorySize.describe(plan.unetActivations)))")
+                + "\(streamed ? "streamed" : "resident"), activations \(MemorySize.describe(plan.unetActivations)) "
+                + "\(plan.unetMemory))")
         }
         // The VAE estimate ran ~20% under measured peaks (SD 1.5 Q8_0, 512×512, 32-cell tiles: 270 MB
         // measured against 229 MiB planned), so tiles are chosen with that margin.
@@ -124,12 +192,13 @@ public enum MemoryPlanner {
         return plan
     }
 
-    /// Plans and applies the plan's VAE tiling to `pipeline`; returns the plan.
+    /// Plans and applies the plan's VAE tiling and UNet memory mode to `pipeline`; returns the plan.
     @discardableResult
     public static func apply(budget: Int, to pipeline: StableDiffusionPipeline, width: Int?, height: Int?,
                              count: Int = 1, guided: Bool = true) throws -> MemoryPlan {
         let plan = try plan(budget: budget, pipeline: pipeline, width: width, height: height, count: count, guided: guided)
         pipeline.vaeTiling = plan.vaeTiling
+        pipeline.unetMemory = plan.unetMemory
         ProcessMemory.preferCompactHeap()
         return plan
     }

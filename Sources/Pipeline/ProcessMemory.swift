@@ -3,6 +3,7 @@
 
 import Foundation
 import CKernels
+import TiledKernels
 
 public enum ProcessMemory {
     /// Resident memory figures, in bytes.
@@ -38,10 +39,16 @@ public enum ProcessMemory {
     /// on free. glibc otherwise raises that threshold as large blocks are freed and keeps them in its
     /// heaps, which fragments a run of many short-lived activation tensors: measured on SD 1.5 Q8_0
     /// 512×512, peak RSS 269 MB → 213 MB, UNet step +15% (page faults on fresh mappings).
+    /// Also caps the kernels' idle scratch arenas at `retainedScratchBytes` (they otherwise keep their
+    /// largest buffers between calls; see `ScratchArena.limitRetainedBytes`).
     /// Called when a memory budget is set.
     public static func preferCompactHeap() {
         _ = ck_set_malloc_mmap_threshold(1 << 20)
+        ScratchArena.limitRetainedBytes(retainedScratchBytes)
     }
+
+    /// Idle scratch kept under a budget: one 16 MiB buffer (a whole dequantized weight, or two bands).
+    public static let retainedScratchBytes = 16 << 20
 }
 
 /// Polls /proc/self/status on a background thread and keeps the snapshot with the largest VmRSS, so

@@ -1,5 +1,6 @@
 // ScratchArena: reusable F32 scratch buffers for kernels (im2col bands, dequantized weight panels).
-// Buffers grow to the largest request and are kept, so a steady-state model run allocates no scratch.
+// Buffers grow to the largest request and are kept, so a steady-state model run allocates no scratch;
+// under a memory budget the pool can be told to keep at most so many bytes once they are idle.
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -9,9 +10,10 @@ import Darwin
 /// One growable, 64-byte aligned F32 buffer. A kernel checks an arena out of the shared pool with
 /// `ScratchArena.withArena`, uses `floats(_:)` for the duration of the closure, and hands it back.
 public final class ScratchArena: @unchecked Sendable {
-    // @unchecked: an arena is used by one thread at a time (the pool hands each out exclusively).
-    private var pointer: UnsafeMutablePointer<Float>?
-    private var capacity = 0
+    // @unchecked: an arena is used by one thread at a time (the pool hands each out exclusively); the pool
+    // changes `pointer` and `capacity` only under its mutex, while the arena is idle or asks it to.
+    fileprivate var pointer: UnsafeMutablePointer<Float>?
+    fileprivate var capacity = 0
 
     init() {}
 
@@ -20,31 +22,17 @@ public final class ScratchArena: @unchecked Sendable {
     /// A buffer of at least `count` floats (contents unspecified), valid until the next `floats` call
     /// on this arena or the end of the `withArena` closure that handed the arena out.
     func floats(_ count: Int) -> UnsafeMutablePointer<Float> {
-        if count > capacity || pointer == nil {
-            free(pointer)
-            pointer = nil
-            // Round up to 64 KiB so slightly larger requests do not reallocate every time.
-            let rounded = (max(count, 16) + 16383) & ~16383
-            var raw: UnsafeMutableRawPointer?
-            // (Not inside precondition: -Ounchecked builds do not evaluate its condition.)
-            let status = posix_memalign(&raw, 64, rounded * MemoryLayout<Float>.stride)
-            guard status == 0, let raw else { fatalError("ScratchArena: cannot allocate \(rounded) floats") }
-            pointer = raw.bindMemory(to: Float.self, capacity: rounded)
-            capacity = rounded
-        }
+        if count > capacity || pointer == nil { ScratchArena.pool.grow(self, toFloats: max(count, 16)) }
         return pointer!
     }
 
     /// Bytes this arena holds.
     var bytes: Int { capacity * MemoryLayout<Float>.stride }
 
-    fileprivate func drop() {
-        free(pointer)
-        pointer = nil
-        capacity = 0
-    }
+    /// Rounds up to 64 KiB so slightly larger requests do not reallocate every time.
+    fileprivate static func rounded(_ count: Int) -> Int { (max(count, 16) + 16383) & ~16383 }
 
-    private static let pool = ArenaPool()
+    fileprivate static let pool = ArenaPool()
 
     /// Runs `body` with an arena no other thread is using; arenas are pooled and reused across calls.
     static func withArena<R>(_ body: (ScratchArena) -> R) -> R {
@@ -58,6 +46,24 @@ public final class ScratchArena: @unchecked Sendable {
 
     /// Frees the buffers of every idle arena (e.g. between pipeline stages); arenas in use are untouched.
     public static func releaseIdle() { pool.releaseIdle() }
+
+    /// Caps the bytes the pool keeps once a kernel hands its arena back: above `bytes`, idle buffers are
+    /// freed, largest first (nil, the default: keep every buffer for the next call). Requests in flight are
+    /// never cut, so a kernel still gets all the scratch it asks for; the cap bounds what stays behind.
+    public static func limitRetainedBytes(_ bytes: Int?) { pool.setRetainLimit(bytes) }
+
+    /// The most scratch the products hold at once with the standard limits, for a model whose largest weight
+    /// has `largestWeightFloats` values and whose largest im2col band (input channels · kh · kw · output
+    /// pixels of one image) has `largestBandFloats`: a whole dequantized weight held by the calling thread plus
+    /// one band per core, or (weights above the whole-weight limit) one shared band plus one panel per core.
+    public static func peakDemandBytes(largestWeightFloats: Int, largestBandFloats: Int) -> Int {
+        let limits = GemmLimits.standard
+        let band = rounded(min(largestBandFloats, limits.bandFloats))
+        let whole = rounded(min(largestWeightFloats, limits.wholeWeightFloats)) + Parallel.cores * band
+        let panels = largestWeightFloats > limits.wholeWeightFloats
+            ? band + Parallel.cores * rounded(limits.panelFloats) : 0
+        return max(whole, panels) * MemoryLayout<Float>.stride
+    }
 }
 
 /// The process-wide set of arenas. Its size is the largest number ever in use at once (about the core
@@ -66,7 +72,9 @@ private final class ArenaPool: @unchecked Sendable {
     // @unchecked: every field is accessed under `mutex`.
     private var mutex = pthread_mutex_t()
     private var idle: [ScratchArena] = []
-    private var all: [ScratchArena] = []
+    /// Floats held by all arenas.
+    private var held = 0
+    private var retainLimit: Int?
 
     init() { pthread_mutex_init(&mutex, nil) }
 
@@ -74,26 +82,58 @@ private final class ArenaPool: @unchecked Sendable {
         pthread_mutex_lock(&mutex)
         defer { pthread_mutex_unlock(&mutex) }
         if let a = idle.popLast() { return a }
-        let a = ScratchArena()
-        all.append(a)
-        return a
+        return ScratchArena()
     }
 
     func checkIn(_ a: ScratchArena) {
         pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
         idle.append(a)
-        pthread_mutex_unlock(&mutex)
+        guard let limit = retainLimit, held * MemoryLayout<Float>.stride > limit else { return }
+        for arena in idle.sorted(by: { $0.capacity > $1.capacity }) {
+            if held * MemoryLayout<Float>.stride <= limit { break }
+            drop(arena)
+        }
+    }
+
+    /// Gives `arena` (checked out by the caller) a new buffer of at least `count` floats.
+    func grow(_ arena: ScratchArena, toFloats count: Int) {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        drop(arena)
+        let rounded = ScratchArena.rounded(count)
+        var raw: UnsafeMutableRawPointer?
+        // (Not inside precondition: -Ounchecked builds do not evaluate its condition.)
+        let status = posix_memalign(&raw, 64, rounded * MemoryLayout<Float>.stride)
+        guard status == 0, let raw else { fatalError("ScratchArena: cannot allocate \(rounded) floats") }
+        arena.pointer = raw.bindMemory(to: Float.self, capacity: rounded)
+        arena.capacity = rounded
+        held += rounded
+    }
+
+    /// Frees `arena`'s buffer (mutex held).
+    private func drop(_ arena: ScratchArena) {
+        free(arena.pointer)
+        arena.pointer = nil
+        held -= arena.capacity
+        arena.capacity = 0
     }
 
     func totalBytes() -> Int {
         pthread_mutex_lock(&mutex)
         defer { pthread_mutex_unlock(&mutex) }
-        return all.reduce(0) { $0 + $1.bytes }
+        return held * MemoryLayout<Float>.stride
     }
 
     func releaseIdle() {
         pthread_mutex_lock(&mutex)
-        for a in idle { a.drop() }
+        for a in idle { drop(a) }
+        pthread_mutex_unlock(&mutex)
+    }
+
+    func setRetainLimit(_ bytes: Int?) {
+        pthread_mutex_lock(&mutex)
+        retainLimit = bytes
         pthread_mutex_unlock(&mutex)
     }
 }

@@ -105,6 +105,7 @@ struct Generate: ParsableCommand {
                                               width: size.width, height: size.height, count: count,
                                               guided: guidance > 1)
             if vaeTileSize == nil { pipeline.vaeTiling = plan.vaeTiling }
+            pipeline.unetMemory = plan.unetMemory
             ProcessMemory.preferCompactHeap()
             printError("sdd: memory budget \(budget): \(plan)")
         }

@@ -3,6 +3,7 @@
 
 import Foundation
 import Pipeline
+import TiledKernels
 import XCTest
 
 final class MemoryPlannerTests: XCTestCase {
@@ -36,5 +37,41 @@ final class MemoryPlannerTests: XCTestCase {
         XCTAssertThrowsError(try MemoryPlanner.plan(budget: 1 << 20, pipeline: pipeline, width: 256, height: 256)) {
             XCTAssertTrue("\($0)".contains("too small"), "\($0)")
         }
+    }
+
+    func testCompactUNetNeedsAboutHalfTheActivationsOfTheWholeBatch() throws {
+        let sd15 = try JSONDecoder().decode(UNetConfig.self, from: Data("{}".utf8))
+        let whole = MemoryPlanner.unetActivationBytes(sd15, latentHeight: 64, latentWidth: 64, batch: 2)
+        let compact = MemoryPlanner.unetActivationBytes(sd15, latentHeight: 64, latentWidth: 64, batch: 2,
+                                                        memory: .compact)
+        XCTAssertLessThan(compact, whole * 2 / 3)
+        XCTAssertGreaterThan(compact, whole / 3)
+        // Measured on SD 1.5 Q8_0 512×512 guided (whole process, VmHWM): 186 MiB whole batch (256M budget),
+        // 133 MiB compact (200M budget). The plan must not promise less than that.
+        let scratch = ScratchArena.peakDemandBytes(largestWeightFloats: 1280 * 2560 * 9, largestBandFloats: 960 * 9 * 4096)
+        let overhead = MemoryPlanner.baselineBytes + 35 * (1 << 20) + scratch
+        XCTAssertGreaterThanOrEqual(overhead + whole, 186 << 20)
+        XCTAssertGreaterThanOrEqual(overhead + compact, 133 << 20)
+    }
+
+    func testABudgetTheWholeBatchFitsKeepsTheBitExactUNet() throws {
+        let pipeline = try StableDiffusionPipeline(model: StableDiffusionModel(url: ModelFixtures.tinyModel))
+        let open = try MemoryPlanner.plan(budget: nil, pipeline: pipeline, width: 256, height: 256)
+        XCTAssertEqual(open.unetMemory, .fastest)
+        let roomy = try MemoryPlanner.plan(budget: open.peak + (1 << 20), pipeline: pipeline, width: 256, height: 256)
+        XCTAssertEqual(roomy.unetMemory, .fastest)
+    }
+
+    func testSD15At512Fits200MiBOnlyItemByItem() throws {
+        // SD 1.5 Q8_0: the largest streamed group is 35 MiB, the largest weight 1280×2560×3×3.
+        let sd15 = try JSONDecoder().decode(UNetConfig.self, from: Data("{}".utf8))
+        let scratch = ScratchArena.peakDemandBytes(largestWeightFloats: 1280 * 2560 * 9, largestBandFloats: 960 * 9 * 4096)
+        let overhead = MemoryPlanner.baselineBytes + 35 * (1 << 20) + scratch
+        func peak(_ mode: UNetMemoryMode) -> Int {
+            overhead + MemoryPlanner.unetActivationBytes(sd15, latentHeight: 64, latentWidth: 64, batch: 2, memory: mode)
+        }
+        XCTAssertGreaterThan(peak(.fastest), 200 << 20)
+        XCTAssertLessThanOrEqual(peak(.compact), 200 << 20)
+        XCTAssertLessThanOrEqual(peak(.fastest), 256 << 20)
     }
 }

@@ -1,7 +1,9 @@
 // UNet: diffusers' UNet2DConditionModel forward for SD 1.x / 2.x (positional time embedding,
 // CrossAttn/plain down and up blocks, cross-attention mid block), built from its config.json.
 
+import CKernels
 import Foundation
+import MMapWeights
 import TiledKernels
 
 public struct UNet {
@@ -149,6 +151,9 @@ public struct UNet {
     /// Bytes of all weights as stored.
     public var totalWeightBytes: Int { streamer.totalBytes }
 
+    /// Values in the largest single weight (what a product may dequantize at once).
+    public var largestWeightElements: Int { streamer.largestWeightElements }
+
     /// Sinusoidal timestep features as diffusers' get_timestep_embedding (float32 arithmetic, max_period 10000).
     static func timestepFeatures(_ t: Float, dim: Int, flipSinToCos: Bool, freqShift: Float) -> [Float] {
         let half = dim / 2
@@ -168,7 +173,10 @@ public struct UNet {
 
     /// Noise prediction. sample: [N, in_channels, h, w]; timestep: the scheduler's t (same for the batch);
     /// context: [N, tokens, cross_attention_dim]. Returns [N, out_channels, h, w].
-    public func callAsFunction(_ sample: Tensor, timestep: Float, context: Tensor) -> Tensor {
+    /// memory: `.fastest` (default) is bit-exact with the batched computation; `.compact` runs the batch one
+    /// item at a time through each module and keeps skip connections as F16 (see `UNetMemoryMode`).
+    public func callAsFunction(_ sample: Tensor, timestep: Float, context: Tensor,
+                               memory: UNetMemoryMode = .fastest) -> Tensor {
         let n = sample.shape[0]
         let c0 = config.blockOutChannels[0]
         let feats = UNet.timestepFeatures(timestep, dim: c0, flipSinToCos: config.flipSinToCos,
@@ -177,36 +185,129 @@ public struct UNet {
         for b in 0..<n { tFeatures.data.replaceSubrange((b * c0)..<((b + 1) * c0), with: feats) }
         let siluTemb = streamer.run { silu(timeLinear2(silu(timeLinear1(tFeatures)))) }
 
-        var x = streamer.run { convIn(config.centerInputSample ? Tensor(shape: sample.shape, data: sample.data.map { 2 * $0 - 1 }) : sample) }
-        var skips: [Tensor] = [x]
+        // Lanes: the whole batch as one, or one per batch item (each module then runs them in turn).
+        let laneCount = memory.itemByItem && n > 1 ? n : 1
+        func lanes(_ t: Tensor) -> [Tensor] {
+            laneCount == 1 ? [t] : (0..<n).map { t.slice(batch: $0..<($0 + 1)) }
+        }
+        let tembs = lanes(siluTemb)
+        let contexts = lanes(context)
+        var x = lanes(config.centerInputSample ? Tensor(shape: sample.shape, data: sample.data.map { 2 * $0 - 1 }) : sample)
+        streamer.run { for i in x.indices { x[i] = convIn(take(&x[i])) } }
+
+        var skips: [SkipConnection] = [SkipConnection(x, halfPrecision: memory.halfPrecisionSkips)]
         for level in down {
             for (resnet, transformer) in zip(level.resnets, level.transformers) {
-                x = resnet(x, siluTimeEmbedding: siluTemb, streamer: streamer)
-                if let tr = transformer { x = tr(x, context: context, streamer: streamer) }
-                skips.append(x)
+                x = resnet.forward(lanes: laneCount, input: { take(&x[$0]) }, siluTimeEmbedding: tembs,
+                                   streamer: streamer)
+                transformer?.forward(&x, contexts: contexts, streamer: streamer)
+                skips.append(SkipConnection(x, halfPrecision: memory.halfPrecisionSkips))
             }
             if let ds = level.downsample {
-                x = streamer.run { ds(x) }
-                skips.append(x)
+                streamer.run { for i in x.indices { x[i] = ds(take(&x[i])) } }
+                skips.append(SkipConnection(x, halfPrecision: memory.halfPrecisionSkips))
             }
         }
         if let midT = midTransformer {
-            x = midResnets[0](x, siluTimeEmbedding: siluTemb, streamer: streamer)
-            x = midT(x, context: context, streamer: streamer)
-            x = midResnets[1](x, siluTimeEmbedding: siluTemb, streamer: streamer)
+            x = midResnets[0].forward(lanes: laneCount, input: { take(&x[$0]) }, siluTimeEmbedding: tembs,
+                                      streamer: streamer)
+            midT.forward(&x, contexts: contexts, streamer: streamer)
+            x = midResnets[1].forward(lanes: laneCount, input: { take(&x[$0]) }, siluTimeEmbedding: tembs,
+                                      streamer: streamer)
         }
         for level in up {
             for (resnet, transformer) in zip(level.resnets, level.transformers) {
-                // Hand the map and the skip to the concat so neither outlives it (the peak of the up path).
-                let input = concatChannels(take(&x), skips.removeLast())
-                x = resnet(input, siluTimeEmbedding: siluTemb, streamer: streamer)
-                if let tr = transformer { x = tr(x, context: context, streamer: streamer) }
+                // Each lane's map and skip meet in a concatenation built when the resnet reaches that lane, and
+                // neither outlives it (the peak of the up path).
+                var skip = skips.removeLast()
+                x = resnet.forward(lanes: laneCount, input: { concatChannels(take(&x[$0]), skip.take(lane: $0)) },
+                                   siluTimeEmbedding: tembs, streamer: streamer)
+                transformer?.forward(&x, contexts: contexts, streamer: streamer)
             }
             if let us = level.upsample, let next = skips.last {
-                x = streamer.run { us(x, size: (next.shape[2], next.shape[3])) }
+                streamer.run { for i in x.indices { x[i] = us(take(&x[i]), size: next.spatialSize) } }
             }
         }
-        return streamer.run { convOut(normOut(x, silu: true)) }
+        return streamer.run {
+            let out = x.map { convOut(normOut($0, silu: true)) }
+            return out.count == 1 ? out[0] : Tensor.stack(batches: out)
+        }
+    }
+}
+
+/// How one UNet evaluation trades speed for memory; the memory planner picks it for a budget.
+public struct UNetMemoryMode: Sendable, Equatable, CustomStringConvertible {
+    /// Run the batch (the two halves of a guided batch) one item at a time through each module: every
+    /// module's temporaries exist for one item at once, while each weight group still streams in once per
+    /// evaluation. Same arithmetic per item, but products over fewer rows (results may differ in the last bits).
+    public var itemByItem: Bool
+    /// Keep skip connections as F16 between the down and up paths (half their bytes; rounds them to F16).
+    public var halfPrecisionSkips: Bool
+
+    public init(itemByItem: Bool, halfPrecisionSkips: Bool) {
+        self.itemByItem = itemByItem
+        self.halfPrecisionSkips = halfPrecisionSkips
+    }
+
+    /// The whole batch at once, F32 skips: bit-exact with diffusers' computation order.
+    public static let fastest = UNetMemoryMode(itemByItem: false, halfPrecisionSkips: false)
+    /// Item by item with F16 skips: about half the activation memory.
+    public static let compact = UNetMemoryMode(itemByItem: true, halfPrecisionSkips: true)
+
+    public var description: String {
+        self == .fastest ? "whole batch" : self == .compact ? "item by item, F16 skips"
+            : "\(itemByItem ? "item by item" : "whole batch"), \(halfPrecisionSkips ? "F16" : "F32") skips"
+    }
+}
+
+/// One skip connection between the down and up paths: a map per lane, kept as F32 or as F16 bits.
+struct SkipConnection {
+    private var full: [Tensor]
+    private var half: [(shape: [Int], bits: [UInt16])]
+
+    init(_ lanes: [Tensor], halfPrecision: Bool) {
+        if halfPrecision {
+            full = []
+            half = lanes.map { ($0.shape, SkipConnection.toHalf($0.data)) }
+        } else {
+            full = lanes
+            half = []
+        }
+    }
+
+    /// (height, width) of the maps.
+    var spatialSize: (Int, Int) {
+        let shape = full.first?.shape ?? half.first?.shape ?? [0, 0, 0, 0]
+        return (shape[2], shape[3])
+    }
+
+    /// Lane i as F32, released from this connection.
+    mutating func take(lane i: Int) -> Tensor {
+        if !full.isEmpty { return Pipeline.take(&full[i]) }
+        let (shape, bits) = half[i]
+        half[i] = ([0], [])
+        var out = [Float](unsafeUninitializedCapacity: bits.count) { buffer, initialized in
+            initialized = bits.count
+        }
+        bits.withUnsafeBytes { src in
+            out.withUnsafeMutableBufferPointer { dst in
+                guard let s = src.baseAddress, let d = dst.baseAddress else { return }
+                if ck_dequantize(TensorType.f16.rawValue, s, Int64(bits.count), d) != 0 {
+                    for j in 0..<bits.count { d[j] = Float32Conversion.halfToFloat(bits[j]) }
+                }
+            }
+        }
+        return Tensor(shape: shape, data: out)
+    }
+
+    /// F32 → IEEE binary16 bits, rounded to nearest even.
+    static func toHalf(_ values: [Float]) -> [UInt16] {
+        [UInt16](unsafeUninitializedCapacity: values.count) { buffer, initialized in
+            values.withUnsafeBufferPointer { src in
+                for j in 0..<src.count { buffer[j] = Float32Conversion.floatToHalf(src[j]) }
+            }
+            initialized = values.count
+        }
     }
 }
 

@@ -29,28 +29,55 @@ struct ResnetBlock: WeightGroup {
             + (shortcut?.weights ?? [])
     }
 
-    /// Streaming groups in execution order: the first half (norm1, conv1, time projection), the second.
+    /// Streaming groups in the order `forward` uses them: the first half (norm1, conv1, time projection and
+    /// the shortcut, so the input can be dropped once both have read it), then norm2 and conv2.
     var groups: [[Weight]] {
-        [norm1.weights + conv1.weights + (timeProjection?.weights ?? []),
-         norm2.weights + conv2.weights + (shortcut?.weights ?? [])]
+        [norm1.weights + conv1.weights + (timeProjection?.weights ?? []) + (shortcut?.weights ?? []),
+         norm2.weights + conv2.weights]
     }
 
-    /// x: [N, C, H, W]; siluTimeEmbedding: silu(temb) [N, T] (nil for the VAE). With a streamer, each of
-    /// `groups` is run through it in turn.
-    func callAsFunction(_ x: Tensor, siluTimeEmbedding: Tensor?, streamer: WeightStreamer? = nil) -> Tensor {
-        let stream = streamer ?? WeightStreamer.none
-        var h = stream.run {
-            var h = conv1(norm1(x, silu: true))
-            if let proj = timeProjection, let t = siluTimeEmbedding {
-                h = addChannelBias(h, proj(t))
-            }
-            return h
+    /// x: [N, C, H, W]; siluTimeEmbedding: silu(temb) [N, T] (nil for the VAE). The caller keeps `x`, so the
+    /// shortcut reads it at the end, as diffusers does (the VAE's tile estimates assume this order).
+    func callAsFunction(_ x: Tensor, siluTimeEmbedding: Tensor?) -> Tensor {
+        var h = conv1(norm1(x, silu: true))
+        if let proj = timeProjection, let t = siluTimeEmbedding {
+            h = addChannelBias(h, proj(t))
         }
-        return stream.run {
-            h = conv2(norm2(h, silu: true))
-            var out = add(shortcut.map { $0(x) } ?? x, h)
-            if outputScale != 1 { out = scale(out, by: 1 / outputScale) }
-            return out
+        h = conv2(norm2(h, silu: true))
+        var out = add(shortcut.map { $0(x) } ?? x, h)
+        if outputScale != 1 { out = scale(out, by: 1 / outputScale) }
+        return out
+    }
+
+    /// The UNet's form: runs `lanes` inputs (the whole batch as one lane, or one lane per batch item) through
+    /// each of `groups` in turn, so a group's weights stream in once for all lanes while the temporaries exist
+    /// for one lane at a time. `input(i)` hands over lane i's input [n, C, H, W] when its turn comes (so a
+    /// concatenation is built just in time) and the block owns it: the shortcut reads it first and it is freed
+    /// before conv1 runs. siluTimeEmbedding: one [n, T] per lane. Same values as `callAsFunction`.
+    func forward(lanes: Int, input: (Int) -> Tensor, siluTimeEmbedding: [Tensor]?,
+                 streamer: WeightStreamer) -> [Tensor] {
+        var hidden = [Tensor](repeating: Tensor(zeros: [0]), count: lanes)
+        var residual = [Tensor](repeating: Tensor(zeros: [0]), count: lanes)
+        streamer.run {
+            for i in 0..<lanes {
+                var x = input(i)
+                residual[i] = shortcut.map { $0(x) } ?? x
+                var h = norm1(take(&x), silu: true)
+                h = conv1(take(&h))
+                if let proj = timeProjection, let t = siluTimeEmbedding?[i] {
+                    h = addChannelBias(take(&h), proj(t))
+                }
+                hidden[i] = h
+            }
+        }
+        return streamer.run {
+            (0..<lanes).map { i in
+                var h = norm2(take(&hidden[i]), silu: true)
+                h = conv2(take(&h))
+                var out = add(take(&residual[i]), h)
+                if outputScale != 1 { out = scale(out, by: 1 / outputScale) }
+                return out
+            }
         }
     }
 }
@@ -99,15 +126,31 @@ struct TransformerBlock: WeightGroup {
     }
 
     /// x: [B, T, dim]; context: [B, S, contextDim].
-    func callAsFunction(_ x: Tensor, context: Tensor, streamer: WeightStreamer = .none) -> Tensor {
-        var h = streamer.run { add(x, selfAttention(norm1(x))) }
-        h = streamer.run { add(h, crossAttention(norm2(h), context: context)) }
-        return streamer.run { feedForward(h) }
+    func callAsFunction(_ x: Tensor, context: Tensor) -> Tensor {
+        var lanes = [x]
+        forward(&lanes, contexts: [context], streamer: .none)
+        return lanes[0]
     }
 
-    /// h + FF(norm3(h)), computed over tiles of tokens so the 8×-wide hidden layer stays small.
-    /// Every op is row-wise, so tiling gives bit-identical results.
-    func feedForward(_ h: Tensor) -> Tensor {
+    /// Runs each lane's tokens [n, T, dim] (with its context [n, S, contextDim]) through self-attention,
+    /// cross-attention and the feed-forward, one streaming group at a time, one lane at a time within it.
+    func forward(_ lanes: inout [Tensor], contexts: [Tensor], streamer: WeightStreamer) {
+        streamer.run {
+            for i in lanes.indices { lanes[i] = add(lanes[i], selfAttention(norm1(lanes[i]))) }
+        }
+        streamer.run {
+            for i in lanes.indices {
+                lanes[i] = add(lanes[i], crossAttention(norm2(lanes[i]), context: contexts[i]))
+            }
+        }
+        streamer.run {
+            for i in lanes.indices { lanes[i] = feedForward(take(&lanes[i])) }
+        }
+    }
+
+    /// h + FF(norm3(h)), computed over tiles of tokens so the 8×-wide hidden layer stays small, adding into
+    /// h's own storage when the caller hands it over. Every op is row-wise, so tiling gives bit-identical results.
+    func feedForward(_ h: consuming Tensor) -> Tensor {
         let dim = h.shape[h.shape.count - 1]
         let rows = h.count / dim
         let tile = TransformerBlock.feedForwardTile
@@ -116,7 +159,8 @@ struct TransformerBlock: WeightGroup {
         var start = 0
         while start < rows {
             let n = min(tile, rows - start)
-            let chunk = Tensor(shape: [n, dim], data: Array(h.data[(start * dim)..<((start + n) * dim)]))
+            // Rows from `start` on are still h's own values: each tile only adds into its own rows.
+            let chunk = Tensor(shape: [n, dim], data: Array(out.data[(start * dim)..<((start + n) * dim)]))
             let y = ffOut(geglu(ffIn(norm3(chunk))))
             out.data.withUnsafeMutableBufferPointer { o in
                 y.data.withUnsafeBufferPointer { src in
@@ -174,22 +218,40 @@ struct SpatialTransformer: WeightGroup {
     }
 
     /// x: [N, C, H, W]; context: [N, S, contextDim].
-    func callAsFunction(_ x: Tensor, context: Tensor, streamer: WeightStreamer = .none) -> Tensor {
-        let height = x.shape[2], width = x.shape[3]
-        var h = streamer.run {
-            let normed = norm(x)
-            if let conv = projInConv { return nchwToTokens(conv(normed)) }
-            if let lin = projInLinear { return lin(nchwToTokens(normed)) }
-            return normed
-        }
-        for block in blocks { h = block(h, context: context, streamer: streamer) }
-        return streamer.run {
-            if let lin = projOutLinear {
-                h = tokensToNCHW(lin(h), height: height, width: width)
-            } else if let conv = projOutConv {
-                h = conv(tokensToNCHW(h, height: height, width: width))
+    func callAsFunction(_ x: Tensor, context: Tensor) -> Tensor {
+        var lanes = [x]
+        forward(&lanes, contexts: [context], streamer: .none)
+        return lanes[0]
+    }
+
+    /// Replaces each lane's map [n, C, H, W] by the transformer's output; contexts: one [n, S, contextDim]
+    /// per lane. Each streaming group runs every lane in turn (see ResnetBlock.forward).
+    func forward(_ lanes: inout [Tensor], contexts: [Tensor], streamer: WeightStreamer) {
+        var tokens = [Tensor](repeating: Tensor(zeros: [0]), count: lanes.count)
+        streamer.run {
+            for i in lanes.indices {
+                let normed = norm(lanes[i])
+                if let conv = projInConv {
+                    tokens[i] = nchwToTokens(conv(normed))
+                } else if let lin = projInLinear {
+                    tokens[i] = lin(nchwToTokens(normed))
+                } else {
+                    tokens[i] = normed
+                }
             }
-            return add(h, x)
+        }
+        for block in blocks { block.forward(&tokens, contexts: contexts, streamer: streamer) }
+        streamer.run {
+            for i in lanes.indices {
+                let height = lanes[i].shape[2], width = lanes[i].shape[3]
+                var h = take(&tokens[i])
+                if let lin = projOutLinear {
+                    h = tokensToNCHW(lin(take(&h)), height: height, width: width)
+                } else if let conv = projOutConv {
+                    h = conv(tokensToNCHW(take(&h), height: height, width: width))
+                }
+                lanes[i] = add(h, lanes[i])
+            }
         }
     }
 }

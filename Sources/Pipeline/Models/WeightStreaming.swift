@@ -45,6 +45,9 @@ final class WeightStreamer: @unchecked Sendable {
     /// Bytes of all groups.
     var totalBytes: Int { order.reduce(0) { $0 + $1.reduce(0) { $0 + $1.bytes.count } } }
 
+    /// Values in the largest single weight.
+    var largestWeightElements: Int { order.joined().map(\.count).max() ?? 0 }
+
     /// Bytes of the largest group.
     var largestGroupBytes: Int { order.map { $0.reduce(0) { $0 + $1.bytes.count } }.max() ?? 0 }
 

@@ -1,0 +1,54 @@
+// The UNet's compact memory mode (item by item, F16 skip connections) that the planner picks under a
+// tight budget: it must give the batched result within a small tolerance, and plan honestly.
+
+import Foundation
+import Pipeline
+import TiledKernels
+import XCTest
+
+final class UNetMemoryModeTests: XCTestCase {
+    /// The tiny UNet on a guided-style batch of two different items, with its output in the default mode.
+    private func tinyUNetBatch() throws -> (unet: UNet, sample: Tensor, context: Tensor, t: Float) {
+        let directory = ModelFixtures.tinyModel
+        let configURL = directory.appendingPathComponent("unet").appendingPathComponent("config.json")
+        let config = try JSONDecoder().decode(UNetConfig.self, from: Data(contentsOf: configURL))
+        let unet = try UNet(config: config, weights: try ComponentWeights(directory: directory, component: "unet"))
+        let ref = try ModelFixtures.tensors("unet.safetensors")
+        let sample = try XCTUnwrap(ref["sample"]).slice(batch: 0..<1)
+        let context = try XCTUnwrap(ref["encoder_hidden_states"]).slice(batch: 0..<1)
+        let t = try XCTUnwrap(ref["timestep"]).data[0]
+        // Two items that differ (as the uncond / cond halves of a guided batch do).
+        return (unet, Tensor.stack(batches: [sample, scale(sample, by: -0.5)]),
+                Tensor.stack(batches: [scale(context, by: 0.25), context]), t)
+    }
+
+    func testItemByItemMatchesTheWholeBatch() throws {
+        let (unet, sample, context, t) = try tinyUNetBatch()
+        let whole = unet(sample, timestep: t, context: context)
+        let items = unet(sample, timestep: t, context: context,
+                         memory: UNetMemoryMode(itemByItem: true, halfPrecisionSkips: false))
+        XCTAssertEqual(items.shape, whole.shape)
+        let err = relativeMaxError(items, whole)
+        XCTAssertLessThanOrEqual(err, 1e-5, "item by item relative error \(err)")
+    }
+
+    func testCompactModeStaysWithinF16RoundingOfTheWholeBatch() throws {
+        let (unet, sample, context, t) = try tinyUNetBatch()
+        let whole = unet(sample, timestep: t, context: context)
+        let compact = unet(sample, timestep: t, context: context, memory: .compact)
+        XCTAssertEqual(compact.shape, whole.shape)
+        let err = relativeMaxError(compact, whole)
+        // F16 keeps 11 significant bits (relative rounding 2^-11 ≈ 5e-4) on the skips only.
+        XCTAssertLessThanOrEqual(err, 2e-3, "compact relative error \(err)")
+        XCTAssertGreaterThan(err, 0, "F16 skips round, so the result is not bit-exact")
+        print("compact UNet: relative error \(err)")
+    }
+
+    func testEachItemOfTheCompactBatchMatchesThatItemAlone() throws {
+        let (unet, sample, context, t) = try tinyUNetBatch()
+        let compact = unet(sample, timestep: t, context: context, memory: .compact)
+        let second = unet(sample.slice(batch: 1..<2), timestep: t, context: context.slice(batch: 1..<2),
+                          memory: .compact)
+        XCTAssertLessThanOrEqual(relativeMaxError(compact.slice(batch: 1..<2), second), 1e-5)
+    }
+}
