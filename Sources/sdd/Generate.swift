@@ -60,8 +60,32 @@ struct Generate: ParsableCommand {
     @Flag(help: "Print stage timings and peak memory as one JSON line on stderr.")
     var timings = false
 
-    @Argument(help: "The prompt.")
-    var prompt: String
+    @Option(help: "A file of prompts, one per line (blank lines and lines starting with # are skipped): each runs with the same settings and seed; with --grid, one row per prompt when --count > 1.")
+    var prompts: String?
+
+    @Argument(help: "The prompt (or use --prompts FILE).")
+    var prompt: String?
+
+    func validate() throws {
+        if prompt == nil && prompts == nil { throw ValidationError("give a prompt, or --prompts FILE") }
+        if prompt != nil && prompts != nil { throw ValidationError("give either a prompt or --prompts FILE, not both") }
+    }
+
+    /// The prompts to run: the argument, or the lines of --prompts.
+    func promptList() throws -> [String] {
+        if let prompt { return [prompt] }
+        let path = prompts ?? ""
+        let text: String
+        do {
+            text = try String(contentsOf: URL(fileURLWithPath: path), encoding: .utf8)
+        } catch {
+            throw PipelineError.invalidRequest("--prompts \(path): cannot read it as UTF-8 text (\(error.localizedDescription))")
+        }
+        let list = text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }
+            .filter { !$0.isEmpty && !$0.hasPrefix("#") }
+        guard !list.isEmpty else { throw PipelineError.invalidRequest("--prompts \(path): no prompts in the file") }
+        return list
+    }
 
     func run() throws {
         do {
@@ -88,8 +112,9 @@ struct Generate: ParsableCommand {
             throw PipelineError.invalidRequest("unknown --residency \(residency); choose streamed, resident or strict")
         }
         let pipeline = try StableDiffusionPipeline(model: folder, residency: residencyMode)
+        let prompts = try promptList()
 
-        var settings = GenerationSettings(prompt: prompt)
+        var settings = GenerationSettings(prompt: prompts[0])
         settings.negativePrompt = negativePrompt
         settings.steps = steps
         settings.guidance = guidance
@@ -98,7 +123,12 @@ struct Generate: ParsableCommand {
         settings.seed = seed
         settings.scheduler = kind
         settings.count = count
-        let size = try pipeline.validate(settings)
+        var size = try pipeline.validate(settings)
+        for p in prompts.dropFirst() {
+            var other = settings
+            other.prompt = p
+            size = try pipeline.validate(other)
+        }
         pipeline.vaeTiling = try chooseVAETiling(folder, width: size.width, height: size.height)
         if let budget = memoryBudget {
             let plan = try MemoryPlanner.plan(budget: try MemorySize.parse(budget), pipeline: pipeline,
@@ -110,38 +140,60 @@ struct Generate: ParsableCommand {
             printError("sdd: memory budget \(budget): \(plan)")
         }
 
-        let tokens = pipeline.tokenizer.encode(prompt, maxLength: folder.textEncoder.maxPositionEmbeddings)
-        if tokens.truncated {
-            printError("sdd: warning: the prompt has \(tokens.tokenCount) tokens; only the first "
-                + "\(folder.textEncoder.maxPositionEmbeddings) (with start and end) are used")
+        for p in prompts {
+            let tokens = pipeline.tokenizer.encode(p, maxLength: folder.textEncoder.maxPositionEmbeddings)
+            if tokens.truncated {
+                printError("sdd: warning: the prompt \(prompts.count > 1 ? "\"\(p)\" " : "")has \(tokens.tokenCount) tokens; "
+                    + "only the first \(folder.textEncoder.maxPositionEmbeddings) (with start and end) are used")
+            }
         }
         if let neg = negativePrompt,
            pipeline.tokenizer.encode(neg, maxLength: folder.textEncoder.maxPositionEmbeddings).truncated {
             printError("sdd: warning: the negative prompt is longer than \(folder.textEncoder.maxPositionEmbeddings) tokens and was truncated")
         }
 
-        let progress = ProgressLine(enabled: isatty(STDERR_FILENO) != 0)
-        let result = try pipeline.generate(settings) { p in
-            progress.update(p)
-            return true
+        var results: [GenerationResult] = []
+        for p in prompts {
+            var s = settings
+            s.prompt = p
+            if let first = results.first { s.seed = first.seed }  // a random seed is drawn once, for every prompt
+            let progress = ProgressLine(enabled: isatty(STDERR_FILENO) != 0)
+            results.append(try pipeline.generate(s) { step in
+                progress.update(step)
+                return true
+            })
+            progress.finish()
         }
-        progress.finish()
+        let result = results[0]
 
-        let text = PNGMetadata.entries(for: result, model: folder.name)
         if grid {
-            let tiled = ImageGrid(images: result.images, width: result.width, height: result.height)
+            var text = PNGMetadata.entries(for: result, model: folder.name)
+            if results.count > 1, let i = text.firstIndex(where: { $0.key == "prompt" }) {
+                text[i].value = prompts.joined(separator: "\n")
+            }
+            let tiled = ImageGrid(images: results.flatMap(\.images), width: result.width, height: result.height,
+                                  columns: results.count > 1 && count > 1 ? count : nil)
             try PNGWriter.write(rgb: tiled.rgb, width: tiled.width, height: tiled.height, text: text,
                                 to: URL(fileURLWithPath: output))
             print(output)
         } else {
-            for (image, path) in zip(result.images, OutputNames.pngPaths(output, count: count)) {
-                try PNGWriter.write(rgb: image, width: result.width, height: result.height, text: text,
-                                    to: URL(fileURLWithPath: path))
-                print(path)
+            let paths = OutputNames.pngPaths(output, count: count * results.count)
+            var next = paths.makeIterator()
+            for r in results {
+                let text = PNGMetadata.entries(for: r, model: folder.name)
+                for image in r.images {
+                    guard let path = next.next() else { break }
+                    try PNGWriter.write(rgb: image, width: r.width, height: r.height, text: text,
+                                        to: URL(fileURLWithPath: path))
+                    print(path)
+                }
             }
         }
         if let npy = saveLatents {
-            try NPYWriter.write(float32: result.latents.data, shape: result.latents.shape, to: URL(fileURLWithPath: npy))
+            let latents = results.map(\.latents.data).reduce([], +)
+            var shape = result.latents.shape
+            shape[0] *= results.count
+            try NPYWriter.write(float32: latents, shape: shape, to: URL(fileURLWithPath: npy))
             print(npy)
         }
         if timings {

@@ -186,4 +186,11 @@ final class ImageGridTests: XCTestCase {
         let firstPixels = stride(from: 0, to: grid.rgb.count, by: 6).map { grid.rgb[$0] }
         XCTAssertEqual(firstPixels, [1, 2, 3, 4, 5, 0])
     }
+
+    func testAGivenColumnCountMakesRowsOfThatLength() {
+        let images = (1...6).map { [UInt8](repeating: UInt8($0), count: 2 * 1 * 3) }
+        let grid = ImageGrid(images: images, width: 2, height: 1, columns: 2)
+        XCTAssertEqual([grid.width, grid.height], [4, 3])
+        XCTAssertEqual(stride(from: 0, to: grid.rgb.count, by: 6).map { grid.rgb[$0] }, [1, 2, 3, 4, 5, 6])
+    }
 }

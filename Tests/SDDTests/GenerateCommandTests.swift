@@ -108,6 +108,39 @@ final class GenerateCommandTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: workDir.appendingPathComponent("grid-1.png").path))
     }
 
+    func testAPromptsFileRunsEachLineAndGridsOneRowPerPrompt() throws {
+        let list = workDir.appendingPathComponent("prompts.txt")
+        try "# shapes\na red circle\n\na blue square\na green triangle\n".write(to: list, atomically: true, encoding: .utf8)
+        let png = workDir.appendingPathComponent("rows.png")
+        let run = try sdd(["generate", "--model", Self.tinyModel, "--steps", "1", "--seed", "3", "--count", "2",
+                           "--grid", "--prompts", list.path, "-o", png.path])
+        XCTAssertEqual(run.status, 0, run.stderr)
+        let grid = try PNGReader.read(from: png)
+        XCTAssertEqual([grid.width, grid.height], [128, 192], "3 prompts × 2 images of 64×64")
+        let text = Dictionary(grid.text.map { ($0.key, $0.value) }, uniquingKeysWith: { a, _ in a })
+        XCTAssertEqual(text["prompt"], "a red circle\na blue square\na green triangle")
+
+        // Without --grid: one file per image, prompt by prompt, each with its own prompt and the same seed.
+        let single = try sdd(["generate", "--model", Self.tinyModel, "--steps", "1", "--seed", "3",
+                              "--prompts", list.path, "-o", workDir.appendingPathComponent("p.png").path])
+        XCTAssertEqual(single.status, 0, single.stderr)
+        for (i, prompt) in ["a red circle", "a blue square", "a green triangle"].enumerated() {
+            let image = try PNGReader.read(from: workDir.appendingPathComponent("p-\(i + 1).png"))
+            let t = Dictionary(image.text.map { ($0.key, $0.value) }, uniquingKeysWith: { a, _ in a })
+            XCTAssertEqual(t["prompt"], prompt)
+            XCTAssertEqual(t["seed"], "3")
+        }
+
+        let empty = workDir.appendingPathComponent("empty.txt")
+        try "# nothing\n\n".write(to: empty, atomically: true, encoding: .utf8)
+        let bad = try sdd(["generate", "--model", Self.tinyModel, "--prompts", empty.path, "-o", png.path])
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertTrue(bad.stderr.contains("no prompts"), bad.stderr)
+        let both = try sdd(["generate", "--model", Self.tinyModel, "--prompts", list.path, "-o", png.path, "x"])
+        XCTAssertNotEqual(both.status, 0)
+        XCTAssertTrue(both.stderr.contains("not both"), both.stderr)
+    }
+
     func testARandomSeedIsPrintedWhenNoneIsGiven() throws {
         let run = try sdd(["generate", "--model", Self.tinyModel, "--steps", "1",
                            "-o", workDir.appendingPathComponent("r.png").path, "x"])

@@ -6,11 +6,13 @@ public struct ImageGrid {
     public let height: Int
     public let rgb: [UInt8]
 
-    /// images: row-major width × height × 3 bytes each.
-    public init(images: [[UInt8]], width: Int, height: Int) {
+    /// images: row-major width × height × 3 bytes each; columns: default ⌈√n⌉.
+    public init(images: [[UInt8]], width: Int, height: Int, columns requested: Int? = nil) {
         let n = max(images.count, 1)
-        var columns = 1
-        while columns * columns < n { columns += 1 }
+        var columns = max(1, requested ?? 1)
+        if requested == nil {
+            while columns * columns < n { columns += 1 }
+        }
         let rows = (n + columns - 1) / columns
         self.width = columns * width
         self.height = rows * height
