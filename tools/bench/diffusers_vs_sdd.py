@@ -5,6 +5,9 @@ seconds per UNet step, VAE decode seconds and peak RSS for both, with the ratios
 Usage (venv from tools/reference/README.md):
     venv-ref/bin/python tools/bench/diffusers_vs_sdd.py --model /tmp/sd15-random \
         --sdd .build/release/sdd --steps 3 --width 512 --height 512
+    # sdd on the Q8_0 file made from the same folder, under a budget, 2 alternating rounds:
+    venv-ref/bin/python tools/bench/diffusers_vs_sdd.py --model /tmp/sd15-random \
+        --sdd-model sd15-q8_0.gguf --sdd-arg=--memory-budget --sdd-arg=200M --rounds 2
 
 Each side runs in its own child process so peak RSS (ru_maxrss of that child) is its own.
 sdd's per-step times come from its --timings JSON line on stderr.
@@ -71,29 +74,39 @@ def main():
     ap.add_argument("--prompt", default="a photograph of an astronaut riding a horse")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--skip-diffusers", action="store_true")
+    ap.add_argument("--sdd-model", help="model for sdd (default: --model), e.g. a .gguf made from it")
+    ap.add_argument("--sdd-arg", action="append", default=[], help="extra argument for sdd generate")
+    ap.add_argument("--rounds", type=int, default=1, help="alternate diffusers and sdd this many times; "
+                    "medians over rounds are compared")
     args = ap.parse_args()
     if args.child:
         run_diffusers(args)
         return
 
-    results = {}
-    if not args.skip_diffusers:
-        proc, _ = child_peak_rss([sys.executable, __file__, "--child", "--model", args.model, "--steps", str(args.steps),
-                                  "--width", str(args.width), "--height", str(args.height),
-                                  "--threads", str(args.threads), "--prompt", args.prompt])
-        results["diffusers"] = json.loads(proc.stdout.strip().splitlines()[-1])
+    rounds = {"diffusers": [], "sdd": []}
+    for r in range(args.rounds):
+        if not args.skip_diffusers:
+            proc, _ = child_peak_rss([sys.executable, __file__, "--child", "--model", args.model, "--steps",
+                                      str(args.steps), "--width", str(args.width), "--height", str(args.height),
+                                      "--threads", str(args.threads), "--prompt", args.prompt])
+            rounds["diffusers"].append(json.loads(proc.stdout.strip().splitlines()[-1]))
 
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [args.sdd, "generate", "--model", args.model, "--steps", str(args.steps), "--width", str(args.width),
-               "--height", str(args.height), "--seed", "0", "--timings", "-o", os.path.join(tmp, "out.png"), args.prompt]
-        proc, _ = child_peak_rss(cmd)
-        line = [l for l in proc.stderr.splitlines() if l.startswith("{")][-1]
-        results["sdd"] = json.loads(line)
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [args.sdd, "generate", "--model", args.sdd_model or args.model, "--steps", str(args.steps),
+                   "--width", str(args.width), "--height", str(args.height), "--seed", "0", "--timings",
+                   *args.sdd_arg, "-o", os.path.join(tmp, "out.png"), args.prompt]
+            proc, _ = child_peak_rss(cmd)
+            line = [l for l in proc.stderr.splitlines() if l.startswith("{")][-1]
+            rounds["sdd"].append(json.loads(line))
+        print(f"round {r + 1}: " + json.dumps({k: v[-1] for k, v in rounds.items() if v}), flush=True)
 
-    print(json.dumps(results, indent=1))
+    keys = ("unet_step_seconds", "vae_decode_seconds", "peak_rss_bytes")
+    results = {side: {k: statistics.median(x[k] for x in v) for k in keys} for side, v in rounds.items() if v}
+    print(json.dumps({"sdd_model": args.sdd_model or args.model, "sdd_args": args.sdd_arg, "rounds": args.rounds,
+                      "medians": results}, indent=1))
     if "diffusers" in results:
         d, s = results["diffusers"], results["sdd"]
-        for key in ("unet_step_seconds", "vae_decode_seconds", "peak_rss_bytes"):
+        for key in keys:
             print(f"{key}: sdd {s[key]:.3f}  diffusers {d[key]:.3f}  ratio sdd/diffusers {s[key] / d[key]:.3f}")
 
 
