@@ -199,7 +199,21 @@ public final class Worker: @unchecked Sendable {
                     lastCheckpoint = p.step
                 }
             }
-            let result = try generation.finish()
+            let result: GenerationResult
+            do {  // with VAE tiling a cancel or a shutdown is seen between tiles
+                result = try generation.finish { !queue.isCancelRequested(id) && !shouldStop }
+            } catch PipelineError.cancelled {
+                if queue.isCancelRequested(id) {
+                    spoolCheckpointRemove(id)
+                    queue.complete(id, state: .canceled, error: APIError(.canceled, "canceled while decoding"))
+                    log.info("job canceled while decoding")
+                } else {  // shutdown: the checkpoint holds the final latents, a restart only decodes
+                    try checkpoint(id, generation)
+                    queue.release(id)
+                    log.info("job paused for shutdown while decoding")
+                }
+                return
+            }
             heartbeat()
             let text = PNGMetadata.entries(for: result, model: pipeline.model.name)
             for (n, image) in result.images.enumerated() {

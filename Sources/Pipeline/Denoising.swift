@@ -88,10 +88,12 @@ public final class Generation {
     }
 
     /// Decodes the final latents (runs any steps still left first).
-    public func finish() throws -> GenerationResult {
+    /// Runs any steps left, then decodes. With VAE tiling, `shouldContinue` is asked after each tile;
+    /// returning false throws `PipelineError.cancelled` (the state keeps the final latents).
+    public func finish(shouldContinue: () -> Bool = { true }) throws -> GenerationResult {
         while try next() != nil {}
         let clock = Date()
-        let images = try pipeline.decode(state.latents)
+        let images = try pipeline.decode(state.latents, shouldContinue: shouldContinue)
         timings.vaeDecode = Date().timeIntervalSince(clock)
         let s = state.settings
         return GenerationResult(settings: s, seed: s.seed ?? 0, width: s.width ?? 0, height: s.height ?? 0,

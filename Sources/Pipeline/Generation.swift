@@ -225,7 +225,7 @@ public final class StableDiffusionPipeline {
     }
 
     /// Latents → images through the VAE decoder (diffusers divides by scaling_factor only; shift_factor is SD3's).
-    func decode(_ latents: Tensor) throws -> [[UInt8]] {
+    func decode(_ latents: Tensor, shouldContinue: () -> Bool = { true }) throws -> [[UInt8]] {
         let vae = try vaeDecoder()
         let scalingFactor = model.vae.scalingFactor
         let z = Tensor(shape: latents.shape, data: latents.data.map { $0 / scalingFactor })
@@ -235,7 +235,9 @@ public final class StableDiffusionPipeline {
                     + "\(tiling.overlapFactor) would not give a \(latents.shape[3] * model.vaeScaleFactor)×"
                     + "\(latents.shape[2] * model.vaeScaleFactor) image")
             }
-            return StableDiffusionPipeline.rgb8(try vae.decodeTiled(z, tiling: tiling))
+            return StableDiffusionPipeline.rgb8(try withoutActuallyEscaping(shouldContinue) { ask in
+                try vae.decodeTiled(z, tiling: tiling) { _, _ in ask() }
+            })
         }
         return StableDiffusionPipeline.rgb8(vae(z))
     }
