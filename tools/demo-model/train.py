@@ -117,8 +117,8 @@ def train_decoder(a):
     """Fine-tunes post_quant_conv + decoder on the frozen encoder's latents (the latent space the
     UNet learns stays the same, as with SD's ft-MSE decoders). Runs beside the unet stage."""
     torch.manual_seed(a.seed + 5)
-    imgs, _ = dataset.make(a.seed + 2000, a.vae_images)
-    vae = AutoencoderKL.from_pretrained(os.path.join(a.work, "vae"))
+    imgs, _ = dataset.make(a.seed + 2000, a.vae_images, workers=a.workers)
+    vae = AutoencoderKL.from_pretrained(a.dec_init or os.path.join(a.work, "vae"), torch_dtype=torch.float32)
     vae.encoder.requires_grad_(False)
     vae.quant_conv.requires_grad_(False)
     params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
@@ -127,8 +127,11 @@ def train_decoder(a):
     t0 = time.time()
     run = None
     for step in range(1, a.dec_steps + 1):
+        lr = a.dec_lr * min(1.0, step / 50)
+        if a.dec_cosine:  # decays to 1% by the last step
+            lr *= 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * step / a.dec_steps))
         for pg in opt.param_groups:
-            pg["lr"] = a.dec_lr * min(1.0, step / 50)
+            pg["lr"] = lr
         idx = torch.randint(0, len(imgs), (a.vae_batch,), generator=g)
         x = to_tensor(imgs[idx.numpy()])
         with torch.no_grad():
@@ -367,6 +370,9 @@ if __name__ == "__main__":
     ap.add_argument("--dec-steps", type=int, default=3000)
     ap.add_argument("--dec-lr", type=float, default=1e-3)
     ap.add_argument("--decoder-ft", action="store_true", help="export: use work/vae_ft")
+    ap.add_argument("--dec-init", default=None, help="decoder: start from this AutoencoderKL folder "
+                    "(default work/vae); its encoder must be work/vae's")
+    ap.add_argument("--dec-cosine", action="store_true", help="decoder: cosine learning-rate decay")
     ap.add_argument("--unet-images", type=int, default=30000)
     ap.add_argument("--steps", type=int, default=10000)
     ap.add_argument("--batch", type=int, default=64)

@@ -504,10 +504,10 @@ def set_scheduler(pipe, base_scheduler, name):
 
 
 @torch.no_grad()
-def ref_pipeline(pipe, ref):
+def ref_pipeline(pipe, ref, cases=PIPELINE_CASES, model="tiny-sd", extra=None):
     base_scheduler = pipe.scheduler
     cases_json = []
-    for case in PIPELINE_CASES:
+    for case in cases:
         set_scheduler(pipe, base_scheduler, case["scheduler"])
         kwargs = dict(prompt=case["prompt"], negative_prompt=case["negative_prompt"],
                       num_inference_steps=case["steps"], guidance_scale=case["guidance"],
@@ -581,7 +581,7 @@ def ref_pipeline(pipe, ref):
     pipe.scheduler = base_scheduler
 
     with open(os.path.join(ref, "pipeline.json"), "w") as f:
-        json.dump({"model": "tiny-sd",
+        json.dump({"model": model, **(extra or {}),
                    "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                                 "transformers": transformers.__version__,
                                 "python": sys.version.split()[0]},
@@ -599,6 +599,43 @@ def ref_pipeline(pipe, ref):
                    ],
                    "cases": json_safe(cases_json)}, f, indent=1, ensure_ascii=False,
                   allow_nan=False)
+
+
+DEMO_CASES = [  # the shipped demo model (models/demo, F16 weights computed in F32)
+    dict(name="demo_pndm_readme", prompt="a large yellow square in the center on a blue background",
+         negative_prompt=None, seed=0, steps=25, guidance=2.5, width=None, height=None,
+         scheduler="pndm", count=1),
+    dict(name="demo_euler_a_count2", prompt="a small red circle in the top left on a white background",
+         negative_prompt=None, seed=3, steps=20, guidance=2.5, width=64, height=64,
+         scheduler="euler-a", count=2),
+    dict(name="demo_dpmpp2m_96x64_negative", prompt="a large green triangle in the bottom right on a black background",
+         negative_prompt="a blue background", seed=11, steps=15, guidance=3.0, width=96, height=64,
+         scheduler="dpm++2m", count=1),
+]
+
+
+def fnv1a64(data):
+    """FNV-1a, 64 bits, as a 16-digit hex string (the demo parity test computes the same)."""
+    h = 0xcbf29ce484222325
+    for byte in data:
+        h = ((h ^ byte) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    return f"{h:016x}"
+
+
+def make_demo_fixtures(model, ref):
+    """diffusers' images of the shipped demo model, for sdd's parity test on it."""
+    os.makedirs(ref, exist_ok=True)
+    for f in os.listdir(ref):
+        remove(os.path.join(ref, f))
+    digests = {}  # FNV-1a 64 of each weight file: the test names stale fixtures instead of failing on numbers
+    for comp, name in (("unet", "diffusion_pytorch_model.safetensors"), ("vae", "diffusion_pytorch_model.safetensors"),
+                       ("text_encoder", "model.safetensors")):
+        with open(os.path.join(model, comp, name), "rb") as f:
+            digests[f"{comp}/{name}"] = fnv1a64(f.read())
+    pipe = load_pipe(model)
+    ref_pipeline(pipe, ref, cases=DEMO_CASES, model="models/demo", extra={"fnv1a64": digests})
+    for f in sorted(os.listdir(ref)):
+        print(f"  {os.path.relpath(os.path.join(ref, f), ROOT):70s} {human(os.path.getsize(os.path.join(ref, f))):>10s}")
 
 
 def make_fixtures(fixtures):
@@ -747,11 +784,15 @@ def main():
                     help="fixture root (default: Tests/Fixtures of this checkout)")
     ap.add_argument("--full-sd15", metavar="OUTDIR",
                     help="write a random-weight full-size SD 1.5 model (F32) to OUTDIR instead")
+    ap.add_argument("--demo", metavar="MODEL", nargs="?", const=os.path.join(ROOT, "models", "demo"),
+                    help="write the demo model's parity fixtures (Tests/Fixtures/reference/demo) instead")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, diffusers {diffusers.__version__}, "
           f"transformers {transformers.__version__}")
     if args.full_sd15:
         make_full_sd15(os.path.abspath(args.full_sd15))
+    elif args.demo:
+        make_demo_fixtures(os.path.abspath(args.demo), os.path.join(os.path.abspath(args.fixtures), "reference", "demo"))
     else:
         make_fixtures(os.path.abspath(args.fixtures))
 
