@@ -14,9 +14,9 @@ let conv2dDefaultScratchFloats = GemmLimits.standard.bandFloats
 /// Runs over bands of output rows: each band is unfolded (im2col) into a scratch buffer of at most ~8 MB and
 /// multiplied by the weight; a 1×1, stride-1, unpadded conv is a plain GEMM over column chunks. A typed weight
 /// is dequantized once per call when it fits 16 MB of F32, else in panels of rows (see `GemmLimits`).
-/// A 3×3, stride-1, padding-1 conv with at least 32 input and output channels whose transformed weight
-/// (16·O·C floats) fits the same 16 MB runs as Winograd F(2×2, 3×3) instead (`WinogradProblem`); results
-/// differ from im2col's by rounding only. Profile GFLOP/s count the direct convolution's multiply-adds either way.
+/// A 3×3, stride-1, padding-1 conv with at least 32 input and output channels runs as Winograd F(2×2, 3×3)
+/// instead (`WinogradProblem`), over chunks of output channels whose transformed weight (16·O·C floats) fits
+/// the same 16 MB; results differ from im2col's by rounding only. Profile GFLOP/s count the direct convolution's multiply-adds either way.
 public func conv2d(_ x: Tensor, weight: Weight, bias: Weight?, stride: Int = 1, padding: Int = 0) -> Tensor {
     KernelProfile.measure(
         "conv\(weight.shape.count == 4 ? "\(weight.shape[2])x\(weight.shape[3])" : "")s\(stride) \(weight.type.name)"
@@ -58,7 +58,7 @@ func conv2d(_ x: Tensor, weight: Weight, bias: Weight?, stride: Int, padding: In
     let beta: Float = bias == nil ? 0 : 1
 
     if kh == 3 && kw == 3 && stride == 1 && padding == 1 && limits.convAlgorithm != .im2col
-        && (limits.convAlgorithm == .winograd || (c >= 32 && o >= 32 && 16 * o * c <= limits.wholeWeightFloats)) {
+        && (limits.convAlgorithm == .winograd || (c >= 32 && o >= 32 && 16 * 32 * c <= limits.wholeWeightFloats)) {
         let problem = WinogradProblem(n: n, c: c, h: h, w: w, o: o, limits: limits)
         y.data.withUnsafeMutableBufferPointer { yb in
             x.data.withUnsafeBufferPointer { xb in
@@ -201,10 +201,12 @@ private struct ConvProblem {
     }
 }
 
-/// A 3×3, stride-1, padding-1 convolution as Winograd F(2×2, 3×3): the weight is transformed once per call
-/// into U [16, O, C]; each unit of work (image, band of tile rows) transforms its input tiles into
-/// V [16, C, T], multiplies M_ξ = U_ξ · V_ξ for the 16 ξ (sgemm), and transforms M [16, O, T] back into its
-/// output rows, bias included. Each 2×2 output tile costs 16 products per (o, c) instead of 36.
+/// A 3×3, stride-1, padding-1 convolution as Winograd F(2×2, 3×3), over chunks of output channels whose
+/// transformed weight U [16, O_chunk, C] fits `limits.wholeWeightFloats` (all of O when it fits): each chunk's
+/// weight is transformed once per call; each unit of work (image, band of tile rows) transforms its input
+/// tiles into V [16, C, T], multiplies M_ξ = U_ξ · V_ξ for the 16 ξ (sgemm), and transforms M [16, O_chunk, T]
+/// back into its output rows, bias included. Each 2×2 output tile costs 16 products per (o, c) instead of 36;
+/// the input transform is repeated per chunk, 1/O_chunk of the products' cost.
 /// Rounding differs from im2col's by a few ulps of the inputs' scale (the transforms add up to 16 terms).
 private struct WinogradProblem {
     let n: Int, c: Int, h: Int, w: Int, o: Int
@@ -212,11 +214,13 @@ private struct WinogradProblem {
 
     var tilesHigh: Int { (h + 1) / 2 }
     var tilesWide: Int { (w + 1) / 2 }
+    /// Output channels per chunk: the whole of O when its transformed weight fits, else as many as fit.
+    var chunkChannels: Int { max(1, min(o, limits.wholeWeightFloats / max(1, 16 * c))) }
 
-    /// Tile rows per band: V and M of one band (16 · (C + O) · T floats) stay within `limits.bandFloats`,
+    /// Tile rows per band: V and M of one band (16 · (C + O_chunk) · T floats) stay within `limits.bandFloats`,
     /// and large inputs are cut into at least two bands per core.
     var bandTileRows: Int {
-        var rows = max(1, min(tilesHigh, limits.bandFloats / max(1, 16 * (c + o) * tilesWide)))
+        var rows = max(1, min(tilesHigh, limits.bandFloats / max(1, 16 * (c + chunkChannels) * tilesWide)))
         let bands = n * ((tilesHigh + rows - 1) / rows)
         if bands < 2 * Parallel.cores && 2 * o * c * 9 * h * w * n >= (1 << 24) {
             rows = max(1, min(rows, (n * tilesHigh + 2 * Parallel.cores - 1) / (2 * Parallel.cores)))
@@ -227,55 +231,61 @@ private struct WinogradProblem {
     func run(x: UnsafePointer<Float>, weight: Weight, bias: Weight?, y: UnsafeMutablePointer<Float>) {
         let (c, o, h, w) = (self.c, self.o, self.h, self.w)
         let tilesWide = self.tilesWide, tilesHigh = self.tilesHigh
+        let chunk = chunkChannels
         ScratchArena.withArena { weightArena in
-            let u = weightArena.floats(16 * o * c)
-            transformWeight(weight, into: u)
+            let u = weightArena.floats(16 * chunk * c)
             let bandRows = bandTileRows
             let bandsPerImage = (tilesHigh + bandRows - 1) / bandRows
-            withOptionalFloats(bias) { bp in
-                Parallel.forEachUnit(count: n * bandsPerImage) { unit in
-                    let b = unit / bandsPerImage, ty0 = (unit % bandsPerImage) * bandRows
-                    let rows = min(bandRows, tilesHigh - ty0)
-                    let tiles = rows * tilesWide
-                    ScratchArena.withArena { arena in
-                        let inputScratch = (2 * tilesWide + 2) + (2 * rows + 2) * 4 * tilesWide
-                        let v = arena.floats(16 * (c + o) * tiles + max(inputScratch, 4 * tilesWide))
-                        let m = v + 16 * c * tiles
-                        let scratch = m + 16 * o * tiles
-                        ck_winograd_f23_input(x + b * c * h * w, Int64(c), Int64(h), Int64(w), Int64(ty0),
-                                              Int64(rows), Int64(tilesWide), v, scratch)
-                        for xi in 0..<16 {
-                            sgemm(m: o, n: tiles, k: c, a: u + xi * o * c, lda: c, b: v + xi * c * tiles, ldb: tiles,
-                                  beta: 0, c: m + xi * o * tiles, ldc: tiles)
+            withOptionalFloats(bias) { bias in
+                for o0 in stride(from: 0, to: o, by: chunk) {
+                    let oc = min(chunk, o - o0)
+                    transformWeight(weight, rows: o0..<(o0 + oc), into: u)
+                    Parallel.forEachUnit(count: n * bandsPerImage) { unit in
+                        let b = unit / bandsPerImage, ty0 = (unit % bandsPerImage) * bandRows
+                        let rows = min(bandRows, tilesHigh - ty0)
+                        let tiles = rows * tilesWide
+                        ScratchArena.withArena { arena in
+                            let inputScratch = (2 * tilesWide + 2) + (2 * rows + 2) * 4 * tilesWide
+                            let v = arena.floats(16 * (c + oc) * tiles + max(inputScratch, 4 * tilesWide))
+                            let m = v + 16 * c * tiles
+                            let scratch = m + 16 * oc * tiles
+                            ck_winograd_f23_input(x + b * c * h * w, Int64(c), Int64(h), Int64(w), Int64(ty0),
+                                                  Int64(rows), Int64(tilesWide), v, scratch)
+                            for xi in 0..<16 {
+                                sgemm(m: oc, n: tiles, k: c, a: u + xi * oc * c, lda: c, b: v + xi * c * tiles,
+                                      ldb: tiles, beta: 0, c: m + xi * oc * tiles, ldc: tiles)
+                            }
+                            ck_winograd_f23_output(m, Int64(oc), Int64(rows), Int64(tilesWide), bias.map { $0 + o0 },
+                                                   y + (b * o + o0) * h * w, Int64(h), Int64(w), Int64(ty0), scratch)
                         }
-                        ck_winograd_f23_output(m, Int64(o), Int64(rows), Int64(tilesWide), bp, y + b * o * h * w,
-                                               Int64(h), Int64(w), Int64(ty0), scratch)
                     }
                 }
             }
         }
     }
 
-    /// U [16, O, C] = G g Gᵀ for every (o, c), over chunks of output channels on the cores; a typed weight is
-    /// dequantized a few rows at a time on the way.
-    private func transformWeight(_ weight: Weight, into u: UnsafeMutablePointer<Float>) {
-        let (c, o) = (self.c, self.o)
+    /// U [16, rows.count, C] = G g Gᵀ for every (o, c) with o in `rows`, over groups of those rows on the cores;
+    /// a typed weight is dequantized a few rows at a time on the way.
+    private func transformWeight(_ weight: Weight, rows: Range<Int>, into u: UnsafeMutablePointer<Float>) {
+        let c = self.c
         let rowLength = 9 * c
-        Parallel.forEachChunk(count: o, minItemsPerChunk: max(1, (1 << 16) / rowLength)) { range in
+        let planeRows = rows.count
+        Parallel.forEachChunk(count: planeRows, minItemsPerChunk: max(1, (1 << 16) / rowLength)) { local in
+            let first = rows.lowerBound + local.lowerBound
             if weight.type == .f32 {
-                ck_winograd_f23_weight(weight.base + range.lowerBound * rowLength, Int64(range.count), Int64(c),
-                                       Int64(o), u + range.lowerBound * c)
+                ck_winograd_f23_weight(weight.base + first * rowLength, Int64(local.count), Int64(c),
+                                       Int64(planeRows), u + local.lowerBound * c)
                 return
             }
-            let step = max(1, min(range.count, (1 << 16) / rowLength))
+            let step = max(1, min(local.count, (1 << 16) / rowLength))
             ScratchArena.withArena { arena in
                 let panel = arena.floats(step * rowLength)
-                var r0 = range.lowerBound
-                while r0 < range.upperBound {
-                    let rows = min(step, range.upperBound - r0)
-                    weight.dequantizeRows(r0..<(r0 + rows), into: panel)
-                    ck_winograd_f23_weight(panel, Int64(rows), Int64(c), Int64(o), u + r0 * c)
-                    r0 += rows
+                var r0 = local.lowerBound
+                while r0 < local.upperBound {
+                    let count = min(step, local.upperBound - r0)
+                    weight.dequantizeRows((rows.lowerBound + r0)..<(rows.lowerBound + r0 + count), into: panel)
+                    ck_winograd_f23_weight(panel, Int64(count), Int64(c), Int64(planeRows), u + r0 * c)
+                    r0 += count
                 }
             }
         }
