@@ -1,5 +1,6 @@
 // Attention: multi-head scaled-dot-product attention over query tiles × key tiles with an online softmax
 // (running max / running sum), so no Tq×Tk matrix is ever allocated — only one tile of scores per thread.
+import CKernels
 
 public func attention(q: Tensor, k: Tensor, v: Tensor, heads: Int, causal: Bool = false,
                       queryTile: Int = 256, keyTile: Int = 512) -> Tensor {
@@ -193,20 +194,10 @@ private func rowMaximum(_ row: UnsafeMutablePointer<Float>, count: Int) -> Float
     return max(max(m0, m1), max(m2, m3))
 }
 
-/// row[j] = exp(row[j] − shift) in place; returns the sum of the new values (in Double).
+/// row[j] = exp(row[j] − shift) in place; returns the sum of the new values (in Double). The C kernel runs
+/// `fastExp`'s polynomial 16 or 8 lanes wide (AVX-512 / AVX2) where the CPU has them; Swift here compiles
+/// for baseline x86-64 (4 lanes).
 @inline(__always)
 private func exponentiateRow(_ row: UnsafeMutablePointer<Float>, count: Int, minus shift: Float) -> Double {
-    for j in 0..<count { row[j] = fastExp(row[j] - shift) }
-    var sum = 0.0
-    var j = 0
-    while j + 4 <= count {
-        // Groups of four summed in F32 (each value ≤ 1), the running total in Double.
-        sum += Double((row[j] + row[j + 1]) + (row[j + 2] + row[j + 3]))
-        j += 4
-    }
-    while j < count {
-        sum += Double(row[j])
-        j += 1
-    }
-    return sum
+    ck_exp_row(row, Int64(count), shift)
 }

@@ -21,6 +21,10 @@ int ck_dequantize_level(void);
 /// Forces a path (for tests): -1 restores automatic choice; a level the CPU lacks is ignored.
 void ck_force_dequantize_level(int level);
 
+/// The attention softmax's row pass: row[j] = exp(row[j] − shift) in place for j < n (inputs below −87
+/// give e^−87); returns the sum of the new values. Vectorized per ck_dequantize_level (Softmax.c).
+double ck_exp_row(float *row, int64_t n, float shift);
+
 /// Serves allocations of `threshold` bytes or more with their own mappings (returned to the kernel on
 /// free) and trims the heap above it: glibc's mallopt(M_MMAP_THRESHOLD / M_TRIM_THRESHOLD).
 /// Returns 0 on success.
