@@ -5,6 +5,10 @@
 // F(2×2, 3×3) instead: 16 GEMMs per band of tile rows with 2.25× fewer multiply-adds than im2col.
 import CKernels
 
+/// Below this many pixels per image (16×16) a Winograd conv has too few tiles for good GEMM shapes: SD 1.5's
+/// 1280-channel convs at 8×8 ran at 69–76 GFLOP/s as Winograd and 132–141 as im2col; at 16×16, 164–189 vs 120–141.
+let winogradMinimumPixels = 256
+
 /// Bound on the im2col scratch of one band, in floats: 2 Mi floats = 8 MiB (one band per core at a time).
 let conv2dDefaultScratchFloats = GemmLimits.standard.bandFloats
 
@@ -14,7 +18,7 @@ let conv2dDefaultScratchFloats = GemmLimits.standard.bandFloats
 /// Runs over bands of output rows: each band is unfolded (im2col) into a scratch buffer of at most ~8 MB and
 /// multiplied by the weight; a 1×1, stride-1, unpadded conv is a plain GEMM over column chunks. A typed weight
 /// is dequantized once per call when it fits 16 MB of F32, else in panels of rows (see `GemmLimits`).
-/// A 3×3, stride-1, padding-1 conv with at least 32 input and output channels runs as Winograd F(2×2, 3×3)
+/// A 3×3, stride-1, padding-1 conv with at least 32 input and output channels and 16×16 pixels runs as Winograd F(2×2, 3×3)
 /// instead (`WinogradProblem`), over chunks of output channels whose transformed weight (16·O·C floats) fits
 /// the same 16 MB; results differ from im2col's by rounding only. Profile GFLOP/s count the direct convolution's multiply-adds either way.
 public func conv2d(_ x: Tensor, weight: Weight, bias: Weight?, stride: Int = 1, padding: Int = 0) -> Tensor {
@@ -58,7 +62,8 @@ func conv2d(_ x: Tensor, weight: Weight, bias: Weight?, stride: Int, padding: In
     let beta: Float = bias == nil ? 0 : 1
 
     if kh == 3 && kw == 3 && stride == 1 && padding == 1 && limits.convAlgorithm != .im2col
-        && (limits.convAlgorithm == .winograd || (c >= 32 && o >= 32 && 16 * 32 * c <= limits.wholeWeightFloats)) {
+        && (limits.convAlgorithm == .winograd
+            || (c >= 32 && o >= 32 && h * w >= winogradMinimumPixels && 16 * 32 * c <= limits.wholeWeightFloats)) {
         let problem = WinogradProblem(n: n, c: c, h: h, w: w, o: o, limits: limits)
         y.data.withUnsafeMutableBufferPointer { yb in
             x.data.withUnsafeBufferPointer { xb in

@@ -72,7 +72,7 @@ final class WinogradConvTests: XCTestCase {
     }
 
     func testAutomaticChoiceUsesWinogradForWideConvolutions() {
-        let x = randomTensor([1, 32, 10, 12], seed: 190)
+        let x = randomTensor([1, 32, 16, 16], seed: 190)
         let weight = randomWeight([32, 32, 3, 3], seed: 191), b = randomWeight([32], seed: 192)
         let auto = conv2d(x, weight: weight, bias: b, stride: 1, padding: 1, limits: .standard)
         let winograd = conv2d(x, weight: weight, bias: b, stride: 1, padding: 1, limits: limits(.winograd))
@@ -92,12 +92,12 @@ final class WinogradConvTests: XCTestCase {
     func testAWeightTooLargeToTransformWholeRunsInChunksOfOutputChannelsAndMatchesReference() {
         // U of 16·O·C floats over the bound: chunks of 5 output channels (the last one 2), bias offset per chunk,
         // typed weights dequantized per chunk, several bands per image.
-        var chunked = limits(.automatic, bandFloats: 16 * 40 * 6 * 2)
+        var chunked = limits(.winograd, bandFloats: 16 * 40 * 6 * 2)
         chunked.wholeWeightFloats = 16 * 5 * 32 + 7
         for type in [TensorType.f32, .q8_0] {
-            check(n: 2, c: 32, o: 37, h: 11, w: 12, type: type, limits: chunked, seed: 215)
+            check(n: 2, c: 32, o: 37, h: 16, w: 17, type: type, limits: chunked, seed: 215)
         }
-        let x = randomTensor([1, 32, 8, 8], seed: 216)
+        let x = randomTensor([1, 32, 16, 16], seed: 216)
         let weight = randomWeight([37, 32, 3, 3], seed: 217), b = randomWeight([37], seed: 218)
         let whole = conv2d(x, weight: weight, bias: b, stride: 1, padding: 1, limits: limits(.winograd))
         let inChunks = conv2d(x, weight: weight, bias: b, stride: 1, padding: 1, limits: chunked)
@@ -106,8 +106,16 @@ final class WinogradConvTests: XCTestCase {
         XCTAssertLessThanOrEqual(worst, 1e-6 * scale, "chunks change only the GEMM's rounding")
     }
 
+    func testAutomaticChoiceKeepsIm2colForSmallImages() {
+        let x = randomTensor([2, 32, 8, 8], seed: 205)
+        let weight = randomWeight([32, 32, 3, 3], seed: 206)
+        let auto = conv2d(x, weight: weight, bias: nil, stride: 1, padding: 1, limits: .standard)
+        let im2col = conv2d(x, weight: weight, bias: nil, stride: 1, padding: 1, limits: limits(.im2col))
+        XCTAssertEqual(auto.data, im2col.data)
+    }
+
     func testAutomaticChoiceKeepsIm2colWhenNotEvenThirtyTwoOutputChannelsFitTheWholeWeightBound() {
-        let x = randomTensor([1, 32, 6, 6], seed: 210)
+        let x = randomTensor([1, 32, 16, 16], seed: 210)
         let weight = randomWeight([32, 32, 3, 3], seed: 211)
         var small = limits(.automatic)
         small.wholeWeightFloats = 16 * 32 * 32 - 1
