@@ -45,6 +45,7 @@ public enum ProcessMemory {
     public static func preferCompactHeap() {
         _ = ck_set_malloc_mmap_threshold(1 << 20)
         ScratchArena.limitRetainedBytes(retainedScratchBytes)
+        ConvolutionMemory.winogradWeightFloats = 1 << 20
     }
 
     /// Idle scratch kept under a budget: one 16 MiB buffer (a whole dequantized weight, or two bands).

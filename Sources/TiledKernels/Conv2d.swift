@@ -9,6 +9,14 @@ import CKernels
 /// 1280-channel convs at 8×8 ran at 69–76 GFLOP/s as Winograd and 132–141 as im2col; at 16×16, 164–189 vs 120–141.
 let winogradMinimumPixels = 256
 
+/// Settings of the convolution kernels that a memory plan may tighten.
+public enum ConvolutionMemory {
+    /// Upper bound on one chunk of a Winograd-transformed weight (16 · O_chunk · C floats), on top of the
+    /// limits' whole-weight bound. Under a tight memory budget 1 Mi floats (4 MiB) instead of 16 MiB: SD 1.5's
+    /// 1280-channel convs then run in chunks of 51 output channels, the 2560-channel ones as im2col.
+    nonisolated(unsafe) public static var winogradWeightFloats = 4 << 20
+}
+
 /// Bound on the im2col scratch of one band, in floats: 2 Mi floats = 8 MiB (one band per core at a time).
 let conv2dDefaultScratchFloats = GemmLimits.standard.bandFloats
 
@@ -63,7 +71,8 @@ func conv2d(_ x: Tensor, weight: Weight, bias: Weight?, stride: Int, padding: In
 
     if kh == 3 && kw == 3 && stride == 1 && padding == 1 && limits.convAlgorithm != .im2col
         && (limits.convAlgorithm == .winograd
-            || (c >= 32 && o >= 32 && h * w >= winogradMinimumPixels && 16 * 32 * c <= limits.wholeWeightFloats)) {
+            || (c >= 32 && o >= 32 && h * w >= winogradMinimumPixels
+                && 16 * 32 * c <= min(limits.wholeWeightFloats, ConvolutionMemory.winogradWeightFloats))) {
         let problem = WinogradProblem(n: n, c: c, h: h, w: w, o: o, limits: limits)
         y.data.withUnsafeMutableBufferPointer { yb in
             x.data.withUnsafeBufferPointer { xb in
@@ -220,7 +229,9 @@ private struct WinogradProblem {
     var tilesHigh: Int { (h + 1) / 2 }
     var tilesWide: Int { (w + 1) / 2 }
     /// Output channels per chunk: the whole of O when its transformed weight fits, else as many as fit.
-    var chunkChannels: Int { max(1, min(o, limits.wholeWeightFloats / max(1, 16 * c))) }
+    var chunkChannels: Int {
+        max(1, min(o, min(limits.wholeWeightFloats, ConvolutionMemory.winogradWeightFloats) / max(1, 16 * c)))
+    }
 
     /// Tile rows per band: V and M of one band (16 · (C + O_chunk) · T floats) stay within `limits.bandFloats`,
     /// and large inputs are cut into at least two bands per core.
