@@ -17,6 +17,11 @@ public enum ConvolutionMemory {
     nonisolated(unsafe) public static var winogradWeightFloats = 4 << 20
 }
 
+extension GemmLimits {
+    /// Bound on one chunk of a Winograd-transformed weight: the whole-weight bound, tightened by a memory plan.
+    var winogradWeightFloats: Int { min(wholeWeightFloats, ConvolutionMemory.winogradWeightFloats) }
+}
+
 /// Bound on the im2col scratch of one band, in floats: 2 Mi floats = 8 MiB (one band per core at a time).
 let conv2dDefaultScratchFloats = GemmLimits.standard.bandFloats
 
@@ -72,7 +77,7 @@ func conv2d(_ x: Tensor, weight: Weight, bias: Weight?, stride: Int, padding: In
     if kh == 3 && kw == 3 && stride == 1 && padding == 1 && limits.convAlgorithm != .im2col
         && (limits.convAlgorithm == .winograd
             || (c >= 32 && o >= 32 && h * w >= winogradMinimumPixels
-                && 16 * 32 * c <= min(limits.wholeWeightFloats, ConvolutionMemory.winogradWeightFloats))) {
+                && 16 * 32 * c <= limits.winogradWeightFloats)) {
         let problem = WinogradProblem(n: n, c: c, h: h, w: w, o: o, limits: limits)
         y.data.withUnsafeMutableBufferPointer { yb in
             x.data.withUnsafeBufferPointer { xb in
@@ -230,7 +235,7 @@ private struct WinogradProblem {
     var tilesWide: Int { (w + 1) / 2 }
     /// Output channels per chunk: the whole of O when its transformed weight fits, else as many as fit.
     var chunkChannels: Int {
-        max(1, min(o, min(limits.wholeWeightFloats, ConvolutionMemory.winogradWeightFloats) / max(1, 16 * c)))
+        max(1, min(o, limits.winogradWeightFloats / max(1, 16 * c)))
     }
 
     /// Tile rows per band: V and M of one band (16 · (C + O_chunk) · T floats) stay within `limits.bandFloats`,

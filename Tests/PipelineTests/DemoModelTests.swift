@@ -71,9 +71,8 @@ func meanColourName(_ image: [UInt8], width: Int, boxes: [[Int]], palette: [(Str
         }
     }
     let mean = sum.map { $0 / n }
-    return palette.min { a, b in
-        zip(a.1, mean).map { ($0 - $1) * ($0 - $1) }.reduce(0, +) < zip(b.1, mean).map { ($0 - $1) * ($0 - $1) }.reduce(0, +)
-    }!.0
+    func distance(_ rgb: [Double]) -> Double { zip(rgb, mean).map { ($0 - $1) * ($0 - $1) }.reduce(0, +) }
+    return palette.min { distance($0.1) < distance($1.1) }!.0
 }
 
 final class DemoModelTests: XCTestCase {

@@ -61,6 +61,14 @@ def background_boxes(position):
     return [[ox - 10, oy - 10, ox + 10, oy + 10]]
 
 
+def case(prompt, seed, steps, guidance, kind, colour, shape, size, position, background):
+    """One check case: the generation settings and where to look for which colour."""
+    return dict(prompt=prompt, seed=seed, steps=steps, guidance=guidance, width=64, height=64,
+                scheduler="pndm", kind=kind, shape=shape, size=size, position=position,
+                shape_colour=colour, shape_box=shape_box(shape, size, position),
+                background_colour=background, background_boxes=background_boxes(position))
+
+
 def cases(guidance=GUIDANCE, steps=STEPS):
     out = []
     for (colour, shape, position), (bg_large, bg_small) in BACKGROUNDS.items():
@@ -70,11 +78,7 @@ def cases(guidance=GUIDANCE, steps=STEPS):
             fg = bg_large if kind == "swap" else colour
             prompt = dataset.caption(fg, shape, size, position, bg)
             for seed in SEEDS:
-                out.append(dict(prompt=prompt, seed=seed, steps=steps, guidance=guidance,
-                                width=64, height=64, scheduler="pndm", kind=kind,
-                                shape=shape, size=size, position=position,
-                                shape_colour=fg, shape_box=shape_box(shape, size, position),
-                                background_colour=bg, background_boxes=background_boxes(position)))
+                out.append(case(prompt, seed, steps, guidance, kind, fg, shape, size, position, bg))
     return out
 
 
@@ -92,10 +96,7 @@ def validation_cases(guidance=GUIDANCE, steps=STEPS, n=24):
             continue
         prompt = dataset.caption(colour, shape, size, position, bg)
         for seed in (10, 11):
-            out.append(dict(prompt=prompt, seed=seed, steps=steps, guidance=guidance, width=64, height=64,
-                            scheduler="pndm", kind="validation", shape=shape, size=size, position=position,
-                            shape_colour=colour, shape_box=shape_box(shape, size, position),
-                            background_colour=bg, background_boxes=background_boxes(position)))
+            out.append(case(prompt, seed, steps, guidance, "validation", colour, shape, size, position, bg))
     return out
 
 
