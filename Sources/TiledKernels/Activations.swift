@@ -12,9 +12,9 @@ let activationChunk = 1 << 14
 /// Applies `f` to every element (same shape out), in parallel for large tensors.
 @inline(__always)
 func mapElements(_ x: Tensor, _ f: (Float) -> Float) -> Tensor {
-    var y = uninitializedTensor(x.shape)
-    y.data.withUnsafeMutableBufferPointer { yb in
-        x.data.withUnsafeBufferPointer { xb in
+    var y = Tensor(uninitialized: x.shape)
+    y.withUnsafeMutableBufferPointer { yb in
+        x.withUnsafeBufferPointer { xb in
             guard let yp = yb.baseAddress, let xp = xb.baseAddress else { return }
             Parallel.forEachChunk(count: xb.count, minItemsPerChunk: activationChunk) { range in
                 for i in range { yp[i] = f(xp[i]) }
@@ -54,11 +54,11 @@ func gegluKernel(_ x: Tensor) -> Tensor {
     let f = twoF / 2
     var outShape = x.shape
     outShape[outShape.count - 1] = f
-    var y = uninitializedTensor(outShape)
+    var y = Tensor(uninitialized: outShape)
     if y.count == 0 { return y }
     let rows = y.count / f
-    y.data.withUnsafeMutableBufferPointer { yb in
-        x.data.withUnsafeBufferPointer { xb in
+    y.withUnsafeMutableBufferPointer { yb in
+        x.withUnsafeBufferPointer { xb in
             guard let yp = yb.baseAddress, let xp = xb.baseAddress else { return }
             Parallel.forEachChunk(count: rows, minItemsPerChunk: max(1, activationChunk / f)) { range in
                 for r in range {

@@ -27,7 +27,7 @@ func attentionTiles(q: Tensor, k: Tensor, v: Tensor, heads: Int, causal: Bool,
     precondition(queryTile >= 1 && keyTile >= 1, "attention: tiles \(queryTile)×\(keyTile)")
     if q.count == 0 || tk == 0 { return Tensor(zeros: q.shape) }
     // Every (batch, head, query tile) unit writes its rows of every head's channels.
-    var out = uninitializedTensor(q.shape)
+    var out = Tensor(uninitialized: q.shape)
 
     let headDim = channels / heads
     let qTile = min(queryTile, tq), kTile = min(keyTile, tk)
@@ -40,10 +40,10 @@ func attentionTiles(q: Tensor, k: Tensor, v: Tensor, heads: Int, causal: Bool,
                                    queryTile: qTile, keyTile: kTile, queryTiles: queryTiles, causal: causal,
                                    alpha: Float(1.0 / Double(headDim).squareRoot()))
 
-    out.data.withUnsafeMutableBufferPointer { ob in
-        q.data.withUnsafeBufferPointer { qb in
-            k.data.withUnsafeBufferPointer { kb in
-                v.data.withUnsafeBufferPointer { vb in
+    out.withUnsafeMutableBufferPointer { ob in
+        q.withUnsafeBufferPointer { qb in
+            k.withUnsafeBufferPointer { kb in
+                v.withUnsafeBufferPointer { vb in
                     guard let op = ob.baseAddress, let qp = qb.baseAddress,
                           let kp = kb.baseAddress, let vp = vb.baseAddress else { return }
                     let run = { (worker: Int) in

@@ -70,7 +70,7 @@ func conv2d(_ x: Tensor, weight: Weight, bias: Weight?, stride: Int, padding: In
     let plane = hOut * wOut
     let kdim = c * kh * kw
     // Every output element is written below (bias fill, or a beta = 0 GEMM), except with no taps at all.
-    var y = kdim == 0 && bias == nil ? Tensor(zeros: [n, o, hOut, wOut]) : uninitializedTensor([n, o, hOut, wOut])
+    var y = kdim == 0 && bias == nil ? Tensor(zeros: [n, o, hOut, wOut]) : Tensor(uninitialized: [n, o, hOut, wOut])
     if y.count == 0 { return y }
     let beta: Float = bias == nil ? 0 : 1
 
@@ -79,8 +79,8 @@ func conv2d(_ x: Tensor, weight: Weight, bias: Weight?, stride: Int, padding: In
             || (c >= 32 && o >= 32 && h * w >= winogradMinimumPixels
                 && 16 * 32 * c <= limits.winogradWeightFloats)) {
         let problem = WinogradProblem(n: n, c: c, h: h, w: w, o: o, limits: limits)
-        y.data.withUnsafeMutableBufferPointer { yb in
-            x.data.withUnsafeBufferPointer { xb in
+        y.withUnsafeMutableBufferPointer { yb in
+            x.withUnsafeBufferPointer { xb in
                 guard let yp = yb.baseAddress, let xp = xb.baseAddress else { return }
                 problem.run(x: xp, weight: weight, bias: bias, y: yp)
             }
@@ -88,7 +88,7 @@ func conv2d(_ x: Tensor, weight: Weight, bias: Weight?, stride: Int, padding: In
         return y
     }
 
-    y.data.withUnsafeMutableBufferPointer { yb in
+    y.withUnsafeMutableBufferPointer { yb in
         guard let yp = yb.baseAddress else { return }
         if let bias {
             bias.withFloats { bp in
@@ -100,7 +100,7 @@ func conv2d(_ x: Tensor, weight: Weight, bias: Weight?, stride: Int, padding: In
             }
         }
         if kdim == 0 { return }
-        x.data.withUnsafeBufferPointer { xb in
+        x.withUnsafeBufferPointer { xb in
             guard let xp = xb.baseAddress else { return }
             let problem = ConvProblem(n: n, c: c, h: h, w: w, o: o, kdim: kdim, hOut: hOut, wOut: wOut,
                                       geometry: Im2colGeometry(channels: c, height: h, width: w, kh: kh, kw: kw,

@@ -13,10 +13,10 @@ public func add(_ a: Tensor, _ b: Tensor) -> Tensor {
 /// the cores for large tensors.
 func addKernel(_ a: Tensor, _ b: Tensor) -> Tensor {
     precondition(a.shape == b.shape, "add: shapes \(a.shape) and \(b.shape) differ")
-    var y = uninitializedTensor(a.shape)
-    y.data.withUnsafeMutableBufferPointer { yb in
-        a.data.withUnsafeBufferPointer { ab in
-            b.data.withUnsafeBufferPointer { bb in
+    var y = Tensor(uninitialized: a.shape)
+    y.withUnsafeMutableBufferPointer { yb in
+        a.withUnsafeBufferPointer { ab in
+            b.withUnsafeBufferPointer { bb in
                 guard let yp = yb.baseAddress, let ap = ab.baseAddress, let bp = bb.baseAddress else { return }
                 Parallel.forEachChunk(count: yb.count, minItemsPerChunk: elementwiseChunk) { range in
                     for i in range { yp[i] = ap[i] + bp[i] }
@@ -33,7 +33,7 @@ let elementwiseChunk = 1 << 18
 /// a · s, elementwise.
 public func scale(_ a: Tensor, by s: Float) -> Tensor {
     var y = a
-    y.data.withUnsafeMutableBufferPointer { yb in
+    y.withUnsafeMutableBufferPointer { yb in
         guard let yp = yb.baseAddress else { return }
         for i in 0..<yb.count { yp[i] *= s }
     }
@@ -53,8 +53,8 @@ func addChannelBiasKernel(_ x: Tensor, _ v: Tensor) -> Tensor {
     let planes = x.shape[0] * x.shape[1]
     let plane = x.shape.dropFirst(2).reduce(1, *)
     var y = x
-    y.data.withUnsafeMutableBufferPointer { yb in
-        v.data.withUnsafeBufferPointer { vb in
+    y.withUnsafeMutableBufferPointer { yb in
+        v.withUnsafeBufferPointer { vb in
             guard let yp = yb.baseAddress, let vp = vb.baseAddress else { return }
             for p in 0..<planes {
                 let bias = vp[p]
@@ -66,22 +66,8 @@ func addChannelBiasKernel(_ x: Tensor, _ v: Tensor) -> Tensor {
     return y
 }
 
-/// A tensor whose values are unspecified, for kernels that write every element: skips the zero-filling pass
-/// over memory that the kernel is about to overwrite anyway (and lets the pages fault in on the kernel's
-/// threads, in parallel). Float is a trivial type, so no value is ever read before it is written.
-/// Tensors of `hugePageMinimumBytes` or more ask for transparent huge pages (see `adviseHugePages`).
-func uninitializedTensor(_ shape: [Int]) -> Tensor {
-    let count = shape.reduce(1, *)
-    return Tensor(shape: shape, data: [Float](unsafeUninitializedCapacity: count) { buffer, initialized in
-        if count * MemoryLayout<Float>.stride >= hugePageMinimumBytes, let base = buffer.baseAddress {
-            adviseHugePages(UnsafeMutableRawPointer(base), bytes: count * MemoryLayout<Float>.stride)
-        }
-        initialized = count
-    })
-}
-
-/// Fresh tensors at least this large (32 MiB: glibc serves them from their own mapping, never from reused
-/// heap) are backed by transparent huge pages where the kernel allows it.
+/// Fresh pool blocks at least this large (32 MiB) are backed by transparent huge pages where the kernel
+/// allows it.
 let hugePageMinimumBytes = 32 << 20
 
 /// madvise(MADV_HUGEPAGE) over the whole 2 MiB pages inside `bytes` at `pointer`, before the first write.

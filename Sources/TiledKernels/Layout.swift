@@ -12,10 +12,10 @@ public func upsampleNearest2x(_ x: Tensor) -> Tensor {
 func upsampleNearest2xKernel(_ x: Tensor) -> Tensor {
     precondition(x.shape.count == 4, "upsampleNearest2x: input must be [N, C, H, W], got \(x.shape)")
     let planes = x.shape[0] * x.shape[1], h = x.shape[2], w = x.shape[3]
-    var y = uninitializedTensor([x.shape[0], x.shape[1], 2 * h, 2 * w])
+    var y = Tensor(uninitialized: [x.shape[0], x.shape[1], 2 * h, 2 * w])
     if y.count == 0 { return y }
-    y.data.withUnsafeMutableBufferPointer { yb in
-        x.data.withUnsafeBufferPointer { xb in
+    y.withUnsafeMutableBufferPointer { yb in
+        x.withUnsafeBufferPointer { xb in
             guard let yp = yb.baseAddress, let xp = xb.baseAddress else { return }
             // Rows of all planes are independent: split them over the cores for large tensors.
             Parallel.forEachChunk(count: planes * h, minItemsPerChunk: max(1, elementwiseChunk / max(1, 4 * w))) { range in
@@ -50,13 +50,19 @@ func concatChannelsKernel(_ a: Tensor, _ b: Tensor) -> Tensor {
     let aItem = a.shape.dropFirst().reduce(1, *), bItem = b.shape.dropFirst().reduce(1, *)
     var shape = a.shape
     shape[1] += b.shape[1]
-    var d = [Float]()
-    d.reserveCapacity(n * (aItem + bItem))
-    for i in 0..<n {
-        d.append(contentsOf: a.data[(i * aItem)..<((i + 1) * aItem)])
-        d.append(contentsOf: b.data[(i * bItem)..<((i + 1) * bItem)])
+    var y = Tensor(uninitialized: shape)
+    y.withUnsafeMutableBufferPointer { yb in
+        a.withUnsafeBufferPointer { ab in
+            b.withUnsafeBufferPointer { bb in
+                for i in 0..<n {
+                    let out = yb.baseAddress! + i * (aItem + bItem)
+                    out.update(from: ab.baseAddress! + i * aItem, count: aItem)
+                    (out + aItem).update(from: bb.baseAddress! + i * bItem, count: bItem)
+                }
+            }
+        }
     }
-    return Tensor(shape: shape, data: d)
+    return y
 }
 
 public func nchwToTokens(_ x: Tensor) -> Tensor {
@@ -69,8 +75,8 @@ public func nchwToTokens(_ x: Tensor) -> Tensor {
 func nchwToTokensKernel(_ x: Tensor) -> Tensor {
     precondition(x.shape.count == 4, "nchwToTokens: input must be [N, C, H, W], got \(x.shape)")
     let n = x.shape[0], c = x.shape[1], hw = x.shape[2] * x.shape[3]
-    var y = uninitializedTensor([n, hw, c])
-    transposeBatched(x.data, into: &y.data, batches: n, rows: c, cols: hw)
+    var y = Tensor(uninitialized: [n, hw, c])
+    transposeBatched(x, into: &y, batches: n, rows: c, cols: hw)
     return y
 }
 
@@ -85,14 +91,14 @@ func tokensToNCHWKernel(_ x: Tensor, height: Int, width: Int) -> Tensor {
     precondition(x.shape.count == 3 && x.shape[1] == height * width,
                  "tokensToNCHW: input \(x.shape) is not [N, \(height)·\(width), C]")
     let n = x.shape[0], c = x.shape[2]
-    var y = uninitializedTensor([n, c, height, width])
-    transposeBatched(x.data, into: &y.data, batches: n, rows: height * width, cols: c)
+    var y = Tensor(uninitialized: [n, c, height, width])
+    transposeBatched(x, into: &y, batches: n, rows: height * width, cols: c)
     return y
 }
 
 /// For each batch, dst [cols, rows] = srcᵀ where src is [rows, cols]; done in cache-sized blocks.
-private func transposeBatched(_ src: [Float], into dst: inout [Float], batches: Int, rows: Int, cols: Int) {
-    if src.isEmpty { return }
+private func transposeBatched(_ src: Tensor, into dst: inout Tensor, batches: Int, rows: Int, cols: Int) {
+    if src.count == 0 { return }
     let block = 32
     dst.withUnsafeMutableBufferPointer { db in
         src.withUnsafeBufferPointer { sb in

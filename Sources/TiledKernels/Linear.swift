@@ -20,16 +20,16 @@ func linear(_ x: Tensor, weight: Weight, bias: Weight?, limits: GemmLimits) -> T
     let rows = x.shape.dropLast().reduce(1, *)
     var outShape = x.shape
     outShape[outShape.count - 1] = outF
-    var y = uninitializedTensor(outShape)
+    var y = Tensor(uninitialized: outShape)
     if rows == 0 || outF == 0 { return y }
-    y.data.withUnsafeMutableBufferPointer { yb in
+    y.withUnsafeMutableBufferPointer { yb in
         guard let yp = yb.baseAddress else { return }
         if let bias {
             bias.withFloats { bp in
                 for r in 0..<rows { (yp + r * outF).update(from: bp, count: outF) }
             }
         }
-        x.data.withUnsafeBufferPointer { xb in
+        x.withUnsafeBufferPointer { xb in
             guard let xp = xb.baseAddress else { return }
             multiplyByTransposedWeight(x: xp, rows: rows, weight: weight, y: yp, beta: bias == nil ? 0 : 1,
                                        limits: limits)

@@ -24,11 +24,11 @@ func groupNormKernel(_ x: Tensor, groups: Int, gamma: Weight, beta: Weight, eps:
     let spatial = x.shape.dropFirst(2).reduce(1, *)
     let perGroup = (c / groups) * spatial
     let channelsPerGroup = c / groups
-    var y = uninitializedTensor(x.shape)
+    var y = Tensor(uninitialized: x.shape)
     if y.count == 0 { return y }
     gamma.withFloats { gp in beta.withFloats { bp in
-    y.data.withUnsafeMutableBufferPointer { yb in
-        x.data.withUnsafeBufferPointer { xb in
+    y.withUnsafeMutableBufferPointer { yb in
+        x.withUnsafeBufferPointer { xb in
             guard let yp = yb.baseAddress, let xp = xb.baseAddress else { return }
             Parallel.forEachChunk(count: n * groups, minItemsPerChunk: max(1, (1 << 15) / max(1, perGroup))) { range in
                 for unit in range {
@@ -64,12 +64,12 @@ func layerNormKernel(_ x: Tensor, gamma: Weight, beta: Weight, eps: Float) -> Te
     precondition(!x.shape.isEmpty, "layerNorm: scalar input")
     let f = x.shape[x.shape.count - 1]
     precondition(gamma.count == f && beta.count == f, "layerNorm: gamma \(gamma.shape), beta \(beta.shape) for \(f) features")
-    var y = uninitializedTensor(x.shape)
+    var y = Tensor(uninitialized: x.shape)
     if y.count == 0 { return y }
     let rows = y.count / f
     gamma.withFloats { gp in beta.withFloats { bp in
-    y.data.withUnsafeMutableBufferPointer { yb in
-        x.data.withUnsafeBufferPointer { xb in
+    y.withUnsafeMutableBufferPointer { yb in
+        x.withUnsafeBufferPointer { xb in
             guard let yp = yb.baseAddress, let xp = xb.baseAddress else { return }
             Parallel.forEachChunk(count: rows, minItemsPerChunk: max(1, (1 << 15) / f)) { range in
                 for r in range {

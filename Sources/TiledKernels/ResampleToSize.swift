@@ -8,8 +8,8 @@ public func upsampleNearest(_ x: Tensor, height: Int, width: Int) -> Tensor {
     let scaleW = Float(w) / Float(width)
     let srcY = (0..<height).map { min(Int((Float($0) * scaleH).rounded(.down)), h - 1) }
     let srcX = (0..<width).map { min(Int((Float($0) * scaleW).rounded(.down)), w - 1) }
-    x.data.withUnsafeBufferPointer { src in
-        out.data.withUnsafeMutableBufferPointer { dst in
+    x.withUnsafeBufferPointer { src in
+        out.withUnsafeMutableBufferPointer { dst in
             for plane in 0..<(n * c) {
                 let s = plane * h * w
                 let d = plane * height * width

@@ -4,32 +4,80 @@
 import CKernels
 import MMapWeights
 
-/// A dense, row-major F32 tensor with value semantics (copy-on-write through its array).
+/// A dense, row-major F32 tensor with value semantics: copies share storage until one of them writes
+/// (copy-on-write). Large tensors' storage comes from `TensorMemory`'s block pool.
 public struct Tensor: Sendable {
     /// Extent of each dimension, outermost first.
     public var shape: [Int]
-    /// `shape.reduce(1, *)` elements, row-major.
-    public var data: [Float]
+    private var storage: TensorStorage
+
+    /// A tensor whose values are unspecified, for kernels that write every element: skips the zero-filling
+    /// pass over memory that the kernel is about to overwrite anyway. Float is a trivial type, so no value
+    /// is ever read before it is written.
+    public init(uninitialized shape: [Int]) {
+        self.shape = shape
+        self.storage = TensorStorage(uninitializedCount: shape.reduce(1, *))
+    }
 
     /// A tensor of zeros.
     public init(zeros shape: [Int]) {
-        self.shape = shape
-        self.data = [Float](repeating: 0, count: shape.reduce(1, *))
+        self.init(uninitialized: shape)
+        storage.pointer.initialize(repeating: 0, count: storage.count)
     }
 
-    /// Wraps `data`; `data.count` must equal the product of `shape`.
+    /// A copy of `data`; `data.count` must equal the product of `shape`.
     public init(shape: [Int], data: [Float]) {
         precondition(data.count == shape.reduce(1, *), "Tensor: \(data.count) values for shape \(shape)")
-        self.shape = shape
-        self.data = data
+        self.init(uninitialized: shape)
+        data.withUnsafeBufferPointer { storage.pointer.update(from: $0.baseAddress!, count: $0.count) }
     }
 
     /// Number of elements.
-    public var count: Int { data.count }
+    public var count: Int { storage.count }
 
-    /// The same values seen with another shape of equal element count.
+    /// The values as an array (a copy: read it once, not element by element in a loop).
+    public var data: [Float] { withUnsafeBufferPointer { Array($0) } }
+
+    /// Element `i` in row-major order.
+    public subscript(i: Int) -> Float {
+        get {
+            precondition(i >= 0 && i < count, "Tensor: index \(i) out of \(count)")
+            return storage.pointer[i]
+        }
+        set {
+            precondition(i >= 0 && i < count, "Tensor: index \(i) out of \(count)")
+            makeUnique()
+            storage.pointer[i] = newValue
+        }
+    }
+
+    /// Calls `body` with the values.
+    public func withUnsafeBufferPointer<R>(_ body: (UnsafeBufferPointer<Float>) throws -> R) rethrows -> R {
+        try body(UnsafeBufferPointer(start: storage.pointer, count: storage.count))
+    }
+
+    /// Calls `body` with the values to write, after copying them if another tensor shares them.
+    public mutating func withUnsafeMutableBufferPointer<R>(
+        _ body: (inout UnsafeMutableBufferPointer<Float>) throws -> R
+    ) rethrows -> R {
+        makeUnique()
+        var buffer = UnsafeMutableBufferPointer(start: storage.pointer, count: storage.count)
+        return try body(&buffer)
+    }
+
+    private mutating func makeUnique() {
+        if isKnownUniquelyReferenced(&storage) { return }
+        let copy = TensorStorage(uninitializedCount: storage.count)
+        copy.pointer.update(from: storage.pointer, count: storage.count)
+        storage = copy
+    }
+
+    /// The same values seen with another shape of equal element count (no copy).
     public func reshaped(_ newShape: [Int]) -> Tensor {
-        Tensor(shape: newShape, data: data)
+        precondition(newShape.reduce(1, *) == count, "Tensor: cannot view \(shape) as \(newShape)")
+        var t = self
+        t.shape = newShape
+        return t
     }
 
     /// Items `range` of the outermost dimension (e.g. one half of a guidance batch).
@@ -37,7 +85,9 @@ public struct Tensor: Sendable {
         let inner = shape.dropFirst().reduce(1, *)
         var s = shape
         s[0] = range.count
-        return Tensor(shape: s, data: Array(data[(range.lowerBound * inner)..<(range.upperBound * inner)]))
+        let out = Tensor(uninitialized: s)
+        out.storage.pointer.update(from: storage.pointer + range.lowerBound * inner, count: range.count * inner)
+        return out
     }
 
     /// Concatenates tensors of equal inner shape along the outermost dimension.
@@ -45,13 +95,14 @@ public struct Tensor: Sendable {
         precondition(!parts.isEmpty)
         var s = parts[0].shape
         s[0] = parts.reduce(0) { $0 + $1.shape[0] }
-        var d = [Float]()
-        d.reserveCapacity(s.reduce(1, *))
+        let out = Tensor(uninitialized: s)
+        var offset = 0
         for p in parts {
             precondition(Array(p.shape.dropFirst()) == Array(s.dropFirst()), "stack: shape mismatch")
-            d.append(contentsOf: p.data)
+            out.storage.pointer.advanced(by: offset).update(from: p.storage.pointer, count: p.count)
+            offset += p.count
         }
-        return Tensor(shape: s, data: d)
+        return out
     }
 }
 

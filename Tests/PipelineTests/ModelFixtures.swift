@@ -37,8 +37,8 @@ func relativeMaxError(_ a: Tensor, _ b: Tensor) -> Float {
     var diff: Float = 0
     var scale: Float = 0
     for i in 0..<a.count {
-        diff = max(diff, abs(a.data[i] - b.data[i]))
-        scale = max(scale, abs(b.data[i]))
+        diff = max(diff, abs(a[i] - b[i]))
+        scale = max(scale, abs(b[i]))
     }
     return diff / max(scale, 1e-30)
 }

@@ -15,7 +15,7 @@ final class ModelParityTests: XCTestCase {
         let ref = try ModelFixtures.tensors("text_encoder.safetensors")
         let ids = try XCTUnwrap(ref["input_ids"])
         let rows = ids.shape[0], tokens = ids.shape[1]
-        let idRows = (0..<rows).map { r in (0..<tokens).map { Int32(ids.data[r * tokens + $0]) } }
+        let idRows = (0..<rows).map { r in (0..<tokens).map { Int32(ids[r * tokens + $0]) } }
         let weights = try ComponentWeights(directory: model.url, component: "text_encoder")
         let encoder = try CLIPTextEncoder(config: model.textEncoder, weights: weights)
         let out = try encoder.encode(idRows)
@@ -41,7 +41,7 @@ final class ModelParityTests: XCTestCase {
         let weights = try ComponentWeights(directory: directory, component: component)
         let unet = try UNet(config: config, weights: weights)
         let ref = try ModelFixtures.tensors(fixture)
-        let t = try XCTUnwrap(ref["timestep"]).data[0]
+        let t = try XCTUnwrap(ref["timestep"])[0]
         let out = unet(try XCTUnwrap(ref["sample"]), timestep: t, context: try XCTUnwrap(ref["encoder_hidden_states"]))
         let err = relativeMaxError(out, try XCTUnwrap(ref["out"]))
         XCTAssertLessThanOrEqual(err, tolerance, "\(fixture): UNet relative error \(err)")

@@ -16,7 +16,7 @@ final class UNetMemoryModeTests: XCTestCase {
         let ref = try ModelFixtures.tensors("unet.safetensors")
         let sample = try XCTUnwrap(ref["sample"]).slice(batch: 0..<1)
         let context = try XCTUnwrap(ref["encoder_hidden_states"]).slice(batch: 0..<1)
-        let t = try XCTUnwrap(ref["timestep"]).data[0]
+        let t = try XCTUnwrap(ref["timestep"])[0]
         // Two items that differ (as the uncond / cond halves of a guided batch do).
         return (unet, Tensor.stack(batches: [sample, scale(sample, by: -0.5)]),
                 Tensor.stack(batches: [scale(context, by: 0.25), context]), t)

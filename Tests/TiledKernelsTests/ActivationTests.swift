@@ -25,7 +25,7 @@ final class ActivationTests: XCTestCase {
             var want = [Double]()
             for r in 0..<rows {
                 for i in 0..<f {
-                    want.append(Double(x.data[r * 2 * f + i]) * Ref.gelu(Double(x.data[r * 2 * f + f + i])))
+                    want.append(Double(x[r * 2 * f + i]) * Ref.gelu(Double(x[r * 2 * f + f + i])))
                 }
             }
             assertClose(geglu(x), want, shape: [2, rows / 2, f], tolerance: 1e-6)

@@ -16,7 +16,7 @@ final class ElementwiseTests: XCTestCase {
     func testAddChannelBiasBroadcastsOverHeightAndWidth() {
         let x = randomTensor([2, 3, 4, 5], seed: 320), v = randomTensor([2, 3], seed: 321)
         var want = x.doubles
-        for i in 0..<want.count { want[i] += Double(v.data[i / 20]) }
+        for i in 0..<want.count { want[i] += Double(v[i / 20]) }
         assertClose(addChannelBias(x, v), want, shape: x.shape, tolerance: 1e-6)
     }
 }

@@ -10,7 +10,7 @@ final class LayoutTests: XCTestCase {
         for p in 0..<6 {
             for i in 0..<10 {
                 for j in 0..<14 {
-                    XCTAssertEqual(y.data[(p * 10 + i) * 14 + j], x.data[(p * 5 + i / 2) * 7 + j / 2])
+                    XCTAssertEqual(y[(p * 10 + i) * 14 + j], x[(p * 5 + i / 2) * 7 + j / 2])
                 }
             }
         }
@@ -23,8 +23,8 @@ final class LayoutTests: XCTestCase {
         for n in 0..<2 {
             for c in 0..<5 {
                 for s in 0..<20 {
-                    let want = c < 3 ? a.data[(n * 3 + c) * 20 + s] : b.data[(n * 2 + c - 3) * 20 + s]
-                    XCTAssertEqual(y.data[(n * 5 + c) * 20 + s], want)
+                    let want = c < 3 ? a[(n * 3 + c) * 20 + s] : b[(n * 2 + c - 3) * 20 + s]
+                    XCTAssertEqual(y[(n * 5 + c) * 20 + s], want)
                 }
             }
         }
@@ -37,7 +37,7 @@ final class LayoutTests: XCTestCase {
         XCTAssertEqual(y.shape, [2, 45, 40])
         for n in 0..<2 {
             for c in 0..<40 {
-                for s in 0..<45 { XCTAssertEqual(y.data[(n * 45 + s) * 40 + c], x.data[(n * 40 + c) * 45 + s]) }
+                for s in 0..<45 { XCTAssertEqual(y[(n * 45 + s) * 40 + c], x[(n * 40 + c) * 45 + s]) }
             }
         }
     }

@@ -49,11 +49,11 @@ func assertClose(_ actual: Tensor, _ expected: [Double], shape: [Int], tolerance
     let magnitude = max(1, expected.map(abs).max() ?? 0)
     var worst = 0.0, worstIndex = 0
     for i in 0..<expected.count {
-        let e = abs(Double(actual.data[i]) - expected[i])
+        let e = abs(Double(actual[i]) - expected[i])
         if !(e <= worst) { worst = e; worstIndex = i }  // NaN counts as worst
     }
     XCTAssert(worst <= tolerance * magnitude,
-              "max error \(worst) at \(worstIndex) (got \(actual.data[worstIndex]), want \(expected[worstIndex])) "
+              "max error \(worst) at \(worstIndex) (got \(actual[worstIndex]), want \(expected[worstIndex])) "
               + "exceeds \(tolerance) × \(magnitude)", file: file, line: line)
 }
 

@@ -74,7 +74,7 @@ public struct CLIPTextEncoder {
                     throw PipelineError.invalidRequest("text encoder: token id \(id) is outside the vocabulary (\(config.vocabSize))")
                 }
                 let dst = (b * tokens + t) * d
-                x.data.withUnsafeMutableBufferPointer { out in
+                x.withUnsafeMutableBufferPointer { out in
                     tokenEmbedding.dequantizeRows(Int(id)..<(Int(id) + 1), into: out.baseAddress! + dst)
                     for c in 0..<d { out[dst + c] += position[t * d + c] }
                 }

@@ -181,8 +181,7 @@ public struct UNet {
         let c0 = config.blockOutChannels[0]
         let feats = UNet.timestepFeatures(timestep, dim: c0, flipSinToCos: config.flipSinToCos,
                                           freqShift: Float(config.freqShift))
-        var tFeatures = Tensor(zeros: [n, c0])
-        for b in 0..<n { tFeatures.data.replaceSubrange((b * c0)..<((b + 1) * c0), with: feats) }
+        let tFeatures = Tensor(shape: [n, c0], data: Array([[Float]](repeating: feats, count: n).joined()))
         let siluTemb = streamer.run { silu(timeLinear2(silu(timeLinear1(tFeatures)))) }
 
         // Lanes: the whole batch as one, or one per batch item (each module then runs them in turn).
@@ -260,15 +259,16 @@ public struct UNetMemoryMode: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-/// One skip connection between the down and up paths: a map per lane, kept as F32 or as F16 bits.
+/// One skip connection between the down and up paths: a map per lane, kept as F32 or as F16 bits. F16 bits
+/// are packed two to a float slot of a `Tensor`, so they come from the tensor pool and count in its footprint.
 struct SkipConnection {
     private var full: [Tensor]
-    private var half: [(shape: [Int], bits: [UInt16])]
+    private var half: [(shape: [Int], bits: Tensor)]
 
     init(_ lanes: [Tensor], halfPrecision: Bool) {
         if halfPrecision {
             full = []
-            half = lanes.map { ($0.shape, SkipConnection.toHalf($0.data)) }
+            half = lanes.map { ($0.shape, SkipConnection.toHalf($0)) }
         } else {
             full = lanes
             half = []
@@ -284,30 +284,34 @@ struct SkipConnection {
     /// Lane i as F32, released from this connection.
     mutating func take(lane i: Int) -> Tensor {
         if !full.isEmpty { return Pipeline.take(&full[i]) }
-        let (shape, bits) = half[i]
-        half[i] = ([0], [])
-        var out = [Float](unsafeUninitializedCapacity: bits.count) { buffer, initialized in
-            initialized = bits.count
-        }
-        bits.withUnsafeBytes { src in
+        let shape = half[i].shape
+        let bits = Pipeline.take(&half[i].bits)
+        var out = Tensor(uninitialized: shape)
+        let count = out.count
+        bits.withUnsafeBufferPointer { src in
             out.withUnsafeMutableBufferPointer { dst in
                 guard let s = src.baseAddress, let d = dst.baseAddress else { return }
-                if ck_dequantize(TensorType.f16.rawValue, s, Int64(bits.count), d) != 0 {
-                    for j in 0..<bits.count { d[j] = Float32Conversion.halfToFloat(bits[j]) }
+                if ck_dequantize(TensorType.f16.rawValue, s, Int64(count), d) != 0 {
+                    s.withMemoryRebound(to: UInt16.self, capacity: count) { h in
+                        for j in 0..<count { d[j] = Float32Conversion.halfToFloat(h[j]) }
+                    }
                 }
             }
         }
-        return Tensor(shape: shape, data: out)
+        return out
     }
 
-    /// F32 → IEEE binary16 bits, rounded to nearest even.
-    static func toHalf(_ values: [Float]) -> [UInt16] {
-        [UInt16](unsafeUninitializedCapacity: values.count) { buffer, initialized in
-            values.withUnsafeBufferPointer { src in
-                for j in 0..<src.count { buffer[j] = Float32Conversion.floatToHalf(src[j]) }
+    /// F32 → IEEE binary16 bits (rounded to nearest even), two to each float slot of the result.
+    static func toHalf(_ values: Tensor) -> Tensor {
+        var bits = Tensor(uninitialized: [(values.count + 1) / 2])
+        bits.withUnsafeMutableBufferPointer { dst in
+            dst.baseAddress!.withMemoryRebound(to: UInt16.self, capacity: values.count) { h in
+                values.withUnsafeBufferPointer { src in
+                    for j in 0..<src.count { h[j] = Float32Conversion.floatToHalf(src[j]) }
+                }
             }
-            initialized = values.count
         }
+        return bits
     }
 }
 

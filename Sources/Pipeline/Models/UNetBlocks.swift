@@ -160,10 +160,10 @@ struct TransformerBlock: WeightGroup {
         while start < rows {
             let n = min(tile, rows - start)
             // Rows from `start` on are still h's own values: each tile only adds into its own rows.
-            let chunk = Tensor(shape: [n, dim], data: Array(out.data[(start * dim)..<((start + n) * dim)]))
+            let chunk = out.reshaped([rows, dim]).slice(batch: start..<(start + n))
             let y = ffOut(geglu(ffIn(norm3(chunk))))
-            out.data.withUnsafeMutableBufferPointer { o in
-                y.data.withUnsafeBufferPointer { src in
+            out.withUnsafeMutableBufferPointer { o in
+                y.withUnsafeBufferPointer { src in
                     for i in 0..<(n * dim) { o[start * dim + i] += src[i] }
                 }
             }

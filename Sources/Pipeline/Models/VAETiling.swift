@@ -159,14 +159,16 @@ extension VAEDecoder {
     /// - conv_norm_out + conv_out: x, the normalized copy, the RGB output and its band.
     /// For SD 1.5 the peak is up_blocks.3's first resnet (256 → 128 channels at full resolution): about
     /// 640 floats per output pixel, 671 MB at 512×512.
-    public static func peakActivationBytes(config: VAEConfig, latentHeight: Int, latentWidth: Int, batch: Int = 1) -> Int {
+    /// `kernelScratch: false` leaves out the im2col bands: the tensors alone, as the tensor pool holds them.
+    public static func peakActivationBytes(config: VAEConfig, latentHeight: Int, latentWidth: Int, batch: Int = 1,
+                                           kernelScratch: Bool = true) -> Int {
         let n = max(batch, 1)
         var h = latentHeight, w = latentWidth
         func t(_ c: Int) -> Int { n * c * h * w }  // one NCHW tensor at the current size, in floats
         // conv2d's im2col band: whole output rows of C·k·k columns, up to 2 Mi floats (TiledKernels'
         // conv2dDefaultScratchFloats), at least one row.
         func band(_ c: Int, _ k: Int) -> Int {
-            guard k > 1 else { return 0 }
+            guard k > 1, kernelScratch else { return 0 }
             let kdim = c * k * k
             return kdim * max(1, min(h, (2 * 1024 * 1024) / max(kdim * w, 1))) * w
         }
@@ -206,14 +208,16 @@ extension VAEDecoder {
     /// Peak bytes of a whole tiled decode with `tiling`: one tile's activations, the output image, the
     /// latents and the seam strips (see `decodeTiled`); the untiled peak when the latent fits in one tile.
     public static func tiledDecodeBytes(config: VAEConfig, tiling: VAETiling, latentHeight: Int, latentWidth: Int,
-                                        batch: Int = 1) -> Int {
+                                        batch: Int = 1, kernelScratch: Bool = true) -> Int {
         let n = max(batch, 1), f = config.scaleFactor
         let latentBytes = n * config.latentChannels * latentHeight * latentWidth * 4
         guard tiling.applies(latentHeight: latentHeight, latentWidth: latentWidth) else {
-            return peakActivationBytes(config: config, latentHeight: latentHeight, latentWidth: latentWidth, batch: n)
+            return peakActivationBytes(config: config, latentHeight: latentHeight, latentWidth: latentWidth, batch: n,
+                                       kernelScratch: kernelScratch)
         }
         let tileActivations = peakActivationBytes(config: config, latentHeight: min(tiling.tileLatentSize, latentHeight),
-                                                  latentWidth: min(tiling.tileLatentSize, latentWidth), batch: n)
+                                                  latentWidth: min(tiling.tileLatentSize, latentWidth), batch: n,
+                                                  kernelScratch: kernelScratch)
         let pixel = n * config.outChannels * 4
         let image = pixel * latentHeight * latentWidth * f * f
         let tileSide = tiling.tileLatentSize * f
@@ -260,11 +264,12 @@ private struct SeamStrip {
         n = tile.shape[0]; c = tile.shape[1]
         let th = tile.shape[2], tw = tile.shape[3]
         rows = min(th, depth); cols = tw
+        let all = tile.data
         var v = [Float]()
         v.reserveCapacity(n * c * rows * cols)
         for p in 0..<(n * c) {
             let base = (p * th + th - rows) * tw
-            v.append(contentsOf: tile.data[base..<(base + rows * tw)])
+            v.append(contentsOf: all[base..<(base + rows * tw)])
         }
         values = v
     }
@@ -274,12 +279,13 @@ private struct SeamStrip {
         n = tile.shape[0]; c = tile.shape[1]
         let th = tile.shape[2], tw = tile.shape[3]
         rows = th; cols = min(tw, depth)
+        let all = tile.data
         var v = [Float]()
         v.reserveCapacity(n * c * rows * cols)
         for p in 0..<(n * c) {
             for y in 0..<th {
                 let base = (p * th + y) * tw + tw - cols
-                v.append(contentsOf: tile.data[base..<(base + cols)])
+                v.append(contentsOf: all[base..<(base + cols)])
             }
         }
         values = v
@@ -292,7 +298,7 @@ private struct SeamStrip {
         let e = min(rows, th, extent)
         precondition(tile.shape[0] == n && tile.shape[1] == c && tw == cols, "blend_v: strip does not fit the tile")
         guard e > 0 else { return }
-        tile.data.withUnsafeMutableBufferPointer { b in
+        tile.withUnsafeMutableBufferPointer { b in
             values.withUnsafeBufferPointer { a in
                 for y in 0..<e {
                     let wb = Float(Double(y) / Double(e)), wa = Float(1 - Double(y) / Double(e))
@@ -315,7 +321,7 @@ private struct SeamStrip {
         let e = min(cols, tw, extent)
         precondition(tile.shape[0] == n && tile.shape[1] == c && th == rows, "blend_h: strip does not fit the tile")
         guard e > 0 else { return }
-        tile.data.withUnsafeMutableBufferPointer { b in
+        tile.withUnsafeMutableBufferPointer { b in
             values.withUnsafeBufferPointer { a in
                 for x in 0..<e {
                     let wb = Float(Double(x) / Double(e)), wa = Float(1 - Double(x) / Double(e))
@@ -337,12 +343,13 @@ extension Tensor {
     /// z[:, :, rows, cols] of an NCHW tensor, copied.
     fileprivate func croppingSpatial(rows: Range<Int>, cols: Range<Int>) -> Tensor {
         let n = shape[0], c = shape[1], h = shape[2], w = shape[3]
+        let all = data
         var out = [Float]()
         out.reserveCapacity(n * c * rows.count * cols.count)
         for p in 0..<(n * c) {
             for y in rows {
                 let base = (p * h + y) * w
-                out.append(contentsOf: data[(base + cols.lowerBound)..<(base + cols.upperBound)])
+                out.append(contentsOf: all[(base + cols.lowerBound)..<(base + cols.upperBound)])
             }
         }
         return Tensor(shape: [n, c, rows.count, cols.count], data: out)
@@ -354,8 +361,8 @@ extension Tensor {
         let th = tile.shape[2], tw = tile.shape[3]
         precondition(tile.shape[0] == n && tile.shape[1] == c && rows <= th && cols <= tw
                      && row + rows <= h && col + cols <= w, "paste: tile \(tile.shape) does not fit \(shape) at \(row),\(col)")
-        data.withUnsafeMutableBufferPointer { dst in
-            tile.data.withUnsafeBufferPointer { src in
+        withUnsafeMutableBufferPointer { dst in
+            tile.withUnsafeBufferPointer { src in
                 guard let d = dst.baseAddress, let s = src.baseAddress else { return }
                 for p in 0..<(n * c) {
                     for y in 0..<rows {

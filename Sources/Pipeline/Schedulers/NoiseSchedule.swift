@@ -197,8 +197,8 @@ enum Elementwise {
     static func zip(_ a: Tensor, _ b: Tensor, _ f: (Float, Float) -> Float) -> Tensor {
         precondition(a.count == b.count, "scheduler: shapes \(a.shape) and \(b.shape) differ")
         var out = a.data
-        a.data.withUnsafeBufferPointer { pa in
-            b.data.withUnsafeBufferPointer { pb in
+        a.withUnsafeBufferPointer { pa in
+            b.withUnsafeBufferPointer { pb in
                 for i in 0..<pa.count { out[i] = f(pa[i], pb[i]) }
             }
         }

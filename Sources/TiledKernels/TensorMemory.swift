@@ -1,0 +1,174 @@
+// TensorMemory: where tensor values live. Large tensors take page-aligned blocks from a process-wide pool
+// that keeps freed blocks for the next tensor of the same size, so a model run's activations stop costing
+// fresh page faults on every op; a retention limit bounds what the pool keeps idle.
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The F32 values of one tensor. Immutable identity: `Tensor` copies it before writing when it is shared.
+public final class TensorStorage: @unchecked Sendable {
+    // @unchecked: the pointer is written only through a uniquely referenced storage (Tensor's copy-on-write).
+    let pointer: UnsafeMutablePointer<Float>
+    let count: Int
+    /// Bytes of the pooled block behind `pointer`; 0 for storage from malloc.
+    private let blockBytes: Int
+
+    /// Storage for `count` floats whose values are unspecified (a fresh block reads as zeros).
+    init(uninitializedCount count: Int) {
+        self.count = count
+        let bytes = max(count, 1) * MemoryLayout<Float>.stride
+        if bytes >= TensorMemory.pooledMinimumBytes {
+            let block = TensorMemory.pool.take(bytes: bytes)
+            pointer = block.pointer.bindMemory(to: Float.self, capacity: count)
+            blockBytes = block.bytes
+        } else {
+            var raw: UnsafeMutableRawPointer?
+            guard posix_memalign(&raw, 64, bytes) == 0, let raw else {
+                fatalError("TensorStorage: cannot allocate \(bytes) bytes")
+            }
+            pointer = raw.bindMemory(to: Float.self, capacity: max(count, 1))
+            blockBytes = 0
+        }
+    }
+
+    deinit {
+        if blockBytes > 0 {
+            TensorMemory.pool.give(UnsafeMutableRawPointer(pointer), bytes: blockBytes)
+        } else {
+            free(pointer)
+        }
+    }
+}
+
+/// The tensor block pool's settings and counters.
+public enum TensorMemory {
+    /// Tensors of at least this many bytes (256 KiB) come from the pool; smaller ones from malloc's heap,
+    /// which reuses them without page faults already.
+    public static let pooledMinimumBytes = 256 << 10
+
+    fileprivate static let pool = BlockPool()
+
+    /// Caps the bytes the pool keeps, live and idle together: a freed block is kept only while live plus
+    /// idle blocks stay within `bytes`, otherwise idle blocks are unmapped, least recently freed first. Live
+    /// tensors are never cut, so the pool's footprint is at most max(`bytes`, the live tensors). nil: keep
+    /// every freed block until `releaseIdle` (the default, for runs without a memory budget).
+    public static func limitFootprint(_ bytes: Int?) { pool.setLimit(bytes) }
+
+    /// Unmaps every idle block (between pipeline stages, whose tensor sizes differ).
+    public static func releaseIdle() { pool.trim(to: 0) }
+
+    /// Bytes in blocks held by live tensors.
+    public static var liveBytes: Int { pool.counters().live }
+
+    /// Bytes in idle blocks kept for reuse.
+    public static var idleBytes: Int { pool.counters().idle }
+
+    /// Blocks mapped since the process started (a steady-state run maps none per step).
+    public static var blocksMapped: Int { pool.counters().mapped }
+}
+
+/// Page-aligned anonymous mappings keyed by their size. A freed block goes to the idle list of its size; a
+/// request takes the most recently freed block of its exact size, else the smallest idle block up to a
+/// quarter larger, else maps a new one.
+private final class BlockPool: @unchecked Sendable {
+    // @unchecked: every field is accessed under `mutex`.
+    private var mutex = pthread_mutex_t()
+    /// Idle blocks by size in bytes, most recently freed last.
+    private var idle: [Int: [UnsafeMutableRawPointer]] = [:]
+    /// Every idle block's size in the order they were freed (oldest first), for eviction.
+    private var idleOrder: [(pointer: UnsafeMutableRawPointer, bytes: Int)] = []
+    private var idleBytes = 0
+    private var liveBytes = 0
+    private var mappedCount = 0
+    private var limit: Int?
+
+    init() { pthread_mutex_init(&mutex, nil) }
+
+    private static let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+
+    func take(bytes requested: Int) -> (pointer: UnsafeMutableRawPointer, bytes: Int) {
+        let bytes = (requested + Self.page - 1) / Self.page * Self.page
+        pthread_mutex_lock(&mutex)
+        if let size = bestIdleSize(for: bytes), let block = idle[size]?.popLast() {
+            if idle[size]?.isEmpty == true { idle[size] = nil }
+            if let i = idleOrder.lastIndex(where: { $0.pointer == block }) { idleOrder.remove(at: i) }
+            idleBytes -= size
+            liveBytes += size
+            pthread_mutex_unlock(&mutex)
+            return (block, size)
+        }
+        liveBytes += bytes
+        mappedCount += 1
+        // Make room first, so the new block and the idle ones stay within the limit.
+        if let limit { evict(downTo: max(limit - liveBytes, 0)) }
+        pthread_mutex_unlock(&mutex)
+        guard let raw = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+              raw != MAP_FAILED else {
+            fatalError("TensorMemory: cannot map \(bytes) bytes for a tensor")
+        }
+        if bytes >= hugePageMinimumBytes { adviseHugePages(raw, bytes: bytes) }
+        return (raw, bytes)
+    }
+
+    func give(_ pointer: UnsafeMutableRawPointer, bytes: Int) {
+        pthread_mutex_lock(&mutex)
+        liveBytes -= bytes
+        if let limit, liveBytes + bytes > limit {
+            pthread_mutex_unlock(&mutex)
+            munmap(pointer, bytes)
+            return
+        }
+        idle[bytes, default: []].append(pointer)
+        idleOrder.append((pointer, bytes))
+        idleBytes += bytes
+        if let limit { evict(downTo: max(limit - liveBytes, 0)) }
+        pthread_mutex_unlock(&mutex)
+    }
+
+    /// The idle size to reuse for a request of `bytes`: exact, else the smallest at most 25% larger.
+    private func bestIdleSize(for bytes: Int) -> Int? {
+        if idle[bytes] != nil { return bytes }
+        var best: Int?
+        for size in idle.keys where size > bytes && size <= bytes + bytes / 4 && size < (best ?? .max) {
+            best = size
+        }
+        return best
+    }
+
+    /// Unmaps idle blocks, oldest first, until at most `target` idle bytes remain (mutex held).
+    private func evict(downTo target: Int) {
+        var dropped = 0
+        while idleBytes > target, dropped < idleOrder.count {
+            let (pointer, bytes) = idleOrder[dropped]
+            dropped += 1
+            if var list = idle[bytes], let i = list.firstIndex(of: pointer) {
+                list.remove(at: i)
+                idle[bytes] = list.isEmpty ? nil : list
+            }
+            idleBytes -= bytes
+            munmap(pointer, bytes)
+        }
+        idleOrder.removeFirst(dropped)
+    }
+
+    func trim(to target: Int) {
+        pthread_mutex_lock(&mutex)
+        evict(downTo: target)
+        pthread_mutex_unlock(&mutex)
+    }
+
+    func setLimit(_ bytes: Int?) {
+        pthread_mutex_lock(&mutex)
+        limit = bytes
+        if let bytes { evict(downTo: max(bytes - liveBytes, 0)) }
+        pthread_mutex_unlock(&mutex)
+    }
+
+    func counters() -> (live: Int, idle: Int, mapped: Int) {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        return (liveBytes, idleBytes, mappedCount)
+    }
+}
