@@ -241,6 +241,7 @@ public final class Worker: @unchecked Sendable {
         } else {
             pipeline.vaeTiling = nil
             pipeline.unetMemory = .fastest
+            pipeline.memoryPlan = nil
         }
         if let data = queue.spool.loadCheckpoint(record.job.id) {
             do {

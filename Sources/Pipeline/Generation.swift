@@ -84,6 +84,9 @@ public final class StableDiffusionPipeline {
     public var vaeTiling: VAETiling?
     /// How the UNet trades speed for memory (the memory planner picks `.compact` when a budget needs it).
     public var unetMemory: UNetMemoryMode = .fastest
+    /// The memory plan this pipeline runs under (nil: no budget). Each stage keeps its tensors within the
+    /// plan's activations for that stage (see `TensorMemory.limitFootprint`).
+    public var memoryPlan: MemoryPlan?
 
     func textEncoder() throws -> CLIPTextEncoder {
         if let m = textEncoderModel { return m }
@@ -213,6 +216,10 @@ public final class StableDiffusionPipeline {
         let i = state.stepIndex
         let t = state.scheduler.timesteps[i]
         let input = guided ? Tensor.stack(batches: [state.latents, state.latents]) : state.latents
+        // The pool keeps what the plan gives the UNet's tensors; without a plan, what they are modelled to need.
+        TensorMemory.limitFootprint(memoryPlan?.unetTensorBytes ?? MemoryPlanner.unetActivationBytes(
+            model.unet, latentHeight: input.shape[2], latentWidth: input.shape[3], batch: input.shape[0],
+            memory: unetMemory))
         let scaled = state.scheduler.scaleModelInput(input, stepIndex: i)
         var eps = unet(scaled, timestep: t, context: context, memory: unetMemory)
         if guided {
@@ -226,7 +233,16 @@ public final class StableDiffusionPipeline {
 
     /// Latents → images through the VAE decoder (diffusers divides by scaling_factor only; shift_factor is SD3's).
     func decode(_ latents: Tensor, shouldContinue: () -> Bool = { true }) throws -> [[UInt8]] {
+        // The UNet's idle tensor blocks have the UNet's sizes; the decoder's are others.
+        TensorMemory.releaseIdle()
+        defer { TensorMemory.releaseIdle() }
         let vae = try vaeDecoder()
+        let h = latents.shape[2], w = latents.shape[3], n = latents.shape[0]
+        TensorMemory.limitFootprint(memoryPlan?.vaeTensorBytes ?? vaeTiling.map {
+            VAEDecoder.tiledDecodeBytes(config: model.vae, tiling: $0, latentHeight: h, latentWidth: w, batch: n,
+                                        kernelScratch: false)
+        } ?? VAEDecoder.peakActivationBytes(config: model.vae, latentHeight: h, latentWidth: w, batch: n,
+                                            kernelScratch: false))
         let scalingFactor = model.vae.scalingFactor
         let z = Tensor(shape: latents.shape, data: latents.data.map { $0 / scalingFactor })
         if let tiling = vaeTiling {
@@ -245,12 +261,13 @@ public final class StableDiffusionPipeline {
     /// image: [N, 3, H, W] in [-1, 1] → N row-major H×W×3 byte images, rounded as diffusers' numpy_to_pil.
     public static func rgb8(_ image: Tensor) -> [[UInt8]] {
         let n = image.shape[0], c = image.shape[1], h = image.shape[2], w = image.shape[3]
+        let values = image.data
         return (0..<n).map { b in
             var out = [UInt8](repeating: 0, count: h * w * 3)
             for y in 0..<h {
                 for x in 0..<w {
                     for ch in 0..<3 {
-                        let src = ch < c ? image.data[((b * c + ch) * h + y) * w + x] : 0
+                        let src = ch < c ? values[((b * c + ch) * h + y) * w + x] : 0
                         let v = min(max(src / 2 + 0.5, 0), 1) * 255
                         out[(y * w + x) * 3 + ch] = UInt8(v.rounded(.toNearestOrEven))
                     }

@@ -53,10 +53,16 @@ public struct MemoryPlan: Sendable, CustomStringConvertible {
     public var vaePeak: Int { baseline + vaeWeights + vaeActivations }
     public var peak: Int { max(unetPeak, vaePeak) }
 
+    /// What the tensor pool may hold, live and idle together, while the UNet runs: its modelled activations.
+    public var unetTensorBytes: Int { unetActivations }
+    /// The same for the VAE decode: its modelled tensors alone, without kernel scratch (kept by the scratch
+    /// arenas) or the quarter added to `vaeActivations` for what the model leaves out.
+    public var vaeTensorBytes: Int
+
     public var description: String {
         "planned peak \(MemorySize.describe(peak)): UNet \(MemorySize.describe(unetPeak)) (weights "
             + "\(MemorySize.describe(unetWeights)), activations \(MemorySize.describe(unetActivations)), "
-            + "\(unetMemory)), VAE "
+            + "scratch \(MemorySize.describe(scratch)), \(unetMemory)), VAE "
             + "\(MemorySize.describe(vaePeak)) (\(vaeTiling.map { "tiles of \($0.tileLatentSize) latent cells" } ?? "untiled"))"
     }
 }
@@ -164,7 +170,9 @@ public enum MemoryPlanner {
                                                  batch: count * (guided ? 2 : 1)),
             vaeWeights: streamed ? vae.largestGroupBytes : vae.totalWeightBytes,
             vaeActivations: VAEDecoder.peakActivationBytes(config: model.vae, latentHeight: h, latentWidth: w, batch: count),
-            vaeTiling: nil)
+            vaeTiling: nil,
+            vaeTensorBytes: VAEDecoder.peakActivationBytes(config: model.vae, latentHeight: h, latentWidth: w,
+                                                           batch: count, kernelScratch: false))
         plan.scratch = unetScratchBytes(model.unet, unet: unet, latentHeight: h, latentWidth: w)
         guard let budget else { return plan }
         if plan.unetPeak > budget {
@@ -188,6 +196,8 @@ public enum MemoryPlanner {
             plan.vaeTiling = tiling
             plan.vaeActivations = VAEDecoder.tiledDecodeBytes(config: model.vae, tiling: tiling, latentHeight: h,
                                                               latentWidth: w, batch: count) * 5 / 4
+            plan.vaeTensorBytes = VAEDecoder.tiledDecodeBytes(config: model.vae, tiling: tiling, latentHeight: h,
+                                                              latentWidth: w, batch: count, kernelScratch: false)
         }
         return plan
     }
@@ -199,7 +209,8 @@ public enum MemoryPlanner {
         let plan = try plan(budget: budget, pipeline: pipeline, width: width, height: height, count: count, guided: guided)
         pipeline.vaeTiling = plan.vaeTiling
         pipeline.unetMemory = plan.unetMemory
-        ProcessMemory.preferCompactHeap()
+        pipeline.memoryPlan = plan
+        ProcessMemory.preferCompactHeap(plan: plan)
         return plan
     }
 }

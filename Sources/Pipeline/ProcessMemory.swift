@@ -35,20 +35,20 @@ public enum ProcessMemory {
     /// VmHWM: the peak resident set size, in bytes.
     public static func peakResidentBytes() -> Int? { snapshot()?.peakRSS }
 
-    /// Makes glibc serve every allocation of 1 MiB or more with its own mapping, returned to the kernel
-    /// on free. glibc otherwise raises that threshold as large blocks are freed and keeps them in its
-    /// heaps, which fragments a run of many short-lived activation tensors: measured on SD 1.5 Q8_0
-    /// 512×512, peak RSS 269 MB → 213 MB, UNet step +15% (page faults on fresh mappings).
-    /// Also caps the kernels' idle scratch arenas at `retainedScratchBytes` (they otherwise keep their
-    /// largest buffers between calls; see `ScratchArena.limitRetainedBytes`).
-    /// Called when a memory budget is set.
-    public static func preferCompactHeap() {
+    /// Settings for a run under a memory budget, within `plan`'s figures. glibc serves every allocation of
+    /// 1 MiB or more with its own mapping, returned to the kernel on free (glibc otherwise raises that
+    /// threshold as large blocks are freed and keeps them in its heaps, which fragments). Tensors come from
+    /// `TensorMemory`'s pool, which reuses their pages without new faults (the pipeline bounds it by the plan's
+    /// activations, stage by stage); the kernels' idle scratch arenas keep at most the plan's scratch
+    /// (returning it after every kernel cost ~10 M page faults per 512×512 image); Winograd transforms big
+    /// weights in 4 MiB chunks.
+    public static func preferCompactHeap(plan: MemoryPlan) {
         _ = ck_set_malloc_mmap_threshold(1 << 20)
-        ScratchArena.limitRetainedBytes(retainedScratchBytes)
+        ScratchArena.limitRetainedBytes(max(plan.scratch, retainedScratchBytes))
         ConvolutionMemory.winogradWeightFloats = 1 << 20
     }
 
-    /// Idle scratch kept under a budget: one 16 MiB buffer (a whole dequantized weight, or two bands).
+    /// Idle scratch kept under a budget at least: one 16 MiB buffer (a whole dequantized weight, or two bands).
     public static let retainedScratchBytes = 16 << 20
 }
 

@@ -136,7 +136,8 @@ struct Generate: ParsableCommand {
                                               guided: guidance > 1)
             if vaeTileSize == nil { pipeline.vaeTiling = plan.vaeTiling }
             pipeline.unetMemory = plan.unetMemory
-            ProcessMemory.preferCompactHeap()
+            pipeline.memoryPlan = plan
+            ProcessMemory.preferCompactHeap(plan: plan)
             printError("sdd: memory budget \(budget): \(plan)")
         }
 

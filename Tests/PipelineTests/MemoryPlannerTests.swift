@@ -74,4 +74,27 @@ final class MemoryPlannerTests: XCTestCase {
         XCTAssertLessThanOrEqual(peak(.compact), 200 << 20)
         XCTAssertLessThanOrEqual(peak(.fastest), 256 << 20)
     }
+
+    func testABudgetedGenerationKeepsItsTensorsWithinThePlanAndLeavesNoneIdle() throws {
+        let pipeline = try StableDiffusionPipeline(model: StableDiffusionModel(url: ModelFixtures.tinyModel))
+        let open = try MemoryPlanner.plan(budget: nil, pipeline: pipeline, width: 256, height: 256)
+        let budget = open.unetPeak + (open.vaePeak - open.unetPeak) / 2
+        let plan = try MemoryPlanner.apply(budget: budget, to: pipeline, width: 256, height: 256)
+        defer { TensorMemory.limitFootprint(nil) }
+        XCTAssertNotNil(pipeline.memoryPlan)
+        XCTAssertNotNil(plan.vaeTiling)
+        XCTAssertLessThan(plan.vaeTensorBytes, plan.vaeActivations, "kernel scratch and the margin are left out")
+        var s = GenerationSettings(prompt: "a red circle")
+        s.steps = 2
+        s.seed = 3
+        s.width = 256
+        s.height = 256
+        let generation = try pipeline.begin(s)
+        while try generation.next() != nil {
+            XCTAssertLessThanOrEqual(TensorMemory.liveBytes + TensorMemory.idleBytes,
+                                     max(plan.unetTensorBytes, TensorMemory.liveBytes))
+        }
+        XCTAssertEqual(try generation.finish().images.count, 1)
+        XCTAssertEqual(TensorMemory.idleBytes, 0, "the decode hands its idle blocks back")
+    }
 }
