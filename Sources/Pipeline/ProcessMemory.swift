@@ -40,12 +40,10 @@ public enum ProcessMemory {
     /// threshold as large blocks are freed and keeps them in its heaps, which fragments). Tensors come from
     /// `TensorMemory`'s pool, which reuses their pages without new faults (the pipeline bounds it by the plan's
     /// activations, stage by stage); the kernels' idle scratch arenas keep at most the plan's scratch
-    /// (returning it after every kernel cost ~10 M page faults per 512×512 image); Winograd transforms big
-    /// weights in 4 MiB chunks.
+    /// (returning it after every kernel cost ~10 M page faults per 512×512 image).
     public static func preferCompactHeap(plan: MemoryPlan) {
         _ = ck_set_malloc_mmap_threshold(1 << 20)
         ScratchArena.limitRetainedBytes(max(plan.scratch, retainedScratchBytes))
-        ConvolutionMemory.winogradWeightFloats = 1 << 20
     }
 
     /// Idle scratch kept under a budget at least: one 16 MiB buffer (a whole dequantized weight, or two bands).

@@ -2,24 +2,38 @@
 // GEMM per band, with a weight of any stored type. Bands (and, for large typed weights, panels of weight rows)
 // are the units of work spread over the cores; each unit's scratch comes from a pooled ScratchArena.
 // 3×3 stride-1 padding-1 convolutions with enough channels (the VAE's and most of the UNet's) run as Winograd
-// F(2×2, 3×3) instead: 16 GEMMs per band of tile rows with 2.25× fewer multiply-adds than im2col.
+// F(2×2, 3×3) or, for wide ones on large images, F(4×4, 3×3): 16 or 36 GEMMs per band of tile rows with 2.25× or
+// 4× fewer multiply-adds than im2col.
 import CKernels
 
 /// Below this many pixels per image (16×16) a Winograd conv has too few tiles for good GEMM shapes: SD 1.5's
 /// 1280-channel convs at 8×8 ran at 69–76 GFLOP/s as Winograd and 132–141 as im2col; at 16×16, 164–189 vs 120–141.
 let winogradMinimumPixels = 256
 
-/// Settings of the convolution kernels that a memory plan may tighten.
-public enum ConvolutionMemory {
-    /// Upper bound on one chunk of a Winograd-transformed weight (16 · O_chunk · C floats), on top of the
-    /// limits' whole-weight bound. Under a tight memory budget 1 Mi floats (4 MiB) instead of 16 MiB: SD 1.5's
-    /// 1280-channel convs then run in chunks of 51 output channels, the 2560-channel ones as im2col.
-    nonisolated(unsafe) public static var winogradWeightFloats = 4 << 20
-}
+/// F(4×4, 3×3) replaces F(2×2, 3×3) from this many pixels per image (64×64) and input channels: measured with
+/// `sdd bench --stage conv`, 14–26% faster on the VAE's 512- and 256-channel convs from 128×128 and the UNet's
+/// 640 → 320 at 64×64; equal at 128 channels or 32×32 (its transforms cost as much as the products it saves),
+/// 30% slower at 16×16.
+let winograd4MinimumPixels = 4096
+let winograd4MinimumChannels = 256
 
-extension GemmLimits {
-    /// Bound on one chunk of a Winograd-transformed weight: the whole-weight bound, tightened by a memory plan.
-    var winogradWeightFloats: Int { min(wholeWeightFloats, ConvolutionMemory.winogradWeightFloats) }
+/// The Winograd output tile (2 or 4) of a 3×3, stride-1, padding-1 convolution, or nil for im2col: Winograd
+/// when both channel counts are at least 32, the image has `winogradMinimumPixels` and a chunk of 32 output
+/// channels' transformed weight fits the limits; F(4×4) from `winograd4MinimumPixels` and
+/// `winograd4MinimumChannels` on.
+func winogradTile(channels c: Int, outChannels o: Int, pixels: Int, limits: GemmLimits) -> Int? {
+    switch limits.convAlgorithm {
+    case .im2col: return nil
+    case .winograd: return 2
+    case .winograd4: return 4
+    case .automatic:
+        guard c >= 32 && o >= 32 && pixels >= winogradMinimumPixels else { return nil }
+        // F(4×4)'s input transform costs as much as a fifth of its products: repeated for chunks of fewer than
+        // 128 output channels, it loses to F(2×2) (measured with 4 MiB chunks: a budgeted VAE decode 17 s → 20 s).
+        if pixels >= winograd4MinimumPixels, c >= winograd4MinimumChannels,
+           36 * min(o, 128) * c <= limits.wholeWeightFloats { return 4 }
+        return 16 * 32 * c <= limits.wholeWeightFloats ? 2 : nil
+    }
 }
 
 /// Bound on the im2col scratch of one band, in floats: 2 Mi floats = 8 MiB (one band per core at a time).
@@ -31,9 +45,10 @@ let conv2dDefaultScratchFloats = GemmLimits.standard.bandFloats
 /// Runs over bands of output rows: each band is unfolded (im2col) into a scratch buffer of at most ~8 MB and
 /// multiplied by the weight; a 1×1, stride-1, unpadded conv is a plain GEMM over column chunks. A typed weight
 /// is dequantized once per call when it fits 16 MB of F32, else in panels of rows (see `GemmLimits`).
-/// A 3×3, stride-1, padding-1 conv with at least 32 input and output channels and 16×16 pixels runs as Winograd F(2×2, 3×3)
-/// instead (`WinogradProblem`), over chunks of output channels whose transformed weight (16·O·C floats) fits
-/// the same 16 MB; results differ from im2col's by rounding only. Profile GFLOP/s count the direct convolution's multiply-adds either way.
+/// A 3×3, stride-1, padding-1 conv with at least 32 input and output channels and 16×16 pixels runs as Winograd
+/// F(2×2, 3×3) or F(4×4, 3×3) instead (`winogradTile`, `WinogradProblem`), over chunks of output channels whose
+/// transformed weight (16·O·C or 36·O·C floats) fits the same 16 MB; results differ from im2col's by rounding only.
+/// Profile GFLOP/s count the direct convolution's multiply-adds either way.
 public func conv2d(_ x: Tensor, weight: Weight, bias: Weight?, stride: Int = 1, padding: Int = 0) -> Tensor {
     KernelProfile.measure(
         "conv\(weight.shape.count == 4 ? "\(weight.shape[2])x\(weight.shape[3])" : "")s\(stride) \(weight.type.name)"
@@ -74,11 +89,9 @@ func conv2d(_ x: Tensor, weight: Weight, bias: Weight?, stride: Int, padding: In
     if y.count == 0 { return y }
     let beta: Float = bias == nil ? 0 : 1
 
-    if kh == 3 && kw == 3 && stride == 1 && padding == 1 && limits.convAlgorithm != .im2col
-        && (limits.convAlgorithm == .winograd
-            || (c >= 32 && o >= 32 && h * w >= winogradMinimumPixels
-                && 16 * 32 * c <= limits.winogradWeightFloats)) {
-        let problem = WinogradProblem(n: n, c: c, h: h, w: w, o: o, limits: limits)
+    if kh == 3 && kw == 3 && stride == 1 && padding == 1,
+       let tile = winogradTile(channels: c, outChannels: o, pixels: h * w, limits: limits) {
+        let problem = WinogradProblem(n: n, c: c, h: h, w: w, o: o, tile: tile, limits: limits)
         y.withUnsafeMutableBufferPointer { yb in
             x.withUnsafeBufferPointer { xb in
                 guard let yp = yb.baseAddress, let xp = xb.baseAddress else { return }
@@ -220,28 +233,34 @@ private struct ConvProblem {
     }
 }
 
-/// A 3×3, stride-1, padding-1 convolution as Winograd F(2×2, 3×3), over chunks of output channels whose
-/// transformed weight U [16, O_chunk, C] fits `limits.wholeWeightFloats` (all of O when it fits): each chunk's
-/// weight is transformed once per call; each unit of work (image, band of tile rows) transforms its input
-/// tiles into V [16, C, T], multiplies M_ξ = U_ξ · V_ξ for the 16 ξ (sgemm), and transforms M [16, O_chunk, T]
-/// back into its output rows, bias included. Each 2×2 output tile costs 16 products per (o, c) instead of 36;
-/// the input transform is repeated per chunk, 1/O_chunk of the products' cost.
-/// Rounding differs from im2col's by a few ulps of the inputs' scale (the transforms add up to 16 terms).
+/// A 3×3, stride-1, padding-1 convolution as Winograd F(m×m, 3×3) with m = 2 or 4, over chunks of output
+/// channels whose transformed weight U [(m+2)², O_chunk, C] fits `limits.wholeWeightFloats` (all of O when it
+/// fits): each chunk's weight is transformed once per call; each unit of work (image, band of tile rows)
+/// transforms its input tiles into V [(m+2)², C, T], multiplies M_ξ = U_ξ · V_ξ for every ξ (sgemm), and
+/// transforms M [(m+2)², O_chunk, T] back into its output rows, bias included. Each m×m output tile costs
+/// (m+2)² products per (o, c) instead of 9m²: 2.25× fewer for F(2×2), 4× for F(4×4); the input transform is
+/// repeated per chunk, 1/O_chunk of the products' cost. Rounding differs from im2col's by a few ulps of the
+/// inputs' scale for F(2×2) (transforms of up to 16 terms) and about ten times that for F(4×4), whose
+/// transforms scale by up to 8 and 1/24 (measured 8e-6 of the output's scale against 8e-7, 512 channels).
 private struct WinogradProblem {
     let n: Int, c: Int, h: Int, w: Int, o: Int
+    /// Output tile side m: 2 or 4.
+    let tile: Int
     let limits: GemmLimits
 
-    var tilesHigh: Int { (h + 1) / 2 }
-    var tilesWide: Int { (w + 1) / 2 }
+    /// Transform planes: (m + 2)².
+    var planes: Int { (tile + 2) * (tile + 2) }
+    var tilesHigh: Int { (h + tile - 1) / tile }
+    var tilesWide: Int { (w + tile - 1) / tile }
     /// Output channels per chunk: the whole of O when its transformed weight fits, else as many as fit.
     var chunkChannels: Int {
-        max(1, min(o, limits.winogradWeightFloats / max(1, 16 * c)))
+        max(1, min(o, limits.wholeWeightFloats / max(1, planes * c)))
     }
 
-    /// Tile rows per band: V and M of one band (16 · (C + O_chunk) · T floats) stay within `limits.bandFloats`,
-    /// and large inputs are cut into at least two bands per core.
+    /// Tile rows per band: V and M of one band (planes · (C + O_chunk) · T floats) stay within
+    /// `limits.bandFloats`, and large inputs are cut into at least two bands per core.
     var bandTileRows: Int {
-        var rows = max(1, min(tilesHigh, limits.bandFloats / max(1, 16 * (c + chunkChannels) * tilesWide)))
+        var rows = max(1, min(tilesHigh, limits.bandFloats / max(1, planes * (c + chunkChannels) * tilesWide)))
         let bands = n * ((tilesHigh + rows - 1) / rows)
         if bands < 2 * Parallel.cores && 2 * o * c * 9 * h * w * n >= (1 << 24) {
             rows = max(1, min(rows, (n * tilesHigh + 2 * Parallel.cores - 1) / (2 * Parallel.cores)))
@@ -250,11 +269,11 @@ private struct WinogradProblem {
     }
 
     func run(x: UnsafePointer<Float>, weight: Weight, bias: Weight?, y: UnsafeMutablePointer<Float>) {
-        let (c, o, h, w) = (self.c, self.o, self.h, self.w)
-        let tilesWide = self.tilesWide, tilesHigh = self.tilesHigh
+        let (c, o, h, w, m) = (self.c, self.o, self.h, self.w, self.tile)
+        let tilesWide = self.tilesWide, tilesHigh = self.tilesHigh, planes = self.planes
         let chunk = chunkChannels
         ScratchArena.withArena { weightArena in
-            let u = weightArena.floats(16 * chunk * c)
+            let u = weightArena.floats(planes * chunk * c)
             let bandRows = bandTileRows
             let bandsPerImage = (tilesHigh + bandRows - 1) / bandRows
             withOptionalFloats(bias) { bias in
@@ -266,18 +285,33 @@ private struct WinogradProblem {
                         let rows = min(bandRows, tilesHigh - ty0)
                         let tiles = rows * tilesWide
                         ScratchArena.withArena { arena in
-                            let inputScratch = (2 * tilesWide + 2) + (2 * rows + 2) * 4 * tilesWide
-                            let v = arena.floats(16 * (c + oc) * tiles + max(inputScratch, 4 * tilesWide))
-                            let m = v + 16 * c * tiles
-                            let scratch = m + 16 * oc * tiles
-                            ck_winograd_f23_input(x + b * c * h * w, Int64(c), Int64(h), Int64(w), Int64(ty0),
-                                                  Int64(rows), Int64(tilesWide), v, scratch)
-                            for xi in 0..<16 {
-                                sgemm(m: oc, n: tiles, k: c, a: u + xi * oc * c, lda: c, b: v + xi * c * tiles,
-                                      ldb: tiles, beta: 0, c: m + xi * oc * tiles, ldc: tiles)
+                            let inputScratch = (m * tilesWide + 2) + (m * rows + 2) * (m + 2) * tilesWide
+                            let outputScratch = m * m * tilesWide
+                            let v = arena.floats(planes * (c + oc) * tiles + max(inputScratch, outputScratch))
+                            let mp = v + planes * c * tiles
+                            let scratch = mp + planes * oc * tiles
+                            let image = x + b * c * h * w
+                            if m == 2 {
+                                ck_winograd_f23_input(image, Int64(c), Int64(h), Int64(w), Int64(ty0), Int64(rows),
+                                                      Int64(tilesWide), v, scratch)
+                            } else {
+                                ck_winograd_f43_input(image, Int64(c), Int64(h), Int64(w), Int64(ty0), Int64(rows),
+                                                      Int64(tilesWide), v, scratch)
                             }
-                            ck_winograd_f23_output(m, Int64(oc), Int64(rows), Int64(tilesWide), bias.map { $0 + o0 },
-                                                   y + (b * o + o0) * h * w, Int64(h), Int64(w), Int64(ty0), scratch)
+                            for xi in 0..<planes {
+                                sgemm(m: oc, n: tiles, k: c, a: u + xi * oc * c, lda: c, b: v + xi * c * tiles,
+                                      ldb: tiles, beta: 0, c: mp + xi * oc * tiles, ldc: tiles)
+                            }
+                            let out = y + (b * o + o0) * h * w
+                            if m == 2 {
+                                ck_winograd_f23_output(mp, Int64(oc), Int64(rows), Int64(tilesWide),
+                                                       bias.map { $0 + o0 }, out, Int64(h), Int64(w), Int64(ty0),
+                                                       scratch)
+                            } else {
+                                ck_winograd_f43_output(mp, Int64(oc), Int64(rows), Int64(tilesWide),
+                                                       bias.map { $0 + o0 }, out, Int64(h), Int64(w), Int64(ty0),
+                                                       scratch)
+                            }
                         }
                     }
                 }
@@ -285,7 +319,7 @@ private struct WinogradProblem {
         }
     }
 
-    /// U [16, rows.count, C] = G g Gᵀ for every (o, c) with o in `rows`, over groups of those rows on the cores;
+    /// U [planes, rows.count, C] = G g Gᵀ for every (o, c) with o in `rows`, over groups of those rows on the cores;
     /// a typed weight is dequantized a few rows at a time on the way.
     private func transformWeight(_ weight: Weight, rows: Range<Int>, into u: UnsafeMutablePointer<Float>) {
         let c = self.c
@@ -293,9 +327,10 @@ private struct WinogradProblem {
         let planeRows = rows.count
         Parallel.forEachChunk(count: planeRows, minItemsPerChunk: max(1, (1 << 16) / rowLength)) { local in
             let first = rows.lowerBound + local.lowerBound
+            let transform = tile == 2 ? ck_winograd_f23_weight : ck_winograd_f43_weight
             if weight.type == .f32 {
-                ck_winograd_f23_weight(weight.base + first * rowLength, Int64(local.count), Int64(c),
-                                       Int64(planeRows), u + local.lowerBound * c)
+                transform(weight.base + first * rowLength, Int64(local.count), Int64(c), Int64(planeRows),
+                          u + local.lowerBound * c)
                 return
             }
             let step = max(1, min(local.count, (1 << 16) / rowLength))
@@ -305,7 +340,7 @@ private struct WinogradProblem {
                 while r0 < local.upperBound {
                     let count = min(step, local.upperBound - r0)
                     weight.dequantizeRows((rows.lowerBound + r0)..<(rows.lowerBound + r0 + count), into: panel)
-                    ck_winograd_f23_weight(panel, Int64(count), Int64(c), Int64(planeRows), u + r0 * c)
+                    transform(panel, Int64(count), Int64(c), Int64(planeRows), u + r0 * c)
                     r0 += count
                 }
             }

@@ -80,8 +80,8 @@ public struct ConvBenchmarkShape: Sendable {
 }
 
 /// Median seconds of `repeats` timed 3×3 convolutions of `shape` (after one warm-up), with im2col + GEMM
-/// (`winograd` false) or Winograd F(2×2, 3×3) (`winograd` true), on pseudo-random inputs and weights.
-public func measureConvSeconds(_ shape: ConvBenchmarkShape, winograd: Bool, repeats: Int) -> Double {
+/// (`winogradTile` nil) or Winograd F(m×m, 3×3) (`winogradTile` m = 2 or 4), on pseudo-random inputs and weights.
+public func measureConvSeconds(_ shape: ConvBenchmarkShape, winogradTile: Int?, repeats: Int) -> Double {
     let s = shape
     var state: UInt64 = 12345
     func next() -> Float {
@@ -104,7 +104,7 @@ public func measureConvSeconds(_ shape: ConvBenchmarkShape, winograd: Bool, repe
     }
     let bias = Weight(shape: [s.outChannels], array: (0..<s.outChannels).map { _ in next() })
     var limits = GemmLimits.standard
-    limits.convAlgorithm = winograd ? .winograd : .im2col
+    limits.convAlgorithm = winogradTile == nil ? .im2col : winogradTile == 4 ? .winograd4 : .winograd
     _ = conv2d(x, weight: weight, bias: bias, stride: 1, padding: 1, limits: limits)
     var seconds: [Double] = []
     for _ in 0..<max(1, repeats) {

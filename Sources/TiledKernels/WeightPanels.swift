@@ -28,19 +28,21 @@ struct GemmLimits: Sendable {
 
 /// The algorithm of a 3×3, stride-1, padding-1 convolution.
 enum ConvAlgorithm: Sendable {
-    /// Winograd F(2×2, 3×3) when both channel counts are at least 32 and the transformed weight
-    /// (16 · O · C floats) fits `wholeWeightFloats`; im2col + GEMM otherwise.
+    /// Winograd or im2col + GEMM by the shape (see `winogradTile`).
     case automatic
     case im2col
-    /// Winograd whenever the shape allows it, whatever the sizes.
+    /// Winograd F(2×2, 3×3) whenever the shape allows it, whatever the sizes.
     case winograd
+    /// Winograd F(4×4, 3×3) whenever the shape allows it, whatever the sizes.
+    case winograd4
 
-    /// SDD_CONV_ALGORITHM (im2col, winograd; anything else or unset: automatic).
+    /// SDD_CONV_ALGORITHM (im2col, winograd, winograd4; anything else or unset: automatic).
     static var fromEnvironment: ConvAlgorithm {
         guard let v = getenv("SDD_CONV_ALGORITHM") else { return .automatic }
         switch String(cString: v) {
         case "im2col": return .im2col
         case "winograd": return .winograd
+        case "winograd4": return .winograd4
         default: return .automatic
         }
     }

@@ -151,13 +151,14 @@ extension Bench {
                                                   width: $0.2, type: .f16) }
             + unet.map { ConvBenchmarkShape(batch: 2, channels: $0.0, outChannels: $0.1, height: $0.2, width: $0.2,
                                             type: .q8_0) }
-        print("conv 3×3 (N×C×H×W → O, type): im2col s, Winograd s, ratio; GFLOP/s of the direct conv")
+        print("conv 3×3 (N×C×H×W → O, type): im2col, Winograd F(2×2) and F(4×4) seconds (GFLOP/s of the direct conv)")
         for s in shapes {
-            let a = measureConvSeconds(s, winograd: false, repeats: repeats)
-            let b = measureConvSeconds(s, winograd: true, repeats: repeats)
-            print(String(format: "%dx%dx%dx%d → %d %@: im2col %.3f s (%.0f), winograd %.3f s (%.0f), ratio %.2f",
+            let a = measureConvSeconds(s, winogradTile: nil, repeats: repeats)
+            let b = measureConvSeconds(s, winogradTile: 2, repeats: repeats)
+            let c = measureConvSeconds(s, winogradTile: 4, repeats: repeats)
+            print(String(format: "%dx%dx%dx%d → %d %@: im2col %.3f s (%.0f), F(2×2) %.3f s (%.0f), F(4×4) %.3f s (%.0f)",
                          s.batch, s.channels, s.height, s.width, s.outChannels, s.type.name, a, s.flops / a / 1e9,
-                         b, s.flops / b / 1e9, b / a))
+                         b, s.flops / b / 1e9, c, s.flops / c / 1e9))
         }
     }
 

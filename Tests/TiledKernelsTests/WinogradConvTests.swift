@@ -1,6 +1,7 @@
-// WinogradConvTests: the Winograd F(2×2, 3×3) path of conv2d against the direct-loop Double convolution
-// (odd sizes, partial tiles, many bands, batches, typed weights) and the automatic choice between it and im2col.
-// Tolerance: 1e-5 of the output scale, as for im2col (the transforms add at most 16 terms per value).
+// WinogradConvTests: the Winograd F(2×2, 3×3) and F(4×4, 3×3) paths of conv2d against the direct-loop Double
+// convolution (odd sizes, partial tiles, many bands, batches, typed weights) and the automatic choice among them
+// and im2col. Tolerance: 1e-5 of the output scale for F(2×2), as for im2col (the transforms add at most 16 terms
+// per value); 5e-5 for F(4×4), whose transforms scale by up to 8 and 1/24.
 import XCTest
 import MMapWeights
 @testable import TiledKernels
@@ -14,7 +15,7 @@ final class WinogradConvTests: XCTestCase {
     }
 
     private func check(n: Int, c: Int, o: Int, h: Int, w: Int, bias: Bool = true, type: TensorType = .f32,
-                       limits: GemmLimits, seed: UInt64, scale: Float = 1,
+                       limits: GemmLimits, seed: UInt64, scale: Float = 1, tolerance: Double? = nil,
                        file: StaticString = #filePath, line: UInt = #line) {
         let x = randomTensor([n, c, h, w], seed: seed, scale: scale)
         let f32 = randomWeight([o, c, 3, 3], seed: seed + 1)
@@ -23,7 +24,43 @@ final class WinogradConvTests: XCTestCase {
         let got = conv2d(x, weight: weight, bias: b, stride: 1, padding: 1, limits: limits)
         let want = Ref.conv2d(x.doubles, n: n, c: c, h: h, w: w, weight: weight.dequantized().map(Double.init), o: o,
                               kh: 3, kw: 3, bias: b?.doubles, stride: 1, padding: 1)
-        assertClose(got, want.values, shape: want.shape, tolerance: 1e-5, file: file, line: line)
+        let bound = tolerance ?? (limits.convAlgorithm == .winograd4 ? 5e-5 : 1e-5)
+        assertClose(got, want.values, shape: want.shape, tolerance: bound, file: file, line: line)
+    }
+
+    func testF4x4EvenOddAndTinySizesMatchReference() {
+        check(n: 1, c: 4, o: 3, h: 8, w: 8, limits: limits(.winograd4), seed: 300)
+        check(n: 2, c: 3, o: 5, h: 7, w: 9, limits: limits(.winograd4), seed: 301)
+        check(n: 1, c: 2, o: 3, h: 1, w: 1, limits: limits(.winograd4), seed: 302)
+        check(n: 1, c: 2, o: 3, h: 5, w: 2, limits: limits(.winograd4), seed: 303)
+        check(n: 1, c: 6, o: 4, h: 13, w: 6, bias: false, limits: limits(.winograd4), seed: 304)
+    }
+
+    func testF4x4BandsChunksAndTypedWeightsMatchReference() {
+        // One tile row per band; bands with a remainder; chunks of output channels with a typed weight.
+        check(n: 2, c: 5, o: 3, h: 17, w: 7, limits: limits(.winograd4, bandFloats: 1), seed: 310)
+        check(n: 1, c: 4, o: 3, h: 20, w: 11, limits: limits(.winograd4, bandFloats: 36 * 7 * 3 * 2), seed: 311)
+        var chunked = limits(.winograd4, bandFloats: 36 * 40 * 5 * 2)
+        chunked.wholeWeightFloats = 36 * 5 * 32 + 7
+        for type in [TensorType.f32, .q8_0, .f16] {
+            check(n: 2, c: 32, o: 37, h: 18, w: 17, type: type, limits: chunked, seed: 312)
+        }
+    }
+
+    func testF4x4WideInputsStayWithinTheirTolerance() {
+        check(n: 1, c: 512, o: 32, h: 12, w: 12, limits: limits(.winograd4), seed: 320)
+        check(n: 1, c: 64, o: 32, h: 12, w: 12, limits: limits(.winograd4), seed: 321, scale: 100)
+    }
+
+    func testAutomaticChoiceUsesF4x4ForWideChannelsFrom64x64Pixels() {
+        let x = randomTensor([1, 256, 64, 64], seed: 330)
+        let weight = randomWeight([32, 256, 3, 3], seed: 331), b = randomWeight([32], seed: 332)
+        let auto = conv2d(x, weight: weight, bias: b, stride: 1, padding: 1, limits: .standard)
+        let f4 = conv2d(x, weight: weight, bias: b, stride: 1, padding: 1, limits: limits(.winograd4))
+        XCTAssertEqual(auto.data, f4.data)
+        XCTAssertEqual(winogradTile(channels: 256, outChannels: 32, pixels: 63 * 64, limits: .standard), 2)
+        XCTAssertEqual(winogradTile(channels: 255, outChannels: 32, pixels: 64 * 64, limits: .standard), 2)
+        XCTAssertEqual(winogradTile(channels: 256, outChannels: 32, pixels: 64 * 64, limits: .standard), 4)
     }
 
     func testEvenSizesMatchReference() {

@@ -50,6 +50,18 @@ void ck_winograd_f23_output(const float *m, int64_t outChannels, int64_t tileRow
                             const float *bias, float *y, int64_t height, int64_t width, int64_t firstTileRow,
                             float *scratch);
 
+/// Winograd F(4×4, 3×3) (Lavin & Gray's points 0, ±1, ±2): the same three steps with 6×6 tiles of input
+/// for 4×4 of output and 36 planes (ξ = 6a + b). Weight: U[ξ][o][c] as for F(2×2). Input: tile (ty, tx)
+/// covers input rows 4ty − 1 … 4ty + 4 and columns 4tx − 1 … 4tx + 4; `scratch`: (4·tilesWide + 2) +
+/// (4·tileRows + 2)·6·tilesWide floats. Output: rows 4·firstTileRow ..< min(height, 4·(firstTileRow +
+/// tileRows)), width ≤ 4·tilesWide; `scratch`: 16·tilesWide floats.
+void ck_winograd_f43_weight(const float *w, int64_t rows, int64_t channels, int64_t outChannels, float *u);
+void ck_winograd_f43_input(const float *image, int64_t channels, int64_t height, int64_t width,
+                           int64_t firstTileRow, int64_t tileRows, int64_t tilesWide, float *v, float *scratch);
+void ck_winograd_f43_output(const float *m, int64_t outChannels, int64_t tileRows, int64_t tilesWide,
+                            const float *bias, float *y, int64_t height, int64_t width, int64_t firstTileRow,
+                            float *scratch);
+
 #ifdef __cplusplus
 }
 #endif
