@@ -65,22 +65,3 @@ func addChannelBiasKernel(_ x: Tensor, _ v: Tensor) -> Tensor {
     }
     return y
 }
-
-/// Fresh pool blocks at least this large (32 MiB) are backed by transparent huge pages where the kernel
-/// allows it.
-let hugePageMinimumBytes = 32 << 20
-
-/// madvise(MADV_HUGEPAGE) over the whole 2 MiB pages inside `bytes` at `pointer`, before the first write.
-/// A fresh large tensor's first write otherwise faults in one 4 KiB page at a time: measured 150 ms per
-/// 256 MiB on the reference VM against 26 ms with 2 MiB pages, about 1 s of a 512×512 VAE decode. A hint only:
-/// with THP "never" (or no free huge pages) the kernel falls back to small pages. Linux only.
-func adviseHugePages(_ pointer: UnsafeMutableRawPointer, bytes: Int) {
-    #if os(Linux)
-    let huge = 2 << 20
-    let start = (Int(bitPattern: pointer) + huge - 1) & ~(huge - 1)
-    let end = (Int(bitPattern: pointer) + bytes) & ~(huge - 1)
-    if end > start, let aligned = UnsafeMutableRawPointer(bitPattern: start) {
-        _ = madvise(aligned, end - start, MADV_HUGEPAGE)
-    }
-    #endif
-}
