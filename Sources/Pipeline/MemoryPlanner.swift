@@ -83,8 +83,8 @@ public enum MemoryPlanner {
         let levels = c.count
         let layers = (try? config.layersPerBlock.expanded(levels: levels, field: "", file: "")) ?? Array(repeating: 2, count: levels)
         let attention = config.downBlockTypes.map { $0 == "CrossAttnDownBlock2D" }
-        let lane = memory.itemByItem ? 1 : batch
-        let waiting = batch - lane
+        // Items per lane at a level of `pixels`: one where the mode runs item by item, else the whole batch.
+        func lane(_ pixels: Int) -> Int { memory.itemByItem && pixels >= memory.itemByItemMinimumPixels ? 1 : batch }
         let skipBytes = memory.halfPrecisionSkips ? 2 : 4
         var sizes: [Int] = []  // pixels per level
         var h = latentHeight, w = latentWidth
@@ -97,11 +97,12 @@ public enum MemoryPlanner {
         func resnet(_ inC: Int, _ outC: Int, _ pixels: Int) {
             // Per item in turn: input, shortcut, normed input, hidden (and its successor); waiting items hold
             // an input or a shortcut and hidden map each.
+            let lane = lane(pixels), waiting = batch - lane
             let temps = lane * pixels * (2 * inC + 2 * outC) + waiting * pixels * max(inC, 2 * outC)
             peak = max(peak, skips.reduce(0, +) + temps * 4)
         }
         func transformer(_ ch: Int, _ pixels: Int) {
-            let temps = batch * pixels * ch * 2 + lane * pixels * ch * 6 + TransformerBlock.feedForwardTile * ch * 12
+            let temps = batch * pixels * ch * 2 + lane(pixels) * pixels * ch * 6 + TransformerBlock.feedForwardTile * ch * 12
             peak = max(peak, skips.reduce(0, +) + temps * 4)
         }
         skips.append(batch * c[0] * sizes[0] * skipBytes)

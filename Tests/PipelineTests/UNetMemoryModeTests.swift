@@ -26,16 +26,31 @@ final class UNetMemoryModeTests: XCTestCase {
         let (unet, sample, context, t) = try tinyUNetBatch()
         let whole = unet(sample, timestep: t, context: context)
         let items = unet(sample, timestep: t, context: context,
-                         memory: UNetMemoryMode(itemByItem: true, halfPrecisionSkips: false))
+                         memory: UNetMemoryMode(itemByItem: true, halfPrecisionSkips: false, itemByItemMinimumPixels: 0))
         XCTAssertEqual(items.shape, whole.shape)
         let err = relativeMaxError(items, whole)
         XCTAssertLessThanOrEqual(err, 1e-5, "item by item relative error \(err)")
     }
 
+    func testItemByItemOnlyAtTheTopLevelMatchesTheWholeBatch() throws {
+        // The lanes split at the top level, join below it and split again on the way up; skips keep their lanes.
+        let (unet, sample, context, t) = try tinyUNetBatch()
+        let top = sample.shape[2] * sample.shape[3]
+        let whole = unet(sample, timestep: t, context: context)
+        for f16 in [false, true] {
+            let mixed = unet(sample, timestep: t, context: context,
+                             memory: UNetMemoryMode(itemByItem: true, halfPrecisionSkips: f16, itemByItemMinimumPixels: top))
+            let err = relativeMaxError(mixed, whole)
+            XCTAssertLessThanOrEqual(err, f16 ? 2e-3 : 1e-5, "top level item by item, F16 skips \(f16): \(err)")
+        }
+    }
+
     func testCompactModeStaysWithinF16RoundingOfTheWholeBatch() throws {
         let (unet, sample, context, t) = try tinyUNetBatch()
         let whole = unet(sample, timestep: t, context: context)
-        let compact = unet(sample, timestep: t, context: context, memory: .compact)
+        var compactEverywhere = UNetMemoryMode.compact
+        compactEverywhere.itemByItemMinimumPixels = 0
+        let compact = unet(sample, timestep: t, context: context, memory: compactEverywhere)
         XCTAssertEqual(compact.shape, whole.shape)
         let err = relativeMaxError(compact, whole)
         // F16 keeps 11 significant bits (relative rounding 2^-11 ≈ 5e-4) on the skips only.

@@ -184,34 +184,45 @@ public struct UNet {
         let tFeatures = Tensor(shape: [n, c0], data: Array([[Float]](repeating: feats, count: n).joined()))
         let siluTemb = streamer.run { silu(timeLinear2(silu(timeLinear1(tFeatures)))) }
 
-        // Lanes: the whole batch as one, or one per batch item (each module then runs them in turn).
-        let laneCount = memory.itemByItem && n > 1 ? n : 1
-        func lanes(_ t: Tensor) -> [Tensor] {
-            laneCount == 1 ? [t] : (0..<n).map { t.slice(batch: $0..<($0 + 1)) }
+        // Lanes: the whole batch as one, or one per batch item (each module then runs them in turn) at the
+        // resolutions where `memory` asks for it. The lane count follows the maps' size, so a skip connection is
+        // taken on the way up with the lanes it was stored with.
+        let itemLanes = memory.itemByItem && n > 1 ? n : 1
+        func laneCount(_ t: Tensor) -> Int { t.shape[2] * t.shape[3] >= memory.itemByItemMinimumPixels ? itemLanes : 1 }
+        func lanes(_ t: Tensor, _ count: Int) -> [Tensor] {
+            count == 1 ? [t] : (0..<n).map { t.slice(batch: $0..<($0 + 1)) }
         }
-        let tembs = lanes(siluTemb)
-        let contexts = lanes(context)
-        var x = lanes(config.centerInputSample ? Tensor(shape: sample.shape, data: sample.data.map { 2 * $0 - 1 }) : sample)
+        /// The same maps as `count` lanes: split the batch or stack the items.
+        func relane(_ x: inout [Tensor], _ count: Int) {
+            if x.count == count { return }
+            x = count == 1 ? [Tensor.stack(batches: x)] : lanes(take(&x[0]), count)
+        }
+        let tembs = [lanes(siluTemb, 1), lanes(siluTemb, itemLanes)]
+        let contexts = [lanes(context, 1), lanes(context, itemLanes)]
+        func perLane(_ both: [[Tensor]], _ x: [Tensor]) -> [Tensor] { x.count == 1 ? both[0] : both[1] }
+        let input = config.centerInputSample ? Tensor(shape: sample.shape, data: sample.data.map { 2 * $0 - 1 }) : sample
+        var x = lanes(input, laneCount(input))
         streamer.run { for i in x.indices { x[i] = convIn(take(&x[i])) } }
 
         var skips: [SkipConnection] = [SkipConnection(x, halfPrecision: memory.halfPrecisionSkips)]
         for level in down {
             for (resnet, transformer) in zip(level.resnets, level.transformers) {
-                x = resnet.forward(lanes: laneCount, input: { take(&x[$0]) }, siluTimeEmbedding: tembs,
+                x = resnet.forward(lanes: x.count, input: { take(&x[$0]) }, siluTimeEmbedding: perLane(tembs, x),
                                    streamer: streamer)
-                transformer?.forward(&x, contexts: contexts, streamer: streamer)
+                transformer?.forward(&x, contexts: perLane(contexts, x), streamer: streamer)
                 skips.append(SkipConnection(x, halfPrecision: memory.halfPrecisionSkips))
             }
             if let ds = level.downsample {
                 streamer.run { for i in x.indices { x[i] = ds(take(&x[i])) } }
+                relane(&x, laneCount(x[0]))
                 skips.append(SkipConnection(x, halfPrecision: memory.halfPrecisionSkips))
             }
         }
         if let midT = midTransformer {
-            x = midResnets[0].forward(lanes: laneCount, input: { take(&x[$0]) }, siluTimeEmbedding: tembs,
+            x = midResnets[0].forward(lanes: x.count, input: { take(&x[$0]) }, siluTimeEmbedding: perLane(tembs, x),
                                       streamer: streamer)
-            midT.forward(&x, contexts: contexts, streamer: streamer)
-            x = midResnets[1].forward(lanes: laneCount, input: { take(&x[$0]) }, siluTimeEmbedding: tembs,
+            midT.forward(&x, contexts: perLane(contexts, x), streamer: streamer)
+            x = midResnets[1].forward(lanes: x.count, input: { take(&x[$0]) }, siluTimeEmbedding: perLane(tembs, x),
                                       streamer: streamer)
         }
         for level in up {
@@ -219,12 +230,13 @@ public struct UNet {
                 // Each lane's map and skip meet in a concatenation built when the resnet reaches that lane, and
                 // neither outlives it (the peak of the up path).
                 var skip = skips.removeLast()
-                x = resnet.forward(lanes: laneCount, input: { concatChannels(take(&x[$0]), skip.take(lane: $0)) },
-                                   siluTimeEmbedding: tembs, streamer: streamer)
-                transformer?.forward(&x, contexts: contexts, streamer: streamer)
+                x = resnet.forward(lanes: x.count, input: { concatChannels(take(&x[$0]), skip.take(lane: $0)) },
+                                   siluTimeEmbedding: perLane(tembs, x), streamer: streamer)
+                transformer?.forward(&x, contexts: perLane(contexts, x), streamer: streamer)
             }
             if let us = level.upsample, let next = skips.last {
                 streamer.run { for i in x.indices { x[i] = us(take(&x[i]), size: next.spatialSize) } }
+                relane(&x, laneCount(x[0]))
             }
         }
         return streamer.run {
@@ -242,10 +254,16 @@ public struct UNetMemoryMode: Sendable, Equatable, CustomStringConvertible {
     public var itemByItem: Bool
     /// Keep skip connections as F16 between the down and up paths (half their bytes; rounds them to F16).
     public var halfPrecisionSkips: Bool
+    /// With `itemByItem`, only modules whose maps have at least this many pixels (h·w) run item by item; the
+    /// smaller levels, whose activations are a fraction of the top level's but whose weights are the largest,
+    /// run the whole batch: each weight panel is dequantized once and the products have twice the rows (SD 1.5
+    /// at 512×512: the 32×32 and 64×64 levels item by item, 16×16 and 8×8 whole).
+    public var itemByItemMinimumPixels: Int
 
-    public init(itemByItem: Bool, halfPrecisionSkips: Bool) {
+    public init(itemByItem: Bool, halfPrecisionSkips: Bool, itemByItemMinimumPixels: Int = 1024) {
         self.itemByItem = itemByItem
         self.halfPrecisionSkips = halfPrecisionSkips
+        self.itemByItemMinimumPixels = itemByItemMinimumPixels
     }
 
     /// The whole batch at once, F32 skips: bit-exact with diffusers' computation order.
