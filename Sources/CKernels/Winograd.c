@@ -33,6 +33,18 @@ void ck_winograd_f23_weight(const float *restrict w, int64_t rows, int64_t chann
     }
 }
 
+/// line[j] = x[iy][j − 1] for j < padded, zero outside [0, width); returns 0 (line untouched) when row iy is
+/// outside [0, height), where the whole row is padding.
+static inline int load_padded_row(const float *restrict src, int64_t iy, int64_t height, int64_t width,
+                                  int64_t padded, float *restrict line) {
+    if (iy < 0 || iy >= height) return 0;
+    const float *row = src + iy * width;
+    line[0] = 0;
+    for (int64_t j = 0; j < width; j++) line[j + 1] = row[j];
+    for (int64_t j = width + 1; j < padded; j++) line[j] = 0;
+    return 1;
+}
+
 void ck_winograd_f23_input(const float *restrict image, int64_t channels, int64_t height, int64_t width,
                            int64_t firstTileRow, int64_t tileRows, int64_t tilesWide, float *restrict v,
                            float *restrict scratch) {
@@ -47,15 +59,10 @@ void ck_winograd_f23_input(const float *restrict image, int64_t channels, int64_
         for (int64_t r = 0; r < rowsIn; r++) {
             const int64_t iy = 2 * firstTileRow - 1 + r;
             float *hr = h + r * hRow;
-            if (iy < 0 || iy >= height) {
+            if (!load_padded_row(src, iy, height, width, padded, line)) {
                 for (int64_t i = 0; i < hRow; i++) hr[i] = 0;
                 continue;
             }
-            // line[j] = x[iy][j − 1], zero outside [0, width).
-            const float *row = src + iy * width;
-            line[0] = 0;
-            for (int64_t j = 0; j < width; j++) line[j + 1] = row[j];
-            for (int64_t j = width + 1; j < padded; j++) line[j] = 0;
             float *h0 = hr, *h1 = hr + tilesWide, *h2 = hr + 2 * tilesWide, *h3 = hr + 3 * tilesWide;
             for (int64_t t = 0; t < tilesWide; t++) {
                 float d0 = line[2 * t], d1 = line[2 * t + 1], d2 = line[2 * t + 2], d3 = line[2 * t + 3];
@@ -169,15 +176,10 @@ void ck_winograd_f43_input(const float *restrict image, int64_t channels, int64_
         for (int64_t r = 0; r < rowsIn; r++) {
             const int64_t iy = 4 * firstTileRow - 1 + r;
             float *hr = h + r * hRow;
-            if (iy < 0 || iy >= height) {
+            if (!load_padded_row(src, iy, height, width, padded, line)) {
                 for (int64_t i = 0; i < hRow; i++) hr[i] = 0;
                 continue;
             }
-            // line[j] = x[iy][j − 1], zero outside [0, width).
-            const float *row = src + iy * width;
-            line[0] = 0;
-            for (int64_t j = 0; j < width; j++) line[j + 1] = row[j];
-            for (int64_t j = width + 1; j < padded; j++) line[j] = 0;
             float *h0 = hr, *h1 = hr + tilesWide, *h2 = hr + 2 * tilesWide;
             float *h3 = hr + 3 * tilesWide, *h4 = hr + 4 * tilesWide, *h5 = hr + 5 * tilesWide;
             for (int64_t t = 0; t < tilesWide; t++) {
