@@ -52,8 +52,9 @@ public enum TensorMemory {
 
     /// Caps the bytes the pool keeps, live and idle together: a freed block is kept only while live plus
     /// idle blocks stay within `bytes`, otherwise idle blocks are unmapped, least recently freed first. Live
-    /// tensors are never cut, so the pool's footprint is at most max(`bytes`, the live tensors). nil: keep
-    /// every freed block until `releaseIdle` (the default, for runs without a memory budget).
+    /// tensors are never cut, so the pool's footprint is at most max(`bytes`, the live tensors). nil (the
+    /// default): keep every freed block until `releaseIdle`. The pipeline sets each stage's limit from its
+    /// memory plan, or from the same activation models when it has none.
     public static func limitFootprint(_ bytes: Int?) { pool.setLimit(bytes) }
 
     /// Unmaps every idle block (between pipeline stages, whose tensor sizes differ).
