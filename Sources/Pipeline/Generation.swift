@@ -238,11 +238,8 @@ public final class StableDiffusionPipeline {
         defer { TensorMemory.releaseIdle() }
         let vae = try vaeDecoder()
         let h = latents.shape[2], w = latents.shape[3], n = latents.shape[0]
-        TensorMemory.limitFootprint(memoryPlan?.vaeTensorBytes ?? vaeTiling.map {
-            VAEDecoder.tiledDecodeBytes(config: model.vae, tiling: $0, latentHeight: h, latentWidth: w, batch: n,
-                                        kernelScratch: false)
-        } ?? VAEDecoder.peakActivationBytes(config: model.vae, latentHeight: h, latentWidth: w, batch: n,
-                                            kernelScratch: false))
+        TensorMemory.limitFootprint(memoryPlan?.vaeTensorBytes ?? VAEDecoder.tensorBytes(
+            config: model.vae, tiling: vaeTiling, latentHeight: h, latentWidth: w, batch: n))
         let scalingFactor = model.vae.scalingFactor
         let z = Tensor(shape: latents.shape, data: latents.data.map { $0 / scalingFactor })
         if let tiling = vaeTiling {

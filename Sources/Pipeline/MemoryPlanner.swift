@@ -172,8 +172,8 @@ public enum MemoryPlanner {
             vaeWeights: streamed ? vae.largestGroupBytes : vae.totalWeightBytes,
             vaeActivations: VAEDecoder.peakActivationBytes(config: model.vae, latentHeight: h, latentWidth: w, batch: count),
             vaeTiling: nil,
-            vaeTensorBytes: VAEDecoder.peakActivationBytes(config: model.vae, latentHeight: h, latentWidth: w,
-                                                           batch: count, kernelScratch: false))
+            vaeTensorBytes: VAEDecoder.tensorBytes(config: model.vae, tiling: nil, latentHeight: h, latentWidth: w,
+                                                   batch: count))
         plan.scratch = unetScratchBytes(model.unet, unet: unet, latentHeight: h, latentWidth: w)
         guard let budget else { return plan }
         if plan.unetPeak > budget {
@@ -197,8 +197,8 @@ public enum MemoryPlanner {
             plan.vaeTiling = tiling
             plan.vaeActivations = VAEDecoder.tiledDecodeBytes(config: model.vae, tiling: tiling, latentHeight: h,
                                                               latentWidth: w, batch: count) * 5 / 4
-            plan.vaeTensorBytes = VAEDecoder.tiledDecodeBytes(config: model.vae, tiling: tiling, latentHeight: h,
-                                                              latentWidth: w, batch: count, kernelScratch: false)
+            plan.vaeTensorBytes = VAEDecoder.tensorBytes(config: model.vae, tiling: tiling, latentHeight: h,
+                                                         latentWidth: w, batch: count)
         }
         return plan
     }

@@ -272,6 +272,8 @@ private struct WinogradProblem {
         let (c, o, h, w, m) = (self.c, self.o, self.h, self.w, self.tile)
         let tilesWide = self.tilesWide, tilesHigh = self.tilesHigh, planes = self.planes
         let chunk = chunkChannels
+        let inputTransform = m == 2 ? ck_winograd_f23_input : ck_winograd_f43_input
+        let outputTransform = m == 2 ? ck_winograd_f23_output : ck_winograd_f43_output
         ScratchArena.withArena { weightArena in
             let u = weightArena.floats(planes * chunk * c)
             let bandRows = bandTileRows
@@ -290,28 +292,14 @@ private struct WinogradProblem {
                             let v = arena.floats(planes * (c + oc) * tiles + max(inputScratch, outputScratch))
                             let mp = v + planes * c * tiles
                             let scratch = mp + planes * oc * tiles
-                            let image = x + b * c * h * w
-                            if m == 2 {
-                                ck_winograd_f23_input(image, Int64(c), Int64(h), Int64(w), Int64(ty0), Int64(rows),
-                                                      Int64(tilesWide), v, scratch)
-                            } else {
-                                ck_winograd_f43_input(image, Int64(c), Int64(h), Int64(w), Int64(ty0), Int64(rows),
-                                                      Int64(tilesWide), v, scratch)
-                            }
+                            inputTransform(x + b * c * h * w, Int64(c), Int64(h), Int64(w), Int64(ty0), Int64(rows),
+                                           Int64(tilesWide), v, scratch)
                             for xi in 0..<planes {
                                 sgemm(m: oc, n: tiles, k: c, a: u + xi * oc * c, lda: c, b: v + xi * c * tiles,
                                       ldb: tiles, beta: 0, c: mp + xi * oc * tiles, ldc: tiles)
                             }
-                            let out = y + (b * o + o0) * h * w
-                            if m == 2 {
-                                ck_winograd_f23_output(mp, Int64(oc), Int64(rows), Int64(tilesWide),
-                                                       bias.map { $0 + o0 }, out, Int64(h), Int64(w), Int64(ty0),
-                                                       scratch)
-                            } else {
-                                ck_winograd_f43_output(mp, Int64(oc), Int64(rows), Int64(tilesWide),
-                                                       bias.map { $0 + o0 }, out, Int64(h), Int64(w), Int64(ty0),
-                                                       scratch)
-                            }
+                            outputTransform(mp, Int64(oc), Int64(rows), Int64(tilesWide), bias.map { $0 + o0 },
+                                            y + (b * o + o0) * h * w, Int64(h), Int64(w), Int64(ty0), scratch)
                         }
                     }
                 }

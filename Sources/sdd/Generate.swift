@@ -129,15 +129,13 @@ struct Generate: ParsableCommand {
             other.prompt = p
             size = try pipeline.validate(other)
         }
-        pipeline.vaeTiling = try chooseVAETiling(folder, width: size.width, height: size.height)
+        let chosenTiling = try chooseVAETiling(folder, width: size.width, height: size.height)
+        pipeline.vaeTiling = chosenTiling
         if let budget = memoryBudget {
-            let plan = try MemoryPlanner.plan(budget: try MemorySize.parse(budget), pipeline: pipeline,
-                                              width: size.width, height: size.height, count: count,
-                                              guided: guidance > 1)
-            if vaeTileSize == nil { pipeline.vaeTiling = plan.vaeTiling }
-            pipeline.unetMemory = plan.unetMemory
-            pipeline.memoryPlan = plan
-            ProcessMemory.preferCompactHeap(plan: plan)
+            let plan = try MemoryPlanner.apply(budget: try MemorySize.parse(budget), to: pipeline,
+                                               width: size.width, height: size.height, count: count,
+                                               guided: guidance > 1)
+            if vaeTileSize != nil { pipeline.vaeTiling = chosenTiling }  // tiles given by hand win over the plan's
             printError("sdd: memory budget \(budget): \(plan)")
         }
 

@@ -80,7 +80,10 @@ final class MemoryPlannerTests: XCTestCase {
         let open = try MemoryPlanner.plan(budget: nil, pipeline: pipeline, width: 256, height: 256)
         let budget = open.unetPeak + (open.vaePeak - open.unetPeak) / 2
         let plan = try MemoryPlanner.apply(budget: budget, to: pipeline, width: 256, height: 256)
-        defer { TensorMemory.limitFootprint(nil) }
+        defer {  // apply() set process-wide limits; later tests run without them
+            TensorMemory.limitFootprint(nil)
+            ScratchArena.limitRetainedBytes(nil)
+        }
         XCTAssertNotNil(pipeline.memoryPlan)
         XCTAssertNotNil(plan.vaeTiling)
         XCTAssertLessThan(plan.vaeTensorBytes, plan.vaeActivations, "kernel scratch and the margin are left out")

@@ -226,6 +226,18 @@ extension VAEDecoder {
         return tileActivations + image + latentBytes + strips
     }
 
+    /// The decode's tensors alone, without kernel scratch, with `tiling` (nil: untiled): what the tensor pool
+    /// holds at the decode's peak.
+    public static func tensorBytes(config: VAEConfig, tiling: VAETiling?, latentHeight: Int, latentWidth: Int,
+                                   batch: Int = 1) -> Int {
+        guard let tiling else {
+            return peakActivationBytes(config: config, latentHeight: latentHeight, latentWidth: latentWidth,
+                                       batch: batch, kernelScratch: false)
+        }
+        return tiledDecodeBytes(config: config, tiling: tiling, latentHeight: latentHeight, latentWidth: latentWidth,
+                                batch: batch, kernelScratch: false)
+    }
+
     /// The largest tile (a multiple of 8 latent cells, overlap 0.25) whose whole decode fits `budgetBytes`
     /// of activation memory, by `tiledDecodeBytes`. nil when the untiled decode fits; throws when even
     /// 8-cell tiles do not.
