@@ -2,21 +2,23 @@
 // (running max / running sum), so no Tq×Tk matrix is ever allocated — only one tile of scores per thread.
 import CKernels
 
+/// `precision`: how the two tile products multiply (`ProductPrecision`; the model's choice for its layers).
 public func attention(q: Tensor, k: Tensor, v: Tensor, heads: Int, causal: Bool = false,
-                      queryTile: Int = 256, keyTile: Int = 512) -> Tensor {
-    KernelProfile.measure("attention d\(q.shape.count == 3 ? q.shape[2] / max(1, heads) : 0)", flops: 4 * Double(q.count) * Double(k.shape.count == 3 ? k.shape[1] : 0)) {
-        attentionTiles(q: q, k: k, v: v, heads: heads, causal: causal, queryTile: queryTile, keyTile: keyTile)
+                      queryTile: Int = 256, keyTile: Int = 512, precision: ProductPrecision = .f32) -> Tensor {
+    KernelProfile.measure("attention d\(q.shape.count == 3 ? q.shape[2] / max(1, heads) : 0)\(precision.profileSuffix)", flops: 4 * Double(q.count) * Double(k.shape.count == 3 ? k.shape[1] : 0)) {
+        attentionTiles(q: q, k: k, v: v, heads: heads, causal: causal, queryTile: queryTile, keyTile: keyTile,
+                       precision: precision)
     }
 }
 
 /// softmax(q·kᵀ / sqrt(D)) · v per head (torch F.scaled_dot_product_attention).
 /// q: [B, Tq, H·D]; k, v: [B, Tk, H·D] → [B, Tq, H·D]; head h owns channels h·D..<(h+1)·D.
 /// `causal`: key j > query i is masked (CLIP's causal mask, top-left aligned).
-/// Scratch per thread is one queryTile×keyTile score tile plus a queryTile×D accumulator; tile products use
-/// cblas_sgemm. Large problems split their (batch, head, query tile) units across cores, with OpenBLAS held to
+/// Scratch per thread is one queryTile×keyTile score tile plus a queryTile×D accumulator; tile products go
+/// through `sgemm` with `precision`. Large problems split their (batch, head, query tile) units across cores, with OpenBLAS held to
 /// one thread meanwhile. A query with no key to attend to (Tk = 0) gets zeros.
 func attentionTiles(q: Tensor, k: Tensor, v: Tensor, heads: Int, causal: Bool,
-                    queryTile: Int, keyTile: Int) -> Tensor {
+                    queryTile: Int, keyTile: Int, precision: ProductPrecision = .f32) -> Tensor {
     precondition(q.shape.count == 3 && k.shape.count == 3 && v.shape.count == 3,
                  "attention: q \(q.shape), k \(k.shape), v \(v.shape) must be [B, T, H·D]")
     let batch = q.shape[0], tq = q.shape[1], channels = q.shape[2]
@@ -38,7 +40,7 @@ func attentionTiles(q: Tensor, k: Tensor, v: Tensor, heads: Int, causal: Bool,
     let workers = work < (1 << 22) ? 1 : min(Parallel.cores, units)
     let problem = AttentionProblem(tq: tq, tk: tk, channels: channels, heads: heads, headDim: headDim,
                                    queryTile: qTile, keyTile: kTile, queryTiles: queryTiles, causal: causal,
-                                   alpha: Float(1.0 / Double(headDim).squareRoot()))
+                                   precision: precision, alpha: Float(1.0 / Double(headDim).squareRoot()))
 
     out.withUnsafeMutableBufferPointer { ob in
         q.withUnsafeBufferPointer { qb in
@@ -76,6 +78,7 @@ private struct AttentionProblem {
     let tq: Int, tk: Int, channels: Int, heads: Int, headDim: Int
     let queryTile: Int, keyTile: Int, queryTiles: Int
     let causal: Bool
+    let precision: ProductPrecision
     let alpha: Float
 
     func solve(unit: Int, q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
@@ -98,11 +101,12 @@ private struct AttentionProblem {
             // scores [rows, cols] = alpha · Q [rows, D] · K[k0..<k0+cols]ᵀ
             sgemm(transB: true, m: rows, n: cols, k: headDim, alpha: alpha,
                   a: qRows, lda: channels, b: kHead + k0 * channels, ldb: channels,
-                  beta: 0, c: tile.scores, ldc: cols)
+                  beta: 0, c: tile.scores, ldc: cols, precision: precision)
             tile.absorbScores(rows: rows, cols: cols, firstQuery: q0, firstKey: k0, causal: causal)
             // acc [rows, D] += P [rows, cols] · V[k0..<k0+cols]
             sgemm(m: rows, n: headDim, k: cols, a: tile.scores, lda: cols,
-                  b: vHead + k0 * channels, ldb: channels, beta: 1, c: tile.acc, ldc: headDim)
+                  b: vHead + k0 * channels, ldb: channels, beta: 1, c: tile.acc, ldc: headDim,
+                  precision: precision)
             k0 += cols
         }
         tile.finish(rows: rows, into: out + (b * tq + q0) * channels + headOffset, rowStride: channels)

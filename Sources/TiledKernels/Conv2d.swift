@@ -52,6 +52,7 @@ let conv2dDefaultScratchFloats = GemmLimits.standard.bandFloats
 public func conv2d(_ x: Tensor, weight: Weight, bias: Weight?, stride: Int = 1, padding: Int = 0) -> Tensor {
     KernelProfile.measure(
         "conv\(weight.shape.count == 4 ? "\(weight.shape[2])x\(weight.shape[3])" : "")s\(stride) \(weight.type.name)"
+            + weight.products.profileSuffix
             + (KernelProfile.detailed ? " \(x.shape.dropFirst(1).map(String.init).joined(separator: "x"))→\(weight.shape[0])" : ""),
         flops: 2 * Double(weight.count) * Double(x.count / max(1, x.shape.count > 1 ? x.shape[1] : 1)) / Double(stride * stride)
     ) {
@@ -152,7 +153,7 @@ private struct ConvProblem {
         let fitsWhole = weight.type == .f32 || weight.count <= limits.wholeWeightFloats
         if fitsWhole {
             withPreparedWeight(weight, limits: limits, minPanels: 1) { prepared in
-                runBands(x: x, weight: prepared.whole!, y: y)
+                runBands(x: x, weight: prepared.whole!, precision: weight.products, y: y)
             }
             return
         }
@@ -164,7 +165,8 @@ private struct ConvProblem {
 
     /// Units = (image, band of output rows) [or (image, column chunk) for a pointwise conv]; each unit
     /// unfolds its band into its own arena and multiplies the whole F32 weight [O, kdim] by it.
-    private func runBands(x: UnsafePointer<Float>, weight wp: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+    private func runBands(x: UnsafePointer<Float>, weight wp: UnsafePointer<Float>, precision: ProductPrecision,
+                          y: UnsafeMutablePointer<Float>) {
         if pointwise {
             // out[b] [O, HW] = W [O, C] · x[b] [C, HW], over chunks of columns.
             var parts = 1
@@ -176,7 +178,7 @@ private struct ConvProblem {
             Parallel.forEachUnit(count: n * chunks) { u in
                 let b = u / chunks, p0 = (u % chunks) * chunk, cols = min(chunk, plane - p0)
                 sgemm(m: o, n: cols, k: c, a: wp, lda: c, b: x + b * c * h * w + p0, ldb: plane,
-                      beta: beta, c: y + b * o * plane + p0, ldc: plane)
+                      beta: beta, c: y + b * o * plane + p0, ldc: plane, precision: precision)
             }
             return
         }
@@ -191,7 +193,7 @@ private struct ConvProblem {
                 geometry.unfold(image: x + b * c * h * w, firstRow: r0, rows: rows, into: scratch, parallel: false)
                 // out[b, :, r0..<r0+rows, :] (row stride = plane) = W [O, kdim] · band [kdim, cols].
                 sgemm(m: o, n: cols, k: kdim, a: wp, lda: kdim, b: scratch, ldb: cols, beta: beta,
-                      c: y + b * o * plane + r0 * wOut, ldc: plane)
+                      c: y + b * o * plane + r0 * wOut, ldc: plane, precision: precision)
             }
         }
     }
@@ -223,7 +225,8 @@ private struct ConvProblem {
                             weight.dequantizeRows(oc, into: panel)
                             sgemm(m: oc.count, n: cols, k: kdim, a: panel, lda: kdim, b: band,
                                   ldb: pointwise ? plane : cols, beta: beta,
-                                  c: y + (b * o + oc.lowerBound) * plane + r0 * wOut, ldc: plane)
+                                  c: y + (b * o + oc.lowerBound) * plane + r0 * wOut, ldc: plane,
+                                  precision: weight.products)
                         }
                     }
                     r0 += rows
@@ -296,7 +299,8 @@ private struct WinogradProblem {
                                            Int64(tilesWide), v, scratch)
                             for xi in 0..<planes {
                                 sgemm(m: oc, n: tiles, k: c, a: u + xi * oc * c, lda: c, b: v + xi * c * tiles,
-                                      ldb: tiles, beta: 0, c: mp + xi * oc * tiles, ldc: tiles)
+                                      ldb: tiles, beta: 0, c: mp + xi * oc * tiles, ldc: tiles,
+                                      precision: weight.products)
                             }
                             outputTransform(mp, Int64(oc), Int64(rows), Int64(tilesWide), bias.map { $0 + o0 },
                                             y + (b * o + o0) * h * w, Int64(h), Int64(w), Int64(ty0), scratch)

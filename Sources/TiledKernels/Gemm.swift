@@ -1,14 +1,42 @@
-// Gemm: the one place TiledKernels calls OpenBLAS's row-major single-precision GEMM.
+// Gemm: the one place TiledKernels runs a row-major GEMM: OpenBLAS's sgemm for F32 products, or CKernels'
+// BF16 GEMM (F32 sums) where a product asks for BF16 and the CPU has AVX512_BF16.
 // Every product in the module (linear, conv bands, attention tiles) goes through `sgemm`.
 import CBLAS
+import CKernels
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
 
+/// How a product multiplies its operands.
+public enum ProductPrecision: String, Sendable, CaseIterable {
+    /// F32 products and sums (OpenBLAS): diffusers' fp32 results to rounding.
+    case f32
+    /// Operands rounded to BF16, products summed in F32 (vdpbf16ps): twice the multiply-adds per cycle of
+    /// F32 on CPUs with AVX512_BF16, at about 2⁻⁹ relative error per operand. Without the instructions,
+    /// products asking for it run in F32.
+    case bf16
+
+    /// Whether this CPU runs BF16 products (AVX-512 with AVX512_BF16).
+    public static let bf16Available: Bool = ck_gemm_bf16_available() != 0
+
+    /// How kernel profiles name products of this precision after the weight type: "" or " bf16".
+    var profileSuffix: String { self == .bf16 && ProductPrecision.bf16Available ? " bf16" : "" }
+}
+
+/// The BF16 kernel computes whole 14 × 32 register tiles; a product whose rows or columns would mostly be
+/// padding (e.g. attention's 40-wide P·V) runs faster in F32. BF16 does twice the work per cycle, so it
+/// pays while at least ~70% of the padded tiles' area is real.
+@inline(__always)
+private func bf16Pays(m: Int, n: Int) -> Bool {
+    let paddedM = (m + 13) / 14 * 14, paddedN = (n + 31) / 32 * 32
+    return 10 * m * n >= 7 * paddedM * paddedN
+}
+
 /// C[m, n] = alpha · op(A)[m, k] · op(B)[k, n] + beta · C, all row-major.
 /// `transA` / `transB` say that A is stored [k, m] / B is stored [n, k]; `lda`, `ldb`, `ldc` are row strides.
+/// `precision` .bf16 multiplies in BF16 where the CPU can and the shape pays (see `bf16Pays`), else F32.
 /// Zero-sized products are handled here (BLAS rejects leading dimensions of 0).
 @inline(__always)
 func sgemm(
@@ -18,7 +46,8 @@ func sgemm(
     a: UnsafePointer<Float>, lda: Int,
     b: UnsafePointer<Float>, ldb: Int,
     beta: Float,
-    c: UnsafeMutablePointer<Float>, ldc: Int
+    c: UnsafeMutablePointer<Float>, ldc: Int,
+    precision: ProductPrecision = .f32
 ) {
     if m == 0 || n == 0 { return }
     if k == 0 {
@@ -26,6 +55,13 @@ func sgemm(
             let row = c + i * ldc
             for j in 0..<n { row[j] = beta == 0 ? 0 : beta * row[j] }
         }
+        return
+    }
+    // The BF16 kernel packs into a workspace of its own per thread (~0.6 MB): taking it from the scratch
+    // arenas made them grow to every size in turn.
+    if precision == .bf16, !transA, ProductPrecision.bf16Available, bf16Pays(m: m, n: n),
+       ck_gemm_bf16(transB ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha, a, Int64(lda), b, Int64(ldb),
+                    beta, c, Int64(ldc), nil) == 0 {
         return
     }
     BLASThreading.ensure()

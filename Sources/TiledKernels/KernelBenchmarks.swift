@@ -80,8 +80,10 @@ public struct ConvBenchmarkShape: Sendable {
 }
 
 /// Median seconds of `repeats` timed 3×3 convolutions of `shape` (after one warm-up), with im2col + GEMM
-/// (`winogradTile` nil) or Winograd F(m×m, 3×3) (`winogradTile` m = 2 or 4), on pseudo-random inputs and weights.
-public func measureConvSeconds(_ shape: ConvBenchmarkShape, winogradTile: Int?, repeats: Int) -> Double {
+/// (`winogradTile` nil) or Winograd F(m×m, 3×3) (`winogradTile` m = 2 or 4), on pseudo-random inputs and weights,
+/// with products in `precision`.
+public func measureConvSeconds(_ shape: ConvBenchmarkShape, winogradTile: Int?, repeats: Int,
+                               precision: ProductPrecision = .f32) -> Double {
     let s = shape
     var state: UInt64 = 12345
     func next() -> Float {
@@ -92,7 +94,7 @@ public func measureConvSeconds(_ shape: ConvBenchmarkShape, winogradTile: Int?, 
                    data: (0..<(s.batch * s.channels * s.height * s.width)).map { _ in next() })
     let values = (0..<(s.outChannels * s.channels * 9)).map { _ in next() * 0.1 }
     let weightShape = [s.outChannels, s.channels, 3, 3]
-    let weight: Weight
+    var weight: Weight
     if s.type == .f32 {
         weight = Weight(shape: weightShape, array: values)
     } else {
@@ -102,6 +104,7 @@ public func measureConvSeconds(_ shape: ConvBenchmarkShape, winogradTile: Int?, 
         weight = Weight(shape: weightShape, type: s.type,
                         bytes: UnsafeRawBufferPointer(start: box.pointer.baseAddress, count: bytes.count), owner: box)
     }
+    weight.products = precision
     let bias = Weight(shape: [s.outChannels], array: (0..<s.outChannels).map { _ in next() })
     var limits = GemmLimits.standard
     limits.convAlgorithm = winogradTile == nil ? .im2col : winogradTile == 4 ? .winograd4 : .winograd

@@ -5,7 +5,7 @@
 /// x: [..., in]; weight: [out, in] (PyTorch order, any `TensorType`); bias: [out] or nil → y: [..., out].
 /// F32 weights are used in place; other types are dequantized whole (small weights) or in panels of rows.
 public func linear(_ x: Tensor, weight: Weight, bias: Weight?) -> Tensor {
-    KernelProfile.measure("linear \(weight.type.name)",
+    KernelProfile.measure("linear \(weight.type.name)\(weight.products.profileSuffix)",
                           flops: 2 * Double(weight.count) * Double(x.count / max(1, weight.shape.last ?? 1))) {
         linear(x, weight: weight, bias: bias, limits: .standard)
     }

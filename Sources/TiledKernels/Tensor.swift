@@ -118,6 +118,9 @@ public struct Weight: @unchecked Sendable {
     public let bytes: UnsafeRawBufferPointer
     /// Whatever keeps `bytes` valid (a mapping, a box); nil for static data.
     public let owner: AnyObject?
+    /// How the products with this weight multiply (linear layers and convolutions); F32 unless the model
+    /// asks for BF16 (see `ProductPrecision`).
+    public var products: ProductPrecision = .f32
 
     /// A weight of any type; `bytes` must hold exactly the elements of `shape` in `type`'s layout.
     public init(shape: [Int], type: TensorType, bytes: UnsafeRawBufferPointer, owner: AnyObject?) {
@@ -160,7 +163,16 @@ public struct Weight: @unchecked Sendable {
 
     /// The same bytes seen with another shape of equal element count and whole blocks per row.
     public func reshaped(_ newShape: [Int]) -> Weight {
-        Weight(shape: newShape, type: type, bytes: bytes, owner: owner)
+        var w = Weight(shape: newShape, type: type, bytes: bytes, owner: owner)
+        w.products = products
+        return w
+    }
+
+    /// The same weight, multiplied with `precision` in products.
+    public func multiplying(in precision: ProductPrecision) -> Weight {
+        var w = self
+        w.products = precision
+        return w
     }
 
     /// Decodes rows `range` (each `rowLength` elements) to F32 into `destination`, with the vectorized

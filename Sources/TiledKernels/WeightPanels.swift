@@ -118,7 +118,7 @@ func multiplyByTransposedWeight(x: UnsafePointer<Float>, rows: Int, weight: Weig
                 let (r, o) = grid.ranges(u)
                 sgemm(transB: true, m: r.count, n: o.count, k: inF, a: x + r.lowerBound * inF, lda: inF,
                       b: w + o.lowerBound * inF, ldb: inF, beta: beta,
-                      c: y + r.lowerBound * outF + o.lowerBound, ldc: outF)
+                      c: y + r.lowerBound * outF + o.lowerBound, ldc: outF, precision: weight.products)
             }
             return
         }
@@ -129,7 +129,7 @@ func multiplyByTransposedWeight(x: UnsafePointer<Float>, rows: Int, weight: Weig
                 let panel = arena.floats(o.count * inF)
                 weight.dequantizeRows(o, into: panel)
                 sgemm(transB: true, m: rows, n: o.count, k: inF, a: x, lda: inF, b: panel, ldb: inF,
-                      beta: beta, c: y + o.lowerBound, ldc: outF)
+                      beta: beta, c: y + o.lowerBound, ldc: outF, precision: weight.products)
             }
         }
     }

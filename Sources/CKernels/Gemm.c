@@ -1,0 +1,228 @@
+// Gemm.c: a row-major GEMM that multiplies in BF16 and sums in F32 (AVX512_BF16's vdpbf16ps), for models
+// run with BF16 products (ProductPrecision.bf16): on CPUs that have the instruction it does twice the
+// multiply-adds per cycle of an F32 FMA. Operands are rounded to BF16 (nearest even) while they are packed,
+// so callers pass F32 as to cblas_sgemm. Blocking after BLIS: B in NR-column panels of KC depth, A in MR-row
+// panels, a 14 × 32 register tile of AVX-512 accumulators; packed blocks live in a caller-supplied workspace.
+#include "CKernels.h"
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+#define CK_GEMM_X86 1
+#include <immintrin.h>
+#else
+#define CK_GEMM_X86 0
+#endif
+
+enum {
+    CK_MR = 14,   // rows of the register tile (28 accumulators + 2 B vectors + 1 broadcast of 32 zmm)
+    CK_NR = 32,   // columns of the register tile: two vectors of 16 F32
+    CK_KC = 384,  // depth of one packed block (even: values pair along k), 192 pair words per row
+    CK_MC = 168,  // rows of A packed at once (12 register tiles, ~130 KB: L2)
+    CK_NC = 512,  // columns of B packed at once (~390 KB: L2)
+};
+
+int64_t ck_gemm_bf16_workspace_bytes(void) {
+    return (int64_t)sizeof(uint32_t) * (CK_KC / 2) * ((CK_MC + CK_MR) + (CK_NC + CK_NR)) + 64;
+}
+
+#if CK_GEMM_X86
+
+#define CK_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma")))
+
+int ck_gemm_bf16_available(void) {
+    static int available = -1;
+    if (available < 0) {
+        __builtin_cpu_init();
+        available = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+            && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+    }
+    return available;
+}
+
+// Writes rows < mr of the register tile, columns where m0 / m1 (the two 16-column halves) are set:
+// C = acc, beta · C + acc, or C + acc (first: the first depth block, where beta applies).
+#define CK_STORE_TILE()                                                                                \
+    if (first && beta == 0) {                                                                          \
+        for (int i = 0; i < mr; i++) {                                                                 \
+            _mm512_mask_storeu_ps(c + i * ldc, m0, acc0[i]);                                           \
+            _mm512_mask_storeu_ps(c + i * ldc + 16, m1, acc1[i]);                                      \
+        }                                                                                              \
+    } else {                                                                                           \
+        const __m512 bv = _mm512_set1_ps(first ? beta : 1);                                            \
+        for (int i = 0; i < mr; i++) {                                                                 \
+            float *row = c + i * ldc;                                                                  \
+            _mm512_mask_storeu_ps(row, m0, _mm512_fmadd_ps(bv, _mm512_maskz_loadu_ps(m0, row), acc0[i])); \
+            _mm512_mask_storeu_ps(row + 16, m1,                                                        \
+                                  _mm512_fmadd_ps(bv, _mm512_maskz_loadu_ps(m1, row + 16), acc1[i]));  \
+        }                                                                                              \
+    }
+
+// C[mr × NR] (row stride ldc, columns masked by m0 / m1) gets Σ over kp pair words of A's panel (kp × MR)
+// times B's panel (kp × NR).
+CK_BF16_TARGET
+static void ck_bf16_tile(int64_t kp, const uint32_t *ap, const uint32_t *bp, float *c, int64_t ldc,
+                         int first, float beta, int mr, __mmask16 m0, __mmask16 m1) {
+    __m512 acc0[CK_MR], acc1[CK_MR];
+    for (int i = 0; i < CK_MR; i++) { acc0[i] = _mm512_setzero_ps(); acc1[i] = _mm512_setzero_ps(); }
+    for (int64_t p = 0; p < kp; p++) {
+        const __m512bh b0 = (__m512bh)_mm512_loadu_si512(bp), b1 = (__m512bh)_mm512_loadu_si512(bp + 16);
+        for (int i = 0; i < CK_MR; i++) {
+            const __m512bh a = (__m512bh)_mm512_set1_epi32((int)ap[i]);
+            acc0[i] = _mm512_dpbf16_ps(acc0[i], a, b0);
+            acc1[i] = _mm512_dpbf16_ps(acc1[i], a, b1);
+        }
+        ap += CK_MR;
+        bp += CK_NR;
+    }
+    CK_STORE_TILE()
+}
+
+// Up to 32 values of a row contiguous along k (`left` of them remain; zeros past that), times alpha, as 16
+// BF16 pair words: value 2q in the low half of word q, value 2q + 1 in the high half.
+CK_BF16_TARGET
+static inline __m512i ck_row_pairs(const float *row, int64_t left, float alpha) {
+    __m512 lo, hi;
+    if (left >= 32) {
+        lo = _mm512_loadu_ps(row);
+        hi = _mm512_loadu_ps(row + 16);
+    } else {
+        const __mmask16 ml = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
+        const __mmask16 mh = left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
+        lo = _mm512_maskz_loadu_ps(ml, row);
+        hi = _mm512_maskz_loadu_ps(mh, row + 16);
+    }
+    if (alpha != 1) {
+        const __m512 av = _mm512_set1_ps(alpha);
+        lo = _mm512_mul_ps(lo, av);
+        hi = _mm512_mul_ps(hi, av);
+    }
+    return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+}
+
+// `rows` (≤ width) rows contiguous along k, kc deep, into one panel: unit p of row i at panel[p · width + i]
+// (BF16: pair words; F32: values times alpha); rows past `rows` are zero.
+CK_BF16_TARGET
+static void ck_pack_rows_bf16(int64_t rows, int64_t kc, const float *x, int64_t ldx, float alpha,
+                              uint32_t *panel, int64_t width) {
+    const int64_t kp = (kc + 1) / 2;
+    uint32_t words[16];
+    for (int64_t i = 0; i < width; i++) {
+        if (i >= rows) {
+            for (int64_t p = 0; p < kp; p++) panel[p * width + i] = 0;
+            continue;
+        }
+        const float *row = x + i * ldx;
+        for (int64_t p0 = 0; p0 < kp; p0 += 16) {
+            _mm512_storeu_si512(words, ck_row_pairs(row + 2 * p0, kc - 2 * p0, alpha));
+            const int64_t np = kp - p0 < 16 ? kp - p0 : 16;
+            for (int64_t q = 0; q < np; q++) panel[(p0 + q) * width + i] = words[q];
+        }
+    }
+}
+
+// nr (≤ NR) columns of a row-major [kc, ·] block of B into one panel: unit p of column j at
+// panel[p · NR + j]; columns past nr (and in BF16 a last odd row's partner) are zero.
+CK_BF16_TARGET
+static void ck_pack_columns_bf16(int64_t nr, int64_t kc, const float *b, int64_t ldb, uint32_t *panel) {
+    const int64_t kp = (kc + 1) / 2;
+    const __mmask16 m0 = nr >= 16 ? 0xFFFF : (__mmask16)((1u << nr) - 1);
+    const __mmask16 m1 = nr <= 16 ? 0 : nr >= 32 ? 0xFFFF : (__mmask16)((1u << (nr - 16)) - 1);
+    for (int64_t p = 0; p < kp; p++) {
+        const float *r0 = b + 2 * p * ldb, *r1 = r0 + ldb;
+        const int second = 2 * p + 1 < kc;
+        for (int h = 0; h < 2; h++) {
+            const __mmask16 mask = h ? m1 : m0;
+            const __m512 x0 = _mm512_maskz_loadu_ps(mask, r0 + 16 * h);
+            const __m512 x1 = second ? _mm512_maskz_loadu_ps(mask, r1 + 16 * h) : _mm512_setzero_ps();
+            const __m512i w0 = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(x0));
+            const __m512i w1 = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(x1));
+            _mm512_storeu_si512(panel + p * CK_NR + 16 * h, _mm512_or_si512(w0, _mm512_slli_epi32(w1, 16)));
+        }
+    }
+}
+
+// The blocked product: B packed per (NC columns, KC depth) block, A per MC rows of it.
+CK_BF16_TARGET
+static void ck_gemm_blocked(int transB, int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
+                            const float *b, int64_t ldb, float beta, float *c, int64_t ldc, void *workspace) {
+    uint32_t *ap = (uint32_t *)(((uintptr_t)workspace + 63) & ~(uintptr_t)63);
+    uint32_t *bp = ap + (CK_KC / 2) * (CK_MC + CK_MR);
+    for (int64_t jc = 0; jc < n; jc += CK_NC) {
+        const int64_t nc = n - jc < CK_NC ? n - jc : CK_NC;
+        for (int64_t pc = 0; pc < k; pc += CK_KC) {
+            const int64_t kc = k - pc < CK_KC ? k - pc : CK_KC, kp = (kc + 1) / 2;
+            const int first = pc == 0;
+            for (int64_t jr = 0; jr < nc; jr += CK_NR) {
+                const int64_t nr = nc - jr < CK_NR ? nc - jr : CK_NR;
+                uint32_t *panel = bp + jr * kp;
+                if (transB) ck_pack_rows_bf16(nr, kc, b + (jc + jr) * ldb + pc, ldb, 1, panel, CK_NR);
+                else ck_pack_columns_bf16(nr, kc, b + pc * ldb + jc + jr, ldb, panel);
+            }
+            for (int64_t ic = 0; ic < m; ic += CK_MC) {
+                const int64_t mc = m - ic < CK_MC ? m - ic : CK_MC;
+                for (int64_t ir = 0; ir < mc; ir += CK_MR) {
+                    const int64_t mr = mc - ir < CK_MR ? mc - ir : CK_MR;
+                    ck_pack_rows_bf16(mr, kc, a + (ic + ir) * lda + pc, lda, alpha, ap + ir * kp, CK_MR);
+                }
+                for (int64_t jr = 0; jr < nc; jr += CK_NR) {
+                    const int64_t nr = nc - jr < CK_NR ? nc - jr : CK_NR;
+                    const __mmask16 m0 = nr >= 16 ? 0xFFFF : (__mmask16)((1u << nr) - 1);
+                    const __mmask16 m1 = nr <= 16 ? 0 : nr >= 32 ? 0xFFFF : (__mmask16)((1u << (nr - 16)) - 1);
+                    for (int64_t ir = 0; ir < mc; ir += CK_MR) {
+                        const int mr = (int)(mc - ir < CK_MR ? mc - ir : CK_MR);
+                        ck_bf16_tile(kp, ap + ir * kp, bp + jr * kp, c + (ic + ir) * ldc + jc + jr, ldc, first, beta,
+                                     mr, m0, m1);
+                    }
+                }
+            }
+        }
+    }
+}
+
+static int ck_gemm_zero_depth(int64_t m, int64_t n, int64_t k, float beta, float *c, int64_t ldc) {
+    if (m <= 0 || n <= 0) return 1;
+    if (k > 0) return 0;
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++) c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j];
+    return 1;
+}
+
+// Each thread's workspace when the caller passes none: allocated on its first product, freed when it exits.
+static pthread_key_t ck_workspace_key;
+static pthread_once_t ck_workspace_once = PTHREAD_ONCE_INIT;
+static void ck_workspace_make_key(void) { pthread_key_create(&ck_workspace_key, free); }
+
+static void *ck_thread_workspace(void) {
+    pthread_once(&ck_workspace_once, ck_workspace_make_key);
+    void *w = pthread_getspecific(ck_workspace_key);
+    if (!w) {
+        w = malloc((size_t)ck_gemm_bf16_workspace_bytes());
+        if (w && pthread_setspecific(ck_workspace_key, w) != 0) { free(w); w = NULL; }
+    }
+    return w;
+}
+
+int ck_gemm_bf16(int transB, int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
+                 const float *b, int64_t ldb, float beta, float *c, int64_t ldc, void *workspace) {
+    if (!ck_gemm_bf16_available()) return -1;
+    if (ck_gemm_zero_depth(m, n, k, beta, c, ldc)) return 0;
+    if (!workspace) workspace = ck_thread_workspace();
+    if (!workspace) return -1;
+    ck_gemm_blocked(transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, workspace);
+    return 0;
+}
+
+#else
+
+int ck_gemm_bf16_available(void) { return 0; }
+
+int ck_gemm_bf16(int transB, int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
+                 const float *b, int64_t ldb, float beta, float *c, int64_t ldc, void *workspace) {
+    (void)transB; (void)m; (void)n; (void)k; (void)alpha; (void)a; (void)lda; (void)b; (void)ldb;
+    (void)beta; (void)c; (void)ldc; (void)workspace;
+    return -1;
+}
+
+#endif

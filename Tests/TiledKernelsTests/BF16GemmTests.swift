@@ -1,0 +1,105 @@
+// BF16GemmTests: CKernels' BF16 GEMM against a Double reference over BF16-rounded operands — the products it
+// promises — and the layers that run it (`sgemm(precision: .bf16)`) against their F32 results.
+// Skipped on CPUs without AVX512_BF16, where .bf16 products run in F32.
+import CKernels
+import XCTest
+@testable import TiledKernels
+
+final class BF16GemmTests: XCTestCase {
+    /// x rounded to BF16, nearest even (what vdpbf16ps multiplies).
+    private func bf16(_ x: Float) -> Double {
+        let u = x.bitPattern
+        return Double(Float(bitPattern: (u &+ 0x7FFF &+ ((u >> 16) & 1)) & 0xFFFF_0000))
+    }
+
+    private func requireBF16() throws {
+        try XCTSkipUnless(ProductPrecision.bf16Available, "this CPU has no AVX512_BF16")
+    }
+
+    /// C = alpha · A · op(B) + beta · C with padded strides; every element within 1e-5 of its own Σ|products|
+    /// (F32 sums of exact BF16 products), and the padding columns untouched.
+    private func check(m: Int, n: Int, k: Int, transB: Bool, alpha: Float = 0.7, beta: Float = 0.5,
+                       file: StaticString = #filePath, line: UInt = #line) {
+        let lda = k + 3, ldb = (transB ? k : n) + 5, ldc = n + 2
+        var random = LCG(seed: UInt64(m * 131 + n * 17 + k))
+        let a = (0..<(m * lda)).map { _ in random.next() }
+        let b = (0..<((transB ? n : k) * ldb)).map { _ in random.next() }
+        let c0 = (0..<(m * ldc)).map { _ in random.next() }
+        var c = c0
+        a.withUnsafeBufferPointer { ap in
+            b.withUnsafeBufferPointer { bp in
+                c.withUnsafeMutableBufferPointer { cp in
+                    let status = ck_gemm_bf16(transB ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha, ap.baseAddress!,
+                                              Int64(lda), bp.baseAddress!, Int64(ldb), beta, cp.baseAddress!,
+                                              Int64(ldc), nil)
+                    XCTAssertEqual(status, 0, file: file, line: line)
+                }
+            }
+        }
+        var worst = 0.0
+        for i in 0..<m {
+            for j in 0..<n {
+                var sum = 0.0, magnitude = 0.0
+                for p in 0..<k {
+                    let x = bf16(alpha * a[i * lda + p]), y = bf16(transB ? b[j * ldb + p] : b[p * ldb + j])
+                    sum += x * y
+                    magnitude += abs(x * y)
+                }
+                let want = sum + Double(beta) * Double(c0[i * ldc + j])
+                worst = max(worst, abs(Double(c[i * ldc + j]) - want) / (magnitude + 1e-3))
+            }
+            for j in n..<ldc { XCTAssertEqual(c[i * ldc + j], c0[i * ldc + j], "padding column \(j)", file: file, line: line) }
+        }
+        XCTAssertLessThan(worst, 1e-5, "\(m)×\(n)×\(k) transB \(transB)", file: file, line: line)
+    }
+
+    func testProductsMatchBF16RoundedReferenceAcrossBlocksAndEdges() throws {
+        try requireBF16()
+        check(m: 14, n: 32, k: 2, transB: false)          // one register tile
+        check(m: 15, n: 33, k: 3, transB: true)           // a row and a column past it, odd depth
+        check(m: 200, n: 600, k: 901, transB: false)      // several row, column and depth blocks
+        check(m: 170, n: 513, k: 385, transB: true)
+        check(m: 256, n: 512, k: 40, transB: true)        // attention's Q·Kᵀ shape
+    }
+
+    func testBF16DiffersFromF32OnlyByOperandRounding() throws {
+        try requireBF16()
+        let x = randomTensor([112, 96], seed: 11)
+        let w = randomWeight([96, 96], seed: 12)
+        let f32 = linear(x, weight: w, bias: nil)
+        let bf = linear(x, weight: w.multiplying(in: .bf16), bias: nil)
+        var worst: Float = 0, scale: Float = 0
+        for i in 0..<f32.count {
+            worst = max(worst, abs(bf[i] - f32[i]))
+            scale = max(scale, abs(f32[i]))
+        }
+        // Two operands rounded to 8 significant bits: ~2⁻⁹ relative each, far below 1e-2 of the output scale,
+        // far above F32's rounding (so the BF16 kernel really ran).
+        XCTAssertLessThan(worst, 1e-2 * scale)
+        XCTAssertGreaterThan(worst, 1e-5 * scale)
+    }
+
+    func testAttentionInBF16StaysCloseToF32() throws {
+        try requireBF16()
+        let q = randomTensor([1, 300, 128], seed: 21), k = randomTensor([1, 300, 128], seed: 22)
+        let v = randomTensor([1, 300, 128], seed: 23)
+        let f32 = attention(q: q, k: k, v: v, heads: 2)
+        let bf = attention(q: q, k: k, v: v, heads: 2, precision: .bf16)
+        assertClose(bf, f32.doubles, shape: [1, 300, 128], tolerance: 1e-2)
+    }
+
+    func testNarrowProductsFallBackToF32() {
+        // 40 columns fill 40/64 of two register tiles: below the 70% where BF16 pays, so F32 runs — exactly.
+        let a = randomTensor([16, 24], seed: 31), b = randomTensor([24, 40], seed: 32)
+        var c1 = [Float](repeating: 0, count: 16 * 40), c2 = c1
+        a.withUnsafeBufferPointer { ap in
+            b.withUnsafeBufferPointer { bp in
+                sgemm(m: 16, n: 40, k: 24, a: ap.baseAddress!, lda: 24, b: bp.baseAddress!, ldb: 40, beta: 0,
+                      c: &c1, ldc: 40)
+                sgemm(m: 16, n: 40, k: 24, a: ap.baseAddress!, lda: 24, b: bp.baseAddress!, ldb: 40, beta: 0,
+                      c: &c2, ldc: 40, precision: .bf16)
+            }
+        }
+        XCTAssertEqual(c1, c2)
+    }
+}
