@@ -37,7 +37,7 @@ let package = Package(
         .target(name: "Pipeline", dependencies: ["MMapWeights", "TiledKernels", "CKernels", "CPNG"], swiftSettings: optimize),
         .target(name: "SDDAPI"),
         .target(name: "Daemon", dependencies: [
-            "Pipeline", "SDDAPI", "CSystemd",
+            "Pipeline", "TiledKernels", "SDDAPI", "CSystemd",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ] + nio),

@@ -5,6 +5,7 @@ import Foundation
 import Logging
 import ServiceLifecycle
 import SDDAPI
+import TiledKernels
 
 /// Everything `sdd serve` can be told.
 public struct DaemonConfiguration: Sendable {
@@ -21,6 +22,8 @@ public struct DaemonConfiguration: Sendable {
     public var keepAlive: Double? = 300
     /// Memory budget in bytes for the pipeline (not yet applied; see the lead's issue).
     public var memoryBudget: Int?
+    /// How the UNet and VAE multiply (`--precision`); nil: the pipeline's automatic choice.
+    public var products: ProductPrecision?
     /// Most queued jobs; more get 429.
     public var maxQueued: Int = 1000
     /// Finished, failed and canceled jobs are removed this many seconds after they ended; nil = never.
@@ -51,6 +54,7 @@ public enum Daemon {
         let worker = Worker(queue: queue, modelURL: config.model, keepAlive: config.keepAlive,
                             checkpointEvery: config.checkpointEvery, logger: logger)
         worker.memoryBudget = config.memoryBudget
+        worker.products = config.products
         let router = APIRouter(queue: queue, worker: worker, model: model, keepAlive: config.keepAlive)
         let address: ListenAddress = config.inheritedSocket.map { .inherited($0) }
             ?? .path(config.socketPath, mode: config.socketMode, group: config.socketGroup)

@@ -6,6 +6,7 @@ import Foundation
 import Logging
 import Pipeline
 import SDDAPI
+import TiledKernels
 
 public final class Worker: @unchecked Sendable {
     public let queue: JobQueue
@@ -30,6 +31,8 @@ public final class Worker: @unchecked Sendable {
     /// Bytes a generation may use (--memory-budget): each job is planned under it (VAE tiling) or fails
     /// with the planner's message. nil: no limit.
     public var memoryBudget: Int?
+    /// How the pipeline's UNet and VAE multiply (nil: automatic); read when the model loads.
+    public var products: ProductPrecision?
 
     public init(queue: JobQueue, modelURL: URL?, keepAlive: Double?, checkpointEvery: Int = 5, logger: Logger) {
         self.queue = queue
@@ -154,7 +157,7 @@ public final class Worker: @unchecked Sendable {
             throw PipelineError.invalidRequest("no model configured: start sdd serve with --model PATH or SDD_MODEL")
         }
         let clock = Date()
-        let p = try StableDiffusionPipeline(model: try StableDiffusionModel(url: url))
+        let p = try StableDiffusionPipeline(model: try StableDiffusionModel(url: url), products: products)
         pipeline = p
         setLoaded(true)
         logger.info("model loaded", metadata: ["model": "\(url.path)", "seconds": "\(Date().timeIntervalSince(clock))"])

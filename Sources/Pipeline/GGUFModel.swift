@@ -82,6 +82,11 @@ public final class GGUFComponentWeights: WeightProvider, @unchecked Sendable {
 
     public func has(_ name: String) -> Bool { gguf.tensor(prefix + name) != nil }
 
+    /// Whether any of this component's tensors is block-quantized (q8_0, q4_0 …).
+    public var hasQuantizedTensors: Bool {
+        gguf.tensors.contains { $0.name.hasPrefix(prefix) && $0.type.isQuantized }
+    }
+
     /// The stored record of `prefix + name`.
     public func info(_ name: String) -> GGUFTensorInfo? { gguf.tensor(prefix + name) }
 

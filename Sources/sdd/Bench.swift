@@ -30,6 +30,9 @@ struct Bench: ParsableCommand {
     @Option(help: "Weight residency: resident, streamed, strict.")
     var residency: String = "streamed"
 
+    @Option(help: "How the UNet and VAE multiply: auto (bf16 for a quantized GGUF on a CPU with AVX512_BF16, else f32), f32 (diffusers' results to rounding) or bf16 (operands rounded to BF16, F32 sums; faster where the CPU has AVX512_BF16).")
+    var precision: String = "auto"
+
     @Option(help: "Memory budget, e.g. 256M (chooses VAE tiling); default: no limit.")
     var memoryBudget: String?
 
@@ -73,7 +76,9 @@ struct Bench: ParsableCommand {
 
         let modelPath = try ModelLocation.resolve(model)
         let sdModel = try StableDiffusionModel(url: URL(fileURLWithPath: modelPath))
-        let pipeline = try StableDiffusionPipeline(model: sdModel, residency: residencyMode)
+        let pipeline = try StableDiffusionPipeline(model: sdModel, residency: residencyMode,
+                                                   products: try ProductPrecision.named(precision))
+        let products = pipeline.products
         if let budget = memoryBudget {
             try MemoryPlanner.apply(budget: try MemorySize.parse(budget), to: pipeline, width: width, height: height)
         }
@@ -103,6 +108,7 @@ struct Bench: ParsableCommand {
             "width": result.width, "height": result.height,
             "steps": steps, "unet_evaluations": t.steps.count, "guidance": Double(guidance),
             "residency": residencyMode.rawValue,
+            "products": products.rawValue,
             "weight_types": WeightSummary.types(of: sdModel),
             "text_encode_seconds": t.textEncode,
             "unet_step_seconds": t.medianStep,
@@ -129,6 +135,7 @@ struct Bench: ParsableCommand {
         func mib(_ b: Int) -> String { String(format: "%.1f MiB", Double(b) / 1_048_576) }
         print("model            \(sdModel.name) (\(WeightSummary.types(of: sdModel)))")
         print("size             \(result.width)×\(result.height), guidance \(guidance), \(t.steps.count) UNet evaluations, residency \(residencyMode.rawValue)")
+        print("products         \(products == .bf16 ? "bf16 (CKernels' AVX512_BF16 GEMM, F32 sums)" : "f32 (OpenBLAS sgemm)") for the UNet and VAE")
         print(String(format: "text encode      %.3f s", t.textEncode))
         print(String(format: "UNet step        %.3f s median  (%.0f GFLOP, %.1f GFLOP/s)", t.medianStep,
                      Double(unetFlopsPerStep) / 1e9, report["unet_gflops_per_second"] as? Double ?? 0))
@@ -156,9 +163,16 @@ extension Bench {
             let a = measureConvSeconds(s, winogradTile: nil, repeats: repeats)
             let b = measureConvSeconds(s, winogradTile: 2, repeats: repeats)
             let c = measureConvSeconds(s, winogradTile: 4, repeats: repeats)
-            print(String(format: "%dx%dx%dx%d → %d %@: im2col %.3f s (%.0f), F(2×2) %.3f s (%.0f), F(4×4) %.3f s (%.0f)",
-                         s.batch, s.channels, s.height, s.width, s.outChannels, s.type.name, a, s.flops / a / 1e9,
-                         b, s.flops / b / 1e9, c, s.flops / c / 1e9))
+            var line = String(format: "%dx%dx%dx%d → %d %@: im2col %.3f s (%.0f), F(2×2) %.3f s (%.0f), F(4×4) %.3f s (%.0f)",
+                              s.batch, s.channels, s.height, s.width, s.outChannels, s.type.name, a, s.flops / a / 1e9,
+                              b, s.flops / b / 1e9, c, s.flops / c / 1e9)
+            if ProductPrecision.bf16Available {
+                let d = measureConvSeconds(s, winogradTile: nil, repeats: repeats, precision: .bf16)
+                let e = measureConvSeconds(s, winogradTile: 4, repeats: repeats, precision: .bf16)
+                line += String(format: "; BF16 products: im2col %.3f s (%.0f), F(4×4) %.3f s (%.0f)",
+                               d, s.flops / d / 1e9, e, s.flops / e / 1e9)
+            }
+            print(line)
         }
     }
 
@@ -182,7 +196,11 @@ extension Bench {
             return (Float(state >> 40) / Float(1 << 24) - 0.5) * 3.4
         }
         let z = Tensor(shape: shape, data: values)
-        let decoder = try VAEDecoder(config: sdModel.vae, weights: try sdModel.weights("vae"), residency: residency)
+        let products = try ProductPrecision.named(precision)
+            ?? StableDiffusionPipeline.automaticProducts(unetWeights: try sdModel.weights("unet"))
+        let decoder = try VAEDecoder(config: sdModel.vae,
+                                     weights: ProductPrecisionWeights(try sdModel.weights("vae"), products: products),
+                                     residency: residency)
         var tiling: VAETiling?
         if let budget = memoryBudget {
             tiling = try VAEDecoder.tiling(forBudgetBytes: try MemorySize.parse(budget), config: sdModel.vae,
@@ -203,7 +221,7 @@ extension Bench {
         let median = seconds.sorted()[seconds.count / 2]
         if json {
             let report: [String: Any] = [
-                "model": sdModel.name, "width": w, "height": h, "stage": "vae",
+                "model": sdModel.name, "width": w, "height": h, "stage": "vae", "products": products.rawValue,
                 "vae_decode_seconds": median, "vae_decode_seconds_all": seconds,
                 "tiled": tiling != nil, "output_sum": checksum,
                 "machine_gemm_gflops_per_second": gemm,
@@ -212,7 +230,7 @@ extension Bench {
             print(String(decoding: data, as: UTF8.self))
             return
         }
-        print("model            \(sdModel.name), VAE decode only, \(w)×\(h)\(tiling == nil ? "" : ", tiled")")
+        print("model            \(sdModel.name), VAE decode only, \(w)×\(h)\(tiling == nil ? "" : ", tiled"), \(products.rawValue) products")
         print(String(format: "VAE decode       %.3f s median of %d  (all: %@)", median, repeats,
                      seconds.map { String(format: "%.3f", $0) }.joined(separator: " ")))
         print(String(format: "output sum       %.6g", checksum))

@@ -3,6 +3,7 @@
 import ArgumentParser
 import Foundation
 import Pipeline
+import TiledKernels
 
 struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -56,6 +57,9 @@ struct Generate: ParsableCommand {
 
     @Option(help: "Weight residency: streamed (default: about one module resident), resident, strict (also drops page cache).")
     var residency: String = "streamed"
+
+    @Option(help: "How the UNet and VAE multiply: auto (bf16 for a quantized GGUF on a CPU with AVX512_BF16, else f32), f32 (diffusers' results to rounding) or bf16 (operands rounded to BF16, F32 sums; faster where the CPU has AVX512_BF16).")
+    var precision: String = "auto"
 
     @Flag(help: "Print stage timings and peak memory as one JSON line on stderr.")
     var timings = false
@@ -111,7 +115,8 @@ struct Generate: ParsableCommand {
         guard let residencyMode = WeightResidency(rawValue: residency) else {
             throw PipelineError.invalidRequest("unknown --residency \(residency); choose streamed, resident or strict")
         }
-        let pipeline = try StableDiffusionPipeline(model: folder, residency: residencyMode)
+        let pipeline = try StableDiffusionPipeline(model: folder, residency: residencyMode,
+                                                   products: try ProductPrecision.named(precision))
         let prompts = try promptList()
 
         var settings = GenerationSettings(prompt: prompts[0])

@@ -7,6 +7,7 @@ import Dispatch
 import Foundation
 import Logging
 import SDDAPI
+import TiledKernels
 
 struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -37,6 +38,9 @@ struct Serve: ParsableCommand {
 
     @Option(help: "Memory budget for generation, e.g. 256M or 1G.")
     var memoryBudget: String?
+
+    @Option(help: "How the UNet and VAE multiply: auto (bf16 for a quantized GGUF on a CPU with AVX512_BF16, else f32), f32 (diffusers' results to rounding) or bf16 (operands rounded to BF16, F32 sums; faster where the CPU has AVX512_BF16).")
+    var precision: String = "auto"
 
     @Option(help: "Most jobs waiting at once; more submissions get 429.")
     var queueLimit: Int = 1000
@@ -69,6 +73,11 @@ struct Serve: ParsableCommand {
         config.stateDirectory = URL(fileURLWithPath: stateDir)
         config.keepAlive = try DurationOption.parse(keepAlive, option: "--keep-alive")
         config.memoryBudget = try memoryBudget.map { try ByteSizeOption.parse($0, option: "--memory-budget") }
+        do {
+            config.products = try ProductPrecision.named(precision)
+        } catch {
+            throw OptionError("--precision \"\(precision)\": \(error)")
+        }
         config.maxQueued = queueLimit
         config.retention = try DurationOption.parse(retention, option: "--retention")
         config.retentionBytes = try retentionSize.map { try ByteSizeOption.parse($0, option: "--retention-size") }

@@ -58,6 +58,39 @@ final class GGUFModelTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(db, 35)
     }
 
+    func testBF16ProductsStayCloseToTheF32Products() throws {
+        try XCTSkipUnless(ProductPrecision.bf16Available, "this CPU has no AVX512_BF16")
+        let url = try convert(.q8_0)
+        let f32 = try StableDiffusionPipeline(model: try StableDiffusionModel(url: url), products: .f32)
+            .generate(settings())
+        let bf16 = try StableDiffusionPipeline(model: try StableDiffusionModel(url: url), products: .bf16)
+            .generate(settings())
+        let err = relativeMaxError(bf16.latents, f32.latents)
+        let db = psnr(bf16.images.flatMap { $0 }, f32.images.flatMap { $0 })
+        print("q8_0 bf16 vs f32 products: final latents relative error \(err), image PSNR \(String(format: "%.1f", db)) dB")
+        XCTAssertGreaterThan(err, 0, "BF16 products ran nowhere")
+        XCTAssertLessThanOrEqual(err, 0.05)
+        XCTAssertGreaterThanOrEqual(db, 30)
+    }
+
+    func testAutomaticProductsAreBF16OnlyForQuantizedModels() throws {
+        let folder = try StableDiffusionPipeline(model: try StableDiffusionModel(url: ModelFixtures.tinyModel))
+        XCTAssertEqual(folder.products, .f32)
+        let f16 = try StableDiffusionPipeline(model: try StableDiffusionModel(url: try convert(.f16)))
+        XCTAssertEqual(f16.products, .f32)
+        let q8 = try StableDiffusionPipeline(model: try StableDiffusionModel(url: try convert(.q8_0)))
+        XCTAssertEqual(q8.products, ProductPrecision.bf16Available ? .bf16 : .f32)
+    }
+
+    func testPrecisionNamesAreCheckedByName() throws {
+        XCTAssertEqual(try ProductPrecision.named("F32"), .f32)
+        XCTAssertNil(try ProductPrecision.named("auto"))
+        XCTAssertThrowsError(try ProductPrecision.named("fp8")) { error in
+            XCTAssertTrue("\(error)".contains("unknown precision fp8"), "\(error)")
+        }
+        if ProductPrecision.bf16Available { XCTAssertEqual(try ProductPrecision.named("bf16"), .bf16) }
+    }
+
     func testEveryQuantizedTypeConvertsOpensAndGenerates() throws {
         let reference = try generate(ModelFixtures.tinyModel)
         for type in [TensorType.q4_0, .q4_1, .q5_0, .q5_1, .f16, .bf16] {

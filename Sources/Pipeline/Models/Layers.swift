@@ -24,6 +24,24 @@ public protocol WeightProvider: AnyObject {
     func has(_ name: String) -> Bool
 }
 
+/// Hands out another provider's weights set to multiply with `products` (see `Weight.products`): how a
+/// pipeline runs a component's linear layers, convolutions and attention in BF16.
+public final class ProductPrecisionWeights: WeightProvider {
+    let base: WeightProvider
+    let products: ProductPrecision
+
+    public init(_ base: WeightProvider, products: ProductPrecision) {
+        self.base = base
+        self.products = products
+    }
+
+    public func weight(_ name: String, shape: [Int]?) throws -> Weight {
+        try base.weight(name, shape: shape).multiplying(in: products)
+    }
+
+    public func has(_ name: String) -> Bool { base.has(name) }
+}
+
 /// torch.nn.Linear: weight [out, in], optional bias [out].
 struct Linear: WeightGroup {
     let weight: Weight
@@ -136,7 +154,9 @@ struct MultiHeadAttention: WeightGroup {
     func callAsFunction(_ x: Tensor, context: Tensor? = nil, causal: Bool = false) -> Tensor {
         let ctx = context ?? x
         let query = q(x)
-        let a = attention(q: query, k: k(ctx), v: v(ctx), heads: heads, causal: causal)
+        // The scores and their weighted sum multiply as the projections do.
+        let a = attention(q: query, k: k(ctx), v: v(ctx), heads: heads, causal: causal,
+                          precision: q.weight.products)
         // QKᵀ and PV: 2 · 2 · Tq · Tk · channels per batch item.
         ComputeCounter.add(4 * query.count * ctx.shape[ctx.shape.count - 2])
         return out(a)
