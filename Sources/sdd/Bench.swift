@@ -39,7 +39,7 @@ struct Bench: ParsableCommand {
     @Option(help: ArgumentHelp(
         "What to time: all (one generation), vae (only the VAE decoder, --repeats times) or conv.",
         discussion: "vae decodes a fixed pseudo-random latent of the requested size with the model's VAE weights "
-            + "(untiled unless --memory-budget picks tiles), after one untimed warm-up decode; it reports the "
+            + "(untiled unless a generation under --memory-budget would tile it: the same tiles), after one untimed warm-up decode; it reports the "
             + "median and every timed decode. Compare with tools/bench/vae_vs_diffusers.py. conv times the 3×3 convolution "
             + "shapes of SD 1.5's VAE (F16) and UNet (Q8_0, batch 2) with im2col and with Winograd, interleaved."))
     var stage: String = "all"
@@ -203,8 +203,10 @@ extension Bench {
                                      residency: residency)
         var tiling: VAETiling?
         if let budget = memoryBudget {
-            tiling = try VAEDecoder.tiling(forBudgetBytes: try MemorySize.parse(budget), config: sdModel.vae,
-                                       latentHeight: shape[2], latentWidth: shape[3])
+            // The tiles a generation under this budget decodes with: the planner's, after the UNet's share.
+            let pipeline = try StableDiffusionPipeline(model: sdModel, residency: residency, products: products)
+            tiling = try MemoryPlanner.plan(budget: try MemorySize.parse(budget), pipeline: pipeline, width: w,
+                                            height: h).vaeTiling
         }
         func decode() throws -> Tensor {
             if let tiling { return try decoder.decodeTiled(z, tiling: tiling) }
@@ -223,14 +225,14 @@ extension Bench {
             let report: [String: Any] = [
                 "model": sdModel.name, "width": w, "height": h, "stage": "vae", "products": products.rawValue,
                 "vae_decode_seconds": median, "vae_decode_seconds_all": seconds,
-                "tiled": tiling != nil, "output_sum": checksum,
+                "tiled": tiling != nil, "tile_latent_size": tiling?.tileLatentSize ?? 0, "output_sum": checksum,
                 "machine_gemm_gflops_per_second": gemm,
             ]
             let data = try JSONSerialization.data(withJSONObject: report, options: [.sortedKeys])
             print(String(decoding: data, as: UTF8.self))
             return
         }
-        print("model            \(sdModel.name), VAE decode only, \(w)×\(h)\(tiling == nil ? "" : ", tiled"), \(products.rawValue) products")
+        print("model            \(sdModel.name), VAE decode only, \(w)×\(h)\(tiling.map { ", tiles of \($0.tileLatentSize) latent cells" } ?? ""), \(products.rawValue) products")
         print(String(format: "VAE decode       %.3f s median of %d  (all: %@)", median, repeats,
                      seconds.map { String(format: "%.3f", $0) }.joined(separator: " ")))
         print(String(format: "output sum       %.6g", checksum))
