@@ -2,8 +2,7 @@
 // run with BF16 products (ProductPrecision.bf16): on CPUs that have the instruction it does twice the
 // multiply-adds per cycle of an F32 FMA. Operands are rounded to BF16 (nearest even) while they are packed,
 // so callers pass F32 as to cblas_sgemm. Blocking after BLIS: B in NR-column panels of KC depth, A in MR-row
-// panels, a 14 × 32 register tile of AVX-512 accumulators; packed blocks live in the caller's workspace or
-// in one kept per thread.
+// panels, a 14 × 32 register tile of AVX-512 accumulators; packed blocks live in a workspace kept per thread.
 #include "CKernels.h"
 #include <pthread.h>
 #include <stdlib.h>
@@ -24,11 +23,12 @@ enum {
     CK_NC = 512,  // columns of B packed at once (~390 KB: L2)
 };
 
-int64_t ck_gemm_bf16_workspace_bytes(void) {
+#if CK_GEMM_X86
+
+// Bytes of one packed A block and one packed B block, plus alignment.
+static int64_t ck_gemm_bf16_workspace_bytes(void) {
     return (int64_t)sizeof(uint32_t) * (CK_KC / 2) * ((CK_MC + CK_MR) + (CK_NC + CK_NR)) + 64;
 }
-
-#if CK_GEMM_X86
 
 #define CK_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma")))
 
@@ -221,7 +221,7 @@ static int ck_gemm_zero_depth(int64_t m, int64_t n, int64_t k, float beta, float
     return 1;
 }
 
-// Each thread's workspace when the caller passes none: allocated on its first product, freed when it exits.
+// Each thread's workspace: allocated on its first product, freed when the thread exits.
 static pthread_key_t ck_workspace_key;
 static pthread_once_t ck_workspace_once = PTHREAD_ONCE_INIT;
 static void ck_workspace_make_key(void) { pthread_key_create(&ck_workspace_key, free); }
@@ -237,10 +237,10 @@ static void *ck_thread_workspace(void) {
 }
 
 int ck_gemm_bf16(int transB, int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
-                 const float *b, int64_t ldb, float beta, float *c, int64_t ldc, void *workspace) {
+                 const float *b, int64_t ldb, float beta, float *c, int64_t ldc) {
     if (!ck_gemm_bf16_available()) return -1;
     if (ck_gemm_zero_depth(m, n, k, beta, c, ldc)) return 0;
-    if (!workspace) workspace = ck_thread_workspace();
+    void *workspace = ck_thread_workspace();
     if (!workspace) return -1;
     ck_gemm_blocked(transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, workspace);
     return 0;
@@ -251,9 +251,9 @@ int ck_gemm_bf16(int transB, int64_t m, int64_t n, int64_t k, float alpha, const
 int ck_gemm_bf16_available(void) { return 0; }
 
 int ck_gemm_bf16(int transB, int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
-                 const float *b, int64_t ldb, float beta, float *c, int64_t ldc, void *workspace) {
+                 const float *b, int64_t ldb, float beta, float *c, int64_t ldc) {
     (void)transB; (void)m; (void)n; (void)k; (void)alpha; (void)a; (void)lda; (void)b; (void)ldb;
-    (void)beta; (void)c; (void)ldc; (void)workspace;
+    (void)beta; (void)c; (void)ldc;
     return -1;
 }
 

@@ -121,7 +121,8 @@ public final class StableDiffusionPipeline {
         return m
     }
 
-    func vaeDecoder() throws -> VAEDecoder {
+    /// The VAE decoder, bound to this pipeline's weights and products on first use and kept.
+    public func vaeDecoder() throws -> VAEDecoder {
         if let m = vaeModel { return m }
         let m = try VAEDecoder(config: model.vae, weights: vaeWeights, residency: residency)
         vaeModel = m
@@ -149,7 +150,7 @@ public final class StableDiffusionPipeline {
     /// BF16 products for a model whose UNet weights are block-quantized (already a few parts in a thousand
     /// from F32, as stable-diffusion.cpp's quantized products are) on a CPU with AVX512_BF16; F32 otherwise,
     /// so F32, F16 and BF16 weights keep diffusers' results to rounding.
-    public static func automaticProducts(unetWeights: WeightProvider) -> ProductPrecision {
+    static func automaticProducts(unetWeights: WeightProvider) -> ProductPrecision {
         guard ProductPrecision.bf16Available, let gguf = unetWeights as? GGUFComponentWeights,
               gguf.hasQuantizedTensors else { return .f32 }
         return .bf16

@@ -61,7 +61,7 @@ func sgemm(
     // arenas made them grow to every size in turn.
     if precision == .bf16, !transA, ProductPrecision.bf16Available, bf16Pays(m: m, n: n),
        ck_gemm_bf16(transB ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha, a, Int64(lda), b, Int64(ldb),
-                    beta, c, Int64(ldc), nil) == 0 {
+                    beta, c, Int64(ldc)) == 0 {
         return
     }
     BLASThreading.ensure()

@@ -196,15 +196,13 @@ extension Bench {
             return (Float(state >> 40) / Float(1 << 24) - 0.5) * 3.4
         }
         let z = Tensor(shape: shape, data: values)
-        let products = try ProductPrecision.named(precision)
-            ?? StableDiffusionPipeline.automaticProducts(unetWeights: try sdModel.weights("unet"))
-        let decoder = try VAEDecoder(config: sdModel.vae,
-                                     weights: ProductPrecisionWeights(try sdModel.weights("vae"), products: products),
-                                     residency: residency)
+        // The decoder a generation uses (its products), and under a budget the tiles its plan picks.
+        let pipeline = try StableDiffusionPipeline(model: sdModel, residency: residency,
+                                                   products: try ProductPrecision.named(precision))
+        let products = pipeline.products
+        let decoder = try pipeline.vaeDecoder()
         var tiling: VAETiling?
         if let budget = memoryBudget {
-            // The tiles a generation under this budget decodes with: the planner's, after the UNet's share.
-            let pipeline = try StableDiffusionPipeline(model: sdModel, residency: residency, products: products)
             tiling = try MemoryPlanner.plan(budget: try MemorySize.parse(budget), pipeline: pipeline, width: w,
                                             height: h).vaeTiling
         }

@@ -31,7 +31,7 @@ final class BF16GemmTests: XCTestCase {
                 c.withUnsafeMutableBufferPointer { cp in
                     let status = ck_gemm_bf16(transB ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha, ap.baseAddress!,
                                               Int64(lda), bp.baseAddress!, Int64(ldb), beta, cp.baseAddress!,
-                                              Int64(ldc), nil)
+                                              Int64(ldc))
                     XCTAssertEqual(status, 0, file: file, line: line)
                 }
             }

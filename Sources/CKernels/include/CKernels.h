@@ -65,16 +65,13 @@ void ck_winograd_f43_output(const float *m, int64_t outChannels, int64_t tileRow
 /// Whether ck_gemm_bf16 can run here: AVX-512 with AVX512_BF16 (vdpbf16ps). 1 or 0.
 int ck_gemm_bf16_available(void);
 
-/// Bytes of workspace ck_gemm_bf16 needs for any shape (its packed blocks; ~0.6 MB). Any alignment.
-int64_t ck_gemm_bf16_workspace_bytes(void);
-
 /// C[m, n] = alpha · A[m, k] · op(B)[k, n] + beta · C, all row-major F32 in memory (A with row stride lda;
 /// B stored [k, n] or, with transB, [n, k]), multiplied in BF16: A and B are rounded to BF16 (nearest even)
-/// and their products summed in F32. beta == 0 ignores C's old contents. `workspace`: at least
-/// ck_gemm_bf16_workspace_bytes() bytes, or NULL for one kept per calling thread (freed when it exits).
-/// Returns 0, or -1 when the CPU lacks the instructions or no workspace could be allocated (nothing written).
+/// and their products summed in F32. beta == 0 ignores C's old contents. Packs into a workspace kept per
+/// calling thread (~0.6 MB, freed when it exits). Returns 0, or -1 when the CPU lacks the instructions or
+/// the workspace could not be allocated (nothing written).
 int ck_gemm_bf16(int transB, int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
-                 const float *b, int64_t ldb, float beta, float *c, int64_t ldc, void *workspace);
+                 const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
 
 #ifdef __cplusplus
 }

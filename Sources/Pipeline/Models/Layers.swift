@@ -26,20 +26,20 @@ public protocol WeightProvider: AnyObject {
 
 /// Hands out another provider's weights set to multiply with `products` (see `Weight.products`): how a
 /// pipeline runs a component's linear layers, convolutions and attention in BF16.
-public final class ProductPrecisionWeights: WeightProvider {
+final class ProductPrecisionWeights: WeightProvider {
     let base: WeightProvider
     let products: ProductPrecision
 
-    public init(_ base: WeightProvider, products: ProductPrecision) {
+    init(_ base: WeightProvider, products: ProductPrecision) {
         self.base = base
         self.products = products
     }
 
-    public func weight(_ name: String, shape: [Int]?) throws -> Weight {
+    func weight(_ name: String, shape: [Int]?) throws -> Weight {
         try base.weight(name, shape: shape).multiplying(in: products)
     }
 
-    public func has(_ name: String) -> Bool { base.has(name) }
+    func has(_ name: String) -> Bool { base.has(name) }
 }
 
 /// torch.nn.Linear: weight [out, in], optional bias [out].
