@@ -211,6 +211,15 @@ final class CompatRoutesTests: XCTestCase {
         XCTAssertEqual(try call("GET", "/v1/jobs").decode(JobList.self).jobs.map(\.id), [id])
     }
 
+    func testOnTheSocketTheCallersUidOwnsTheJob() throws {
+        let r = try replay("openai.json", "images.generate", as: .uid(1000))
+        let id = try jobID(r)
+        XCTAssertEqual(queue.list(uid: 1000).map(\.id), [id], "sdctl jobs shows it to its uid")
+        XCTAssertEqual(queue.job(id, uid: 1000)?.owner, 1000)
+        XCTAssertNil(queue.job(id, uid: 1000)?.ownerName)
+        XCTAssertNil(queue.job(id, owner: .token("alice")))
+    }
+
     // MARK: AUTOMATIC1111
 
     func testWebuiapiTxt2ImgBecomesAJobWithMappedSettings() throws {
