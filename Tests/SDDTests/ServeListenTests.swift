@@ -42,6 +42,59 @@ final class ServeListenTests: XCTestCase {
         XCTAssertTrue(open.stderr.contains("chmod 600"), open.stderr)
     }
 
+    /// One HTTP/1.1 request over TCP to 127.0.0.1:`port`; the status code, or nil if nothing answered.
+    func status(port: Int, _ path: String, authorization: String?) -> Int? {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var tv = timeval(tv_sec: 30, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard rc == 0 else { return nil }
+        let head = "GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            + (authorization.map { "Authorization: \($0)\r\n" } ?? "") + "\r\n"
+        _ = Array(head.utf8).withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        var buf = [UInt8](repeating: 0, count: 4096)
+        let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        guard n > 12 else { return nil }
+        return Int(String(decoding: buf[9..<12], as: UTF8.self))
+    }
+
+    func testServeAnswersOnTheTokenPortFromSDDListen() throws {
+        // A free port: bind port 0, read it, release it for the daemon.
+        let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(probe, $0, length) == 0 && getsockname(probe, $0, &length) == 0 }
+        }
+        let port = Int(UInt16(bigEndian: addr.sin_port))
+        close(probe)
+        let serve = try ServeProcess(["serve", "--model", ProcessRunner.repository.appendingPathComponent("Tests/Fixtures/tiny-sd").path,
+                                      "--socket", workDir.appendingPathComponent("s.sock").path,
+                                      "--state-dir", workDir.appendingPathComponent("state").path],
+                                     environment: ["SDD_LISTEN": "127.0.0.1:\(port)", "SDD_TOKENS": tokens],
+                                     log: workDir.appendingPathComponent("serve.log"))
+        defer { serve.stop() }
+        XCTAssertTrue(ServeHTTP.waitUntil(timeout: 60) { self.status(port: port, "/v1/health", authorization: nil) != nil },
+                      serve.stderr)
+        XCTAssertEqual(status(port: port, "/v1/health", authorization: nil), 401)
+        XCTAssertEqual(status(port: port, "/v1/health", authorization: "Bearer wrong-token-0123456789"), 401)
+        XCTAssertEqual(status(port: port, "/v1/health", authorization: "Bearer alice-token-0123456789"), 200)
+        XCTAssertEqual(status(port: port, "/sdapi/v1/sd-models", authorization: "Bearer alice-token-0123456789"), 200)
+        serve.signal(SIGTERM)
+        XCTAssertEqual(serve.waitExit(timeout: 60), 0, serve.stderr)
+        XCTAssertNil(status(port: port, "/v1/health", authorization: nil), "the port is closed after shutdown")
+    }
+
     func testTheTCPDropInVerifiesWithTheService() throws {
         guard let analyze = ProcessRunner.which("systemd-analyze") else { throw XCTSkip("systemd-analyze is not installed") }
         let units = workDir.appendingPathComponent("units")
