@@ -220,6 +220,14 @@ final class CompatRoutesTests: XCTestCase {
         XCTAssertNil(queue.job(id, owner: .token("alice")))
     }
 
+    func testATokenOwnedJobSurvivesARestartWithItsOwner() throws {
+        let id = try jobID(try replay("openai.json", "images.generate"))
+        let reloaded = JobQueue(spool: try Spool(root: dir), maxQueued: 100, logger: .init(label: "test"))
+        XCTAssertEqual(reloaded.job(id, owner: alice)?.state, .queued, "still queued for its token name")
+        XCTAssertNil(reloaded.job(id, owner: .uid(JobOwner.tokenJobUID)))
+        XCTAssertNil(reloaded.job(id, owner: .token("bob")))
+    }
+
     // MARK: AUTOMATIC1111
 
     func testWebuiapiTxt2ImgBecomesAJobWithMappedSettings() throws {
@@ -342,5 +350,6 @@ final class CompatRoutesTests: XCTestCase {
         XCTAssertFalse(queue.isCancelRequested(id), "bob cannot interrupt alice's job")
         XCTAssertEqual(try replay("a1111.json", "interrupt").status, 200)
         XCTAssertTrue(queue.isCancelRequested(id))
+        XCTAssertEqual((try object(try replay("a1111.json", "get_progress"))["state"] as? [String: Any])?["interrupted"] as? Bool, true)
     }
 }
