@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -203,8 +204,12 @@ def main():
         serve.terminate()
         serve.wait(timeout=120)
         log.close()
-    print(f"{'FAILED: ' + '; '.join(failures) if failures else 'all checks passed'} (logs: {tmp / 'serve.log'})")
-    return 1 if failures else 0
+    if failures:
+        print(f"FAILED: {'; '.join(failures)} (daemon log: {tmp / 'serve.log'})")
+        return 1
+    shutil.rmtree(tmp, ignore_errors=True)
+    print("all checks passed")
+    return 0
 
 
 if __name__ == "__main__":
