@@ -134,7 +134,8 @@ extension APIRouter {
         let p = running?.progress
         let fraction = p.map { $0.total > 0 ? Double($0.step) / Double($0.total) : 0 } ?? 0
         let state: [String: JSONValue] = [
-            "skipped": false, "interrupted": .bool(running.map { queue.isCancelRequested($0.id) } ?? false), "job": .string(running?.id ?? ""), "job_count": .integer(Int64(pending.count)),
+            "skipped": false, "interrupted": .bool(running.map { queue.isCancelRequested($0.id) } ?? false),
+            "job": .string(running?.id ?? ""), "job_count": .integer(Int64(pending.count)),
             "job_timestamp": .string(running.map { Self.timestamp($0.startedAt ?? $0.createdAt) } ?? "0"),
             "job_no": 0, "sampling_step": .integer(Int64(p?.step ?? 0)), "sampling_steps": .integer(Int64(p?.total ?? 0)),
         ]
