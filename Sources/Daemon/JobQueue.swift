@@ -100,6 +100,11 @@ public final class JobQueue: @unchecked Sendable {
     /// Queues a resolved request for `owner`; returns once the job is on disk.
     /// Throws 503 `shutting_down`, 429 `queue_full`, or 500 `internal` if the spool cannot be written.
     public func submit(_ request: JobRequest, owner: UInt32) throws(APIError) -> Job {
+        try submit(request, as: .uid(owner))
+    }
+
+    /// Queues a resolved request for `owner` (a uid or a token name); returns once the job is on disk.
+    public func submit(_ request: JobRequest, as owner: JobOwner) throws(APIError) -> Job {
         cond.lock()
         guard accepting else {
             rejectedTotal += 1
@@ -119,7 +124,8 @@ public final class JobQueue: @unchecked Sendable {
         nextSeq += 1
         cond.unlock()
 
-        let record = JobRecord(seq: seq, job: Job(id: id, state: .queued, owner: owner, createdAt: Self.now(), settings: request))
+        let record = JobRecord(seq: seq, job: Job(id: id, state: .queued, owner: owner.recorded.uid, createdAt: Self.now(),
+                                                  settings: request, ownerName: owner.recorded.name))
         do {
             try spool.save(record)
         } catch {
@@ -144,27 +150,36 @@ public final class JobQueue: @unchecked Sendable {
     }
 
     /// The job if `uid` may see it (its owner, or root).
-    public func job(_ id: String, uid: UInt32) -> Job? {
+    public func job(_ id: String, uid: UInt32) -> Job? { job(id, owner: .uid(uid)) }
+
+    /// The job if `owner` may see it.
+    public func job(_ id: String, owner: JobOwner) -> Job? {
         cond.lock()
         defer { cond.unlock() }
-        guard let e = entries[id], Self.visible(e, to: uid) else { return nil }
+        guard let e = entries[id], Self.visible(e, to: owner) else { return nil }
         return view(e)
     }
 
     /// The jobs `uid` may see, oldest first.
-    public func list(uid: UInt32) -> [Job] {
+    public func list(uid: UInt32) -> [Job] { list(owner: .uid(uid)) }
+
+    /// The jobs `owner` may see, oldest first.
+    public func list(owner: JobOwner) -> [Job] {
         cond.lock()
         defer { cond.unlock() }
         let order = queuedOrder()
-        return entries.values.filter { Self.visible($0, to: uid) }.sorted { $0.record.seq < $1.record.seq }
+        return entries.values.filter { Self.visible($0, to: owner) }.sorted { $0.record.seq < $1.record.seq }
             .map { view($0, order: order) }
     }
 
     /// Cancels a queued job at once (state canceled) or asks the worker to stop a running one between steps
     /// (state stays running until it does). 404 if not visible, 409 if already final.
-    public func cancel(_ id: String, uid: UInt32) throws(APIError) -> Job {
+    public func cancel(_ id: String, uid: UInt32) throws(APIError) -> Job { try cancel(id, owner: .uid(uid)) }
+
+    /// `cancel(_:uid:)` for any owner.
+    public func cancel(_ id: String, owner: JobOwner) throws(APIError) -> Job {
         cond.lock()
-        guard var e = entries[id], Self.visible(e, to: uid) else {
+        guard var e = entries[id], Self.visible(e, to: owner) else {
             cond.unlock()
             throw APIError(.notFound, "no job \(id)")
         }
@@ -201,9 +216,15 @@ public final class JobQueue: @unchecked Sendable {
     /// or call back into the queue.
     public func subscribe(_ id: String, uid: UInt32, _ subscriber: @escaping Subscriber)
         -> (initial: [JobEvent], token: UInt64?)? {
+        subscribe(id, owner: .uid(uid), subscriber)
+    }
+
+    /// `subscribe(_:uid:_:)` for any owner.
+    public func subscribe(_ id: String, owner: JobOwner, _ subscriber: @escaping Subscriber)
+        -> (initial: [JobEvent], token: UInt64?)? {
         cond.lock()
         defer { cond.unlock() }
-        guard var e = entries[id], Self.visible(e, to: uid) else { return nil }
+        guard var e = entries[id], Self.visible(e, to: owner) else { return nil }
         let job = view(e)
         let now = Self.now()
         var initial: [JobEvent] = []
@@ -458,7 +479,7 @@ public final class JobQueue: @unchecked Sendable {
         }
     }
 
-    static func visible(_ e: Entry, to uid: UInt32) -> Bool { uid == 0 || e.record.job.owner == uid }
+    static func visible(_ e: Entry, to owner: JobOwner) -> Bool { owner.canSee(e.record.job) }
 
     static func newID() -> String {
         let n = UInt64.random(in: 0...UInt64.max)
