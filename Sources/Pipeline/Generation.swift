@@ -300,7 +300,8 @@ public final class StableDiffusionPipeline {
                     for ch in 0..<3 {
                         let src = ch < c ? values[((b * c + ch) * h + y) * w + x] : 0
                         let v = min(max(src / 2 + 0.5, 0), 1) * 255
-                        out[(y * w + x) * 3 + ch] = UInt8(v.rounded(.toNearestOrEven))
+                        // A NaN (weights that hold NaNs, as a damaged file can) becomes 0, as numpy's cast does.
+                        out[(y * w + x) * 3 + ch] = v.isNaN ? 0 : UInt8(v.rounded(.toNearestOrEven))
                     }
                 }
             }
