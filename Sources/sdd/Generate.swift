@@ -150,7 +150,7 @@ struct Generate: ParsableCommand {
         for p in prompts {
             let tokens = pipeline.tokenizer.encode(p, maxLength: folder.textEncoder.maxPositionEmbeddings)
             if tokens.truncated {
-                printError("sdd: warning: the prompt \(prompts.count > 1 ? "\"\(p)\" " : "")has \(tokens.tokenCount) tokens; "
+                printError("sdd: warning: the prompt \(prompts.count > 1 ? "\"\(p)\" " : "")has \(tokens.tokenCountIsExact ? "" : "at least ")\(tokens.tokenCount) tokens; "
                     + "only the first \(folder.textEncoder.maxPositionEmbeddings) (with start and end) are used")
             }
         }
