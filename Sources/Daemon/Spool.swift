@@ -160,6 +160,15 @@ public final class Spool: Sendable {
         try? Self.read(imagesFD, "\(id)-\(n).png", path: imageURL(id, n).path)
     }
 
+    /// Image `n` of a job opened for reading (O_NOFOLLOW, relative to the images folder), with its size, for
+    /// streaming it; the caller closes `fd`. nil if it is not there or not a regular file.
+    public func openImage(_ id: String, _ n: Int) -> (fd: Int32, size: Int)? {
+        guard let (fd, size) = try? Self.openRegular(imagesFD, "\(id)-\(n).png", path: imageURL(id, n).path) else {
+            return nil
+        }
+        return (fd, size)
+    }
+
     /// Bytes a job takes on disk (record + images + checkpoint).
     public func bytesUsed(_ id: String, images count: Int) -> Int {
         Self.fileSize(jobsFD, "\(id).json") + Self.fileSize(checkpointsFD, "\(id).json")
@@ -218,14 +227,9 @@ public final class Spool: Sendable {
 
     /// The whole of regular file `name` in the folder; a link or anything but a regular file is an error.
     private static func read(_ dirFD: Int32, _ name: String, path: String) throws -> Data {
-        let fd = openat(dirFD, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
-        guard fd >= 0 else { throw SpoolError(path: path, reason: "cannot open: \(String(cString: strerror(errno)))") }
+        let (fd, size) = try openRegular(dirFD, name, path: path)
         defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
-            throw SpoolError(path: path, reason: "is not a regular file")
-        }
-        var data = Data(count: Int(st.st_size))
+        var data = Data(count: size)
         var done = 0
         while done < data.count {
             let n = data.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + done, $0.count - done) }
@@ -234,6 +238,18 @@ public final class Spool: Sendable {
             done += n
         }
         return data.prefix(done)
+    }
+
+    /// Opens regular file `name` of the folder for reading without following a link; returns it and its size.
+    private static func openRegular(_ dirFD: Int32, _ name: String, path: String) throws -> (Int32, Int) {
+        let fd = openat(dirFD, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
+        guard fd >= 0 else { throw SpoolError(path: path, reason: "cannot open: \(String(cString: strerror(errno)))") }
+        var st = stat()
+        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
+            close(fd)
+            throw SpoolError(path: path, reason: "is not a regular file")
+        }
+        return (fd, Int(st.st_size))
     }
 
     static func fileSize(_ dirFD: Int32, _ name: String) -> Int {

@@ -85,4 +85,23 @@ final class SpoolFaultTests: XCTestCase {
             XCTAssertFalse(Spool.isOwnTemporaryFile(other), other)
         }
     }
+
+    func testImagesAreReadWithoutFollowingALinkPlantedInTheirPlace() throws {
+        let spool = try Spool(root: dir)
+        try spool.writeImage("0123456789abcdef", 0, [1, 2, 3])
+        XCTAssertEqual(spool.readImage("0123456789abcdef", 0), Data([1, 2, 3]))
+        let opened = try XCTUnwrap(spool.openImage("0123456789abcdef", 0))
+        XCTAssertEqual(opened.size, 3)
+        close(opened.fd)
+        let victim = dir.appendingPathComponent("victim")
+        try Data("secret".utf8).write(to: victim)
+        try FileManager.default.createSymbolicLink(atPath: spool.imageURL("0123456789abcdef", 1).path,
+                                                   withDestinationPath: victim.path)
+        XCTAssertNil(spool.readImage("0123456789abcdef", 1))
+        XCTAssertNil(spool.openImage("0123456789abcdef", 1))
+        // Writing in its place replaces the link, never the file it points to.
+        try spool.writeImage("0123456789abcdef", 1, [9])
+        XCTAssertEqual(try Data(contentsOf: victim), Data("secret".utf8))
+        XCTAssertEqual(spool.readImage("0123456789abcdef", 1), Data([9]))
+    }
 }
