@@ -141,6 +141,20 @@ final class ServeRobustnessTests: XCTestCase {
         waitState(fits, "finished")
     }
 
+    func testGenerateWithoutABudgetPlansWithinItsCgroupsLimitAndSaysSo() throws {
+        guard let group = makeMemoryCgroup(limit: 300 << 20) else {
+            throw XCTSkip("no memory cgroup can be made here (needs root and a memory controller)")
+        }
+        let out = dir.appendingPathComponent("g.png").path
+        let args = [ServeProcess.sddBinary.path, "generate", "--model", Self.tinyModel, "--steps", "1", "-o", out, "x"]
+        let r = try ProcessRunner.run("/bin/sh", ["-c", "echo $$ > '\(group)/cgroup.procs' && exec "
+            + args.map { "'\($0)'" }.joined(separator: " ")])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        // 300 MiB less an eighth: 262 MiB.
+        XCTAssertTrue(r.stderr.contains("memory budget 262 MiB (cgroup"), r.stderr)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: out))
+    }
+
     /// Writes a job record as the daemon does, `runs` runs of it begun and never ended.
     func plantRunningJob(_ id: String, seq: Int, runs: Int, prompt: String) throws {
         let jobs = URL(fileURLWithPath: stateDir).appendingPathComponent("jobs")
