@@ -4,6 +4,7 @@
 import Foundation
 import Pipeline
 import SDDAPI
+import TiledKernels
 
 /// A request as the router sees it.
 public struct APIRequest: Sendable {
@@ -79,14 +80,17 @@ public struct ModelDescription: Sendable {
     /// Opens the model as a generation would — configs (every number bounded), tokenizer, every weight file's
     /// header and ranges, every tensor's shape against the configs — without running it. Never throws: a model that
     /// fails is described with its `problem`.
-    public static func check(_ url: URL?, residency: WeightResidency = .streamed) -> ModelDescription {
+    /// - products: how the worker will multiply (`--precision`; nil: automatic), so the planner sees its weights.
+    public static func check(_ url: URL?, residency: WeightResidency = .streamed,
+                             products: ProductPrecision? = nil) -> ModelDescription {
         guard let url else {
             return ModelDescription(url: nil, name: "", defaults: nil,
                                     problem: "no model configured: start sdd serve with --model PATH or SDD_MODEL")
         }
         do {
             let model = try StableDiffusionModel(url: url)
-            let weights = try StableDiffusionPipeline(model: model, residency: residency).weightFigures()
+            let weights = try StableDiffusionPipeline(model: model, residency: residency, products: products)
+                .weightFigures()
             let size = model.defaultSize
             return ModelDescription(url: url, name: model.name, defaults: ModelDefaults(
                 width: size.width, height: size.height, sizeMultiple: model.vaeScaleFactor), model: model, weights: weights)

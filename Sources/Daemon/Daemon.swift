@@ -55,7 +55,7 @@ public enum Daemon {
         if let explanation = config.memoryBudgetExplanation { logger.info("\(explanation)") }
         // Opened and checked now, so that a broken model is reported (health "degraded", jobs refused with 503 and
         // the reason) instead of every job failing later.
-        let model = ModelDescription.check(config.model)
+        let model = ModelDescription.check(config.model, products: config.products)
         if let problem = model.problem {
             logger.error("the model cannot be used; jobs are refused until it is fixed", metadata: ["error": "\(problem)"])
         }
