@@ -242,7 +242,7 @@ public struct CLIPTokenizer: Sendable {
     private func tokens(_ text: String, limit: Int?, pieceByteLimit: Int?) -> (ids: [Int32], complete: Bool) {
         var out = [Int32]()
         var complete = true
-        let scalars = Array(text.unicodeScalars)
+        let scalars = Self.streamSafe(text.unicodeScalars)
         var start = 0
         var i = 0
         // Special-token strings are matched in the raw text before normalization (tokenizers'
@@ -262,6 +262,26 @@ public struct CLIPTokenizer: Sendable {
         complete = appendPlain(scalars[start..<scalars.count], to: &out, limit: limit, pieceByteLimit: pieceByteLimit)
             && complete
         return (out, complete && (limit.map { out.count < $0 } ?? true))
+    }
+
+    /// Most non-starters (combining marks) kept in a row: UAX #15's stream-safe limit. Canonical ordering sorts a
+    /// run of marks, so normalizing 30 000 of them in a row took seconds; no text a person writes has 30.
+    static let maxNonStarters = 30
+
+    /// The scalars with every run of combining marks cut to `maxNonStarters` (the rest of the run dropped).
+    static func streamSafe(_ text: String.UnicodeScalarView) -> [Unicode.Scalar] {
+        var out = [Unicode.Scalar]()
+        var run = 0
+        for scalar in text {
+            if scalar.properties.canonicalCombiningClass.rawValue != 0 {
+                run += 1
+                if run > maxNonStarters { continue }
+            } else {
+                run = 0
+            }
+            out.append(scalar)
+        }
+        return out
     }
 
     /// Appends the tokens of text without special tokens; false when it stopped at `limit` or cut a piece.
