@@ -4,6 +4,7 @@
 import Foundation
 import Pipeline
 import SDDAPI
+import TiledKernels
 
 /// A request as the router sees it.
 public struct APIRequest: Sendable {
@@ -62,16 +63,50 @@ public struct APIResponse: Sendable {
     public func decode<T: Decodable>(_ type: T.Type) throws -> T { try JSONDecoder().decode(type, from: Data(body)) }
 }
 
-/// What the daemon serves: its model's path and name, and defaults read from its config (nil if unreadable).
+/// What the daemon serves: its model's path and name, and defaults read from its config (nil if unreadable); once
+/// checked, the model itself and its weights' figures (what admission at submit needs), or why it cannot be used.
 public struct ModelDescription: Sendable {
     public var url: URL?
     public var name: String
     public var defaults: ModelDefaults?
+    /// The model's configs (scheduler limits); nil until checked, or when it cannot be opened.
+    public var model: StableDiffusionModel?
+    /// Its weights as the memory planner sees them; nil until checked.
+    public var weights: WeightFigures?
+    /// Why the model cannot be used (jobs are refused with 503 and this reason; health is "degraded").
+    public var problem: String?
 
-    public init(url: URL?, name: String, defaults: ModelDefaults?) {
+    public init(url: URL?, name: String, defaults: ModelDefaults?, model: StableDiffusionModel? = nil,
+                weights: WeightFigures? = nil, problem: String? = nil) {
         self.url = url
         self.name = name
         self.defaults = defaults
+        self.model = model
+        self.weights = weights
+        self.problem = problem
+    }
+
+    /// Opens the model as a generation would — configs (every number bounded), tokenizer, every weight file's
+    /// header and ranges, every tensor's shape against the configs — without running it. Never throws: a model that
+    /// fails is described with its `problem`.
+    /// - products: how the worker will multiply (`--precision`; nil: automatic), so the planner sees its weights.
+    public static func check(_ url: URL?, residency: WeightResidency = .streamed,
+                             products: ProductPrecision? = nil) -> ModelDescription {
+        guard let url else {
+            return ModelDescription(url: nil, name: "", defaults: nil,
+                                    problem: "no model configured: start sdd serve with --model PATH or SDD_MODEL")
+        }
+        do {
+            let model = try StableDiffusionModel(url: url)
+            let weights = try StableDiffusionPipeline(model: model, residency: residency, products: products)
+                .weightFigures()
+            let size = model.defaultSize
+            return ModelDescription(url: url, name: model.name, defaults: ModelDefaults(
+                width: size.width, height: size.height, sizeMultiple: model.vaeScaleFactor), model: model, weights: weights)
+        } catch {
+            let name = url.hasDirectoryPath ? url.lastPathComponent : url.deletingPathExtension().lastPathComponent
+            return ModelDescription(url: url, name: name, defaults: nil, problem: "\(error)")
+        }
     }
 
     /// Reads the model's configs (no weights) for its name and default size.
@@ -91,13 +126,31 @@ public final class APIRouter: Sendable {
     let worker: Worker?
     let model: ModelDescription
     let keepAlive: Double?
+    /// Bytes a generation may use; requests the planner says cannot fit are refused with 413. nil: no planning.
+    let memoryBudget: Int?
+    /// Submissions are refused with 507 while the state directory has less free space than this.
+    let minFreeBytes: Int
     let started = Date()
 
-    public init(queue: JobQueue, worker: Worker?, model: ModelDescription, keepAlive: Double?) {
+    public init(queue: JobQueue, worker: Worker?, model: ModelDescription, keepAlive: Double?, memoryBudget: Int? = nil,
+                minFreeBytes: Int = 0) {
         self.queue = queue
         self.worker = worker
         self.model = model
         self.keepAlive = keepAlive
+        self.memoryBudget = memoryBudget
+        self.minFreeBytes = minFreeBytes
+    }
+
+    /// Why no job can be taken now (the model is unusable, the disk is full), as the error a submission gets.
+    func unavailable() -> APIError? {
+        if let problem = model.problem { return APIError(.modelUnavailable, "the model cannot be used: \(problem)") }
+        if minFreeBytes > 0, let free = queue.spool.freeBytes(), free < minFreeBytes {
+            return APIError(.insufficientStorage, "the state directory \(queue.spool.root.path) has "
+                + "\(MemorySize.describe(free)) free, under the \(MemorySize.describe(minFreeBytes)) it keeps for "
+                + "results (--min-free-space); free some space or lower --retention")
+        }
+        return nil
     }
 
     public func route(_ r: APIRequest) -> APIResponse {
@@ -125,10 +178,11 @@ public final class APIRouter: Sendable {
             if let no = allow("GET") { return no }
             let s = queue.snapshot()
             let accepting = queue.isAccepting
-            return .json(accepting ? 200 : 503, Health(
-                status: accepting ? "ok" : "shutting_down", version: Self.version,
+            let problem = accepting ? unavailable() : nil
+            return .json(accepting && problem == nil ? 200 : 503, Health(
+                status: !accepting ? "shutting_down" : problem == nil ? "ok" : "degraded", version: Self.version,
                 uptimeSeconds: Date().timeIntervalSince(started), queueDepth: s.queueDepth, running: s.running,
-                modelLoaded: worker?.modelLoaded ?? false))
+                modelLoaded: worker?.modelLoaded ?? false, reason: problem?.message))
         case 2 where parts[0] == "v1" && parts[1] == "models":
             if let no = allow("GET") { return no }
             return .json(200, ModelList(models: model.url == nil ? [] : [ModelInfo(
@@ -167,7 +221,12 @@ public final class APIRouter: Sendable {
 
     private func submit(_ r: APIRequest) -> APIResponse {
         do throws(APIError) {
-            let request = try RequestValidation.resolve(try RequestValidation.decode(r.body), defaults: model.defaults)
+            let decoded = try RequestValidation.decode(r.body)
+            if let no = unavailable() { throw no }
+            let request = try RequestValidation.resolve(decoded, defaults: model.defaults)
+            if let checked = model.model {
+                try RequestValidation.admit(request, model: checked, weights: model.weights, memoryBudget: memoryBudget)
+            }
             let job = try queue.submit(request, as: r.owner)
             return .json(202, job, headers: [("Location", "\(APIVersion.prefix)/jobs/\(job.id)")])
         } catch {
@@ -184,7 +243,7 @@ public final class APIRouter: Sendable {
             return .error(APIError(.conflict, "job \(id) is \(job.state.rawValue); images exist once it has finished"))
         }
         guard n < job.images else { return .error(APIError(.notFound, "job \(id) has \(job.images) image(s), numbered from 0")) }
-        guard let data = FileManager.default.contents(atPath: queue.spool.imageURL(id, n).path) else {
+        guard let data = queue.spool.readImage(id, n) else {
             return .error(APIError(.notFound, "image \(n) of job \(id) is gone (removed by retention?)"))
         }
         return APIResponse(status: 200, contentType: "image/png", body: Array(data))

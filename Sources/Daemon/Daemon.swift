@@ -20,8 +20,15 @@ public struct DaemonConfiguration: Sendable {
     public var stateDirectory: URL = URL(fileURLWithPath: "/var/lib/sdd")
     /// Seconds the model stays loaded after the last job; nil = forever, 0 = at once.
     public var keepAlive: Double? = 300
-    /// Memory budget in bytes for the pipeline (not yet applied; see the lead's issue).
+    /// Memory budget in bytes: each job is planned under it, and requests that cannot fit are refused at submit
+    /// (413). nil: no planning.
     public var memoryBudget: Int?
+    /// Where the budget came from (logged at start).
+    public var memoryBudgetExplanation: String?
+    /// A job whose runs ended with the process this many times is failed (`crashed_repeatedly`).
+    public var maxCrashes: Int = 2
+    /// Submissions get 507 while the state directory has less free space than this many bytes.
+    public var minFreeBytes: Int = 64 << 20
     /// How the UNet and VAE multiply (`--precision`); nil: the pipeline's automatic choice.
     public var products: ProductPrecision?
     /// Most queued jobs; more get 429.
@@ -43,21 +50,25 @@ public enum Daemon {
     /// Runs until SIGTERM or SIGINT, then stops cleanly. Throws if the socket or state directory cannot be set up.
     public static func run(_ config: DaemonConfiguration, logger: Logger) async throws {
         let notifier = SystemdNotifier()
+        // One daemon per state directory, before anything in it is read or cleaned.
+        let lock = try StateDirectoryLock(stateDirectory: config.stateDirectory)
+        defer { withExtendedLifetime(lock) {} }
         let spool = try Spool(root: config.stateDirectory)
-        let model: ModelDescription
-        do {
-            model = try ModelDescription.read(config.model)
-        } catch {
-            // Keep serving (status, queued jobs are safe); jobs fail with the reason when they run.
-            logger.error("cannot read the model; jobs will fail until it is fixed", metadata: ["error": "\(error)"])
-            model = ModelDescription(url: config.model, name: config.model?.lastPathComponent ?? "", defaults: nil)
+        if let explanation = config.memoryBudgetExplanation { logger.info("\(explanation)") }
+        // Opened and checked now, so that a broken model is reported (health "degraded", jobs refused with 503 and
+        // the reason) instead of every job failing later.
+        let model = ModelDescription.check(config.model, products: config.products)
+        if let problem = model.problem {
+            logger.error("the model cannot be used; jobs are refused until it is fixed", metadata: ["error": "\(problem)"])
         }
-        let queue = JobQueue(spool: spool, maxQueued: config.maxQueued, logger: logger) { notifier.status($0) }
+        let queue = JobQueue(spool: spool, maxQueued: config.maxQueued, maxCrashes: config.maxCrashes,
+                             minFreeBytes: config.minFreeBytes, logger: logger) { notifier.status($0) }
         let worker = Worker(queue: queue, modelURL: config.model, keepAlive: config.keepAlive,
                             checkpointEvery: config.checkpointEvery, logger: logger)
         worker.memoryBudget = config.memoryBudget
         worker.products = config.products
-        let router = APIRouter(queue: queue, worker: worker, model: model, keepAlive: config.keepAlive)
+        let router = APIRouter(queue: queue, worker: worker, model: model, keepAlive: config.keepAlive,
+                               memoryBudget: config.memoryBudget, minFreeBytes: config.minFreeBytes)
         let address: ListenAddress = config.inheritedSocket.map { .inherited($0) }
             ?? .path(config.socketPath, mode: config.socketMode, group: config.socketGroup)
         let server = APIServer(

@@ -46,6 +46,10 @@ public final class JobQueue: @unchecked Sendable {
         var cancelRequested = false
         /// It was running when the daemon stopped: it goes first, to resume from its checkpoint.
         var resumeFirst = false
+        /// Its outcome could not be written (disk full): it waits, queued as the disk says it is, until there is
+        /// room again (checked at `retryAfter` at the earliest), then runs again.
+        var deferred = false
+        var retryAfter = Date.distantPast
         var subscribers: [UInt64: Subscriber] = [:]
     }
 
@@ -65,27 +69,52 @@ public final class JobQueue: @unchecked Sendable {
     public let spool: Spool
     /// Most jobs waiting at once; more submissions get 429.
     public let maxQueued: Int
+    /// A job whose runs ended with the process this many times is failed with `crashed_repeatedly` at start.
+    public let maxCrashes: Int
+    /// A job whose outcome could not be written runs again only once the state directory has this much free.
+    public let minFreeBytes: Int
+    /// Seconds between checks for room to retry such a job.
+    static let deferredRetryInterval = 5.0
     let logger: Logger
     /// Told the systemd STATUS= line whenever it changes (called outside the lock).
     private let statusListener: (@Sendable (String) -> Void)?
 
-    /// Loads every job in the spool: queued ones stay queued; one that was running is queued first to resume.
-    public init(spool: Spool, maxQueued: Int, logger: Logger, statusListener: (@Sendable (String) -> Void)? = nil) {
+    /// Loads every job in the spool: queued ones stay queued; one that was running is queued first to resume,
+    /// unless its runs have ended with the process `maxCrashes` times: that one is failed (`crashed_repeatedly`).
+    public init(spool: Spool, maxQueued: Int, maxCrashes: Int = 2, minFreeBytes: Int = 0, logger: Logger,
+                statusListener: (@Sendable (String) -> Void)? = nil) {
         self.spool = spool
         self.maxQueued = maxQueued
+        self.maxCrashes = max(1, maxCrashes)
+        self.minFreeBytes = minFreeBytes
         self.logger = logger
         self.statusListener = statusListener
         let loaded = spool.loadJobs()
         for problem in loaded.problems { logger.error("\(problem)") }
+        var crashed: [JobRecord] = []
         for record in loaded.records {
             var entry = Entry(record: record)
-            if record.job.state == .running {
+            let runs = record.unfinishedRuns ?? 0
+            if record.job.state == .running && runs >= self.maxCrashes {
+                entry.record.job.state = .failed
+                entry.record.job.finishedAt = Self.now()
+                entry.record.job.error = APIError(.crashedRepeatedly, "the daemon stopped \(runs) times while running "
+                    + "this job (killed, for example for lack of memory); it is not run again")
+                crashed.append(entry.record)
+                logger.error("job failed: its runs ended with the daemon \(runs) times",
+                             metadata: ["job": "\(record.job.id)"])
+            } else if record.job.state == .running {
                 entry.resumeFirst = true
                 entry.record.job.state = .queued
                 logger.info("job will resume", metadata: ["job": "\(record.job.id)", "step": "\(record.job.progress?.step ?? 0)"])
             }
             entries[record.job.id] = entry
             nextSeq = max(nextSeq, record.seq + 1)
+        }
+        for record in crashed {
+            do { try spool.save(record) } catch {
+                logger.error("cannot save job state", metadata: ["job": "\(record.job.id)", "error": "\(error)"])
+            }
         }
         if !entries.isEmpty {
             let queued = entries.values.filter { $0.record.job.state == .queued }.count
@@ -276,10 +305,16 @@ public final class JobQueue: @unchecked Sendable {
                 cond.unlock()
                 return .stopping
             }
-            if let id = queuedOrder().first, var e = entries[id] {
+            let order = queuedOrder()
+            let roomToRetry = order.contains { entries[$0]?.deferred == true } ? roomForResults() : false
+            if let id = order.first(where: { entries[$0].map { !$0.deferred || (roomToRetry && Date() >= $0.retryAfter) } ?? false }),
+               var e = entries[id] {
                 e.record.job.state = .running
                 e.record.job.startedAt = Self.now()
                 e.resumeFirst = false
+                e.deferred = false
+                // Counted on disk before the run begins: if the run takes the process down, the next start knows.
+                e.record.unfinishedRuns = (e.record.unfinishedRuns ?? 0) + 1
                 entries[id] = e
                 runningID = id
                 // Others moved up one place.
@@ -288,6 +323,13 @@ public final class JobQueue: @unchecked Sendable {
                 cond.unlock()
                 persist(id)
                 return .job(record)
+            }
+            // Jobs waiting for room on disk are looked at again every few seconds.
+            let waitingForRoom = order.contains { entries[$0]?.deferred == true }
+            let recheck = Date().addingTimeInterval(Self.deferredRetryInterval)
+            if waitingForRoom, deadline.map({ recheck < $0 }) ?? true {
+                _ = cond.wait(until: recheck)
+                continue
             }
             if let d = deadline {
                 if Date() >= d || !cond.wait(until: d) {
@@ -329,15 +371,19 @@ public final class JobQueue: @unchecked Sendable {
         return entries[id]?.cancelRequested ?? false
     }
 
-    /// The running job reached a final state (its images, if any, are already on disk).
+    /// The running job reached a final state (its images, if any, are already on disk). Returns false when that
+    /// state could not be written: then nobody is told it ended; the job is queued again, as it is on disk, and runs
+    /// again once the state directory has room (a restart would run it again too).
+    @discardableResult
     /// `time`: when it ended (seconds since 1970), now unless a caller (a test ordering completions) says.
     public func complete(_ id: String, state: JobState, images: Int = 0, error: APIError? = nil,
-                         at time: Double = JobQueue.now()) {
+                         at time: Double = JobQueue.now()) -> Bool {
         cond.lock()
         guard var e = entries[id] else {
             cond.unlock()
-            return
+            return true
         }
+        let before = e
         e.record.job.state = state
         e.record.job.finishedAt = time
         e.record.job.images = images
@@ -349,19 +395,38 @@ public final class JobQueue: @unchecked Sendable {
         if runningID == id { runningID = nil }
         cond.unlock()
         // On disk before anyone hears it is done.
-        persist(id)
+        let saved = persist(id)
         cond.lock()
-        if let e = entries[id] { emit(finalEvent(view(e))) }
+        if saved {
+            if let e = entries[id] { emit(finalEvent(view(e))) }
+        } else if entries[id] != nil {
+            var back = before
+            back.record.job.state = .queued
+            back.resumeFirst = true
+            back.deferred = true
+            back.retryAfter = Date().addingTimeInterval(Self.deferredRetryInterval)
+            entries[id] = back
+            emit(JobEvent(event: .queued, job: id, time: Self.now(), position: view(back).position))
+            logger.error("the job's outcome could not be written; it stays queued and runs again when there is room",
+                         metadata: ["job": "\(id)", "outcome": "\(state.rawValue)"])
+        }
         let status = statusLineLocked()
         cond.unlock()
         statusListener?(status)
+        return saved
     }
 
     /// The worker is stopping with this job unfinished: it stays "running" on disk and resumes after a restart.
+    /// This run ended cleanly, so it is taken back from the job's count of runs that ended with the process.
     public func release(_ id: String) {
         cond.lock()
         if runningID == id { runningID = nil }
+        if var e = entries[id] {
+            e.record.unfinishedRuns = max(0, (e.record.unfinishedRuns ?? 1) - 1)
+            entries[id] = e
+        }
         cond.unlock()
+        persist(id)
     }
 
     /// Wakes the worker and makes `next` return `.stopping`.
@@ -487,16 +552,26 @@ public final class JobQueue: @unchecked Sendable {
         return String(repeating: "0", count: JobID.length - hex.count) + hex
     }
 
-    /// Writes the job's newest record; writes for one queue are serialized so the last one wins.
-    private func persist(_ id: String) {
+    /// Whether the state directory has room for a job's results (`minFreeBytes`, and at least 1 MiB).
+    private func roomForResults() -> Bool {
+        guard let free = spool.freeBytes() else { return true }
+        return free >= max(minFreeBytes, 1 << 20)
+    }
+
+    /// Writes the job's newest record; writes for one queue are serialized so the last one wins. Returns whether
+    /// it is on disk.
+    @discardableResult
+    private func persist(_ id: String) -> Bool {
         writeLock.lock()
         defer { writeLock.unlock() }
         cond.lock()
         let record = entries[id]?.record
         cond.unlock()
-        guard let record else { return }
+        guard let record else { return true }
         do { try spool.save(record) } catch {
             logger.error("cannot save job state", metadata: ["job": "\(id)", "error": "\(error)"])
+            return false
         }
+        return true
     }
 }

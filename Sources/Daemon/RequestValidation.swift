@@ -73,6 +73,11 @@ public enum RequestValidation {
         guard !r.prompt.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else {
             throw APIError(.invalidValue, "prompt must not be empty")
         }
+        // A NUL cannot be stored in the PNG's text chunks (nor is it text a prompt can mean).
+        for (field, text) in [("prompt", r.prompt), ("negative_prompt", r.negativePrompt ?? "")]
+        where text.unicodeScalars.contains("\u{0}") {
+            throw APIError(.invalidValue, "\(field) contains a NUL character (U+0000), which cannot be stored with the image")
+        }
         let steps = r.steps ?? JobRequest.defaultSteps
         guard (1...GenerationSettings.maxSteps).contains(steps) else {
             throw APIError(.invalidValue, "steps \(steps) is out of range (1…\(GenerationSettings.maxSteps))")
@@ -111,6 +116,28 @@ public enum RequestValidation {
         out.priority = priority
         out.seed = r.seed ?? UInt64.random(in: 0..<(1 << 32))
         return out
+    }
+
+    /// Checks a resolved request against what the model and the memory budget allow, so that a job that can only
+    /// fail is refused now instead of accepted: the scheduler must place every step inside the model's training
+    /// schedule (400 `invalid_value` naming `steps`), and the memory planner must fit the run under the budget
+    /// (413 `exceeds_memory_budget` with the planner's numbers). `weights` nil or `memoryBudget` nil: no planning.
+    public static func admit(_ r: JobRequest, model: StableDiffusionModel, weights: WeightFigures?,
+                             memoryBudget: Int?) throws(APIError) {
+        let s = settings(r)
+        do {
+            _ = try makeScheduler(s.scheduler, config: model.scheduler, steps: s.steps)
+        } catch {
+            throw APIError(.invalidValue, "steps \(s.steps) cannot run with scheduler \(s.scheduler.rawValue) on this model "
+                + "(its schedule has \(model.scheduler.numTrainTimesteps ?? 1000) training timesteps): \(error)")
+        }
+        guard let budget = memoryBudget, let weights else { return }
+        do {
+            _ = try MemoryPlanner.plan(budget: budget, model: model, weights: weights, width: s.width, height: s.height,
+                                       count: s.count, guided: s.guidance > 1)
+        } catch {
+            throw APIError(.exceedsMemoryBudget, "\(error)")
+        }
     }
 
     /// The pipeline's settings for a resolved request.

@@ -220,11 +220,11 @@ public final class Worker: @unchecked Sendable {
             heartbeat()
             let text = PNGMetadata.entries(for: result, model: pipeline.model.name)
             for (n, image) in result.images.enumerated() {
-                try PNGWriter.write(rgb: image, width: result.width, height: result.height, text: text,
-                                    to: queue.spool.imageURL(id, n))
+                try queue.spool.writeImage(id, n, try PNGWriter.encode(rgb: image, width: result.width,
+                                                                       height: result.height, text: text))
             }
-            queue.complete(id, state: .finished, images: result.images.count)
-            spoolCheckpointRemove(id)
+            // Kept when the outcome cannot be written: the job runs again from it.
+            if queue.complete(id, state: .finished, images: result.images.count) { spoolCheckpointRemove(id) }
             log.info("job finished", metadata: ["images": "\(result.images.count)",
                                                 "seconds": "\(String(format: "%.2f", Date().timeIntervalSince(clock)))"])
         } catch {

@@ -147,6 +147,19 @@ public final class StableDiffusionPipeline {
         vaeWeights = ProductPrecisionWeights(try model.weights("vae"), products: chosen)
     }
 
+    /// Binds every component's weights (each tensor's shape checked against the configs; nothing is read or
+    /// copied for mapped F16/BF16/quantized data) and returns what the memory planner needs of them. A model whose
+    /// weights do not match its configs fails here, before any generation work.
+    public func weightFigures() throws -> WeightFigures {
+        _ = try textEncoder()
+        let unet = try unet()
+        let vae = try vaeDecoder()
+        return WeightFigures(unetLargestGroupBytes: unet.largestGroupBytes, unetTotalBytes: unet.totalWeightBytes,
+                             unetLargestWeightElements: unet.largestWeightElements,
+                             vaeLargestGroupBytes: vae.largestGroupBytes, vaeTotalBytes: vae.totalWeightBytes,
+                             streamed: residency != .resident)
+    }
+
     /// BF16 products for a model whose UNet weights are block-quantized (already a few parts in a thousand
     /// from F32, as stable-diffusion.cpp's quantized products are) on a CPU with AVX512_BF16; F32 otherwise,
     /// so F32, F16 and BF16 weights keep diffusers' results to rounding.

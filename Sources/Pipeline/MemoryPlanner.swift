@@ -31,6 +31,32 @@ public enum MemorySize {
     }
 }
 
+/// `--memory-budget` as `sdd generate` and `sdd serve` take it: a size, `none` (no planning), or nothing — then the
+/// limit the process runs under (`MemoryLimit`: its cgroup's, else MemAvailable) less headroom.
+public enum MemoryBudgetOption {
+    public struct Resolved: Sendable, Equatable {
+        /// The budget in bytes; nil: runs are not planned.
+        public var bytes: Int?
+        /// Which it is and where it came from, for the log or stderr.
+        public var explanation: String
+    }
+
+    /// - root: where /proc and /sys are read (tests pass a folder of fake files).
+    public static func resolve(_ text: String?, root: URL = URL(fileURLWithPath: "/")) throws -> Resolved {
+        if let text {
+            if ["none", "off", "unlimited"].contains(text.trimmingCharacters(in: .whitespaces).lowercased()) {
+                return Resolved(bytes: nil, explanation: "no memory budget (--memory-budget none): runs are not planned")
+            }
+            let bytes = try MemorySize.parse(text)
+            return Resolved(bytes: bytes, explanation: "memory budget \(MemorySize.describe(bytes)) (--memory-budget \(text))")
+        }
+        guard let limit = MemoryLimit.detect(root: root) else {
+            return Resolved(bytes: nil, explanation: "no memory budget: neither a cgroup limit nor /proc/meminfo could be read")
+        }
+        return Resolved(bytes: limit.budget, explanation: "memory budget \(MemorySize.describe(limit.budget)) (\(limit))")
+    }
+}
+
 /// The planned peak of one generation, stage by stage, in bytes.
 public struct MemoryPlan: Sendable, CustomStringConvertible {
     /// Runtime, BLAS buffers, tokenizer, code: measured on the tiny model as the process's floor.
@@ -65,6 +91,18 @@ public struct MemoryPlan: Sendable, CustomStringConvertible {
             + "scratch \(MemorySize.describe(scratch)), \(unetMemory)), VAE "
             + "\(MemorySize.describe(vaePeak)) (\(vaeTiling.map { "tiles of \($0.tileLatentSize) latent cells" } ?? "untiled"))"
     }
+}
+
+/// What the planner needs to know of a model's weights: the bytes resident at once while streamed or resident.
+public struct WeightFigures: Sendable, Equatable {
+    public var unetLargestGroupBytes: Int
+    public var unetTotalBytes: Int
+    /// Elements of the UNet's largest single weight (its dequantized scratch).
+    public var unetLargestWeightElements: Int
+    public var vaeLargestGroupBytes: Int
+    public var vaeTotalBytes: Int
+    /// Whether the weights are streamed (about one group resident) rather than kept resident.
+    public var streamed: Bool
 }
 
 public enum MemoryPlanner {
@@ -141,7 +179,8 @@ public enum MemoryPlanner {
 
     /// The UNet's scratch bound: its largest weight, and its widest 3×3 input (a concatenation on the up
     /// path) unfolded over one image at the largest level.
-    static func unetScratchBytes(_ config: UNetConfig, unet: UNet, latentHeight: Int, latentWidth: Int) -> Int {
+    static func unetScratchBytes(_ config: UNetConfig, largestWeightElements: Int, latentHeight: Int,
+                                 latentWidth: Int) -> Int {
         let c = config.blockOutChannels
         var band = 0
         var h = latentHeight, w = latentWidth
@@ -151,30 +190,36 @@ public enum MemoryPlanner {
             h = (h + 1) / 2
             w = (w + 1) / 2
         }
-        return ScratchArena.peakDemandBytes(largestWeightFloats: unet.largestWeightElements, largestBandFloats: band)
+        return ScratchArena.peakDemandBytes(largestWeightFloats: largestWeightElements, largestBandFloats: band)
     }
 
     /// Plans a generation of `settings` on `pipeline` under `budget` bytes (nil: no limit, untiled VAE).
     public static func plan(budget: Int?, pipeline: StableDiffusionPipeline, width: Int?, height: Int?,
                             count: Int = 1, guided: Bool = true) throws -> MemoryPlan {
-        let model = pipeline.model
+        try plan(budget: budget, model: pipeline.model, weights: try pipeline.weightFigures(), width: width,
+                 height: height, count: count, guided: guided)
+    }
+
+    /// The same plan from the model's configs and its weights' figures (what a daemon keeps to admit requests
+    /// without holding the pipeline).
+    public static func plan(budget: Int?, model: StableDiffusionModel, weights: WeightFigures, width: Int?,
+                            height: Int?, count: Int = 1, guided: Bool = true) throws -> MemoryPlan {
         let f = model.vaeScaleFactor
         let w = (width ?? model.defaultSize.width) / f
         let h = (height ?? model.defaultSize.height) / f
-        let unet = try pipeline.unet()
-        let vae = try pipeline.vaeDecoder()
-        let streamed = pipeline.residency != .resident
+        let streamed = weights.streamed
         var plan = MemoryPlan(
             baseline: baselineBytes,
-            unetWeights: streamed ? unet.largestGroupBytes : unet.totalWeightBytes,
+            unetWeights: streamed ? weights.unetLargestGroupBytes : weights.unetTotalBytes,
             unetActivations: unetActivationBytes(model.unet, latentHeight: h, latentWidth: w,
                                                  batch: count * (guided ? 2 : 1)),
-            vaeWeights: streamed ? vae.largestGroupBytes : vae.totalWeightBytes,
+            vaeWeights: streamed ? weights.vaeLargestGroupBytes : weights.vaeTotalBytes,
             vaeActivations: VAEDecoder.peakActivationBytes(config: model.vae, latentHeight: h, latentWidth: w, batch: count),
             vaeTiling: nil,
             vaeTensorBytes: VAEDecoder.tensorBytes(config: model.vae, tiling: nil, latentHeight: h, latentWidth: w,
                                                    batch: count))
-        plan.scratch = unetScratchBytes(model.unet, unet: unet, latentHeight: h, latentWidth: w)
+        plan.scratch = unetScratchBytes(model.unet, largestWeightElements: weights.unetLargestWeightElements,
+                                        latentHeight: h, latentWidth: w)
         guard let budget else { return plan }
         if plan.unetPeak > budget {
             // Item by item with F16 skips: slower and not bit-exact, so only when the budget needs it.

@@ -33,6 +33,7 @@ public struct StableDiffusionModel: Sendable {
         self.scheduler = scheduler
         self.tokenizer = tokenizer
         self.openWeights = weights
+        try scheduler.validate(file: "\(url.path) [scheduler config]")
         try Self.checkCompatible(unet: unet, vae: vae, textEncoder: textEncoder, file: url.path)
     }
 
@@ -93,8 +94,9 @@ public struct StableDiffusionModel: Sendable {
         let textFile = url.appendingPathComponent("text_encoder/config.json")
         textEncoder = try decodeConfig(CLIPTextConfig.self, at: textFile)
         try textEncoder.validate(file: textFile.path)
-        scheduler = try decodeConfig(SchedulerConfig.self,
-                                     at: url.appendingPathComponent("scheduler/scheduler_config.json"))
+        let schedulerFile = url.appendingPathComponent("scheduler/scheduler_config.json")
+        scheduler = try decodeConfig(SchedulerConfig.self, at: schedulerFile)
+        try scheduler.validate(file: schedulerFile.path)
         tokenizer = try CLIPTokenizer(directory: url.appendingPathComponent("tokenizer"))
         let root = url
         openWeights = { component in try ComponentWeights(directory: root, component: component) }

@@ -43,6 +43,15 @@ public struct APIError: Error, Codable, Sendable, Equatable, CustomStringConvert
         public static let conflict = Code(rawValue: "conflict")
         /// 413: the body is larger than `APIVersion.maxRequestBodyBytes`.
         public static let bodyTooLarge = Code(rawValue: "body_too_large")
+        /// 413: the request cannot run within the daemon's memory budget (the message has the planner's numbers).
+        public static let exceedsMemoryBudget = Code(rawValue: "exceeds_memory_budget")
+        /// 503: the daemon's model cannot be used (missing or broken files); the message says why.
+        public static let modelUnavailable = Code(rawValue: "model_unavailable")
+        /// 507: the state directory has too little free space to take the job and its results.
+        public static let insufficientStorage = Code(rawValue: "insufficient_storage")
+        /// In a job's `error`: runs of the job ended with the daemon process (killed, e.g. out of memory) too many
+        /// times; it is not retried, so the jobs behind it run.
+        public static let crashedRepeatedly = Code(rawValue: "crashed_repeatedly")
         /// 429: the queue is full; retry later.
         public static let queueFull = Code(rawValue: "queue_full")
         /// 503: the daemon is shutting down.
@@ -60,9 +69,10 @@ public struct APIError: Error, Codable, Sendable, Equatable, CustomStringConvert
             case .notFound: return 404
             case .methodNotAllowed: return 405
             case .conflict: return 409
-            case .bodyTooLarge: return 413
+            case .bodyTooLarge, .exceedsMemoryBudget: return 413
             case .queueFull: return 429
-            case .shuttingDown: return 503
+            case .shuttingDown, .modelUnavailable: return 503
+            case .insufficientStorage: return 507
             default: return 500
             }
         }

@@ -1,9 +1,12 @@
 // Health and ModelInfo: GET /v1/health and GET /v1/models.
 
-/// GET /v1/health: 200 while serving (status "ok"), 503 with status "shutting_down" while stopping.
+/// GET /v1/health: 200 while serving (status "ok"); 503 with status "degraded" and a `reason` while jobs cannot be
+/// taken (the model is broken, the state directory is full), or "shutting_down" while stopping.
 public struct Health: Codable, Sendable, Equatable {
-    /// "ok" or "shutting_down".
+    /// "ok", "degraded" or "shutting_down".
     public var status: String
+    /// Why the status is "degraded" (nil otherwise).
+    public var reason: String?
     /// The daemon's version string.
     public var version: String
     /// Seconds since the daemon started.
@@ -16,8 +19,9 @@ public struct Health: Codable, Sendable, Equatable {
     public var modelLoaded: Bool
 
     public init(status: String, version: String, uptimeSeconds: Double, queueDepth: Int, running: String?,
-                modelLoaded: Bool) {
+                modelLoaded: Bool, reason: String? = nil) {
         self.status = status
+        self.reason = reason
         self.version = version
         self.uptimeSeconds = uptimeSeconds
         self.queueDepth = queueDepth
@@ -26,7 +30,7 @@ public struct Health: Codable, Sendable, Equatable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case status, version
+        case status, reason, version
         case uptimeSeconds = "uptime_seconds"
         case queueDepth = "queue_depth"
         case running

@@ -52,7 +52,7 @@ struct Generate: ParsableCommand {
     @Option(help: "Decode the VAE in tiles of N×N latent cells (N×8 pixels; a multiple of 4), overlap 0.25.")
     var vaeTileSize: Int?
 
-    @Option(help: "Memory budget, e.g. 256M or 1G: weights are streamed and the VAE tiled to stay under it, or the run is refused with the numbers.")
+    @Option(help: "Memory budget, e.g. 256M or 1G: weights are streamed and the VAE tiled to stay under it, or the run is refused with the numbers. Default: the limit sdd runs under (its cgroup's memory.max / memory.high / memory.limit_in_bytes, else MemAvailable) less headroom; none: no planning.")
     var memoryBudget: String?
 
     @Option(help: "Weight residency: streamed (default: about one module resident), resident, strict (also drops page cache).")
@@ -117,6 +117,8 @@ struct Generate: ParsableCommand {
         }
         let pipeline = try StableDiffusionPipeline(model: folder, residency: residencyMode,
                                                    products: try ProductPrecision.named(precision))
+        // Every weight's shape against the configs, before any prompt is tokenized or tensor allocated.
+        _ = try pipeline.weightFigures()
         let prompts = try promptList()
 
         var settings = GenerationSettings(prompt: prompts[0])
@@ -136,18 +138,19 @@ struct Generate: ParsableCommand {
         }
         let chosenTiling = try chooseVAETiling(folder, width: size.width, height: size.height)
         pipeline.vaeTiling = chosenTiling
-        if let budget = memoryBudget {
-            let plan = try MemoryPlanner.apply(budget: try MemorySize.parse(budget), to: pipeline,
-                                               width: size.width, height: size.height, count: count,
-                                               guided: guidance > 1)
-            if vaeTileSize != nil { pipeline.vaeTiling = chosenTiling }  // tiles given by hand win over the plan's
-            printError("sdd: memory budget \(budget): \(plan)")
+        let budget = try MemoryBudgetOption.resolve(memoryBudget)
+        if let bytes = budget.bytes {
+            let plan = try MemoryPlanner.apply(budget: bytes, to: pipeline, width: size.width, height: size.height,
+                                               count: count, guided: guidance > 1)
+            // Tiles given by hand win over the plan's; --vae-tiling alone tiles where the plan would not.
+            if vaeTileSize != nil || (vaeTiling && plan.vaeTiling == nil) { pipeline.vaeTiling = chosenTiling }
+            printError("sdd: \(budget.explanation): \(plan)")
         }
 
         for p in prompts {
             let tokens = pipeline.tokenizer.encode(p, maxLength: folder.textEncoder.maxPositionEmbeddings)
             if tokens.truncated {
-                printError("sdd: warning: the prompt \(prompts.count > 1 ? "\"\(p)\" " : "")has \(tokens.tokenCount) tokens; "
+                printError("sdd: warning: the prompt \(prompts.count > 1 ? "\"\(p)\" " : "")has \(tokens.tokenCountIsExact ? "" : "at least ")\(tokens.tokenCount) tokens; "
                     + "only the first \(folder.textEncoder.maxPositionEmbeddings) (with start and end) are used")
             }
         }

@@ -6,6 +6,7 @@ import Daemon
 import Dispatch
 import Foundation
 import Logging
+import Pipeline
 import SDDAPI
 import TiledKernels
 
@@ -36,8 +37,14 @@ struct Serve: ParsableCommand {
     @Option(help: "How long the model stays loaded after the last job: 30s, 5m, 1h, 0 (release at once), -1 or forever.")
     var keepAlive: String = "5m"
 
-    @Option(help: "Memory budget for generation, e.g. 256M or 1G.")
+    @Option(help: "Memory budget for generation, e.g. 256M or 1G: each job is planned under it, and a request that cannot fit is refused with 413. Default: the limit the daemon runs under (its cgroup's memory.max / memory.high / memory.limit_in_bytes, so the unit's MemoryMax=, else MemAvailable) less headroom; none: no planning.")
     var memoryBudget: String?
+
+    @Option(help: "A job whose runs ended with the daemon (killed, e.g. out of memory) this many times is failed with crashed_repeatedly instead of run again.")
+    var maxCrashes: Int = 2
+
+    @Option(help: "Refuse new jobs (507) while the state directory's file system has less free space than this.")
+    var minFreeSpace: String = "64M"
 
     @Option(help: "How the UNet and VAE multiply: auto (bf16 for a quantized GGUF on a CPU with AVX512_BF16, else f32), f32 (diffusers' results to rounding) or bf16 (operands rounded to BF16, F32 sums; faster where the CPU has AVX512_BF16).")
     var precision: String = "auto"
@@ -69,6 +76,7 @@ struct Serve: ParsableCommand {
     func validate() throws {
         guard queueLimit >= 1 else { throw ValidationError("--queue-limit must be at least 1") }
         guard checkpointEvery >= 1 else { throw ValidationError("--checkpoint-every must be at least 1") }
+        guard maxCrashes >= 1 else { throw ValidationError("--max-crashes must be at least 1") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level \(logLevel): unknown level") }
     }
 
@@ -81,7 +89,16 @@ struct Serve: ParsableCommand {
         config.socketGroup = try socketGroup.map { try GroupOption.resolve($0) }
         config.stateDirectory = URL(fileURLWithPath: stateDir)
         config.keepAlive = try DurationOption.parse(keepAlive, option: "--keep-alive")
-        config.memoryBudget = try memoryBudget.map { try ByteSizeOption.parse($0, option: "--memory-budget") }
+        do {
+            let budget = try MemoryBudgetOption.resolve(memoryBudget)
+            config.memoryBudget = budget.bytes
+            config.memoryBudgetExplanation = budget.explanation
+        } catch {
+            throw OptionError("--memory-budget \"\(memoryBudget ?? "")\": \(error)")
+        }
+        config.maxCrashes = maxCrashes
+        config.minFreeBytes = ["0", "none", "off"].contains(minFreeSpace.lowercased())
+            ? 0 : try ByteSizeOption.parse(minFreeSpace, option: "--min-free-space")
         do {
             config.products = try ProductPrecision.named(precision)
         } catch {

@@ -10,6 +10,53 @@ extension KeyedDecodingContainer {
     }
 }
 
+/// The largest value of each config number the architectures sdd runs can have, with room to spare (SD 1.5, SD 2.x
+/// and SDXL are far inside). A config beyond them is refused when the model is opened, naming the field, before
+/// anything is sized from it: a hostile `num_hidden_layers: 1e9` must not become a 776 GB allocation.
+public enum ConfigLimits {
+    /// Channels of any UNet or VAE level (SD 1.5: 1280 at most).
+    public static let channels = 1 << 13
+    /// UNet or VAE levels (SD: 4; 8 gives a VAE scale factor of 128).
+    public static let levels = 8
+    /// Resnets per level (SD: 2).
+    public static let layersPerLevel = 16
+    /// Transformer blocks per level (SDXL: 10).
+    public static let transformerLayers = 64
+    /// Width of the text embeddings the UNet attends to (SD 2.x: 1024, SDXL: 2048).
+    public static let contextDim = 1 << 13
+    /// Latent or image channels (SD: 4 and 3; SD3: 16).
+    public static let imageChannels = 64
+    /// unet.sample_size, in latent cells per side (SD 1.5: 64).
+    public static let sampleSize = 1 << 10
+    /// Convolution kernel size (SD: 3).
+    public static let kernel = 7
+    /// Text encoder layers (CLIP ViT-L: 12, OpenCLIP bigG: 32).
+    public static let textLayers = 128
+    /// Text encoder width and MLP width (bigG: 1280 and 5120).
+    public static let textHidden = 1 << 13
+    public static let textIntermediate = 1 << 16
+    /// Token positions (CLIP: 77; long-context CLIP variants: 248).
+    public static let positions = 1024
+    /// Vocabulary entries (CLIP: 49408).
+    public static let vocabulary = 1 << 20
+    /// Training timesteps of a scheduler (every diffusers SD scheduler: 1000).
+    public static let trainTimesteps = 1 << 16
+    /// Multistep solver order (DPM-Solver: 1…3).
+    public static let solverOrder = 3
+
+    /// Throws `badConfig` naming `field` unless `value` is in `range`.
+    static func check(_ value: Int, _ range: ClosedRange<Int>, field: String, file: String) throws {
+        guard range.contains(value) else {
+            throw PipelineError.badConfig(file: file, field: field,
+                                          reason: "is \(value); sdd supports \(range.lowerBound)…\(range.upperBound)")
+        }
+    }
+
+    static func check(_ values: [Int], _ range: ClosedRange<Int>, field: String, file: String) throws {
+        for v in values { try check(v, range, field: field, file: file) }
+    }
+}
+
 /// diffusers' UNet2DConditionModel config (the fields SD 1.x / 2.x checkpoints use).
 public struct UNetConfig: Decodable, Sendable {
     public var sampleSize: SampleSize?
@@ -133,6 +180,34 @@ public struct UNetConfig: Decodable, Sendable {
         }
         let levels = blockOutChannels.count
         if levels == 0 { try reject("block_out_channels", "is empty") }
+        try ConfigLimits.check(levels, 1...ConfigLimits.levels, field: "block_out_channels (levels)", file: file)
+        try ConfigLimits.check(blockOutChannels, 1...ConfigLimits.channels, field: "block_out_channels", file: file)
+        try ConfigLimits.check(inChannels, 1...ConfigLimits.imageChannels, field: "in_channels", file: file)
+        try ConfigLimits.check(outChannels, 1...ConfigLimits.imageChannels, field: "out_channels", file: file)
+        try ConfigLimits.check(normNumGroups, 1...ConfigLimits.channels, field: "norm_num_groups", file: file)
+        try ConfigLimits.check(convInKernel, 1...ConfigLimits.kernel, field: "conv_in_kernel", file: file)
+        try ConfigLimits.check(convOutKernel, 1...ConfigLimits.kernel, field: "conv_out_kernel", file: file)
+        try ConfigLimits.check(downsamplePadding, 0...ConfigLimits.kernel, field: "downsample_padding", file: file)
+        try ConfigLimits.check(freqShift, 0...1, field: "freq_shift", file: file)
+        if let size = sampleSize {
+            try ConfigLimits.check([size.width, size.height], 1...ConfigLimits.sampleSize, field: "sample_size", file: file)
+        }
+        try ConfigLimits.check(try layersPerBlock.expanded(levels: levels, field: "layers_per_block", file: file),
+                               1...ConfigLimits.layersPerLevel, field: "layers_per_block", file: file)
+        try ConfigLimits.check(
+            try transformerLayersPerBlock.expanded(levels: levels, field: "transformer_layers_per_block", file: file),
+            1...ConfigLimits.transformerLayers, field: "transformer_layers_per_block", file: file)
+        try ConfigLimits.check(try crossAttentionDim.expanded(levels: levels, field: "cross_attention_dim", file: file),
+                               1...ConfigLimits.contextDim, field: "cross_attention_dim", file: file)
+        let headsField = numAttentionHeads == nil ? "attention_head_dim" : "num_attention_heads"
+        let heads = try (numAttentionHeads ?? attentionHeadDim).expanded(levels: levels, field: headsField, file: file)
+        for (h, c) in zip(heads, blockOutChannels) where h < 1 || h > c || c % h != 0 {
+            try reject(headsField, "(\(h)) must divide the level's channels (\(c))")
+        }
+        try ConfigLimits.check(try attentionHeadDim.expanded(levels: levels, field: "attention_head_dim", file: file),
+                               1...ConfigLimits.channels, field: "attention_head_dim", file: file)
+        if !midBlockScaleFactor.isFinite { try reject("mid_block_scale_factor", "must be a finite number") }
+        if !(normEps.isFinite && normEps > 0) { try reject("norm_eps", "must be a positive number") }
         if downBlockTypes.count != levels { try reject("down_block_types", "has \(downBlockTypes.count) entries for \(levels) levels") }
         if upBlockTypes.count != levels { try reject("up_block_types", "has \(upBlockTypes.count) entries for \(levels) levels") }
         for t in downBlockTypes where t != "CrossAttnDownBlock2D" && t != "DownBlock2D" {
@@ -223,6 +298,14 @@ public struct VAEConfig: Decodable, Sendable {
             throw PipelineError.badConfig(file: file, field: field, reason: reason)
         }
         if blockOutChannels.isEmpty { try reject("block_out_channels", "is empty") }
+        try ConfigLimits.check(blockOutChannels.count, 1...ConfigLimits.levels, field: "block_out_channels (levels)",
+                               file: file)
+        try ConfigLimits.check(blockOutChannels, 1...ConfigLimits.channels, field: "block_out_channels", file: file)
+        try ConfigLimits.check(inChannels, 1...ConfigLimits.imageChannels, field: "in_channels", file: file)
+        try ConfigLimits.check(outChannels, 1...ConfigLimits.imageChannels, field: "out_channels", file: file)
+        try ConfigLimits.check(latentChannels, 1...ConfigLimits.imageChannels, field: "latent_channels", file: file)
+        try ConfigLimits.check(layersPerBlock, 0...ConfigLimits.layersPerLevel, field: "layers_per_block", file: file)
+        try ConfigLimits.check(normNumGroups, 1...ConfigLimits.channels, field: "norm_num_groups", file: file)
         if upBlockTypes.count != blockOutChannels.count {
             try reject("up_block_types", "has \(upBlockTypes.count) entries for \(blockOutChannels.count) levels")
         }
@@ -274,6 +357,12 @@ public struct CLIPTextConfig: Decodable, Sendable {
         func reject(_ field: String, _ reason: String) throws {
             throw PipelineError.badConfig(file: file, field: field, reason: reason)
         }
+        try ConfigLimits.check(vocabSize, 1...ConfigLimits.vocabulary, field: "vocab_size", file: file)
+        try ConfigLimits.check(hiddenSize, 1...ConfigLimits.textHidden, field: "hidden_size", file: file)
+        try ConfigLimits.check(intermediateSize, 1...ConfigLimits.textIntermediate, field: "intermediate_size", file: file)
+        try ConfigLimits.check(numHiddenLayers, 0...ConfigLimits.textLayers, field: "num_hidden_layers", file: file)
+        try ConfigLimits.check(maxPositionEmbeddings, 2...ConfigLimits.positions, field: "max_position_embeddings", file: file)
+        if !(layerNormEps.isFinite && layerNormEps > 0) { try reject("layer_norm_eps", "must be a positive number") }
         if hiddenSize <= 0 || numAttentionHeads <= 0 || hiddenSize % numAttentionHeads != 0 {
             try reject("num_attention_heads", "(\(numAttentionHeads)) must divide hidden_size (\(hiddenSize))")
         }

@@ -21,6 +21,7 @@ public struct CLIPTextEncoder {
     private let streamer: WeightStreamer
 
     public init(config: CLIPTextConfig, weights w: WeightProvider, residency: WeightResidency = .resident) throws {
+        try config.validate(file: "text_encoder/config.json")
         self.config = config
         let d = config.hiddenSize
         // Real SD checkpoints prefix every name with "text_model."; transformers 5 saves without it.
@@ -29,9 +30,11 @@ public struct CLIPTextEncoder {
         tokenEmbedding = try w.weight("\(p)embeddings.token_embedding.weight", shape: [config.vocabSize, d])
         positionEmbedding = try w.weight("\(p)embeddings.position_embedding.weight",
                                          shape: [config.maxPositionEmbeddings, d])
-        layers = try (0..<config.numHiddenLayers).map { i in
+        // Bounded by `CLIPTextConfig.validate`; each layer is bound (its shapes checked) before the next is made.
+        var layers: [EncoderLayer] = []
+        for i in 0..<config.numHiddenLayers {
             let l = "\(p)encoder.layers.\(i)"
-            return EncoderLayer(
+            layers.append(EncoderLayer(
                 norm1: try LayerNormLayer(w, "\(l).layer_norm1", dim: d, eps: config.layerNormEps),
                 attention: MultiHeadAttention(
                     q: try Linear(w, "\(l).self_attn.q_proj", in: d, out: d),
@@ -41,8 +44,9 @@ public struct CLIPTextEncoder {
                     heads: config.numAttentionHeads),
                 norm2: try LayerNormLayer(w, "\(l).layer_norm2", dim: d, eps: config.layerNormEps),
                 fc1: try Linear(w, "\(l).mlp.fc1", in: d, out: config.intermediateSize),
-                fc2: try Linear(w, "\(l).mlp.fc2", in: config.intermediateSize, out: d))
+                fc2: try Linear(w, "\(l).mlp.fc2", in: config.intermediateSize, out: d)))
         }
+        self.layers = layers
         finalNorm = try LayerNormLayer(w, "\(p)final_layer_norm", dim: d, eps: config.layerNormEps)
         // Per-layer groups; the token table is read row by row (only the prompt's rows fault in) and
         // released after the lookup, so it is not in the prefetched order.

@@ -129,6 +129,23 @@ public struct SchedulerConfig: Codable, Sendable, Equatable {
         }
     }
 
+    /// Refuses numbers no scheduler can be built from, naming the field, before any table is sized from them.
+    public func validate(file: String) throws {
+        let n = numTrainTimesteps ?? 1000
+        try ConfigLimits.check(n, 2...ConfigLimits.trainTimesteps, field: "num_train_timesteps", file: file)
+        if let betas = trainedBetas, betas.count != n {
+            throw PipelineError.badConfig(file: file, field: "trained_betas",
+                                          reason: "has \(betas.count) values for num_train_timesteps \(n)")
+        }
+        if let offset = stepsOffset { try ConfigLimits.check(offset, 0...(n - 1), field: "steps_offset", file: file) }
+        if let order = solverOrder { try ConfigLimits.check(order, 1...ConfigLimits.solverOrder, field: "solver_order", file: file) }
+        for (field, value) in [("beta_start", betaStart), ("beta_end", betaEnd)] {
+            if let v = value, !(v.isFinite && v >= 0 && v < 1) {
+                throw PipelineError.badConfig(file: file, field: field, reason: "is \(v); must be in [0, 1)")
+            }
+        }
+    }
+
     /// Reads and decodes `url`.
     public static func load(_ url: URL) throws -> SchedulerConfig {
         guard let data = FileManager.default.contents(atPath: url.path) else {

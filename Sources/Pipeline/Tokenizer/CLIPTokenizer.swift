@@ -23,6 +23,9 @@ public struct TokenizedPrompt: Sendable, Equatable {
     public var tokenCount: Int
     /// True when `tokenCount > maxLength`: the tail of the prompt was dropped.
     public var truncated: Bool
+    /// False when the prompt is so long that counting stopped early (`tokenCount` is then a lower bound; the ids
+    /// are exact all the same).
+    public var tokenCountIsExact: Bool = true
 }
 
 /// CLIP BPE tokenizer (transformers `CLIPTokenizer` semantics).
@@ -49,6 +52,9 @@ public struct CLIPTokenizer: Sendable {
     private let byteEndIDs: [Int32]
     /// Special-token strings matched in the raw text, longest first.
     private let specialTokens: [(text: [Unicode.Scalar], id: Int32)]
+    /// Bytes of the longest vocabulary token (its `</w>` not counted): a piece's first N tokens lie within its
+    /// first N × this many bytes.
+    private let maxTokenBytes: Int
     private let cache = BPECache()
 
     struct Merge: Sendable {
@@ -193,6 +199,7 @@ public struct CLIPTokenizer: Sendable {
         }
         self.merges = merges
         self.vocabulary = vocabulary
+        maxTokenBytes = max(1, vocabulary.keys.map { $0.unicodeScalars.count - ($0.hasSuffix("</w>") ? 4 : 0) }.max() ?? 1)
         var specials = [(text: [Unicode.Scalar], id: Int32)]()
         for (text, id) in [(names.bos, bosID), (names.eos, eosID), (names.pad, padID), (names.unk, unkID)]
         where !text.isEmpty && !specials.contains(where: { String(String.UnicodeScalarView($0.text)) == text }) {
@@ -204,9 +211,14 @@ public struct CLIPTokenizer: Sendable {
     /// Tokenizes `text` to exactly `maxLength` ids (default: `modelMaxLength`): bos + tokens + eos,
     /// truncated to `maxLength` keeping eos last, padded with the pad id (diffusers'
     /// `padding="max_length", truncation=True`).
+    ///
+    /// The work is bounded whatever the text (a 60 KB single word, 30 000 combining marks): tokens are counted up
+    /// to `countLimit(maxLength)`, and a piece longer than `pieceByteLimit(maxLength)` bytes is cut there before BPE
+    /// — its first maxLength + 4 tokens lie inside the cut, so the ids kept are those of the whole text.
     public func encode(_ text: String, maxLength: Int? = nil) -> TokenizedPrompt {
         let length = max(maxLength ?? modelMaxLength, 2)
-        let tokens = tokenize(text)
+        let (tokens, complete) = tokens(text, limit: Self.countLimit(length),
+                                        pieceByteLimit: (length + 4) * maxTokenBytes)
         let kept = min(tokens.count, length - 2)
         var ids = [Int32]()
         ids.reserveCapacity(length)
@@ -214,20 +226,32 @@ public struct CLIPTokenizer: Sendable {
         ids.append(contentsOf: tokens[0..<kept])
         ids.append(eosID)
         while ids.count < length { ids.append(padID) }
-        return TokenizedPrompt(ids: ids, tokenCount: tokens.count + 2, truncated: tokens.count > length - 2)
+        return TokenizedPrompt(ids: ids, tokenCount: tokens.count + 2, truncated: tokens.count > length - 2,
+                               tokenCountIsExact: complete)
     }
 
+    /// Tokens counted at most for a prompt of `maxLength` ids: enough for every prompt a person writes to get its
+    /// exact count in the truncation warning.
+    static func countLimit(_ maxLength: Int) -> Int { max(1024, 4 * maxLength) }
+
     /// The ids of `text` without bos/eos, padding or truncation.
-    public func tokenize(_ text: String) -> [Int32] {
+    public func tokenize(_ text: String) -> [Int32] { tokens(text, limit: nil, pieceByteLimit: nil).ids }
+
+    /// The ids of `text`, stopping once `limit` are found and cutting pieces at `pieceByteLimit` bytes (then
+    /// `complete` is false).
+    private func tokens(_ text: String, limit: Int?, pieceByteLimit: Int?) -> (ids: [Int32], complete: Bool) {
         var out = [Int32]()
-        let scalars = Array(text.unicodeScalars)
+        var complete = true
+        let scalars = Self.streamSafe(text.unicodeScalars)
         var start = 0
         var i = 0
         // Special-token strings are matched in the raw text before normalization (tokenizers'
         // added-token extraction); the text between them is tokenized normally.
         while i < scalars.count {
+            if let limit, out.count >= limit { return (out, false) }
             if let special = specialTokens.first(where: { Self.hasPrefix(scalars, at: i, $0.text) }) {
-                appendPlain(scalars[start..<i], to: &out)
+                complete = appendPlain(scalars[start..<i], to: &out, limit: limit, pieceByteLimit: pieceByteLimit)
+                    && complete
                 out.append(special.id)
                 i += special.text.count
                 start = i
@@ -235,23 +259,67 @@ public struct CLIPTokenizer: Sendable {
                 i += 1
             }
         }
-        appendPlain(scalars[start..<scalars.count], to: &out)
+        complete = appendPlain(scalars[start..<scalars.count], to: &out, limit: limit, pieceByteLimit: pieceByteLimit)
+            && complete
+        return (out, complete && (limit.map { out.count < $0 } ?? true))
+    }
+
+    /// Most non-starters (combining marks) kept in a row: UAX #15's stream-safe limit. Canonical ordering sorts a
+    /// run of marks, so normalizing 30 000 of them in a row took seconds; no text a person writes has 30.
+    static let maxNonStarters = 30
+
+    /// The scalars with every run of combining marks cut to `maxNonStarters` (the rest of the run dropped).
+    static func streamSafe(_ text: String.UnicodeScalarView) -> [Unicode.Scalar] {
+        var out = [Unicode.Scalar]()
+        var run = 0
+        for scalar in text {
+            if scalar.properties.canonicalCombiningClass.rawValue != 0 {
+                run += 1
+                if run > maxNonStarters { continue }
+            } else {
+                run = 0
+            }
+            out.append(scalar)
+        }
         return out
     }
 
-    private func appendPlain(_ raw: ArraySlice<Unicode.Scalar>, to out: inout [Int32]) {
-        if raw.isEmpty { return }
+    /// Appends the tokens of text without special tokens; false when it stopped at `limit` or cut a piece.
+    private func appendPlain(_ raw: ArraySlice<Unicode.Scalar>, to out: inout [Int32], limit: Int?,
+                             pieceByteLimit: Int?) -> Bool {
+        // In chunks of a few thousand scalars, each ending before whitespace (normalization and pre-tokenization
+        // never join across it), so that text past the limit is never normalized.
+        var chunkStart = raw.startIndex
+        while chunkStart < raw.endIndex {
+            var end = min(chunkStart + 4096, raw.endIndex)
+            while end < raw.endIndex && !raw[end].properties.isWhitespace { end += 1 }
+            if !appendChunk(raw[chunkStart..<end], to: &out, limit: limit, pieceByteLimit: pieceByteLimit) { return false }
+            chunkStart = end
+        }
+        return true
+    }
+
+    private func appendChunk(_ raw: ArraySlice<Unicode.Scalar>, to out: inout [Int32], limit: Int?,
+                             pieceByteLimit: Int?) -> Bool {
         let normalized = Self.normalize(String(String.UnicodeScalarView(raw)))
         for piece in Self.preTokenize(normalized) {
+            if let limit, out.count >= limit { return false }
             let key = String(String.UnicodeScalarView(piece))
             if let cached = cache.get(key) {
                 out.append(contentsOf: cached)
                 continue
             }
-            let ids = bpe(Array(key.utf8))
+            let bytes = Array(key.utf8)
+            if let cut = pieceByteLimit, bytes.count > cut {
+                // Tokens near the cut may differ from the whole piece's; the ones kept lie well before it.
+                out.append(contentsOf: bpe(Array(bytes.prefix(cut))))
+                return false
+            }
+            let ids = bpe(bytes)
             cache.set(key, ids)
             out.append(contentsOf: ids)
         }
+        return true
     }
 
     /// NFC, whitespace runs → one space, per-scalar (context-free) lowercase, as tokenizers'
