@@ -21,21 +21,25 @@ public struct APIRequest: Sendable {
     }
 }
 
-/// A response; `eventsFor` set means "stream this job's events" (the handler does that).
+/// A response; `eventsFor` set means "stream this job's events", `file` set means "send this file as the
+/// body" (the handler does both).
 public struct APIResponse: Sendable {
     public var status: Int
     public var contentType: String
     public var body: [UInt8]
     public var headers: [(String, String)]
     public var eventsFor: String?
+    /// An open file to stream as the body (instead of `body`); whoever ends up with the response closes it.
+    public var file: ResponseFile?
 
     public init(status: Int, contentType: String = "application/json", body: [UInt8], headers: [(String, String)] = [],
-                eventsFor: String? = nil) {
+                eventsFor: String? = nil, file: ResponseFile? = nil) {
         self.status = status
         self.contentType = contentType
         self.body = body
         self.headers = headers
         self.eventsFor = eventsFor
+        self.file = file
     }
 
     static func json<T: Encodable>(_ status: Int, _ value: T, headers: [(String, String)] = []) -> APIResponse {
@@ -83,16 +87,24 @@ public final class APIRouter: Sendable {
     let model: ModelDescription
     let keepAlive: Double?
     let started = Date()
+    /// Image downloads in flight, and how many may be.
+    public let downloads: DownloadSlots
 
-    public init(queue: JobQueue, worker: Worker?, model: ModelDescription, keepAlive: Double?) {
+    /// Most image downloads in flight at once when not told otherwise.
+    public static let defaultMaxDownloads = 32
+
+    public init(queue: JobQueue, worker: Worker?, model: ModelDescription, keepAlive: Double?,
+                maxDownloads: Int = APIRouter.defaultMaxDownloads) {
         self.queue = queue
         self.worker = worker
         self.model = model
         self.keepAlive = keepAlive
+        downloads = DownloadSlots(limit: maxDownloads)
     }
 
     public func route(_ r: APIRequest) -> APIResponse {
-        let path = r.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
+        let path = Self.originForm(r.uri).split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
+            .first.map(String.init) ?? ""
         // Nothing in the API needs escapes, dot segments or empty segments: refuse them before any lookup.
         let parts = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst().map(String.init)
         guard path.hasPrefix("/"), !path.contains("%"), !path.contains("\\"),
@@ -109,7 +121,7 @@ public final class APIRouter: Sendable {
         case 1 where parts[0] == "metrics":
             if let no = allow("GET") { return no }
             let text = Metrics.render(queue.snapshot(), modelLoaded: worker?.modelLoaded ?? false,
-                                      uptime: Date().timeIntervalSince(started))
+                                      uptime: Date().timeIntervalSince(started), downloads: downloads.active)
             return APIResponse(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: Array(text.utf8))
         case 2 where parts[0] == "v1" && parts[1] == "health":
             if let no = allow("GET") { return no }
@@ -154,11 +166,28 @@ public final class APIRouter: Sendable {
         }
     }
 
+    /// The path and query of a request target. HTTP/1.1 servers must accept the absolute form
+    /// (`http://localhost/v1/health`, RFC 9112 §3.2.2) as well as the usual origin form (`/v1/health`); the
+    /// authority names no one here (the socket is the address), so it is dropped.
+    static func originForm(_ target: String) -> String {
+        for scheme in ["http://", "https://"] where target.lowercased().hasPrefix(scheme) {
+            let rest = target.dropFirst(scheme.count)
+            guard let slash = rest.firstIndex(where: { $0 == "/" || $0 == "?" }) else { return "/" }
+            return rest[slash] == "?" ? "/" + rest[slash...] : String(rest[slash...])
+        }
+        return target
+    }
+
     private func submit(_ r: APIRequest) -> APIResponse {
         do throws(APIError) {
-            let request = try RequestValidation.resolve(try RequestValidation.decode(r.body), defaults: model.defaults)
-            let job = try queue.submit(request, owner: r.peer.uid)
-            return .json(202, job, headers: [("Location", "\(APIVersion.prefix)/jobs/\(job.id)")])
+            let sent = try RequestValidation.decode(r.body)
+            let request = try RequestValidation.resolve(sent, defaults: model.defaults)
+            let defaults = model.defaults
+            let (job, created) = try queue.submit(request, owner: r.peer.uid) { stored in
+                RequestValidation.isSameRequest(sent, as: stored, defaults: defaults)
+            }
+            // A retry of a submission that already made a job gets that job, with 200 instead of 202.
+            return .json(created ? 202 : 200, job, headers: [("Location", "\(APIVersion.prefix)/jobs/\(job.id)")])
         } catch {
             return .error(error)
         }
@@ -166,16 +195,28 @@ public final class APIRouter: Sendable {
 
     private func image(id: String, index: String, uid: UInt32) -> APIResponse {
         guard JobID.isValid(id), let job = queue.job(id, uid: uid) else { return .error(APIError(.notFound, "no job \(id)")) }
-        guard index.utf8.count <= 3, index.utf8.allSatisfy({ (0x30...0x39).contains($0) }), let n = Int(index) else {
+        // Only canonical decimal indexes name an image: "0", "12"; not "00", "0001" or "+1".
+        guard index.utf8.count <= 3, index.utf8.allSatisfy({ (0x30...0x39).contains($0) }), let n = Int(index),
+              String(n) == index else {
             return .error(APIError(.notFound, "no image \(index) (images are numbered from 0)"))
         }
         guard job.state == .finished else {
             return .error(APIError(.conflict, "job \(id) is \(job.state.rawValue); images exist once it has finished"))
         }
         guard n < job.images else { return .error(APIError(.notFound, "job \(id) has \(job.images) image(s), numbered from 0")) }
-        guard let data = FileManager.default.contents(atPath: queue.spool.imageURL(id, n).path) else {
-            return .error(APIError(.notFound, "image \(n) of job \(id) is gone (removed by retention?)"))
+        // The image is streamed from its file as the client reads, so a download costs an open file, not the
+        // image's bytes in memory; and only so many run at once.
+        guard downloads.acquire() else {
+            return .error(APIError(.tooManyDownloads, "\(downloads.limit) image downloads are in progress; try again shortly"),
+                          headers: [("Retry-After", "1")])
         }
-        return APIResponse(status: 200, contentType: "image/png", body: Array(data))
+        switch ResponseFile.open(queue.spool.imageURL(id, n).path, slot: downloads) {
+        case .success(let file):
+            return APIResponse(status: 200, contentType: "image/png", body: [], file: file)
+        case .failure(let e) where e.missing:
+            return .error(APIError(.notFound, "image \(n) of job \(id) is gone (removed by retention?)"))
+        case .failure(let e):
+            return .error(APIError(.internalError, "image \(n) of job \(id) cannot be read: \(e.reason)"))
+        }
     }
 }

@@ -33,6 +33,8 @@ public struct DaemonConfiguration: Sendable {
     /// Checkpoint every this many steps.
     public var checkpointEvery: Int = 5
     public var limits = ConnectionLimits()
+    /// Most image downloads in flight at once; more get 429.
+    public var maxDownloads: Int = APIRouter.defaultMaxDownloads
 
     public init() {}
 }
@@ -55,7 +57,8 @@ public enum Daemon {
                             checkpointEvery: config.checkpointEvery, logger: logger)
         worker.memoryBudget = config.memoryBudget
         worker.products = config.products
-        let router = APIRouter(queue: queue, worker: worker, model: model, keepAlive: config.keepAlive)
+        let router = APIRouter(queue: queue, worker: worker, model: model, keepAlive: config.keepAlive,
+                               maxDownloads: config.maxDownloads)
         let address: ListenAddress = config.inheritedSocket.map { .inherited($0) }
             ?? .path(config.socketPath, mode: config.socketMode, group: config.socketGroup)
         let server = APIServer(
