@@ -4,6 +4,7 @@
 // so callers pass F32 as to cblas_sgemm. Blocking after BLIS: B in NR-column panels of KC depth, A in MR-row
 // panels, a 14 × 32 register tile of AVX-512 accumulators; packed blocks live in a workspace kept per thread.
 #include "CKernels.h"
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,54 @@ enum {
     CK_MC = 168,  // rows of A packed at once (12 register tiles, ~130 KB: L2)
     CK_NC = 512,  // columns of B packed at once (~390 KB: L2)
 };
+
+
+// The portable model of the instruction path (see CKernels.h), kept beside it so the two stay one design.
+uint16_t ck_bf16_round(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    if ((u & 0x7F800000u) == 0x7F800000u && (u & 0x007FFFFFu) != 0) return (uint16_t)((u >> 16) | 0x0040u);
+    if ((u & 0x7F800000u) == 0) return (uint16_t)((u >> 16) & 0x8000u);
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static float ck_bf16_value(uint16_t h) {
+    const uint32_t u = (uint32_t)h << 16;
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+void ck_gemm_bf16_model(int transB, int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
+                        const float *b, int64_t ldb, float beta, float *c, int64_t ldc) {
+    for (int64_t i = 0; i < m; i++) {
+        for (int64_t j = 0; j < n; j++) {
+            float *out = c + i * ldc + j;
+            if (k <= 0) {
+                *out = beta == 0 ? 0 : beta * *out;
+                continue;
+            }
+            for (int64_t pc = 0; pc < k; pc += CK_KC) {
+                const int64_t kc = k - pc < CK_KC ? k - pc : CK_KC;
+                float acc = 0;
+                for (int64_t p = 0; p < kc; p += 2) {
+                    float x[2] = {0, 0}, y[2] = {0, 0};
+                    for (int64_t q = 0; q < 2 && p + q < kc; q++) {
+                        const int64_t kk = pc + p + q;
+                        const float av = a[i * lda + kk], bv = transB ? b[j * ldb + kk] : b[kk * ldb + j];
+                        x[q] = ck_bf16_value(ck_bf16_round(alpha != 1 ? av * alpha : av));
+                        y[q] = ck_bf16_value(ck_bf16_round(bv));
+                    }
+                    acc += x[1] * y[1];  // BF16 × BF16 is exact in F32: one rounding per sum
+                    acc += x[0] * y[0];
+                }
+                if (pc == 0) *out = beta == 0 ? acc : fmaf(beta, *out, acc);
+                else *out = fmaf(1, *out, acc);
+            }
+        }
+    }
+}
 
 #if CK_GEMM_X86
 

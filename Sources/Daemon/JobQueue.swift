@@ -339,14 +339,16 @@ public final class JobQueue: @unchecked Sendable {
     }
 
     /// The running job reached a final state (its images, if any, are already on disk).
-    public func complete(_ id: String, state: JobState, images: Int = 0, error: APIError? = nil) {
+    /// `time`: when it ended (seconds since 1970), now unless a caller (a test ordering completions) says.
+    public func complete(_ id: String, state: JobState, images: Int = 0, error: APIError? = nil,
+                         at time: Double = JobQueue.now()) {
         cond.lock()
         guard var e = entries[id] else {
             cond.unlock()
             return
         }
         e.record.job.state = state
-        e.record.job.finishedAt = Self.now()
+        e.record.job.finishedAt = time
         e.record.job.images = images
         e.record.job.error = error
         if state == .finished, let p = e.record.job.progress {

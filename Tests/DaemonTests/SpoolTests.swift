@@ -69,13 +69,13 @@ final class SpoolTests: XCTestCase {
     func testRetentionBySizeRemovesTheOldestFinishedFirst() throws {
         let q = try makeQueue()
         var ids: [String] = []
-        for p in ["a", "b", "c"] {
+        let start = JobQueue.now()
+        for (i, p) in ["a", "b", "c"].enumerated() {
             let job = try submit(q, p)
             guard case .job = q.next(until: Date()) else { return XCTFail("no job") }
             try Data(repeating: 7, count: 10_000).write(to: q.spool.imageURL(job.id, 0))
-            q.complete(job.id, state: .finished, images: 1)
+            q.complete(job.id, state: .finished, images: 1, at: start + Double(i))  // "a" finished first
             ids.append(job.id)
-            usleep(2000)
         }
         let removed = q.sweep(maxAge: nil, maxBytes: 25_000)
         XCTAssertEqual(removed, [ids[0]])

@@ -59,6 +59,29 @@ enum UnixHTTPClient {
         return out
     }
 
+    /// Waits up to `timeout` seconds for the peer to close the connection; returns whether it did and what
+    /// arrived before it. Waits on the event (poll, then recv), not on a clock.
+    static func waitForClose(_ fd: Int32, timeout: Double) -> (closed: Bool, bytes: [UInt8]) {
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 65536)
+        let deadline = Date().addingTimeInterval(timeout)
+        while true {
+            let left = deadline.timeIntervalSinceNow
+            if left <= 0 { return (false, out) }
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let ready = poll(&p, 1, Int32(min(left, 1) * 1000))
+            if ready < 0 && errno != EINTR { return (false, out) }
+            if ready <= 0 { continue }
+            let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+            if n == 0 { return (true, out) }
+            if n < 0 {
+                if errno == EAGAIN || errno == EINTR { continue }
+                return (true, out)  // ECONNRESET: closed too
+            }
+            out += buf[0..<n]
+        }
+    }
+
     static func request(_ socketPath: String, _ method: String, _ path: String, body: [UInt8]? = nil,
                         headers: [String: String] = [:], timeout: Double = 20) throws -> HTTPResult {
         let fd = try connect(socketPath, timeout: timeout)

@@ -7,6 +7,12 @@ import TiledKernels
 import XCTest
 
 final class UNetMemoryModeTests: XCTestCase {
+    /// Running one batch item instead of two changes only the shapes of the products, and with them the order in
+    /// which OpenBLAS (whatever kernels it picked) or the Winograd and attention tiles sum each product's K terms:
+    /// a difference of at most K·2⁻²⁴ of Σ|terms| per product, ~√K·2⁻²⁴ with random signs. The tiny UNet runs
+    /// about L = 64 products in sequence with K ≤ 288 (3×3 convolutions over 32 channels) and GroupNorm between
+    /// them, so the differences add up to at most about L·√K·2⁻²⁴ ≈ 6.5e-5 of the output's scale.
+    static let batchShapeTolerance: Float = 1e-4
     /// The tiny UNet on a guided-style batch of two different items, with its output in the default mode.
     private func tinyUNetBatch() throws -> (unet: UNet, sample: Tensor, context: Tensor, t: Float) {
         let directory = ModelFixtures.tinyModel
@@ -29,7 +35,7 @@ final class UNetMemoryModeTests: XCTestCase {
                          memory: UNetMemoryMode(itemByItem: true, halfPrecisionSkips: false, itemByItemMinimumPixels: 0))
         XCTAssertEqual(items.shape, whole.shape)
         let err = relativeMaxError(items, whole)
-        XCTAssertLessThanOrEqual(err, 1e-5, "item by item relative error \(err)")
+        XCTAssertLessThanOrEqual(err, Self.batchShapeTolerance, "item by item relative error \(err)")
     }
 
     func testItemByItemOnlyAtTheTopLevelMatchesTheWholeBatch() throws {
@@ -41,7 +47,7 @@ final class UNetMemoryModeTests: XCTestCase {
             let mixed = unet(sample, timestep: t, context: context,
                              memory: UNetMemoryMode(itemByItem: true, halfPrecisionSkips: f16, itemByItemMinimumPixels: top))
             let err = relativeMaxError(mixed, whole)
-            XCTAssertLessThanOrEqual(err, f16 ? 2e-3 : 1e-5, "top level item by item, F16 skips \(f16): \(err)")
+            XCTAssertLessThanOrEqual(err, f16 ? 2e-3 : Self.batchShapeTolerance, "top level item by item, F16 skips \(f16): \(err)")
         }
     }
 
@@ -64,6 +70,9 @@ final class UNetMemoryModeTests: XCTestCase {
         let compact = unet(sample, timestep: t, context: context, memory: .compact)
         let second = unet(sample.slice(batch: 1..<2), timestep: t, context: context.slice(batch: 1..<2),
                           memory: .compact)
-        XCTAssertLessThanOrEqual(relativeMaxError(compact.slice(batch: 1..<2), second), 1e-5)
+        // Both run the compact mode; only the batch shape differs. A skip value that the batch shape moved across
+        // an F16 rounding boundary rounds one F16 step (2⁻¹¹ relative) the other way, so the F16 bound applies;
+        // an item mixed with the other lane would be off by the scale of the output itself.
+        XCTAssertLessThanOrEqual(relativeMaxError(compact.slice(batch: 1..<2), second), 2e-3)
     }
 }

@@ -41,7 +41,7 @@ final class ConvertCommandTests: XCTestCase {
             XCTAssertEqual(run.status, 0, run.stderr)
             latents.append(try NPYReader.readFloat32(from: URL(fileURLWithPath: npy)).data)
         }
-        XCTAssertEqual(latents[0], latents[1])
+        assertSameLatents(latents[1], latents[0], "two processes: the folder and its F32 GGUF")
     }
 
     func testQuantizedConvertAndInspect() throws {

@@ -20,12 +20,17 @@ final class ServeProcess {
         return dir.appendingPathComponent("sdd")
     }
 
+    /// Variables a test's daemon must not inherit from the test process (the model, and systemd's own protocol
+    /// variables, which a test sets itself when it is about them); everything else is inherited.
+    static let clearedVariables: Set<String> = ["SDD_MODEL", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
+                                                "LISTEN_FDS", "LISTEN_PID"]
+
     init(executable: URL = ServeProcess.sddBinary, _ arguments: [String], environment: [String: String] = [:], log: URL) throws {
         self.log = log
         process.executableURL = executable
         process.arguments = arguments
         var env = ProcessInfo.processInfo.environment
-        for key in ["SDD_MODEL", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID"] { env[key] = nil }
+        for key in Self.clearedVariables { env[key] = nil }
         for (k, v) in environment { env[k] = v }
         process.environment = env
         FileManager.default.createFile(atPath: log.path, contents: nil)

@@ -1,6 +1,7 @@
 // BF16GemmTests: CKernels' BF16 GEMM against a Double reference over BF16-rounded operands — the products it
 // promises — and the layers that run it (`sgemm(precision: .bf16)`) against their F32 results.
-// Skipped on CPUs without AVX512_BF16, where .bf16 products run in F32.
+// The rounding model (ck_bf16_round, ck_gemm_bf16_model: the packing's rounding and the F32 sums) is checked on
+// every CPU; only the tests of the AVX512_BF16 instruction path skip where the CPU lacks it.
 import CKernels
 import XCTest
 @testable import TiledKernels
@@ -16,10 +17,24 @@ final class BF16GemmTests: XCTestCase {
         try XCTSkipUnless(ProductPrecision.bf16Available, "this CPU has no AVX512_BF16")
     }
 
+    private typealias Kernel = (Int32, Int64, Int64, Int64, Float, UnsafePointer<Float>, Int64,
+                                UnsafePointer<Float>, Int64, Float, UnsafeMutablePointer<Float>, Int64) -> Int32
+
+    /// The AVX512_BF16 path.
+    private let instruction: Kernel = { ck_gemm_bf16($0, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) }
+    /// The portable model of it.
+    private let model: Kernel = {
+        ck_gemm_bf16_model($0, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+        return 0
+    }
+
     /// C = alpha · A · op(B) + beta · C with padded strides; every element within 1e-5 of its own Σ|products|
-    /// (F32 sums of exact BF16 products), and the padding columns untouched.
-    private func check(m: Int, n: Int, k: Int, transB: Bool, alpha: Float = 0.7, beta: Float = 0.5,
-                       file: StaticString = #filePath, line: UInt = #line) {
+    /// and the padding columns untouched. The bound: BF16 × BF16 products are exact in F32, so the only
+    /// error is F32 rounding of the running sums — at most k · 2⁻²⁴ ≈ 5.4e-5 relative to Σ|products| for
+    /// k = 901 in the worst case, ~√k · 2⁻²⁴ ≈ 1.8e-6 in practice (random signs); 1e-5 holds for every
+    /// summation order while an operand left unrounded (an error of ~2⁻⁹) fails it.
+    private func check(_ kernel: Kernel, m: Int, n: Int, k: Int, transB: Bool, alpha: Float = 0.7,
+                       beta: Float = 0.5, file: StaticString = #filePath, line: UInt = #line) {
         let lda = k + 3, ldb = (transB ? k : n) + 5, ldc = n + 2
         var random = LCG(seed: UInt64(m * 131 + n * 17 + k))
         let a = (0..<(m * lda)).map { _ in random.next() }
@@ -29,9 +44,8 @@ final class BF16GemmTests: XCTestCase {
         a.withUnsafeBufferPointer { ap in
             b.withUnsafeBufferPointer { bp in
                 c.withUnsafeMutableBufferPointer { cp in
-                    let status = ck_gemm_bf16(transB ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha, ap.baseAddress!,
-                                              Int64(lda), bp.baseAddress!, Int64(ldb), beta, cp.baseAddress!,
-                                              Int64(ldc))
+                    let status = kernel(transB ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha, ap.baseAddress!,
+                                        Int64(lda), bp.baseAddress!, Int64(ldb), beta, cp.baseAddress!, Int64(ldc))
                     XCTAssertEqual(status, 0, file: file, line: line)
                 }
             }
@@ -53,13 +67,58 @@ final class BF16GemmTests: XCTestCase {
         XCTAssertLessThan(worst, 1e-5, "\(m)×\(n)×\(k) transB \(transB)", file: file, line: line)
     }
 
+    private func checkShapes(_ kernel: Kernel, file: StaticString = #filePath, line: UInt = #line) {
+        check(kernel, m: 14, n: 32, k: 2, transB: false, file: file, line: line)      // one register tile
+        check(kernel, m: 15, n: 33, k: 3, transB: true, file: file, line: line)       // a row and a column past it, odd depth
+        check(kernel, m: 200, n: 600, k: 901, transB: false, file: file, line: line)  // several row, column and depth blocks
+        check(kernel, m: 170, n: 513, k: 385, transB: true, file: file, line: line)
+        check(kernel, m: 256, n: 512, k: 40, transB: true, file: file, line: line)    // attention's Q·Kᵀ shape
+    }
+
     func testProductsMatchBF16RoundedReferenceAcrossBlocksAndEdges() throws {
         try requireBF16()
-        check(m: 14, n: 32, k: 2, transB: false)          // one register tile
-        check(m: 15, n: 33, k: 3, transB: true)           // a row and a column past it, odd depth
-        check(m: 200, n: 600, k: 901, transB: false)      // several row, column and depth blocks
-        check(m: 170, n: 513, k: 385, transB: true)
-        check(m: 256, n: 512, k: 40, transB: true)        // attention's Q·Kᵀ shape
+        checkShapes(instruction)
+    }
+
+    func testTheRoundingModelMatchesTheBF16RoundedReferenceOnEveryCPU() {
+        checkShapes(model)
+    }
+
+    func testRoundingToBF16IsNearestEvenWithDenormalsFlushed() {
+        func bits(_ x: Float) -> UInt16 { ck_bf16_round(x) }
+        XCTAssertEqual(bits(1), 0x3F80)
+        XCTAssertEqual(bits(-2), 0xC000)
+        // Ties go to the even mantissa: 1 + 2⁻⁸ lies halfway between 1 and 1 + 2⁻⁷.
+        XCTAssertEqual(bits(Float(bitPattern: 0x3F80_8000)), 0x3F80)
+        XCTAssertEqual(bits(Float(bitPattern: 0x3F81_8000)), 0x3F82)
+        XCTAssertEqual(bits(Float(bitPattern: 0x3F80_8001)), 0x3F81, "above half rounds up")
+        XCTAssertEqual(bits(Float(bitPattern: 0x3F80_7FFF)), 0x3F80, "below half rounds down")
+        XCTAssertEqual(bits(Float(bitPattern: 0x7F7F_FFFF)), 0x7F80, "the largest float rounds to infinity")
+        XCTAssertEqual(bits(.infinity), 0x7F80)
+        XCTAssertEqual(bits(Float(bitPattern: 0x0000_0001)), 0x0000, "denormals flush to zero")
+        XCTAssertEqual(bits(Float(bitPattern: 0x8040_0000)), 0x8000, "keeping their sign")
+        let nan = bits(Float(bitPattern: 0x7F80_0001))
+        XCTAssertEqual(nan & 0x7F80, 0x7F80)
+        XCTAssertNotEqual(nan & 0x007F, 0, "a NaN stays a NaN")
+        var random = LCG(seed: 5)
+        for _ in 0..<10_000 {
+            let x = random.next() * 1000
+            XCTAssertEqual(Double(Float(bitPattern: UInt32(bits(x)) << 16)), bf16(x), "\(x)")
+        }
+    }
+
+    func testTheInstructionPathComputesWhatTheModelDoes() throws {
+        try requireBF16()
+        // Same rounded operands, same pairs, same block sums: any difference is the order of two F32 additions
+        // inside one vdpbf16ps (one rounding, 2⁻²⁴ of the partial sum).
+        let m = 37, n = 70, k = 777
+        var random = LCG(seed: 99)
+        let a = (0..<(m * k)).map { _ in random.next() }, b = (0..<(k * n)).map { _ in random.next() }
+        var got = [Float](repeating: 0, count: m * n), want = got
+        _ = instruction(0, Int64(m), Int64(n), Int64(k), 1, a, Int64(k), b, Int64(n), 0, &got, Int64(n))
+        _ = model(0, Int64(m), Int64(n), Int64(k), 1, a, Int64(k), b, Int64(n), 0, &want, Int64(n))
+        let scale = want.map(abs).max() ?? 1
+        for i in 0..<(m * n) { XCTAssertEqual(got[i], want[i], accuracy: 1e-5 * scale, "element \(i)") }
     }
 
     func testBF16DiffersFromF32OnlyByOperandRounding() throws {

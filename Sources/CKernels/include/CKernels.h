@@ -73,6 +73,18 @@ int ck_gemm_bf16_available(void);
 int ck_gemm_bf16(int transB, int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
                  const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
 
+/// x rounded to BF16 as AVX512_BF16's conversions do (vcvtne2ps2bf16): nearest even, denormals to signed
+/// zero, NaN to a quiet NaN. The upper 16 bits of the F32 it stands for.
+uint16_t ck_bf16_round(float x);
+
+/// What ck_gemm_bf16 computes, in portable scalar C on any CPU: the same operand rounding (alpha · A, then
+/// B, to BF16), the same pairs along k (a last odd value paired with zero), the same order of F32 sums
+/// (vdpbf16ps: the odd product, then the even one, into an accumulator per KC-deep block; blocks added to C
+/// in order, beta applied with one fused multiply-add on the first). The model the tests check the
+/// instruction path against, and the specification of that path on CPUs that lack it. Slow (no blocking).
+void ck_gemm_bf16_model(int transB, int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
+                        const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
+
 #ifdef __cplusplus
 }
 #endif
