@@ -286,6 +286,7 @@ final class ServeTests: XCTestCase {
         let stalled = ServeHTTP.waitUntil(timeout: 20) { metrics().contains("\nsdd_image_downloads \(slots)\n") }
         XCTAssertTrue(stalled, "the daemon did not start \(slots) downloads:\n\(metrics())")
         let during = d.residentBytes
+        print("\(slots) stalled downloads of \(size >> 20) MiB: daemon RSS \(before >> 20) MiB -> \(during >> 20) MiB")
         // Buffering each response would hold slots × 8 MiB = 256 MiB. Streamed, a stalled download holds a file
         // descriptor, a FileRegion and the connection's handlers (a few KiB; the socket buffers are the
         // kernel's, not RSS); 32 MiB leaves room for allocator arenas and the thread pool's stacks.
