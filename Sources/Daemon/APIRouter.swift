@@ -207,8 +207,8 @@ public final class APIRouter: Sendable {
         // The image is streamed from its file as the client reads, so a download costs an open file, not the
         // image's bytes in memory; and only so many run at once.
         guard downloads.acquire() else {
-            return .error(APIError(.tooManyDownloads, "\(downloads.limit) image downloads are in progress; try again shortly"),
-                          headers: [("Retry-After", "1")])
+            let busy = APIError(.tooManyDownloads, "\(downloads.limit) image downloads are in progress; try again shortly")
+            return .error(busy, headers: [("Retry-After", "1")])
         }
         switch ResponseFile.open(queue.spool.imageURL(id, n).path, slot: downloads) {
         case .success(let file):

@@ -20,7 +20,8 @@ public struct ConnectionLimits: Sendable {
     /// dead daemon.
     public var eventHeartbeat: Double
 
-    public init(idleTimeout: Double = 30, requestTimeout: Double = 60, maxBodyBytes: Int = APIVersion.maxRequestBodyBytes,
+    public init(idleTimeout: Double = 30, requestTimeout: Double = 60,
+                maxBodyBytes: Int = APIVersion.maxRequestBodyBytes,
                 eventHeartbeat: Double = JobEvent.defaultHeartbeatSeconds) {
         self.idleTimeout = idleTimeout
         self.requestTimeout = requestTimeout

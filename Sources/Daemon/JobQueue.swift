@@ -116,12 +116,15 @@ public final class JobQueue: @unchecked Sendable {
         if let requestKey {
             // A submission with this id in flight (being saved) ends one way or the other; then look.
             while reservedRequests.contains(requestKey) { cond.wait() }
-            if let e = entries.values.first(where: { $0.record.job.owner == owner && $0.record.job.settings.requestId == request.requestId }) {
+            let same = entries.values.first {
+                $0.record.job.owner == owner && $0.record.job.settings.requestId == request.requestId
+            }
+            if let e = same {
                 let job = view(e)
                 cond.unlock()
                 guard isSameRequest(job.settings) else {
-                    throw APIError(.conflict, "request_id \"\(request.requestId ?? "")\" was already used for job \(job.id), "
-                        + "whose settings differ; use a new request_id for a new job")
+                    throw APIError(.conflict, "request_id \"\(request.requestId ?? "")\" was already used for job "
+                        + "\(job.id), whose settings differ; use a new request_id for a new job")
                 }
                 logger.info("retried submission", metadata: ["job": "\(job.id)", "owner": "\(owner)"])
                 return (job, false)

@@ -37,7 +37,8 @@ public enum RequestValidation {
         case .typeMismatch(let type, let ctx):
             if ctx.codingPath.isEmpty { return APIError(.badJSON, "the body must be a JSON object") }
             // JobRequest's own checks say what they expected and what came; the decoder's say neither.
-            let expected = ctx.debugDescription.hasPrefix("expected ") ? ctx.debugDescription : "expected \(typeName(type))"
+            let expected = ctx.debugDescription.hasPrefix("expected ")
+                ? ctx.debugDescription : "expected \(typeName(type))"
             return APIError(.wrongType, "field \"\(field(ctx.codingPath))\": \(expected)")
         case .valueNotFound(let type, let ctx):
             // `null` as the whole body: there is no field to name.

@@ -68,7 +68,7 @@ public struct JobRequest: Codable, Sendable, Equatable {
     public static func isValidRequestId(_ s: String) -> Bool {
         (1...maxRequestIdLength).contains(s.utf8.count) && s.utf8.allSatisfy {
             (0x30...0x39).contains($0) || (0x41...0x5A).contains($0) || (0x61...0x7A).contains($0)
-                || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: ":") || $0 == UInt8(ascii: "-")
+                || Array(".:_-".utf8).contains($0)
         }
     }
 

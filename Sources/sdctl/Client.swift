@@ -182,7 +182,8 @@ struct SDDClient: Sendable {
         return CLIError("HTTP \(status)\(text.isEmpty ? "" : ": \(text)")")
     }
 
-    private func connect(streaming: Bool) async throws -> NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart> {
+    private func connect(streaming: Bool) async throws
+        -> NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart> {
         let timeout = self.timeout
         do {
             return try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)

@@ -42,8 +42,9 @@ extension SDDClient {
             do {
                 return try await json(.POST, jobsPath, body: body, as: Job.self)
             } catch {
-                let refused = (error as? CLIError).map { $0.isConnectionFailure && $0.message.hasPrefix("cannot connect") }
-                    ?? false
+                let refused = (error as? CLIError).map {
+                    $0.isConnectionFailure && $0.message.hasPrefix("cannot connect")
+                } ?? false
                 let lost = (error as? CLIError).map(\.isConnectionFailure) ?? true
                 guard lost, sent || !refused else { throw error }
                 sent = true
@@ -158,10 +159,12 @@ struct Generate: AsyncParsableCommand {
         if noWait, output != nil { throw ValidationError("--output has no effect with --no-wait (use sdctl fetch)") }
         if json, output == "-" { throw ValidationError("--output - would mix the PNG into --json's events") }
         if output == "-", let count, count > 1 {
-            throw ValidationError("--output - writes one PNG to stdout; --count \(count) makes \(count) (use -o FILE.png)")
+            throw ValidationError(
+                "--output - writes one PNG to stdout; --count \(count) makes \(count) (use -o FILE.png)")
         }
         if let requestId, !JobRequest.isValidRequestId(requestId) {
-            throw ValidationError("--request-id must be 1…\(JobRequest.maxRequestIdLength) characters of A-Z a-z 0-9 . _ : -")
+            throw ValidationError(
+                "--request-id must be 1…\(JobRequest.maxRequestIdLength) characters of A-Z a-z 0-9 . _ : -")
         }
     }
 

@@ -43,7 +43,8 @@ struct JobFollower {
         var firstLoss = ""
         while true {
             do {
-                try await client.exchange(.GET, "\(APIVersion.prefix)/jobs/\(id)/events", streaming: true) { status, body in
+                let events = "\(APIVersion.prefix)/jobs/\(id)/events"
+                try await client.exchange(.GET, events, streaming: true) { status, body in
                     connected = true
                     guard status == 200 else {
                         throw SDDClient.apiError(status: status, body: try await body.collect(limit: 1 << 20))

@@ -48,7 +48,7 @@ struct Serve: ParsableCommand {
     @Option(help: "Most image downloads in progress at once; more get 429 (each holds an open file until read).")
     var maxDownloads: Int = APIRouter.defaultMaxDownloads
 
-    @Option(help: "How often an event stream carries a heartbeat event, so clients notice a daemon that stopped answering: 10s, 1s.")
+    @Option(help: "How often an event stream carries a heartbeat event (10s, 1s), so clients notice a stopped daemon.")
     var eventHeartbeat: String = "10s"
 
     @Option(help: "Keep finished jobs and their images this long: 24h, 7d, forever.")
@@ -90,7 +90,8 @@ struct Serve: ParsableCommand {
         config.retentionBytes = try retentionSize.map { try ByteSizeOption.parse($0, option: "--retention-size") }
         config.checkpointEvery = checkpointEvery
         config.maxDownloads = maxDownloads
-        guard let heartbeat = try DurationOption.parse(eventHeartbeat, option: "--event-heartbeat"), heartbeat >= 0.05 else {
+        let heartbeat = try DurationOption.parse(eventHeartbeat, option: "--event-heartbeat")
+        guard let heartbeat, heartbeat >= 0.05 else {
             throw OptionError("--event-heartbeat \"\(eventHeartbeat)\": give an interval of at least 50ms, e.g. 10s")
         }
         config.limits.eventHeartbeat = heartbeat

@@ -314,6 +314,17 @@ final class ServeTests: XCTestCase {
         XCTAssertTrue(freed, "download slots were not freed:\n\(metrics())")
     }
 
+    func testBadDownloadAndHeartbeatOptionsAreRefusedByName() throws {
+        for (option, value) in [("--max-downloads", "0"), ("--event-heartbeat", "0"), ("--event-heartbeat", "forever"),
+                                ("--event-heartbeat", "soon")] {
+            let d = try serve([option, value], waitReady: false)
+            // A usage error: 64 from the option checks (as --queue-limit 0), 2 from the configuration's.
+            let status = d.waitExit(timeout: 30)
+            XCTAssertTrue(status == 2 || status == 64, "\(option) \(value): exit \(String(describing: status)): \(d.stderr)")
+            XCTAssertTrue(d.stderr.contains(option), "\(option) \(value): \(d.stderr)")
+        }
+    }
+
     func testUnparsableRequestsGetAJSON400AndTheConnectionClosesAtOnce() throws {
         let d = try serve()
         let requestLine = "GET /v1/" + String(repeating: "a", count: 100 << 10) + " HTTP/1.1\r\nHost: x\r\n\r\n"
