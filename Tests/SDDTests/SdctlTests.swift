@@ -222,8 +222,8 @@ final class SdctlTests: XCTestCase {
     func testAStoppedDaemonEndsAWaitAndAResubmissionWithTheSameIdMakesOneJob() throws {
         let d = try TestDaemon(arguments: ["--event-heartbeat", "200ms"])
         defer { kill(d.process.processIdentifier, SIGCONT); d.stop() }
-        let long = try Self.sdctl(["generate", "--no-wait", "--steps", "1000", "--width", "256", "--height", "256",
-                                   "long"], socket: d.socket)
+        let long = try Self.sdctl(["generate", "--no-wait", "--steps", "500", "--scheduler", "euler", "--width", "256",
+                                   "--height", "256", "long"], socket: d.socket)
         XCTAssertEqual(long.status, 0, long.output)
         let id = long.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
 
