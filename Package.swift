@@ -4,7 +4,10 @@
 // sdctl → SDDAPI only, so the client builds and starts fast.
 import PackageDescription
 
-let optimize: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release))]
+// `-Ounchecked` (no bounds or overflow traps) belongs to the compute kernels alone, which their tests check against
+// plain references. Everything that reads files, configs or requests (MMapWeights, Pipeline, Daemon) keeps Swift's
+// checks in the shipped release binary, so a missed check on a hostile file traps instead of corrupting memory.
+let uncheckedKernels: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release))]
 let nio: [Target.Dependency] = [
     .product(name: "NIOCore", package: "swift-nio"),
     .product(name: "NIOPosix", package: "swift-nio"),
@@ -31,10 +34,10 @@ let package = Package(
                        providers: [.apt(["libpng-dev"])]),
         .systemLibrary(name: "CSystemd", path: "Sources/CSystemd", pkgConfig: "libsystemd",
                        providers: [.apt(["libsystemd-dev"])]),
-        .target(name: "MMapWeights", swiftSettings: optimize),
+        .target(name: "MMapWeights"),
         .target(name: "CKernels", path: "Sources/CKernels", cSettings: [.unsafeFlags(["-O3"])]),
-        .target(name: "TiledKernels", dependencies: ["CBLAS", "CKernels", "MMapWeights"], swiftSettings: optimize),
-        .target(name: "Pipeline", dependencies: ["MMapWeights", "TiledKernels", "CKernels", "CPNG"], swiftSettings: optimize),
+        .target(name: "TiledKernels", dependencies: ["CBLAS", "CKernels", "MMapWeights"], swiftSettings: uncheckedKernels),
+        .target(name: "Pipeline", dependencies: ["MMapWeights", "TiledKernels", "CKernels", "CPNG"]),
         .target(name: "SDDAPI"),
         .target(name: "Daemon", dependencies: [
             "Pipeline", "TiledKernels", "SDDAPI", "CSystemd",

@@ -12,12 +12,19 @@ public struct APIRequest: Sendable {
     public var uri: String
     public var body: [UInt8]
     public var peer: PeerCredentials
+    /// Who the request acts for: the peer's uid on the socket, the token's NAME on the TCP listener.
+    public var owner: JobOwner
+    /// Request headers, names lowercased (the first of repeated ones).
+    public var headers: [String: String]
 
-    public init(method: String, uri: String, body: [UInt8] = [], peer: PeerCredentials) {
+    public init(method: String, uri: String, body: [UInt8] = [], peer: PeerCredentials, owner: JobOwner? = nil,
+                headers: [String: String] = [:]) {
         self.method = method
         self.uri = uri
         self.body = body
         self.peer = peer
+        self.owner = owner ?? .uid(peer.uid)
+        self.headers = headers
     }
 }
 
@@ -31,6 +38,8 @@ public struct APIResponse: Sendable {
     public var eventsFor: String?
     /// An open file to stream as the body (instead of `body`); whoever ends up with the response closes it.
     public var file: ResponseFile?
+    /// Set: the answer comes once this job is final (the handler waits without holding a thread; see `JobWait`).
+    public var awaitJob: JobWait?
 
     public init(status: Int, contentType: String = "application/json", body: [UInt8], headers: [(String, String)] = [],
                 eventsFor: String? = nil, file: ResponseFile? = nil) {
@@ -111,7 +120,8 @@ public final class APIRouter: Sendable {
               !parts.contains(where: { $0.isEmpty || $0 == "." || $0 == ".." }) else {
             return .error(APIError(.notFound, "no such path"))
         }
-        let uid = r.peer.uid
+        let owner = r.owner
+        if let answer = compatibilityRoute(r, path: path, parts: parts) { return answer }
         func allow(_ methods: String...) -> APIResponse? {
             methods.contains(r.method) ? nil
                 : .error(APIError(.methodNotAllowed, "\(r.method) is not allowed on \(path); use \(methods.joined(separator: ", "))"),
@@ -136,31 +146,32 @@ public final class APIRouter: Sendable {
             return .json(200, ModelList(models: model.url == nil ? [] : [ModelInfo(
                 name: model.name, path: model.url?.path ?? "", loaded: worker?.modelLoaded ?? false,
                 keepAliveSeconds: keepAlive, defaultWidth: model.defaults?.width, defaultHeight: model.defaults?.height,
-                schedulers: SchedulerKind.allCases.map(\.rawValue))]))
+                schedulers: SchedulerKind.allCases.map(\.rawValue))],
+                object: "list", data: model.url == nil ? [] : [OpenAIModel(id: model.name, created: Int(started.timeIntervalSince1970))]))
         case 2 where parts[0] == "v1" && parts[1] == "jobs":
             if let no = allow("GET", "POST") { return no }
-            if r.method == "GET" { return .json(200, JobList(jobs: queue.list(uid: uid))) }
+            if r.method == "GET" { return .json(200, JobList(jobs: queue.list(owner: owner))) }
             return submit(r)
         case 3 where parts[0] == "v1" && parts[1] == "jobs":
             if let no = allow("GET", "DELETE") { return no }
             let id = parts[2]
             guard JobID.isValid(id) else { return .error(APIError(.notFound, "no job \(id)")) }
             if r.method == "GET" {
-                guard let job = queue.job(id, uid: uid) else { return .error(APIError(.notFound, "no job \(id)")) }
+                guard let job = queue.job(id, owner: owner) else { return .error(APIError(.notFound, "no job \(id)")) }
                 return .json(200, job)
             }
             do throws(APIError) {
-                let job = try queue.cancel(id, uid: uid)
+                let job = try queue.cancel(id, owner: owner)
                 return .json(job.state == .canceled ? 200 : 202, job)
             } catch { return .error(error) }
         case 4 where parts[0] == "v1" && parts[1] == "jobs" && parts[3] == "events":
             if let no = allow("GET") { return no }
             let id = parts[2]
-            guard JobID.isValid(id), queue.job(id, uid: uid) != nil else { return .error(APIError(.notFound, "no job \(id)")) }
+            guard JobID.isValid(id), queue.job(id, owner: owner) != nil else { return .error(APIError(.notFound, "no job \(id)")) }
             return APIResponse(status: 200, contentType: "application/x-ndjson", body: [], eventsFor: id)
         case 5 where parts[0] == "v1" && parts[1] == "jobs" && parts[3] == "images":
             if let no = allow("GET") { return no }
-            return image(id: parts[2], index: parts[4], uid: uid)
+            return image(id: parts[2], index: parts[4], owner: owner)
         default:
             return .error(APIError(.notFound, "no such path \(path)"))
         }
@@ -183,7 +194,7 @@ public final class APIRouter: Sendable {
             let sent = try RequestValidation.decode(r.body)
             let request = try RequestValidation.resolve(sent, defaults: model.defaults)
             let defaults = model.defaults
-            let (job, created) = try queue.submit(request, owner: r.peer.uid) { stored in
+            let (job, created) = try queue.submit(request, as: r.owner) { stored in
                 RequestValidation.isSameRequest(sent, as: stored, defaults: defaults)
             }
             // A retry of a submission that already made a job gets that job, with 200 instead of 202.
@@ -193,8 +204,8 @@ public final class APIRouter: Sendable {
         }
     }
 
-    private func image(id: String, index: String, uid: UInt32) -> APIResponse {
-        guard JobID.isValid(id), let job = queue.job(id, uid: uid) else { return .error(APIError(.notFound, "no job \(id)")) }
+    private func image(id: String, index: String, owner: JobOwner) -> APIResponse {
+        guard JobID.isValid(id), let job = queue.job(id, owner: owner) else { return .error(APIError(.notFound, "no job \(id)")) }
         // Only canonical decimal indexes name an image: "0", "12"; not "00", "0001" or "+1".
         guard index.utf8.count <= 3, index.utf8.allSatisfy({ (0x30...0x39).contains($0) }), let n = Int(index),
               String(n) == index else {

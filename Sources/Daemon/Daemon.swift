@@ -35,6 +35,8 @@ public struct DaemonConfiguration: Sendable {
     public var limits = ConnectionLimits()
     /// Most image downloads in flight at once; more get 429.
     public var maxDownloads: Int = APIRouter.defaultMaxDownloads
+    /// Also serve the API on this TCP address, token-authenticated (`--listen`, `--tokens`); nil = socket only.
+    public var tcp: TCPListenConfiguration?
 
     public init() {}
 }
@@ -71,13 +73,16 @@ public enum Daemon {
                 notifier.stopping()
                 queue.stopAccepting()
             })
-        let services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: WorkerService(worker: worker)),
             .init(service: HousekeepingService(queue: queue, maxAge: config.retention, maxBytes: config.retentionBytes)),
             .init(service: WatchdogService(worker: worker, notifier: notifier,
                                            interval: SystemdNotifier.watchdogInterval(), logger: logger)),
             .init(service: server),
         ]
+        if let tcp = config.tcp {
+            services.append(.init(service: TCPListener(config: tcp, router: router, limits: config.limits, logger: logger)))
+        }
         let group = ServiceGroup(configuration: .init(
             services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()

@@ -39,6 +39,10 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private let peer: PeerCredentials
     private let threadPool: NIOThreadPool
     private let limits: ConnectionLimits
+    /// Set on the TCP listener: each request must carry a token, whose NAME it acts for (else 401).
+    private let tokens: TokenFile?
+    /// Who the request being answered acts for.
+    private var owner: JobOwner
 
     private var head: HTTPRequestHead?
     private var body: [UInt8] = []
@@ -60,7 +64,10 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// The input could not be parsed (or the connection failed): nothing more is read or answered.
     private var failed = false
 
-    init(router: APIRouter, peer: PeerCredentials, threadPool: NIOThreadPool, limits: ConnectionLimits) {
+    init(router: APIRouter, peer: PeerCredentials, threadPool: NIOThreadPool, limits: ConnectionLimits,
+         tokens: TokenFile? = nil) {
+        self.tokens = tokens
+        self.owner = .uid(peer.uid)
         self.router = router
         self.queue = router.queue
         self.peer = peer
@@ -154,8 +161,19 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             guard let h = head else { return }
             deadline?.cancel()
             busy = true
-            let request = APIRequest(method: h.method.rawValue, uri: h.uri, body: body, peer: peer)
+            let requestBody = body
             body = []
+            if let tokens {
+                guard let name = tokens.name(authorization: h.headers.first(name: "authorization")) else {
+                    respond(context: context, head: h, TokenFile.unauthorized())
+                    return
+                }
+                owner = .token(name)
+            }
+            var headers: [String: String] = [:]
+            for (name, value) in h.headers where headers[name.lowercased()] == nil { headers[name.lowercased()] = value }
+            let request = APIRequest(method: h.method.rawValue, uri: h.uri, body: requestBody, peer: peer,
+                                     owner: owner, headers: headers)
             let router = self.router
             threadPool.runIfActive(eventLoop: context.eventLoop) { router.route(request) }
                 .assumeIsolated()
@@ -183,6 +201,10 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                          forceClose: Bool = false) {
         guard context.channel.isActive else {
             r.file?.close()
+            return
+        }
+        if let wait = r.awaitJob {
+            waitForJob(context: context, head: request, wait)
             return
         }
         let keepAlive = request.isKeepAlive && !forceClose && !inputClosed && r.eventsFor == nil
@@ -231,6 +253,22 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
+    // MARK: answers that wait for a job
+
+    /// Answers once the job is final; the head is not written yet. A client that closes first only unsubscribes.
+    private func waitForJob(context: ChannelHandlerContext, head: HTTPRequestHead, _ wait: JobWait) {
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let loop = context.eventLoop
+        let token = wait.start(on: queue) { response in
+            loop.execute {
+                let (handler, context) = bound.value
+                handler.subscription = nil
+                handler.respond(context: context, head: head, response)
+            }
+        }
+        if let token { subscription = (wait.id, token) }
+    }
+
     // MARK: events
 
     private func startEvents(context: ChannelHandlerContext, id: String) {
@@ -238,7 +276,7 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         context.flush()
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         let loop = context.eventLoop
-        let subscribed = queue.subscribe(id, uid: peer.uid) { event in
+        let subscribed = queue.subscribe(id, owner: owner) { event in
             loop.execute { bound.value.0.send(event, context: bound.value.1) }
         }
         guard let subscribed else {

@@ -102,22 +102,30 @@ public final class JobQueue: @unchecked Sendable {
     /// Queues a resolved request for `owner`; returns once the job is on disk.
     /// Throws 503 `shutting_down`, 429 `queue_full`, or 500 `internal` if the spool cannot be written.
     public func submit(_ request: JobRequest, owner: UInt32) throws(APIError) -> Job {
-        try submit(request, owner: owner, isSameRequest: { $0 == request }).job
+        try submit(request, as: .uid(owner))
+    }
+
+    /// Queues a resolved request for `owner` (a uid or a token name); returns once the job is on disk.
+    public func submit(_ request: JobRequest, as owner: JobOwner) throws(APIError) -> Job {
+        try submit(request, as: owner, isSameRequest: { $0 == request }).job
     }
 
     /// Queues a resolved request for `owner`, or, when the request carries a `request_id` this owner already used,
     /// returns the job that id made (`created` false) — also while that first submission is still being saved,
     /// and after restarts (the id is kept in the job's settings on disk). `isSameRequest` says whether the
     /// client's request matches the stored settings; a reused id with different settings is 409 `conflict`.
-    public func submit(_ request: JobRequest, owner: UInt32, isSameRequest: (JobRequest) -> Bool)
+    public func submit(_ request: JobRequest, as owner: JobOwner, isSameRequest: (JobRequest) -> Bool)
         throws(APIError) -> (job: Job, created: Bool) {
         cond.lock()
         let requestKey = request.requestId.map { "\(owner):\($0)" }
         if let requestKey {
             // A submission with this id in flight (being saved) ends one way or the other; then look.
             while reservedRequests.contains(requestKey) { cond.wait() }
+            // The owner's own jobs only (root's too: seeing every job is not owning it).
+            let recorded = owner.recorded
             let same = entries.values.first {
-                $0.record.job.owner == owner && $0.record.job.settings.requestId == request.requestId
+                $0.record.job.owner == recorded.uid && $0.record.job.ownerName == recorded.name
+                    && $0.record.job.settings.requestId == request.requestId
             }
             if let e = same {
                 let job = view(e)
@@ -149,7 +157,8 @@ public final class JobQueue: @unchecked Sendable {
         nextSeq += 1
         cond.unlock()
 
-        let record = JobRecord(seq: seq, job: Job(id: id, state: .queued, owner: owner, createdAt: Self.now(), settings: request))
+        let record = JobRecord(seq: seq, job: Job(id: id, state: .queued, owner: owner.recorded.uid, createdAt: Self.now(),
+                                                  settings: request, ownerName: owner.recorded.name))
         do {
             try spool.save(record)
         } catch {
@@ -177,27 +186,36 @@ public final class JobQueue: @unchecked Sendable {
     }
 
     /// The job if `uid` may see it (its owner, or root).
-    public func job(_ id: String, uid: UInt32) -> Job? {
+    public func job(_ id: String, uid: UInt32) -> Job? { job(id, owner: .uid(uid)) }
+
+    /// The job if `owner` may see it.
+    public func job(_ id: String, owner: JobOwner) -> Job? {
         cond.lock()
         defer { cond.unlock() }
-        guard let e = entries[id], Self.visible(e, to: uid) else { return nil }
+        guard let e = entries[id], Self.visible(e, to: owner) else { return nil }
         return view(e)
     }
 
     /// The jobs `uid` may see, oldest first.
-    public func list(uid: UInt32) -> [Job] {
+    public func list(uid: UInt32) -> [Job] { list(owner: .uid(uid)) }
+
+    /// The jobs `owner` may see, oldest first.
+    public func list(owner: JobOwner) -> [Job] {
         cond.lock()
         defer { cond.unlock() }
         let order = queuedOrder()
-        return entries.values.filter { Self.visible($0, to: uid) }.sorted { $0.record.seq < $1.record.seq }
+        return entries.values.filter { Self.visible($0, to: owner) }.sorted { $0.record.seq < $1.record.seq }
             .map { view($0, order: order) }
     }
 
     /// Cancels a queued job at once (state canceled) or asks the worker to stop a running one between steps
     /// (state stays running until it does). 404 if not visible, 409 if already final.
-    public func cancel(_ id: String, uid: UInt32) throws(APIError) -> Job {
+    public func cancel(_ id: String, uid: UInt32) throws(APIError) -> Job { try cancel(id, owner: .uid(uid)) }
+
+    /// `cancel(_:uid:)` for any owner.
+    public func cancel(_ id: String, owner: JobOwner) throws(APIError) -> Job {
         cond.lock()
-        guard var e = entries[id], Self.visible(e, to: uid) else {
+        guard var e = entries[id], Self.visible(e, to: owner) else {
             cond.unlock()
             throw APIError(.notFound, "no job \(id)")
         }
@@ -234,9 +252,15 @@ public final class JobQueue: @unchecked Sendable {
     /// or call back into the queue.
     public func subscribe(_ id: String, uid: UInt32, _ subscriber: @escaping Subscriber)
         -> (initial: [JobEvent], token: UInt64?)? {
+        subscribe(id, owner: .uid(uid), subscriber)
+    }
+
+    /// `subscribe(_:uid:_:)` for any owner.
+    public func subscribe(_ id: String, owner: JobOwner, _ subscriber: @escaping Subscriber)
+        -> (initial: [JobEvent], token: UInt64?)? {
         cond.lock()
         defer { cond.unlock() }
-        guard var e = entries[id], Self.visible(e, to: uid) else { return nil }
+        guard var e = entries[id], Self.visible(e, to: owner) else { return nil }
         let job = view(e)
         let now = Self.now()
         var initial: [JobEvent] = []
@@ -491,7 +515,7 @@ public final class JobQueue: @unchecked Sendable {
         }
     }
 
-    static func visible(_ e: Entry, to uid: UInt32) -> Bool { uid == 0 || e.record.job.owner == uid }
+    static func visible(_ e: Entry, to owner: JobOwner) -> Bool { owner.canSee(e.record.job) }
 
     static func newID() -> String {
         let n = UInt64.random(in: 0...UInt64.max)

@@ -70,8 +70,37 @@ public struct ModelInfo: Codable, Sendable, Equatable {
     }
 }
 
-/// GET /v1/models.
+/// GET /v1/models: sdd's `models`, and the same list in OpenAI's shape (`object: "list"`, `data`) for OpenAI clients.
 public struct ModelList: Codable, Sendable, Equatable {
     public var models: [ModelInfo]
-    public init(models: [ModelInfo]) { self.models = models }
+    /// "list" (OpenAI's list object); nil from daemons before the OpenAI routes.
+    public var object: String?
+    /// The models as OpenAI's `GET /v1/models` lists them.
+    public var data: [OpenAIModel]?
+    public init(models: [ModelInfo], object: String? = nil, data: [OpenAIModel]? = nil) {
+        self.models = models
+        self.object = object
+        self.data = data
+    }
+}
+
+/// One entry of OpenAI's model list: `{"id": …, "object": "model", "created": …, "owned_by": …}`.
+public struct OpenAIModel: Codable, Sendable, Equatable {
+    public var id: String
+    public var object: String
+    /// Seconds since the epoch (the daemon's start).
+    public var created: Int
+    public var ownedBy: String
+
+    public init(id: String, created: Int, ownedBy: String = "sdd") {
+        self.id = id
+        self.object = "model"
+        self.created = created
+        self.ownedBy = ownedBy
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case id, object, created
+        case ownedBy = "owned_by"
+    }
 }

@@ -36,8 +36,12 @@ public struct Job: Codable, Sendable, Equatable, Identifiable {
     public var state: JobState
     /// Place in the queue while queued: 1 = runs next. nil otherwise.
     public var position: Int?
-    /// The uid that submitted the job (SO_PEERCRED); only it and root can see the job.
+    /// The uid that submitted the job (SO_PEERCRED); only it and root can see the job. For a job submitted on the
+    /// token-protected TCP listener it is 4294967295 ((uid_t)−1, which no process has) and `ownerName` names the owner.
     public var owner: UInt32
+    /// The token NAME that submitted the job on the TCP listener (only requests with one of that NAME's tokens,
+    /// and root on the socket, can see it); nil for jobs submitted on the Unix socket.
+    public var ownerName: String?
     /// When the daemon accepted the job (seconds since the epoch).
     public var createdAt: Double
     /// When the worker (last) started it; nil while queued.
@@ -56,8 +60,9 @@ public struct Job: Codable, Sendable, Equatable, Identifiable {
 
     public init(id: String, state: JobState, position: Int? = nil, owner: UInt32, createdAt: Double,
                 startedAt: Double? = nil, finishedAt: Double? = nil, settings: JobRequest,
-                progress: JobProgress? = nil, images: Int = 0, error: APIError? = nil) {
+                progress: JobProgress? = nil, images: Int = 0, error: APIError? = nil, ownerName: String? = nil) {
         self.id = id
+        self.ownerName = ownerName
         self.state = state
         self.position = position
         self.owner = owner
@@ -72,6 +77,7 @@ public struct Job: Codable, Sendable, Equatable, Identifiable {
 
     enum CodingKeys: String, CodingKey {
         case id, state, position, owner
+        case ownerName = "owner_name"
         case createdAt = "created_at"
         case startedAt = "started_at"
         case finishedAt = "finished_at"

@@ -60,6 +60,15 @@ struct Serve: ParsableCommand {
     @Option(help: "Write a checkpoint of the running job every this many steps.")
     var checkpointEvery: Int = 5
 
+    @Option(help: "Also serve the API (native, OpenAI, AUTOMATIC1111) on this TCP address, e.g. 127.0.0.1:7860; every request needs a token from --tokens. Default: $SDD_LISTEN.")
+    var listen: String?
+
+    @Option(help: "File of \"NAME TOKEN\" lines for --listen (mode 0600): a request carries \"Authorization: Bearer TOKEN\" or HTTP Basic with the token as password, and NAME owns its jobs. Default: $SDD_TOKENS.")
+    var tokens: String?
+
+    @Flag(help: "Allow a --listen address other machines can reach (default: loopback addresses only).")
+    var listenAny = false
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
@@ -95,6 +104,14 @@ struct Serve: ParsableCommand {
             throw OptionError("--event-heartbeat \"\(eventHeartbeat)\": give an interval of at least 50ms, e.g. 10s")
         }
         config.limits.eventHeartbeat = heartbeat
+        let environment = ProcessInfo.processInfo.environment
+        if let listen = listen ?? environment["SDD_LISTEN"].flatMap({ $0.isEmpty ? nil : $0 }) {
+            config.tcp = try TCPListenConfiguration(
+                address: try TCPAddress.parse(listen), tokensPath: tokens ?? environment["SDD_TOKENS"].flatMap { $0.isEmpty ? nil : $0 },
+                any: listenAny)
+        } else if tokens != nil {
+            throw OptionError("--tokens is for --listen (the TCP listener); the Unix socket identifies callers by uid")
+        }
         return config
     }
 

@@ -6,7 +6,7 @@ public enum PNGMetadata {
         let s = result.settings
         var summary = s.prompt
         if let neg = s.negativePrompt { summary += "\nNegative prompt: \(neg)" }
-        summary += "\nSteps: \(s.steps), Sampler: \(s.scheduler.rawValue), CFG scale: \(s.guidance), "
+        summary += "\nSteps: \(s.steps), Sampler: \(A1111Samplers.name(ofScheduler: s.scheduler.rawValue)), CFG scale: \(s.guidance), "
             + "Seed: \(result.seed), Size: \(result.width)x\(result.height), Model: \(model)"
         return [
             ("parameters", summary),
