@@ -110,7 +110,10 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         guard context.channel.isActive, !failed else { return }
         failed = true
-        guard let parse = error as? HTTPParserError, !busy, !streaming else {
+        // A pipeline set up with NIO's own error handling has answered already (an empty 400): a second answer
+        // would trip NIO's pipelining checks, so only close.
+        let answered = (try? context.pipeline.syncOperations.handler(type: HTTPServerProtocolErrorHandler.self)) != nil
+        guard let parse = error as? HTTPParserError, !busy, !streaming, !answered else {
             context.close(promise: nil)
             return
         }
