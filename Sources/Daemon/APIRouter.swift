@@ -29,23 +29,27 @@ public struct APIRequest: Sendable {
     }
 }
 
-/// A response; `eventsFor` set means "stream this job's events" (the handler does that).
+/// A response; `eventsFor` set means "stream this job's events", `file` set means "send this file as the
+/// body" (the handler does both).
 public struct APIResponse: Sendable {
     public var status: Int
     public var contentType: String
     public var body: [UInt8]
     public var headers: [(String, String)]
     public var eventsFor: String?
+    /// An open file to stream as the body (instead of `body`); whoever ends up with the response closes it.
+    public var file: ResponseFile?
     /// Set: the answer comes once this job is final (the handler waits without holding a thread; see `JobWait`).
     public var awaitJob: JobWait?
 
     public init(status: Int, contentType: String = "application/json", body: [UInt8], headers: [(String, String)] = [],
-                eventsFor: String? = nil) {
+                eventsFor: String? = nil, file: ResponseFile? = nil) {
         self.status = status
         self.contentType = contentType
         self.body = body
         self.headers = headers
         self.eventsFor = eventsFor
+        self.file = file
     }
 
     static func json<T: Encodable>(_ status: Int, _ value: T, headers: [(String, String)] = []) -> APIResponse {
@@ -131,13 +135,19 @@ public final class APIRouter: Sendable {
     /// Submissions are refused with 507 while the state directory has less free space than this.
     let minFreeBytes: Int
     let started = Date()
+    /// Image downloads in flight, and how many may be.
+    public let downloads: DownloadSlots
+
+    /// Most image downloads in flight at once when not told otherwise.
+    public static let defaultMaxDownloads = 32
 
     public init(queue: JobQueue, worker: Worker?, model: ModelDescription, keepAlive: Double?, memoryBudget: Int? = nil,
-                minFreeBytes: Int = 0) {
+                minFreeBytes: Int = 0, maxDownloads: Int = APIRouter.defaultMaxDownloads) {
         self.queue = queue
         self.worker = worker
         self.model = model
         self.keepAlive = keepAlive
+        downloads = DownloadSlots(limit: maxDownloads)
         self.memoryBudget = memoryBudget
         self.minFreeBytes = minFreeBytes
     }
@@ -154,7 +164,8 @@ public final class APIRouter: Sendable {
     }
 
     public func route(_ r: APIRequest) -> APIResponse {
-        let path = r.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
+        let path = Self.originForm(r.uri).split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
+            .first.map(String.init) ?? ""
         // Nothing in the API needs escapes, dot segments or empty segments: refuse them before any lookup.
         let parts = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst().map(String.init)
         guard path.hasPrefix("/"), !path.contains("%"), !path.contains("\\"),
@@ -172,7 +183,7 @@ public final class APIRouter: Sendable {
         case 1 where parts[0] == "metrics":
             if let no = allow("GET") { return no }
             let text = Metrics.render(queue.snapshot(), modelLoaded: worker?.modelLoaded ?? false,
-                                      uptime: Date().timeIntervalSince(started))
+                                      uptime: Date().timeIntervalSince(started), downloads: downloads.active)
             return APIResponse(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: Array(text.utf8))
         case 2 where parts[0] == "v1" && parts[1] == "health":
             if let no = allow("GET") { return no }
@@ -219,16 +230,32 @@ public final class APIRouter: Sendable {
         }
     }
 
+    /// The path and query of a request target. HTTP/1.1 servers must accept the absolute form
+    /// (`http://localhost/v1/health`, RFC 9112 §3.2.2) as well as the usual origin form (`/v1/health`); the
+    /// authority names no one here (the socket is the address), so it is dropped.
+    static func originForm(_ target: String) -> String {
+        for scheme in ["http://", "https://"] where target.lowercased().hasPrefix(scheme) {
+            let rest = target.dropFirst(scheme.count)
+            guard let slash = rest.firstIndex(where: { $0 == "/" || $0 == "?" }) else { return "/" }
+            return rest[slash] == "?" ? "/" + rest[slash...] : String(rest[slash...])
+        }
+        return target
+    }
+
     private func submit(_ r: APIRequest) -> APIResponse {
         do throws(APIError) {
-            let decoded = try RequestValidation.decode(r.body)
+            let sent = try RequestValidation.decode(r.body)
             if let no = unavailable() { throw no }
-            let request = try RequestValidation.resolve(decoded, defaults: model.defaults)
+            let request = try RequestValidation.resolve(sent, defaults: model.defaults)
             if let checked = model.model {
                 try RequestValidation.admit(request, model: checked, weights: model.weights, memoryBudget: memoryBudget)
             }
-            let job = try queue.submit(request, as: r.owner)
-            return .json(202, job, headers: [("Location", "\(APIVersion.prefix)/jobs/\(job.id)")])
+            let defaults = model.defaults
+            let (job, created) = try queue.submit(request, as: r.owner) { stored in
+                RequestValidation.isSameRequest(sent, as: stored, defaults: defaults)
+            }
+            // A retry of a submission that already made a job gets that job, with 200 instead of 202.
+            return .json(created ? 202 : 200, job, headers: [("Location", "\(APIVersion.prefix)/jobs/\(job.id)")])
         } catch {
             return .error(error)
         }
@@ -236,16 +263,28 @@ public final class APIRouter: Sendable {
 
     private func image(id: String, index: String, owner: JobOwner) -> APIResponse {
         guard JobID.isValid(id), let job = queue.job(id, owner: owner) else { return .error(APIError(.notFound, "no job \(id)")) }
-        guard index.utf8.count <= 3, index.utf8.allSatisfy({ (0x30...0x39).contains($0) }), let n = Int(index) else {
+        // Only canonical decimal indexes name an image: "0", "12"; not "00", "0001" or "+1".
+        guard index.utf8.count <= 3, index.utf8.allSatisfy({ (0x30...0x39).contains($0) }), let n = Int(index),
+              String(n) == index else {
             return .error(APIError(.notFound, "no image \(index) (images are numbered from 0)"))
         }
         guard job.state == .finished else {
             return .error(APIError(.conflict, "job \(id) is \(job.state.rawValue); images exist once it has finished"))
         }
         guard n < job.images else { return .error(APIError(.notFound, "job \(id) has \(job.images) image(s), numbered from 0")) }
-        guard let data = queue.spool.readImage(id, n) else {
-            return .error(APIError(.notFound, "image \(n) of job \(id) is gone (removed by retention?)"))
+        // The image is streamed from its file as the client reads, so a download costs an open file, not the
+        // image's bytes in memory; and only so many run at once.
+        guard downloads.acquire() else {
+            let busy = APIError(.tooManyDownloads, "\(downloads.limit) image downloads are in progress; try again shortly")
+            return .error(busy, headers: [("Retry-After", "1")])
         }
-        return APIResponse(status: 200, contentType: "image/png", body: Array(data))
+        switch ResponseFile.open(queue.spool.imageURL(id, n).path, slot: downloads) {
+        case .success(let file):
+            return APIResponse(status: 200, contentType: "image/png", body: [], file: file)
+        case .failure(let e) where e.missing:
+            return .error(APIError(.notFound, "image \(n) of job \(id) is gone (removed by retention?)"))
+        case .failure(let e):
+            return .error(APIError(.internalError, "image \(n) of job \(id) cannot be read: \(e.reason)"))
+        }
     }
 }

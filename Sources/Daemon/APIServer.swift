@@ -106,7 +106,9 @@ public final class APIServer: Service, @unchecked Sendable {
             lock.unlock()
         }
         let sync = channel.pipeline.syncOperations
-        try sync.configureHTTPServerPipeline(withErrorHandling: true)
+        // Parse errors are answered by HTTPHandler (a JSON 400, then close), not NIO's empty 400 that leaves the
+        // connection open until the idle timeout.
+        try sync.configureHTTPServerPipeline(withErrorHandling: false)
         try sync.addHandler(IdleStateHandler(readTimeout: .milliseconds(Int64(limits.idleTimeout * 1000))))
         try sync.addHandler(HTTPHandler(router: router, peer: peer, threadPool: threadPool, limits: limits))
     }

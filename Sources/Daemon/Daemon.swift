@@ -40,6 +40,8 @@ public struct DaemonConfiguration: Sendable {
     /// Checkpoint every this many steps.
     public var checkpointEvery: Int = 5
     public var limits = ConnectionLimits()
+    /// Most image downloads in flight at once; more get 429.
+    public var maxDownloads: Int = APIRouter.defaultMaxDownloads
     /// Also serve the API on this TCP address, token-authenticated (`--listen`, `--tokens`); nil = socket only.
     public var tcp: TCPListenConfiguration?
 
@@ -68,7 +70,8 @@ public enum Daemon {
         worker.memoryBudget = config.memoryBudget
         worker.products = config.products
         let router = APIRouter(queue: queue, worker: worker, model: model, keepAlive: config.keepAlive,
-                               memoryBudget: config.memoryBudget, minFreeBytes: config.minFreeBytes)
+                               memoryBudget: config.memoryBudget, minFreeBytes: config.minFreeBytes,
+                               maxDownloads: config.maxDownloads)
         let address: ListenAddress = config.inheritedSocket.map { .inherited($0) }
             ?? .path(config.socketPath, mode: config.socketMode, group: config.socketGroup)
         let server = APIServer(

@@ -16,11 +16,17 @@ public struct ConnectionLimits: Sendable {
     public var requestTimeout: Double
     /// Largest body, bytes.
     public var maxBodyBytes: Int
+    /// An event stream carries a `heartbeat` event this often, seconds, so clients can tell a quiet job from a
+    /// dead daemon.
+    public var eventHeartbeat: Double
 
-    public init(idleTimeout: Double = 30, requestTimeout: Double = 60, maxBodyBytes: Int = APIVersion.maxRequestBodyBytes) {
+    public init(idleTimeout: Double = 30, requestTimeout: Double = 60,
+                maxBodyBytes: Int = APIVersion.maxRequestBodyBytes,
+                eventHeartbeat: Double = JobEvent.defaultHeartbeatSeconds) {
         self.idleTimeout = idleTimeout
         self.requestTimeout = requestTimeout
         self.maxBodyBytes = maxBodyBytes
+        self.eventHeartbeat = eventHeartbeat
     }
 }
 
@@ -50,9 +56,13 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var busy = false
     private var subscription: (id: String, token: UInt64)?
     private var streaming = false
+    /// Sends the event stream's heartbeat events.
+    private var heartbeat: RepeatedTask?
     /// The client shut down its sending side: close once the answer is out.
     private var inputClosed = false
     private var deadline: Scheduled<Void>?
+    /// The input could not be parsed (or the connection failed): nothing more is read or answered.
+    private var failed = false
 
     init(router: APIRouter, peer: PeerCredentials, threadPool: NIOThreadPool, limits: ConnectionLimits,
          tokens: TokenFile? = nil) {
@@ -71,6 +81,8 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         deadline?.cancel()
+        heartbeat?.cancel()
+        heartbeat = nil
         endSubscription()
         context.fireChannelInactive()
     }
@@ -88,6 +100,36 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             return
         }
         context.fireUserInboundEventTriggered(event)
+    }
+
+    /// Bytes that are not HTTP/1.1 (garbage, a request line or header block over the decoder's 80 KiB) end the
+    /// connection: the decoder cannot find the next request in what follows. The client gets a 400 with the
+    /// usual JSON error body and `Connection: close`, and the socket closes as soon as that is written.
+    /// (NIO's pipeline handler holds a parse error back while a response is in flight, so it arrives here
+    /// between responses.) Any other error (a reset, a failed write) closes the connection.
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard context.channel.isActive, !failed else { return }
+        failed = true
+        // A pipeline set up with NIO's own error handling has answered already (an empty 400): a second answer
+        // would trip NIO's pipelining checks, so only close.
+        let answered = (try? context.pipeline.syncOperations.handler(type: HTTPServerProtocolErrorHandler.self)) != nil
+        guard let parse = error as? HTTPParserError, !busy, !streaming, !answered else {
+            context.close(promise: nil)
+            return
+        }
+        deadline?.cancel()
+        busy = true
+        let request = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/")
+        respond(context: context, head: request, .error(APIError(.badRequest, Self.describe(parse))), forceClose: true)
+    }
+
+    static func describe(_ error: HTTPParserError) -> String {
+        switch error {
+        case .headerOverflow:
+            return "the request line and headers are longer than the 80 KiB this server reads; the connection is closed"
+        default:
+            return "the request is not HTTP/1.1 this server can read (\(error)); the connection is closed"
+        }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -160,7 +202,10 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     private func respond(context: ChannelHandlerContext, head request: HTTPRequestHead, _ r: APIResponse,
                          forceClose: Bool = false) {
-        guard context.channel.isActive else { return }
+        guard context.channel.isActive else {
+            r.file?.close()
+            return
+        }
         if let wait = r.awaitJob {
             waitForJob(context: context, head: request, wait)
             return
@@ -169,13 +214,32 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: r.contentType)
         for (k, v) in r.headers { headers.add(name: k, value: v) }
-        if r.eventsFor == nil { headers.add(name: "Content-Length", value: "\(r.body.count)") }
+        if r.eventsFor == nil { headers.add(name: "Content-Length", value: "\(r.file?.size ?? r.body.count)") }
+        if r.eventsFor != nil { headers.add(name: JobEvent.heartbeatHeader, value: "\(limits.eventHeartbeat)") }
         headers.add(name: "Connection", value: keepAlive ? "keep-alive" : "close")
         let status = HTTPResponseStatus(statusCode: r.status)
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: request.version, status: status, headers: headers))),
                       promise: nil)
         if let id = r.eventsFor {
             startEvents(context: context, id: id)
+            return
+        }
+        if let file = r.file {
+            // sendfile as the socket drains: the image never sits in this process's memory, and a client that
+            // stops reading stops the sending. The file closes (and its download slot frees) once the whole body
+            // is out or the connection is gone; the next request's deadline starts only then.
+            context.write(wrapOutboundOut(.body(.fileRegion(file.region))), promise: nil)
+            let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+            busy = false
+            done.assumeIsolated().whenComplete { result in
+                file.close()
+                if keepAlive, case .success = result, context.channel.isActive {
+                    // A pipelined request may already be in hand; its own answer re-arms the deadline.
+                    if !self.busy { self.armDeadline(context: context) }
+                } else {
+                    context.close(promise: nil)
+                }
+            }
             return
         }
         if !r.body.isEmpty {
@@ -224,6 +288,12 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
         if let token = subscribed.token { subscription = (id, token) }
         for event in subscribed.initial { send(event, context: context) }
+        if streaming {
+            let interval = TimeAmount.milliseconds(Int64(limits.eventHeartbeat * 1000))
+            heartbeat = loop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
+                bound.value.0.send(JobEvent(event: .heartbeat, job: id, time: JobQueue.now()), context: bound.value.1)
+            }
+        }
     }
 
     private func send(_ event: JobEvent, context: ChannelHandlerContext) {
@@ -240,6 +310,8 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     private func finishEvents(context: ChannelHandlerContext) {
         streaming = false
+        heartbeat?.cancel()
+        heartbeat = nil
         endSubscription()
         context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
     }

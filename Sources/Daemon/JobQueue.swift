@@ -57,6 +57,8 @@ public final class JobQueue: @unchecked Sendable {
     private let writeLock = NSLock()
     private var entries: [String: Entry] = [:]
     private var reservedIDs: Set<String> = []
+    /// "owner:request_id" of submissions being saved, so a concurrent retry waits for them instead of duplicating.
+    private var reservedRequests: Set<String> = []
     private var nextSeq: UInt64 = 1
     private var nextToken: UInt64 = 1
     private var accepting = true
@@ -134,7 +136,37 @@ public final class JobQueue: @unchecked Sendable {
 
     /// Queues a resolved request for `owner` (a uid or a token name); returns once the job is on disk.
     public func submit(_ request: JobRequest, as owner: JobOwner) throws(APIError) -> Job {
+        try submit(request, as: owner, isSameRequest: { $0 == request }).job
+    }
+
+    /// Queues a resolved request for `owner`, or, when the request carries a `request_id` this owner already used,
+    /// returns the job that id made (`created` false) — also while that first submission is still being saved,
+    /// and after restarts (the id is kept in the job's settings on disk). `isSameRequest` says whether the
+    /// client's request matches the stored settings; a reused id with different settings is 409 `conflict`.
+    public func submit(_ request: JobRequest, as owner: JobOwner, isSameRequest: (JobRequest) -> Bool)
+        throws(APIError) -> (job: Job, created: Bool) {
         cond.lock()
+        let requestKey = request.requestId.map { "\(owner):\($0)" }
+        if let requestKey {
+            // A submission with this id in flight (being saved) ends one way or the other; then look.
+            while reservedRequests.contains(requestKey) { cond.wait() }
+            // The owner's own jobs only (root's too: seeing every job is not owning it).
+            let recorded = owner.recorded
+            let same = entries.values.first {
+                $0.record.job.owner == recorded.uid && $0.record.job.ownerName == recorded.name
+                    && $0.record.job.settings.requestId == request.requestId
+            }
+            if let e = same {
+                let job = view(e)
+                cond.unlock()
+                guard isSameRequest(job.settings) else {
+                    throw APIError(.conflict, "request_id \"\(request.requestId ?? "")\" was already used for job "
+                        + "\(job.id), whose settings differ; use a new request_id for a new job")
+                }
+                logger.info("retried submission", metadata: ["job": "\(job.id)", "owner": "\(owner)"])
+                return (job, false)
+            }
+        }
         guard accepting else {
             rejectedTotal += 1
             cond.unlock()
@@ -149,6 +181,7 @@ public final class JobQueue: @unchecked Sendable {
         var id = Self.newID()
         while entries[id] != nil || reservedIDs.contains(id) { id = Self.newID() }
         reservedIDs.insert(id)
+        if let requestKey { reservedRequests.insert(requestKey) }
         let seq = nextSeq
         nextSeq += 1
         cond.unlock()
@@ -160,12 +193,15 @@ public final class JobQueue: @unchecked Sendable {
         } catch {
             cond.lock()
             reservedIDs.remove(id)
+            if let requestKey { reservedRequests.remove(requestKey) }
+            cond.broadcast()
             cond.unlock()
             logger.error("cannot save a job", metadata: ["error": "\(error)"])
             throw APIError(.internalError, "cannot save the job: \(error)")
         }
         cond.lock()
         reservedIDs.remove(id)
+        if let requestKey { reservedRequests.remove(requestKey) }
         entries[id] = Entry(record: record)
         submittedTotal += 1
         let job = view(entries[id]!)
@@ -175,7 +211,7 @@ public final class JobQueue: @unchecked Sendable {
         cond.unlock()
         statusListener?(status)
         logger.info("job queued", metadata: ["job": "\(id)", "owner": "\(owner)", "priority": "\(request.priority ?? 0)"])
-        return job
+        return (job, true)
     }
 
     /// The job if `uid` may see it (its owner, or root).

@@ -5,7 +5,7 @@ import SDDAPI
 
 public enum Metrics {
     /// The exposition text for a queue snapshot and the process's memory.
-    public static func render(_ s: QueueSnapshot, modelLoaded: Bool, uptime: Double) -> String {
+    public static func render(_ s: QueueSnapshot, modelLoaded: Bool, uptime: Double, downloads: Int = 0) -> String {
         var out = ""
         func metric(_ name: String, _ type: String, _ help: String, _ samples: [(String, String)]) {
             out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
@@ -28,6 +28,7 @@ public enum Metrics {
         metric("sdd_peak_rss_bytes", "gauge", "Peak resident set size of the daemon (VmHWM).", [("", "\(memory.peakRSS)")])
         metric("sdd_rss_bytes", "gauge", "Resident set size of the daemon (VmRSS).", [("", "\(memory.rss)")])
         metric("sdd_model_loaded", "gauge", "1 while the model's weights are mapped.", [("", modelLoaded ? "1" : "0")])
+        metric("sdd_image_downloads", "gauge", "Image downloads in progress.", [("", "\(downloads)")])
         metric("sdd_uptime_seconds", "gauge", "Seconds since the daemon started.", [("", num(uptime))])
         return out
     }

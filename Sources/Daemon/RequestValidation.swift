@@ -36,8 +36,13 @@ public enum RequestValidation {
         switch error {
         case .typeMismatch(let type, let ctx):
             if ctx.codingPath.isEmpty { return APIError(.badJSON, "the body must be a JSON object") }
-            return APIError(.wrongType, "field \"\(field(ctx.codingPath))\": expected \(typeName(type))")
+            // JobRequest's own checks say what they expected and what came; the decoder's say neither.
+            let expected = ctx.debugDescription.hasPrefix("expected ")
+                ? ctx.debugDescription : "expected \(typeName(type))"
+            return APIError(.wrongType, "field \"\(field(ctx.codingPath))\": \(expected)")
         case .valueNotFound(let type, let ctx):
+            // `null` as the whole body: there is no field to name.
+            if ctx.codingPath.isEmpty { return APIError(.badJSON, "the body must be a JSON object, not null") }
             return APIError(.wrongType, "field \"\(field(ctx.codingPath))\": expected \(typeName(type)), got null")
         case .keyNotFound(let key, _):
             return APIError(.wrongType, "field \"\(key.stringValue)\" is required")
@@ -115,6 +120,10 @@ public enum RequestValidation {
         }
         out.priority = priority
         out.seed = r.seed ?? UInt64.random(in: 0..<(1 << 32))
+        if let key = r.requestId, !JobRequest.isValidRequestId(key) {
+            throw APIError(.invalidValue, "request_id must be 1…\(JobRequest.maxRequestIdLength) characters of "
+                + "A-Z a-z 0-9 . _ : - (got \(key.utf8.count) characters)")
+        }
         return out
     }
 
@@ -138,6 +147,15 @@ public enum RequestValidation {
         } catch {
             throw APIError(.exceedsMemoryBudget, "\(error)")
         }
+    }
+
+    /// Whether `request` (as the client sent it, unresolved) asks for what `stored` (a job's resolved settings)
+    /// is: a retried submission. A seed the client left out matches the one the daemon chose.
+    public static func isSameRequest(_ request: JobRequest, as stored: JobRequest, defaults: ModelDefaults?) -> Bool {
+        var candidate = request
+        if candidate.seed == nil { candidate.seed = stored.seed }
+        guard let resolved = try? resolve(candidate, defaults: defaults) else { return false }
+        return resolved == stored
     }
 
     /// The pipeline's settings for a resolved request.

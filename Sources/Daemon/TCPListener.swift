@@ -113,7 +113,8 @@ public final class TCPListener: Service, @unchecked Sendable {
                 channel.eventLoop.makeCompletedFuture {
                     track(channel)
                     let sync = channel.pipeline.syncOperations
-                    try sync.configureHTTPServerPipeline(withErrorHandling: true)
+                    // Parse errors: HTTPHandler answers a JSON 400 and closes (as on the Unix socket).
+                    try sync.configureHTTPServerPipeline(withErrorHandling: false)
                     try sync.addHandler(IdleStateHandler(readTimeout: .milliseconds(Int64(limits.idleTimeout * 1000))))
                     try sync.addHandler(HTTPHandler(router: router, peer: Self.noPeer, threadPool: threadPool,
                                                     limits: limits, tokens: tokens))

@@ -27,6 +27,9 @@ public struct APIError: Error, Codable, Sendable, Equatable, CustomStringConvert
         }
         public var description: String { rawValue }
 
+        /// 400: the request is not HTTP/1.1 the daemon can read (garbage, a header or request line too long);
+        /// the connection is closed after the answer.
+        public static let badRequest = Code(rawValue: "bad_request")
         /// 400: the body is not JSON (or not an object).
         public static let badJSON = Code(rawValue: "bad_json")
         /// 400: a field the API does not know.
@@ -54,6 +57,8 @@ public struct APIError: Error, Codable, Sendable, Equatable, CustomStringConvert
         public static let crashedRepeatedly = Code(rawValue: "crashed_repeatedly")
         /// 429: the queue is full; retry later.
         public static let queueFull = Code(rawValue: "queue_full")
+        /// 429: as many image downloads as the daemon serves at once are in progress; retry shortly.
+        public static let tooManyDownloads = Code(rawValue: "too_many_downloads")
         /// 503: the daemon is shutting down.
         public static let shuttingDown = Code(rawValue: "shutting_down")
         /// 500: the daemon could not do it (disk full, …); the message says what.
@@ -65,12 +70,12 @@ public struct APIError: Error, Codable, Sendable, Equatable, CustomStringConvert
 
         public var httpStatus: Int {
             switch self {
-            case .badJSON, .unknownField, .wrongType, .invalidValue: return 400
+            case .badRequest, .badJSON, .unknownField, .wrongType, .invalidValue: return 400
             case .notFound: return 404
             case .methodNotAllowed: return 405
             case .conflict: return 409
             case .bodyTooLarge, .exceedsMemoryBudget: return 413
-            case .queueFull: return 429
+            case .queueFull, .tooManyDownloads: return 429
             case .shuttingDown, .modelUnavailable: return 503
             case .insufficientStorage: return 507
             default: return 500

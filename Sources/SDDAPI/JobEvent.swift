@@ -18,7 +18,15 @@ public struct JobEvent: Codable, Sendable, Equatable {
         case failed
         /// Canceled by its owner (or root) before it finished.
         case canceled
+        /// Nothing happened, but the daemon is alive: sent every `heartbeatHeader` seconds while the stream is
+        /// open, so a client that hears nothing for several intervals knows the daemon is gone or stopped.
+        case heartbeat
     }
+
+    /// Response header of an event stream: seconds between heartbeats.
+    public static let heartbeatHeader = "SDD-Heartbeat-Interval"
+    /// The daemon's heartbeat interval when not configured otherwise, seconds.
+    public static let defaultHeartbeatSeconds = 10.0
 
     public var event: Kind
     /// The job's id.

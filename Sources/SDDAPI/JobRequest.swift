@@ -27,10 +27,14 @@ public struct JobRequest: Codable, Sendable, Equatable {
     public var count: Int?
     /// Higher runs first; equal priorities run in arrival order. −100…100, default 0.
     public var priority: Int?
+    /// A client-chosen id that makes submitting safe to retry: a second POST with the same `request_id` from
+    /// the same user returns the job the first one created (200) instead of queueing another, also after a
+    /// daemon restart (it is kept with the job). 1…64 characters of `A-Z a-z 0-9 . _ : -`. Default: none.
+    public var requestId: String?
 
     public init(prompt: String, negativePrompt: String? = nil, steps: Int? = nil, guidance: Double? = nil,
                 width: Int? = nil, height: Int? = nil, seed: UInt64? = nil, scheduler: String? = nil,
-                count: Int? = nil, priority: Int? = nil) {
+                count: Int? = nil, priority: Int? = nil, requestId: String? = nil) {
         self.prompt = prompt
         self.negativePrompt = negativePrompt
         self.steps = steps
@@ -41,6 +45,7 @@ public struct JobRequest: Codable, Sendable, Equatable {
         self.scheduler = scheduler
         self.count = count
         self.priority = priority
+        self.requestId = requestId
     }
 
     public static let defaultSteps = 50
@@ -53,6 +58,18 @@ public struct JobRequest: Codable, Sendable, Equatable {
         case prompt
         case negativePrompt = "negative_prompt"
         case steps, guidance, width, height, seed, scheduler, count, priority
+        case requestId = "request_id"
+    }
+
+    /// Longest `request_id`, characters.
+    public static let maxRequestIdLength = 64
+
+    /// Whether `s` may be a `request_id`: 1…64 characters of `A-Z a-z 0-9 . _ : -`.
+    public static func isValidRequestId(_ s: String) -> Bool {
+        (1...maxRequestIdLength).contains(s.utf8.count) && s.utf8.allSatisfy {
+            (0x30...0x39).contains($0) || (0x41...0x5A).contains($0) || (0x61...0x7A).contains($0)
+                || Array(".:_-".utf8).contains($0)
+        }
     }
 
     public init(from decoder: Decoder) throws {
@@ -65,14 +82,50 @@ public struct JobRequest: Codable, Sendable, Equatable {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         prompt = try c.decode(String.self, forKey: .prompt)
         negativePrompt = try c.decodeIfPresent(String.self, forKey: .negativePrompt)
-        steps = try c.decodeIfPresent(Int.self, forKey: .steps)
+        steps = try Self.integer(Int.self, c, .steps)
         guidance = try c.decodeIfPresent(Double.self, forKey: .guidance)
-        width = try c.decodeIfPresent(Int.self, forKey: .width)
-        height = try c.decodeIfPresent(Int.self, forKey: .height)
-        seed = try c.decodeIfPresent(UInt64.self, forKey: .seed)
+        width = try Self.integer(Int.self, c, .width)
+        height = try Self.integer(Int.self, c, .height)
+        seed = try Self.integer(UInt64.self, c, .seed)
         scheduler = try c.decodeIfPresent(String.self, forKey: .scheduler)
-        count = try c.decodeIfPresent(Int.self, forKey: .count)
-        priority = try c.decodeIfPresent(Int.self, forKey: .priority)
+        count = try Self.integer(Int.self, c, .count)
+        priority = try Self.integer(Int.self, c, .priority)
+        requestId = try c.decodeIfPresent(String.self, forKey: .requestId)
+    }
+
+    /// Decodes an optional integer field. A value that is not an integer of `T`'s range (2.5, -1 for the
+    /// seed, 2^63 for steps, "ten") is a `typeMismatch` whose description says what was expected and what came,
+    /// e.g. `expected an integer from 0 to 18446744073709551615, got -1` (the decoder's own message for a
+    /// number that does not fit is "The given data was not valid JSON.", which names neither).
+    static func integer<T: FixedWidthInteger & Decodable>(
+        _ type: T.Type, _ c: KeyedDecodingContainer<CodingKeys>, _ key: CodingKeys
+    ) throws -> T? {
+        guard c.contains(key), try !c.decodeNil(forKey: key) else { return nil }
+        if let value = try? c.decode(T.self, forKey: key) { return value }
+        let got: String
+        if let number = try? c.decode(Double.self, forKey: key) {
+            if number != number.rounded() {
+                got = "\(number)"
+            } else if abs(number) < 1e15 {  // exactly representable: print it as the client wrote it
+                got = "\(Int64(number))"
+            } else {
+                got = "an integer outside that range"
+            }
+        } else if (try? c.decode(String.self, forKey: key)) != nil {
+            got = "a string"
+        } else if (try? c.decode(Bool.self, forKey: key)) != nil {
+            got = "a boolean"
+        } else {
+            got = "a value of another type"
+        }
+        throw DecodingError.typeMismatch(T.self, .init(
+            codingPath: c.codingPath + [key],
+            debugDescription: "expected \(integerDescription(T.self)), got \(got)"))
+    }
+
+    /// "an integer from 0 to 18446744073709551615" for `UInt64`.
+    public static func integerDescription<T: FixedWidthInteger>(_ type: T.Type) -> String {
+        "an integer from \(T.min) to \(T.max)"
     }
 }
 

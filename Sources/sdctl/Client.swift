@@ -82,19 +82,29 @@ struct ResponseBody {
 struct SDDClient: Sendable {
     /// Path of the daemon's Unix socket.
     let socketPath: String
+    /// Seconds a request may take from connecting to the end of the response (for an event stream: to its
+    /// head; then silence longer than a few heartbeats ends it). `--timeout`.
+    var timeout: Double = SDDClient.defaultTimeout
+
+    static let defaultTimeout = 30.0
+    /// An event stream that carries nothing (not even a heartbeat) for this many heartbeat intervals is taken
+    /// for a daemon that stopped or died.
+    static let silentHeartbeats = 3.0
 
     /// Sends one request and hands the status and body to `handle`. Throws `CLIError` with a
     /// "cannot connect … is sdd serve running?" message when the socket does not answer.
+    /// - streaming: the response is an event stream: the timeout covers only its head, and then the stream ends
+    ///   with a "no heartbeat" connection failure when nothing arrives for `silentHeartbeats` intervals.
     func exchange<T: Sendable>(
-        _ method: HTTPMethod, _ path: String, body: [UInt8]? = nil,
+        _ method: HTTPMethod, _ path: String, body: [UInt8]? = nil, streaming: Bool = false,
         _ handle: (_ status: Int, _ body: inout ResponseBody) async throws -> T
     ) async throws -> T {
         // A GET whose connection closed before any answer came is safe to send again (it changes nothing);
-        // other methods are not retried, so a job is never submitted twice.
+        // other methods are not retried here (submissions are retried with their request_id by `submit`).
         var attempt = 0
         while true {
             do {
-                return try await exchangeOnce(method, path, body: body, handle)
+                return try await exchangeOnce(method, path, body: body, streaming: streaming, handle)
             } catch let error as ChannelError where error == .ioOnClosedChannel && method == .GET && attempt < 2 {
                 attempt += 1
                 try await Task.sleep(nanoseconds: 100_000_000)
@@ -103,11 +113,25 @@ struct SDDClient: Sendable {
     }
 
     private func exchangeOnce<T: Sendable>(
-        _ method: HTTPMethod, _ path: String, body: [UInt8]? = nil,
+        _ method: HTTPMethod, _ path: String, body: [UInt8]? = nil, streaming: Bool,
         _ handle: (_ status: Int, _ body: inout ResponseBody) async throws -> T
     ) async throws -> T {
-        let channel = try await connect()
-        return try await channel.executeThenClose { inbound, outbound in
+        let channel = try await connect(streaming: streaming)
+        do {
+            return try await exchange(on: channel, method, path, body: body, handle)
+        } catch let silence as ResponseDeadline.Expired {
+            var e = CLIError(silence.message(socket: socketPath))
+            e.isConnectionFailure = true
+            throw e
+        }
+    }
+
+    private func exchange<T: Sendable>(
+        on channel: NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>,
+        _ method: HTTPMethod, _ path: String, body: [UInt8]?,
+        _ handle: (_ status: Int, _ body: inout ResponseBody) async throws -> T
+    ) async throws -> T {
+        try await channel.executeThenClose { inbound, outbound in
             var head = HTTPRequestHead(version: .http1_1, method: method, uri: path)
             head.headers.add(name: "Host", value: "localhost")
             head.headers.add(name: "User-Agent", value: "sdctl")
@@ -123,7 +147,9 @@ struct SDDClient: Sendable {
             var parts = inbound.makeAsyncIterator()
             while true {
                 guard let part = try await parts.next() else {
-                    throw CLIError("the daemon closed the connection without a response")
+                    var e = CLIError("the daemon closed the connection without a response")
+                    e.isConnectionFailure = true
+                    throw e
                 }
                 guard case .head(let responseHead) = part else { continue }
                 if responseHead.status.code / 100 == 1 { continue }  // 100 Continue and friends
@@ -156,19 +182,95 @@ struct SDDClient: Sendable {
         return CLIError("HTTP \(status)\(text.isEmpty ? "" : ": \(text)")")
     }
 
-    private func connect() async throws -> NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart> {
+    private func connect(streaming: Bool) async throws
+        -> NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart> {
+        let timeout = self.timeout
         do {
             return try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                .connectTimeout(.seconds(10))
+                .connectTimeout(.milliseconds(Int64(timeout * 1000)))
                 .connect(unixDomainSocketPath: socketPath) { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                        try channel.pipeline.syncOperations.addHandler(
+                            ResponseDeadline(seconds: timeout, streaming: streaming))
                         return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(
                             wrappingChannelSynchronously: channel)
                     }
                 }
         } catch {
             throw CLIError.cannotConnect(socketPath, error)
+        }
+    }
+}
+
+/// Ends a response that takes too long: no complete answer within `seconds` of connecting, or, for an event
+/// stream, nothing at all (not even a heartbeat) for `SDDClient.silentHeartbeats` of the daemon's heartbeat
+/// intervals. It closes the connection and the reader gets `Expired`.
+final class ResponseDeadline: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias InboundOut = HTTPClientResponsePart
+
+    struct Expired: Error {
+        /// Seconds waited.
+        let seconds: Double
+        /// True: an event stream went silent; false: no answer to a request.
+        let silentStream: Bool
+
+        func message(socket: String) -> String {
+            let waited = Format.seconds(seconds)
+            return silentStream
+                ? "the daemon at \(socket) sent nothing, not even a heartbeat, for \(waited); is it stopped or hung?"
+                : "the daemon at \(socket) did not answer within \(waited) (--timeout); is it stopped or hung?"
+        }
+    }
+
+    private let seconds: Double
+    private let streaming: Bool
+    private var silenceLimit: Double?
+    private var timer: Scheduled<Void>?
+
+    init(seconds: Double, streaming: Bool) {
+        self.seconds = seconds
+        self.streaming = streaming
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        arm(context: context, after: seconds, silent: false)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        timer?.cancel()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head) where streaming && head.status.code / 100 == 2:
+            // A stream may stay open for hours: from here on only silence ends it.
+            let interval = head.headers.first(name: JobEvent.heartbeatHeader).flatMap(Double.init)
+                .flatMap { $0 > 0 && $0.isFinite ? $0 : nil } ?? JobEvent.defaultHeartbeatSeconds
+            silenceLimit = interval * SDDClient.silentHeartbeats
+        case .head:
+            break
+        case .body:
+            if let limit = silenceLimit { arm(context: context, after: limit, silent: true) }
+        case .end:
+            timer?.cancel()
+            timer = nil
+        }
+        context.fireChannelRead(data)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        timer?.cancel()
+        context.fireChannelInactive()
+    }
+
+    private func arm(context: ChannelHandlerContext, after seconds: Double, silent: Bool) {
+        timer?.cancel()
+        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        timer = context.eventLoop.scheduleTask(in: .milliseconds(Int64(seconds * 1000))) {
+            bound.value.fireErrorCaught(Expired(seconds: seconds, silentStream: silent))
+            bound.value.close(promise: nil)
         }
     }
 }

@@ -28,6 +28,37 @@ extension SDDClient {
         return first.id
     }
 
+    /// Submits `request` (which carries a `request_id`). When the answer is lost — the connection drops or
+    /// times out after the request may have reached the daemon — it sends the same request again, with backoff,
+    /// until `timeout` seconds have passed since the first try: the daemon returns the job the first attempt
+    /// made, if it made one, instead of queueing a second. A daemon that cannot be reached at the first try is
+    /// an error at once (nothing was sent).
+    func submit(_ request: JobRequest) async throws -> (value: Job, raw: [UInt8]) {
+        let body = try Array(JSONEncoder().encode(request))
+        let started = JobFollower.now()
+        var delay = 0.25
+        var sent = false
+        while true {
+            do {
+                return try await json(.POST, jobsPath, body: body, as: Job.self)
+            } catch {
+                let refused = (error as? CLIError).map {
+                    $0.isConnectionFailure && $0.message.hasPrefix("cannot connect")
+                } ?? false
+                let lost = (error as? CLIError).map(\.isConnectionFailure) ?? true
+                guard lost, sent || !refused else { throw error }
+                sent = true
+                if JobFollower.now() - started + delay > timeout {
+                    let message = (error as? CLIError)?.message ?? "\(error)"
+                    throw CLIError(message + "; the job may have been queued all the same: the same command with "
+                        + "--request-id \(request.requestId ?? "?") returns it instead of queueing another")
+                }
+                try await Task.sleep(nanoseconds: UInt64(delay * 1e9))
+                delay = min(delay * 2, 2)
+            }
+        }
+    }
+
     func job(_ id: String) async throws -> Job {
         try await json(.GET, "\(jobsPath)/\(id)", as: Job.self).value
     }
@@ -41,11 +72,23 @@ extension SDDClient {
         }
         var paths: [String] = []
         for i in indices {
-            let png = try await exchange(.GET, "\(jobsPath)/\(job.id)/images/\(i)") { status, body in
-                let bytes = try await body.collect()
-                guard status == 200 else { throw Self.apiError(status: status, body: bytes) }
-                return bytes
+            // 429: the daemon is serving as many downloads as it allows at once; wait for a free one.
+            let started = JobFollower.now()
+            var delay = 0.25
+            var png: [UInt8]? = nil
+            while png == nil {
+                png = try await exchange(.GET, "\(jobsPath)/\(job.id)/images/\(i)") { status, body in
+                    let bytes = try await body.collect()
+                    if status == 429, JobFollower.now() - started + delay <= timeout { return nil }
+                    guard status == 200 else { throw Self.apiError(status: status, body: bytes) }
+                    return bytes
+                }
+                if png == nil {
+                    try await Task.sleep(nanoseconds: UInt64(delay * 1e9))
+                    delay = min(delay * 2, 2)
+                }
             }
+            guard let png else { continue }
             let path = index == nil ? Format.imagePath(output, index: i, count: indices.count) : output
             try Output.writeFile(png, to: path)
             paths.append(path)
@@ -103,21 +146,44 @@ struct Generate: AsyncParsableCommand {
     @Flag(help: "Print events as JSON lines on stdout (with --no-wait: the job as JSON).")
     var json = false
 
+    @Option(help: ArgumentHelp(
+        "Makes submitting safe to repeat: the daemon queues one job per id and user, and returns that job to a "
+            + "repeat (default: a new random id, retried with the same id when an answer is lost).",
+        valueName: "id"))
+    var requestId: String?
+
     @Argument(help: "The prompt.")
     var prompt: String
 
     func validate() throws {
         if noWait, output != nil { throw ValidationError("--output has no effect with --no-wait (use sdctl fetch)") }
         if json, output == "-" { throw ValidationError("--output - would mix the PNG into --json's events") }
+        if output == "-", let count, count > 1 {
+            throw ValidationError(
+                "--output - writes one PNG to stdout; --count \(count) makes \(count) (use -o FILE.png)")
+        }
+        if let requestId, !JobRequest.isValidRequestId(requestId) {
+            throw ValidationError(
+                "--request-id must be 1…\(JobRequest.maxRequestIdLength) characters of A-Z a-z 0-9 . _ : -")
+        }
+    }
+
+    /// "sdctl-" and 32 random hex digits.
+    static func newRequestId() -> String {
+        var generator = SystemRandomNumberGenerator()
+        let hex = (0..<2).map { _ in
+            let s = String(generator.next() as UInt64, radix: 16)
+            return String(repeating: "0", count: 16 - s.count) + s
+        }
+        return "sdctl-" + hex.joined()
     }
 
     func run() async throws {
         let client = global.client
         let request = JobRequest(prompt: prompt, negativePrompt: negativePrompt, steps: steps, guidance: guidance,
                                  width: width, height: height, seed: seed, scheduler: scheduler, count: count,
-                                 priority: priority)
-        let body = try Array(JSONEncoder().encode(request))
-        let (job, raw) = try await client.json(.POST, jobsPath, body: body, as: Job.self)
+                                 priority: priority, requestId: requestId ?? Self.newRequestId())
+        let (job, raw) = try await client.submit(request)
         if noWait {
             if json {
                 raw.withUnsafeBytes { Output.write($0, to: 1) }
@@ -130,8 +196,10 @@ struct Generate: AsyncParsableCommand {
         if !json, Output.stderrIsTerminal {
             Output.error("job \(job.id): seed \(job.settings.seed.map(String.init) ?? "?")")
         }
+        // The daemon has answered: if it goes away before the event stream connects, it is coming back (its
+        // queue survives), so the follower waits for it.
         let ended = try await JobFollower(client: client, json: json, progress: !json && Output.stderrIsTerminal)
-            .follow(job.id)
+            .follow(job.id, daemonAnswered: true)
         if let status = reportUnfinished(ended) { throw ExitCode(status) }
         let paths = try await client.fetchImages(ended, to: output ?? "sdd-\(job.id).png")
         if json {

@@ -25,21 +25,26 @@ struct JobFollower {
     let json: Bool
     /// Draw a progress bar on stderr (a terminal, and not --json).
     let progress: Bool
-    /// How long to keep retrying when the socket stops answering mid-wait.
-    var reconnectSeconds: Double = 60
+    /// How long to keep reconnecting, with backoff, once the daemon stops answering mid-wait: `--timeout`.
+    var reconnectSeconds: Double { client.timeout }
 
     /// Follows job `id` until it is finished, failed or canceled; returns the job as it ended.
-    func follow(_ id: String) async throws -> Job {
+    /// - daemonAnswered: the daemon already answered this run (it accepted the job), so a daemon that cannot be
+    ///   reached at first is restarting, not absent: reconnect as after a lost stream.
+    func follow(_ id: String, daemonAnswered: Bool = false) async throws -> Job {
         let interrupt = Self.onInterrupt(job: id, endLine: progress)
         defer { interrupt.cancel() }
         var bar = progress ? ProgressBar(job: id) : nil
         defer { bar?.finish() }
         var disconnectedSince: Double? = nil
-        var connected = false
+        var connected = daemonAnswered
         var earlyEnds = 0
+        var backoff = 0.25
+        var firstLoss = ""
         while true {
             do {
-                try await client.exchange(.GET, "\(APIVersion.prefix)/jobs/\(id)/events") { status, body in
+                let events = "\(APIVersion.prefix)/jobs/\(id)/events"
+                try await client.exchange(.GET, events, streaming: true) { status, body in
                     connected = true
                     guard status == 200 else {
                         throw SDDClient.apiError(status: status, body: try await body.collect(limit: 1 << 20))
@@ -51,6 +56,9 @@ struct JobFollower {
                         } catch {
                             throw CLIError("unreadable event from the daemon: \(String(decoding: line, as: UTF8.self))")
                         }
+                        disconnectedSince = nil
+                        backoff = 0.25
+                        if event.event == .heartbeat { return true }
                         if json { line.withUnsafeBytes { Output.write($0, to: 1) }; Output.out("\n") }
                         bar?.show(event)
                         return !event.isFinal
@@ -68,11 +76,18 @@ struct JobFollower {
                 let lost = (error as? CLIError).map(\.isConnectionFailure) ?? true
                 guard lost, connected else { throw error }
                 let now = Self.now()
+                let reason = (error as? CLIError)?.message ?? "lost the connection to \(client.socketPath): \(error)"
+                if disconnectedSince == nil { firstLoss = reason }
                 let since = disconnectedSince ?? now
                 disconnectedSince = since
                 if now - since > reconnectSeconds {
-                    throw (error as? CLIError) ?? CLIError("lost the connection to \(client.socketPath): \(error)")
+                    let last = reason == firstLoss ? "" : " (last: \(reason))"
+                    throw CLIError("\(firstLoss); reconnecting for \(Format.seconds(now - since)) did not help\(last). "
+                        + "Job \(id) may still run: sdctl wait \(id)")
                 }
+                try await Task.sleep(nanoseconds: UInt64(backoff * 1e9))
+                backoff = min(backoff * 2, 2)
+                continue
             }
             try await Task.sleep(nanoseconds: 1_000_000_000)
         }

@@ -62,6 +62,13 @@ enum Output {
 
 enum Format {
     /// "0:07", "12:30", "1:02:03".
+    /// "30 s", "0.6 s": a timeout as the user gave it, to a tenth of a second.
+    static func seconds(_ seconds: Double) -> String {
+        guard seconds.isFinite, seconds >= 0 else { return "?" }
+        let tenths = Int((seconds * 10).rounded())
+        return tenths % 10 == 0 ? "\(tenths / 10) s" : "\(tenths / 10).\(tenths % 10) s"
+    }
+
     static func duration(_ seconds: Double) -> String {
         guard seconds.isFinite, seconds >= 0 else { return "?" }
         let s = Int(seconds.rounded())
@@ -114,6 +121,8 @@ struct ProgressBar {
         let id = JobID.short(job)
         let line: String
         switch event.event {
+        case .heartbeat:
+            return  // keeps the stream alive; nothing to draw
         case .queued:
             line = "\(id)  queued" + (event.position.map { ", position \($0)" } ?? "")
         case .started, .step:

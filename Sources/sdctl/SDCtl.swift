@@ -48,11 +48,24 @@ struct GlobalOptions: ParsableArguments {
         "The daemon's socket (default: $SDD_SOCKET, else \(APIVersion.defaultSocketPath)).", valueName: "path"))
     var socket: String?
 
+    @Option(name: .long, help: ArgumentHelp(
+        "Seconds to wait for the daemon to answer a request, and for it to come back while following a job "
+            + "(default 30). Waiting for a job has no limit: its event stream carries a heartbeat, and silence "
+            + "for \(Int(SDDClient.silentHeartbeats)) heartbeats counts as a daemon that stopped answering.",
+        valueName: "seconds"))
+    var timeout: Double = SDDClient.defaultTimeout
+
+    mutating func validate() throws {
+        guard timeout.isFinite, timeout >= 0.1, timeout <= 86_400 else {
+            throw ValidationError("--timeout must be between 0.1 and 86400 seconds")
+        }
+    }
+
     var client: SDDClient {
         let path = socket
             ?? ProcessEnvironment.get(APIVersion.socketEnvironmentVariable).flatMap { $0.isEmpty ? nil : $0 }
             ?? APIVersion.defaultSocketPath
-        return SDDClient(socketPath: path)
+        return SDDClient(socketPath: path, timeout: timeout)
     }
 }
 

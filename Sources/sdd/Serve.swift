@@ -52,6 +52,12 @@ struct Serve: ParsableCommand {
     @Option(help: "Most jobs waiting at once; more submissions get 429.")
     var queueLimit: Int = 1000
 
+    @Option(help: "Most image downloads in progress at once; more get 429 (each holds an open file until read).")
+    var maxDownloads: Int = APIRouter.defaultMaxDownloads
+
+    @Option(help: "How often an event stream carries a heartbeat event (10s, 1s), so clients notice a stopped daemon.")
+    var eventHeartbeat: String = "10s"
+
     @Option(help: "Keep finished jobs and their images this long: 24h, 7d, forever.")
     var retention: String = "24h"
 
@@ -75,6 +81,7 @@ struct Serve: ParsableCommand {
 
     func validate() throws {
         guard queueLimit >= 1 else { throw ValidationError("--queue-limit must be at least 1") }
+        guard maxDownloads >= 1 else { throw ValidationError("--max-downloads must be at least 1") }
         guard checkpointEvery >= 1 else { throw ValidationError("--checkpoint-every must be at least 1") }
         guard maxCrashes >= 1 else { throw ValidationError("--max-crashes must be at least 1") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level \(logLevel): unknown level") }
@@ -108,6 +115,12 @@ struct Serve: ParsableCommand {
         config.retention = try DurationOption.parse(retention, option: "--retention")
         config.retentionBytes = try retentionSize.map { try ByteSizeOption.parse($0, option: "--retention-size") }
         config.checkpointEvery = checkpointEvery
+        config.maxDownloads = maxDownloads
+        let heartbeat = try DurationOption.parse(eventHeartbeat, option: "--event-heartbeat")
+        guard let heartbeat, heartbeat >= 0.05 else {
+            throw OptionError("--event-heartbeat \"\(eventHeartbeat)\": give an interval of at least 50ms, e.g. 10s")
+        }
+        config.limits.eventHeartbeat = heartbeat
         let environment = ProcessInfo.processInfo.environment
         if let listen = listen ?? environment["SDD_LISTEN"].flatMap({ $0.isEmpty ? nil : $0 }) {
             config.tcp = try TCPListenConfiguration(

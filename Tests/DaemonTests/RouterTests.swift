@@ -21,10 +21,11 @@ final class RouterTests: XCTestCase {
 
     override func tearDownWithError() throws { try? FileManager.default.removeItem(at: dir) }
 
-    func makeRouter(maxQueued: Int) throws {
+    func makeRouter(maxQueued: Int, maxDownloads: Int = APIRouter.defaultMaxDownloads) throws {
         queue = JobQueue(spool: try Spool(root: dir), maxQueued: maxQueued, logger: .init(label: "test"))
         router = APIRouter(queue: queue, worker: nil, model: ModelDescription(url: URL(fileURLWithPath: "/m/tiny"), name: "tiny",
-                                                                             defaults: defaults), keepAlive: 300)
+                                                                             defaults: defaults), keepAlive: 300,
+                           maxDownloads: maxDownloads)
     }
 
     func call(_ method: String, _ uri: String, _ body: String? = nil, as peer: PeerCredentials? = nil) -> APIResponse {
@@ -70,6 +71,153 @@ final class RouterTests: XCTestCase {
             let r = call("POST", "/v1/jobs", body)
             XCTAssertEqual(r.status, 400, body)
             XCTAssertEqual(errorCode(r), "wrong_type", body)
+        }
+    }
+
+    func testIntegerFieldsThatAreNotIntegersNameTheFieldAndTheExpectedType() throws {
+        let cases: [(body: String, field: String, expected: String, got: String)] = [
+            (#"{"prompt": "x", "steps": 2.5}"#, "steps", "an integer from \(Int.min) to \(Int.max)", "got 2.5"),
+            (#"{"prompt": "x", "steps": 9223372036854775808}"#, "steps", "to \(Int.max)", "outside that range"),
+            (#"{"prompt": "x", "seed": -1}"#, "seed", "an integer from 0 to 18446744073709551615", "got -1"),
+            (#"{"prompt": "x", "seed": 1.5}"#, "seed", "an integer from 0 to 18446744073709551615", "got 1.5"),
+            (#"{"prompt": "x", "seed": 18446744073709551617}"#, "seed", "from 0 to 18446744073709551615",
+             "outside that range"),
+            (#"{"prompt": "x", "width": "64"}"#, "width", "an integer", "got a string"),
+            (#"{"prompt": "x", "count": true}"#, "count", "an integer", "got a boolean"),
+            (#"{"prompt": "x", "priority": [1]}"#, "priority", "an integer", "got a value of another type"),
+        ]
+        for c in cases {
+            let r = call("POST", "/v1/jobs", c.body)
+            XCTAssertEqual(r.status, 400, c.body)
+            let e = try r.decode(APIErrorResponse.self).error
+            XCTAssertEqual(e.code, .wrongType, c.body)
+            XCTAssertTrue(e.message.hasPrefix("field \"\(c.field)\": expected "), "\(c.body): \(e.message)")
+            XCTAssertTrue(e.message.contains(c.expected), "\(c.body): \(e.message)")
+            XCTAssertTrue(e.message.contains(c.got), "\(c.body): \(e.message)")
+            XCTAssertFalse(e.message.contains("not valid JSON"), "\(c.body): \(e.message)")
+        }
+        XCTAssertEqual(queue.snapshot().queueDepth, 0, "a bad request queues nothing")
+    }
+
+    func testTheLargestSeedAndANullOptionalFieldAreAccepted() throws {
+        let job = try submit(#"{"prompt": "x", "seed": 18446744073709551615, "steps": null}"#)
+        XCTAssertEqual(job.settings.seed, UInt64.max)
+        XCTAssertEqual(job.settings.steps, JobRequest.defaultSteps)
+    }
+
+    func testANullOrNonObjectBodySaysTheBodyMustBeAnObject() throws {
+        for body in ["null", "[]", "5", "\"x\""] {
+            let r = call("POST", "/v1/jobs", body)
+            XCTAssertEqual(r.status, 400, body)
+            let e = try r.decode(APIErrorResponse.self).error
+            XCTAssertEqual(e.code, .badJSON, body)
+            XCTAssertTrue(e.message.hasPrefix("the body must be a JSON object"), "\(body): \(e.message)")
+            XCTAssertFalse(e.message.contains("field"), "\(body): \(e.message)")
+        }
+    }
+
+    func testOnlyCanonicalImageIndexesNameAnImage() throws {
+        let job = try submit()
+        guard case .job = queue.next(until: Date()) else { return XCTFail("expected a job") }
+        try Data([0x89, 0x50, 0x4E, 0x47]).write(to: queue.spool.imageURL(job.id, 0))
+        queue.complete(job.id, state: .finished, images: 1)
+        XCTAssertEqual(call("GET", "/v1/jobs/\(job.id)/images/0").status, 200)
+        for index in ["00", "0001", "000", "+0", "-0", "0x0", " 0", "1"] {
+            let r = call("GET", "/v1/jobs/\(job.id)/images/\(index)")
+            XCTAssertEqual(r.status, 404, index)
+            XCTAssertEqual(errorCode(r), "not_found", index)
+        }
+    }
+
+    func testImagesAreStreamedFromTheirFileAndDownloadsAreCapped() throws {
+        try makeRouter(maxQueued: 100, maxDownloads: 2)
+        let job = try submit()
+        guard case .job = queue.next(until: Date()) else { return XCTFail("expected a job") }
+        let png = [UInt8](repeating: 7, count: 5000)
+        try Data(png).write(to: queue.spool.imageURL(job.id, 0))
+        queue.complete(job.id, state: .finished, images: 1)
+        let a = call("GET", "/v1/jobs/\(job.id)/images/0"), b = call("GET", "/v1/jobs/\(job.id)/images/0")
+        for r in [a, b] {
+            XCTAssertEqual(r.status, 200)
+            XCTAssertEqual(r.body, [], "the bytes come from the file, not from memory")
+            XCTAssertEqual(r.file?.size, png.count)
+        }
+        XCTAssertEqual(router.downloads.active, 2)
+        let third = call("GET", "/v1/jobs/\(job.id)/images/0")
+        XCTAssertEqual(third.status, 429)
+        XCTAssertEqual(errorCode(third), "too_many_downloads")
+        XCTAssertTrue(third.headers.contains { $0.0 == "Retry-After" })
+        a.file?.close()
+        a.file?.close()  // idempotent: frees one slot, not two
+        XCTAssertEqual(router.downloads.active, 1)
+        let fourth = call("GET", "/v1/jobs/\(job.id)/images/0")
+        XCTAssertEqual(fourth.status, 200)
+        fourth.file?.close()
+        b.file?.close()
+        XCTAssertEqual(router.downloads.active, 0)
+        // A missing file frees its slot at once.
+        unlink(queue.spool.imageURL(job.id, 0).path)
+        XCTAssertEqual(call("GET", "/v1/jobs/\(job.id)/images/0").status, 404)
+        XCTAssertEqual(router.downloads.active, 0)
+    }
+
+    func testAbsoluteFormTargetsAreAccepted() throws {
+        XCTAssertEqual(call("GET", "http://localhost/v1/health").status, 200)
+        XCTAssertEqual(call("GET", "HTTP://sdd.invalid:80/v1/models").status, 200)
+        let job = try submit()
+        XCTAssertEqual(try call("GET", "http://localhost/v1/jobs/\(job.id)?x=1").decode(Job.self).id, job.id)
+        XCTAssertEqual(call("GET", "http://localhost").status, 404, "the root path, which is no route")
+        XCTAssertEqual(call("GET", "http://localhost/v1/jobs/../../etc/passwd").status, 404)
+    }
+
+    func testARetriedSubmissionWithTheSameRequestIdReturnsTheSameJob() throws {
+        let body = #"{"prompt": "a cat", "steps": 3, "request_id": "sdctl-7f3a"}"#
+        let first = call("POST", "/v1/jobs", body)
+        XCTAssertEqual(first.status, 202)
+        let job = try first.decode(Job.self)
+        XCTAssertEqual(job.settings.requestId, "sdctl-7f3a")
+        let again = call("POST", "/v1/jobs", body)
+        XCTAssertEqual(again.status, 200, "a replay, not a new job")
+        XCTAssertEqual(try again.decode(Job.self).id, job.id)
+        XCTAssertTrue(again.headers.contains { $0.0 == "Location" && $0.1 == "/v1/jobs/\(job.id)" })
+        XCTAssertEqual(queue.snapshot().queueDepth, 1)
+        // The same id from another user is that user's own, new job.
+        XCTAssertNotEqual(try submit(body, as: bob).id, job.id)
+        // The same id with other settings is a mistake, not a retry.
+        let other = call("POST", "/v1/jobs", #"{"prompt": "a dog", "steps": 3, "request_id": "sdctl-7f3a"}"#)
+        XCTAssertEqual(other.status, 409)
+        XCTAssertTrue(try other.decode(APIErrorResponse.self).error.message.contains(job.id))
+        XCTAssertEqual(queue.snapshot().queueDepth, 2)
+    }
+
+    func testARequestIdSurvivesARestartOfTheQueue() throws {
+        let body = #"{"prompt": "a cat", "request_id": "before-restart"}"#
+        let job = try submit(body)
+        try makeRouter(maxQueued: 100)  // a new queue reading the same spool, as after a restart
+        let again = call("POST", "/v1/jobs", body)
+        XCTAssertEqual(again.status, 200, String(decoding: again.body, as: UTF8.self))
+        XCTAssertEqual(try again.decode(Job.self).id, job.id)
+        XCTAssertEqual(try call("GET", "/v1/jobs").decode(JobList.self).jobs.count, 1)
+    }
+
+    func testConcurrentRetriesWithOneRequestIdMakeOneJob() throws {
+        let router = self.router!, alice = self.alice
+        let ids = NSLock(), body = Array(#"{"prompt": "race", "request_id": "same"}"#.utf8)
+        nonisolated(unsafe) var seen: [String] = []  // guarded by `ids`
+        DispatchQueue.concurrentPerform(iterations: 16) { _ in
+            let r = router.route(APIRequest(method: "POST", uri: "/v1/jobs", body: body, peer: alice))
+            let id = (try? r.decode(Job.self))?.id ?? "status \(r.status)"
+            ids.withLock { seen.append(id) }
+        }
+        XCTAssertEqual(Set(seen).count, 1, "\(seen)")
+        XCTAssertEqual(queue.snapshot().queueDepth, 1)
+    }
+
+    func testABadRequestIdIsInvalidValue() {
+        for id in ["", String(repeating: "a", count: 65), "has space", "slash/", "ünï"] {
+            let r = call("POST", "/v1/jobs", #"{"prompt": "x", "request_id": "\#(id)"}"#)
+            XCTAssertEqual(r.status, 400, id)
+            XCTAssertEqual(errorCode(r), "invalid_value", id)
         }
     }
 

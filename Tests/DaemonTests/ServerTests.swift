@@ -70,6 +70,40 @@ final class ServerTests: XCTestCase {
         return try pipeline.generate(RequestValidation.settings(request)).images[0]
     }
 
+    func testAnEventStreamCarriesHeartbeatsAtTheAdvertisedInterval() async throws {
+        try await startDaemon(limits: ConnectionLimits(eventHeartbeat: 0.1))
+        // Long enough to outlast the test (euler: pndm's 1000 steps are a job that fails, issue #12).
+        let job = try submit(JobRequest(prompt: "a long job", steps: 500, seed: 1, scheduler: "euler"))
+        let fd = try UnixHTTPClient.connect(socketPath, timeout: 10)
+        defer { close(fd) }
+        try UnixHTTPClient.send(fd, Array("GET /v1/jobs/\(job.id)/events HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+        var text = ""
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while text.components(separatedBy: "\"event\":\"heartbeat\"").count < 3 {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            guard n > 0 else { break }
+            text += String(decoding: buffer[0..<n], as: UTF8.self)
+        }
+        XCTAssertEqual(text.components(separatedBy: "\"event\":\"heartbeat\"").count, 3, "two heartbeats: \(text)")
+        XCTAssertTrue(text.contains("SDD-Heartbeat-Interval: 0.1\r\n"), text)
+        XCTAssertFalse(text.contains("\"event\":\"failed\""), text)
+        _ = try UnixHTTPClient.request(socketPath, "DELETE", "/v1/jobs/\(job.id)")
+    }
+
+    func testAnUnparsableRequestGetsAJSON400AndTheConnectionCloses() async throws {
+        // The idle timeout (30 s) would close it too, but only long after this wait.
+        try await startDaemon()
+        let fd = try UnixHTTPClient.connect(socketPath, timeout: 10)
+        defer { close(fd) }
+        try UnixHTTPClient.send(fd, Array("\u{0}\u{1} not http\r\n\r\n".utf8))
+        let (closed, bytes) = UnixHTTPClient.waitForClose(fd, timeout: 10)
+        XCTAssertTrue(closed, "still open")
+        let r = try UnixHTTPClient.parse(bytes)
+        XCTAssertEqual(r.status, 400)
+        XCTAssertEqual(r.headers["connection"], "close")
+        XCTAssertEqual(try r.json(APIErrorResponse.self).error.code, .badRequest)
+    }
+
     func testAJobStreamsEventsAndItsPNGEqualsThePipelinesOutput() async throws {
         try await startDaemon()
         let job = try submit(JobRequest(prompt: "a red circle", steps: 6, seed: 42, scheduler: "euler-a"))

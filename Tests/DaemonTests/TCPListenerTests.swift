@@ -88,6 +88,33 @@ final class TCPListenerTests: XCTestCase {
         return try pipeline.generate(RequestValidation.settings(request)).images[0]
     }
 
+    func testAnUnparsableRequestGetsAJSON400AndTheConnectionCloses() throws {
+        let fd = try TCPHTTPClient.connect(port: port, timeout: 10)
+        defer { close(fd) }
+        try UnixHTTPClient.send(fd, Array("\u{0}\u{1} not http\r\n\r\n".utf8))
+        // The idle timeout (30 s) would close it too, but only long after this wait.
+        let (closed, bytes) = UnixHTTPClient.waitForClose(fd, timeout: 10)
+        XCTAssertTrue(closed, "still open")
+        let r = try UnixHTTPClient.parse(bytes)
+        XCTAssertEqual(r.status, 400)
+        XCTAssertEqual(r.headers["connection"], "close")
+        XCTAssertEqual(try r.json(APIErrorResponse.self).error.code, .badRequest)
+        XCTAssertEqual(bytes.count, UnixHTTPClient.find([13, 10, 13, 10], in: bytes, from: 0).map { $0 + 4 + r.body.count },
+                       "one response, not NIO's empty 400 followed by another")
+    }
+
+    func testARequestIdReplayBelongsToTheTokenThatMadeIt() throws {
+        let body = Array(#"{"prompt": "x", "steps": 1, "request_id": "tcp-1"}"#.utf8)
+        let first = try TCPHTTPClient.request(port: port, "POST", "/v1/jobs", body: body, authorization: bearer)
+        XCTAssertEqual(first.status, 202, first.text)
+        let again = try TCPHTTPClient.request(port: port, "POST", "/v1/jobs", body: body, authorization: bearer)
+        XCTAssertEqual(again.status, 200, again.text)
+        XCTAssertEqual(try again.json(Job.self).id, try first.json(Job.self).id)
+        let bob = try TCPHTTPClient.request(port: port, "POST", "/v1/jobs", body: body,
+                                            authorization: "Bearer bob-token-0123456789ab")
+        XCTAssertEqual(bob.status, 202, "another token's request_id is its own: \(bob.text)")
+    }
+
     func testOpenAIClientWithATokenGetsThePipelinesImage() throws {
         let r = try replay("openai.json", "images.generate", authorization: bearer)
         XCTAssertEqual(r.status, 200, r.text)

@@ -13,7 +13,7 @@ final class TestDaemon: @unchecked Sendable {
     let log: URL
 
     /// Starts a daemon in a new temporary directory, or in `directory` (the socket and state of an earlier one).
-    init(model: String = GenerateCommandTests.tinyModel, directory existing: URL? = nil) throws {
+    init(model: String = GenerateCommandTests.tinyModel, directory existing: URL? = nil, arguments extra: [String] = []) throws {
         directory = existing
             ?? URL(fileURLWithPath: "/tmp").appendingPathComponent("sdctl-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -24,7 +24,7 @@ final class TestDaemon: @unchecked Sendable {
         }
         process.executableURL = GenerateCommandTests.binary
         process.arguments = ["serve", "--model", model, "--socket", socket,
-                             "--state-dir", directory.appendingPathComponent("state").path]
+                             "--state-dir", directory.appendingPathComponent("state").path] + extra
         var env = ProcessInfo.processInfo.environment
         for key in ["SDD_MODEL", "SDD_SOCKET", "LISTEN_FDS", "LISTEN_PID", "NOTIFY_SOCKET", "WATCHDOG_USEC"] {
             env.removeValue(forKey: key)
@@ -174,6 +174,157 @@ final class SdctlTests: XCTestCase {
             let run = try Self.sdctl(arguments, socket: "/nonexistent/sdd.sock")
             XCTAssertEqual(run.status, 2, "\(arguments): \(run.output)")
         }
+    }
+
+    func testCountAboveOneWithStdoutIsRefusedBeforeSubmitting() throws {
+        // No daemon at that path: a refusal that submitted anything would fail to connect (status 1) instead.
+        let run = try Self.sdctl(["generate", "--count", "2", "-o", "-", "x"], socket: "/nonexistent/sdd.sock")
+        XCTAssertEqual(run.status, 2, run.output)
+        XCTAssertTrue(run.stderr.contains("--count 2"), run.stderr)
+        XCTAssertFalse(run.stderr.contains("cannot connect"), run.stderr)
+    }
+
+    /// A socket that accepts connections (the kernel queues them) and never answers, like a hung daemon.
+    func silentSocket(at given: String? = nil) throws -> (path: String, fd: Int32) {
+        let socket = given ?? path("silent.sock")
+        let fd = Foundation.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { buffer in
+            for (i, byte) in socket.utf8.enumerated() { buffer[i] = byte }
+        }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        XCTAssertEqual(bound, 0)
+        XCTAssertEqual(listen(fd, 16), 0)
+        return (socket, fd)
+    }
+
+    func testRequestsToADaemonThatNeverAnswersTimeOutWithExitStatus1() throws {
+        let (socket, fd) = try silentSocket()
+        defer { close(fd) }
+        for arguments in [["health"], ["jobs"], ["generate", "--no-wait", "x"], ["wait", "0123456789abcdef"]] {
+            let started = Date()
+            let run = try Self.sdctl(["--timeout", "1"] + arguments, socket: socket)
+            let seconds = Date().timeIntervalSince(started)
+            XCTAssertEqual(run.status, 1, "\(arguments): \(run.output)")
+            XCTAssertTrue(run.stderr.contains("did not answer within 1 s"), "\(arguments): \(run.stderr)")
+            // 1 s of timeout, a retry's backoff, and a process start on a loaded machine: far below "forever".
+            XCTAssertLessThan(seconds, 15, "\(arguments)")
+        }
+        let submit = try Self.sdctl(["--timeout", "1", "generate", "--no-wait", "--request-id", "mine-1", "x"], socket: socket)
+        XCTAssertEqual(submit.status, 1)
+        XCTAssertTrue(submit.stderr.contains("--request-id mine-1"), "says how to retry safely: \(submit.stderr)")
+        XCTAssertEqual(try Self.sdctl(["--timeout", "0", "health"], socket: socket).status, 2)
+    }
+
+    func testAStoppedDaemonEndsAWaitAndAResubmissionWithTheSameIdMakesOneJob() throws {
+        let d = try TestDaemon(arguments: ["--event-heartbeat", "200ms"])
+        defer { kill(d.process.processIdentifier, SIGCONT); d.stop() }
+        let long = try Self.sdctl(["generate", "--no-wait", "--steps", "500", "--scheduler", "euler", "--width", "256",
+                                   "--height", "256", "long"], socket: d.socket)
+        XCTAssertEqual(long.status, 0, long.output)
+        let id = long.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+
+        // The event stream carries heartbeats while nothing else happens.
+        let stream = try ServeHTTP.connect(d.socket, timeout: 10)
+        defer { close(stream) }
+        let get = Array("GET /v1/jobs/\(id)/events HTTP/1.1\r\nHost: x\r\n\r\n".utf8)
+        XCTAssertEqual(get.withUnsafeBytes { send(stream, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }, get.count)
+        var seen = ""
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while !seen.contains("\"event\":\"heartbeat\"") {
+            let n = buffer.withUnsafeMutableBytes { recv(stream, $0.baseAddress, $0.count, 0) }
+            guard n > 0 else { break }
+            seen += String(decoding: buffer[0..<n], as: UTF8.self)
+        }
+        XCTAssertTrue(seen.contains("\"event\":\"heartbeat\""), seen)
+        XCTAssertTrue(seen.contains("SDD-Heartbeat-Interval: 0.2"), seen)
+
+        // `sdctl wait` is connected (its first event is out) when the daemon is stopped.
+        let wait = Process()
+        wait.executableURL = URL(fileURLWithPath: Self.sdctlBinary)
+        wait.arguments = ["--socket", d.socket, "--timeout", "2", "wait", "--json", id]
+        let out = Pipe(), err = Pipe()
+        wait.standardOutput = out
+        wait.standardError = err
+        try wait.run()
+        XCTAssertFalse(out.fileHandleForReading.availableData.isEmpty, "wait printed no event")
+        kill(d.process.processIdentifier, SIGSTOP)
+        let started = Date()
+        let ended = ServeHTTP.waitUntil(timeout: 60) { !wait.isRunning }
+        if !ended { wait.terminate() }
+        wait.waitUntilExit()
+        let waitErr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        XCTAssertTrue(ended, "sdctl wait still waits \(Int(Date().timeIntervalSince(started))) s after the daemon stopped")
+        XCTAssertEqual(wait.terminationStatus, 1, waitErr)
+        XCTAssertTrue(waitErr.contains("not even a heartbeat"), waitErr)
+        XCTAssertTrue(waitErr.contains("sdctl wait \(id)"), "says how to go on waiting: \(waitErr)")
+
+        // A submission whose answer never comes fails with the id to retry with ...
+        let lost = try Self.sdctl(["--timeout", "1", "generate", "--no-wait", "--request-id", "retry-1", "retry"],
+                                  socket: d.socket)
+        XCTAssertEqual(lost.status, 1)
+        XCTAssertTrue(lost.stderr.contains("--request-id retry-1"), lost.stderr)
+        // ... and once the daemon runs again (and has read the first request), the retry gets the same job.
+        kill(d.process.processIdentifier, SIGCONT)
+        let again = try Self.sdctl(["generate", "--no-wait", "--request-id", "retry-1", "retry"], socket: d.socket)
+        XCTAssertEqual(again.status, 0, again.output)
+        let retried = again.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        XCTAssertTrue(Self.isJobID(retried), again.stdout)
+        let listed = try Self.sdctl(["jobs", "--json"], socket: d.socket)
+        let jobs = ((try JSONSerialization.jsonObject(with: listed.stdoutData) as? [String: Any])?["jobs"] as? [[String: Any]]) ?? []
+        let retries = jobs.filter { ($0["settings"] as? [String: Any])?["prompt"] as? String == "retry" }
+        XCTAssertEqual(retries.map { $0["id"] as? String }, [retried], "one job for request id retry-1")
+        _ = try Self.sdctl(["cancel", id], socket: d.socket)
+    }
+
+    func testGenerateFollowsAJobWhenTheDaemonRestartsBetweenAcceptingAndTheEventStream() throws {
+        let first = try TestDaemon()
+        var second: TestDaemon?
+        defer { first.stop(); second?.stop() }
+        let arguments = ["generate", "--request-id", "gap-1", "--steps", "2", "--seed", "3", "gap"]
+        // The job is accepted (and on disk), then the daemon dies.
+        let accepted = try Self.sdctl(Array(arguments.prefix(1)) + ["--no-wait", "--json"] + arguments.dropFirst(),
+                                      socket: first.socket)
+        XCTAssertEqual(accepted.status, 0, accepted.output)
+        first.crash()
+        // Replay that moment for a waiting `sdctl generate`: its POST gets the 202 the daemon gave, then the
+        // socket is gone until a new daemon starts on the same state.
+        unlink(first.socket)
+        let (socket, listener) = try silentSocket(at: first.socket)
+        let generate = Process()
+        generate.executableURL = URL(fileURLWithPath: Self.sdctlBinary)
+        // --timeout: how long it waits for the daemon to come back; a daemon start on a loaded machine takes a while.
+        generate.arguments = ["--socket", socket, "--timeout", "90"] + arguments + ["-o", path("gap.png")]
+        let err = Pipe()
+        generate.standardError = err
+        generate.standardOutput = FileHandle.nullDevice
+        try generate.run()
+        let connection = accept(listener, nil, nil)
+        XCTAssertGreaterThanOrEqual(connection, 0)
+        var request: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while !String(decoding: request, as: UTF8.self).contains("\"request_id\"") {
+            let n = buffer.withUnsafeMutableBytes { recv(connection, $0.baseAddress, $0.count, 0) }
+            guard n > 0 else { break }
+            request += buffer[0..<n]
+        }
+        XCTAssertTrue(String(decoding: request, as: UTF8.self).contains("\"request_id\":\"gap-1\""))
+        let answer = Array("HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nContent-Length: \(accepted.stdoutData.count)\r\nConnection: close\r\n\r\n".utf8)
+            + Array(accepted.stdoutData)
+        XCTAssertEqual(answer.withUnsafeBytes { send(connection, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }, answer.count)
+        close(connection)
+        close(listener)
+        unlink(socket)
+        // sdctl now finds no socket at all (it used to exit 1 here at once); it keeps trying while a new daemon
+        // starts on the same state, which still has the job.
+        second = try TestDaemon(directory: first.directory)
+        let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        generate.waitUntilExit()
+        XCTAssertEqual(generate.terminationStatus, 0, stderr)
+        XCTAssertEqual(try PNGReader.read(from: workDir.appendingPathComponent("gap.png")).width, 64)
     }
 
     // MARK: with a daemon

@@ -130,6 +130,30 @@ enum ServeHTTP {
         return try parse(raw)
     }
 
+    /// Sends `bytes` as they are (the server may stop reading early), then reads until the server closes.
+    /// `closed` is true when it did (end of file, or a reset because the server dropped unread input), false
+    /// when `timeout` seconds passed with the connection still open.
+    static func sendRaw(_ socketPath: String, _ bytes: [UInt8], timeout: Double) throws -> (raw: [UInt8], closed: Bool) {
+        let fd = try connect(socketPath, timeout: timeout)
+        defer { close(fd) }
+        var sent = 0
+        while sent < bytes.count {
+            let n = bytes[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            guard n > 0 else { break }
+            sent += n
+        }
+        var raw: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n > 0 {
+                raw += buf[0..<n]
+                continue
+            }
+            return (raw, n == 0 || errno == ECONNRESET)
+        }
+    }
+
     static func parse(_ raw: [UInt8]) throws -> ServeHTTPResult {
         guard let end = find([13, 10, 13, 10], in: raw, from: 0) else {
             throw ServeClientError(description: "incomplete response (\(raw.count) bytes)")

@@ -227,6 +227,149 @@ final class ServeTests: XCTestCase {
         XCTAssertEqual((try ServeHTTP.request(socketPath, "GET", "/v1/jobs").object["jobs"] as? [[String: Any]])?.count, 1)
     }
 
+    func testTypeErrorsNameTheFieldImageIndexesAreCanonicalAndAbsoluteTargetsWork() throws {
+        try serve()
+        func error(_ r: ServeHTTPResult) -> (code: String?, message: String) {
+            let e = r.object["error"] as? [String: Any]
+            return (e?["code"] as? String, e?["message"] as? String ?? r.text)
+        }
+        for (body, field) in [(#"{"prompt": "x", "steps": 2.5}"#, "steps"), (#"{"prompt": "x", "seed": -1}"#, "seed"),
+                              (#"{"prompt": "x", "steps": 9223372036854775808}"#, "steps"),
+                              (#"{"prompt": "x", "seed": 18446744073709551617}"#, "seed")] {
+            let r = try ServeHTTP.request(socketPath, "POST", "/v1/jobs", rawBody: Array(body.utf8))
+            XCTAssertEqual(r.status, 400, body)
+            XCTAssertEqual(error(r).code, "wrong_type", body)
+            XCTAssertTrue(error(r).message.hasPrefix("field \"\(field)\": expected an integer from "), error(r).message)
+        }
+        let null = try ServeHTTP.request(socketPath, "POST", "/v1/jobs", rawBody: Array("null".utf8))
+        XCTAssertEqual(null.status, 400)
+        XCTAssertTrue(error(null).message.hasPrefix("the body must be a JSON object"), error(null).message)
+        let id = try submit(["prompt": "index", "steps": 1, "seed": 4])
+        waitFinished([id])
+        XCTAssertEqual(try ServeHTTP.request(socketPath, "GET", "/v1/jobs/\(id)/images/0").status, 200)
+        for index in ["00", "0001"] {
+            XCTAssertEqual(try ServeHTTP.request(socketPath, "GET", "/v1/jobs/\(id)/images/\(index)").status, 404, index)
+        }
+        let health = try ServeHTTP.request(socketPath, "GET", "http://localhost/v1/health")
+        XCTAssertEqual(health.status, 200, health.text)
+        XCTAssertEqual(health.object["status"] as? String, "ok")
+    }
+
+    func testSlowReadersOfALargeImageKeepMemoryBoundedAndGetTheFilesBytes() throws {
+        let slots = 32
+        let d = try serve(["--max-downloads", "\(slots)"])
+        let id = try submit(["prompt": "large", "steps": 1, "seed": 5])
+        waitFinished([id])
+        // The tiny model draws 64×64 images; a large "image" is put in its place: 8 MiB of incompressible bytes
+        // (the daemon serves the file as it is on disk).
+        let size = 8 << 20
+        var generator = SystemRandomNumberGenerator()
+        let words = (0..<(size / 8)).map { _ in generator.next() as UInt64 }
+        let large = words.withUnsafeBytes { Array($0) }
+        let imageURL = URL(fileURLWithPath: stateDir).appendingPathComponent("images/\(id)-0.png")
+        try Data(large).write(to: imageURL)
+        // One complete download first: it is the file, byte for byte, and it warms up the allocator.
+        let whole = try ServeHTTP.request(socketPath, "GET", "/v1/jobs/\(id)/images/0")
+        XCTAssertEqual(whole.status, 200)
+        XCTAssertTrue(whole.body == large, "got \(whole.body.count) bytes that differ from the file")
+        let metrics = { (try? ServeHTTP.request(self.socketPath, "GET", "/metrics", timeout: 5))?.text ?? "" }
+        let before = d.residentBytes
+        // `slots` clients ask for the image and read nothing.
+        var readers: [Int32] = []
+        defer { for fd in readers { close(fd) } }
+        for _ in 0..<slots {
+            let fd = try ServeHTTP.connect(socketPath, timeout: 20)
+            readers.append(fd)
+            let request = Array("GET /v1/jobs/\(id)/images/0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".utf8)
+            XCTAssertEqual(request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }, request.count)
+        }
+        let stalled = ServeHTTP.waitUntil(timeout: 20) { metrics().contains("\nsdd_image_downloads \(slots)\n") }
+        XCTAssertTrue(stalled, "the daemon did not start \(slots) downloads:\n\(metrics())")
+        let during = d.residentBytes
+        print("\(slots) stalled downloads of \(size >> 20) MiB: daemon RSS \(before >> 20) MiB -> \(during >> 20) MiB")
+        // Buffering each response would hold slots × 8 MiB = 256 MiB. Streamed, a stalled download holds a file
+        // descriptor, a FileRegion and the connection's handlers (a few KiB; the socket buffers are the
+        // kernel's, not RSS); 32 MiB leaves room for allocator arenas and the thread pool's stacks.
+        XCTAssertLessThan(during - before, 32 << 20,
+                          "RSS grew from \(before >> 20) MiB to \(during >> 20) MiB with \(slots) stalled downloads")
+        // One more is refused, not queued in memory.
+        let extra = try ServeHTTP.request(socketPath, "GET", "/v1/jobs/\(id)/images/0")
+        XCTAssertEqual(extra.status, 429, extra.text)
+        XCTAssertEqual((extra.object["error"] as? [String: Any])?["code"] as? String, "too_many_downloads")
+        // The stalled readers now read: each gets the file's bytes. (Straight into one buffer and compared with
+        // memcmp: the daemon closes a connection that sends nothing for its 30 s idle timeout, so the reading
+        // must not crawl in a debug build on a loaded machine.)
+        var raw = [UInt8](repeating: 0, count: size + 4096)
+        for fd in readers {
+            var count = 0
+            while count < raw.count {
+                let n = raw.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + count, $0.count - count, 0) }
+                if n <= 0 { break }
+                count += n
+            }
+            let prefix = Array(raw[0..<min(count, 4096)])
+            let r = try ServeHTTP.parse(prefix)
+            XCTAssertEqual(r.status, 200)
+            XCTAssertEqual(r.headers["content-length"], "\(size)")
+            let start = (ServeHTTP.find([13, 10, 13, 10], in: prefix, from: 0) ?? 0) + 4
+            let same = count - start == size && raw.withUnsafeBytes { all in
+                large.withUnsafeBytes { memcmp(all.baseAddress! + start, $0.baseAddress!, size) == 0 }
+            }
+            XCTAssertTrue(same, "a slow reader got \(count - start) bytes that differ from the file's \(size)")
+        }
+        let freed = ServeHTTP.waitUntil(timeout: 20) { metrics().contains("\nsdd_image_downloads 0\n") }
+        XCTAssertTrue(freed, "download slots were not freed:\n\(metrics())")
+    }
+
+    func testBadDownloadAndHeartbeatOptionsAreRefusedByName() throws {
+        for (option, value) in [("--max-downloads", "0"), ("--event-heartbeat", "0"), ("--event-heartbeat", "forever"),
+                                ("--event-heartbeat", "soon")] {
+            let d = try serve([option, value], waitReady: false)
+            // A usage error: 64 from the option checks (as --queue-limit 0), 2 from the configuration's.
+            let status = d.waitExit(timeout: 30)
+            XCTAssertTrue(status == 2 || status == 64, "\(option) \(value): exit \(String(describing: status)): \(d.stderr)")
+            XCTAssertTrue(d.stderr.contains(option), "\(option) \(value): \(d.stderr)")
+        }
+    }
+
+    func testUnparsableRequestsGetAJSON400AndTheConnectionClosesAtOnce() throws {
+        let d = try serve()
+        let requestLine = "GET /v1/" + String(repeating: "a", count: 100 << 10) + " HTTP/1.1\r\nHost: x\r\n\r\n"
+        let header = "GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Big: " + String(repeating: "b", count: 1 << 20) + "\r\n\r\n"
+        let cases: [(String, [UInt8])] = [
+            ("garbage", Array("\u{1}\u{2}garbage\r\n\r\n".utf8) + [0xFF, 0xFE, 0x00]),
+            ("100 KB request line", Array(requestLine.utf8)),
+            ("1 MB header", Array(header.utf8)),
+        ]
+        for (name, bytes) in cases {
+            // The daemon's idle timeout is 30 s: a connection left open would outlast this wait.
+            let started = Date()
+            let (raw, closed) = try ServeHTTP.sendRaw(socketPath, bytes, timeout: 15)
+            XCTAssertTrue(closed, "\(name): the daemon kept the connection open")
+            XCTAssertLessThan(Date().timeIntervalSince(started), 15, name)
+            let r = try ServeHTTP.parse(raw)
+            XCTAssertEqual(r.status, 400, name)
+            XCTAssertEqual(r.headers["connection"], "close", name)
+            XCTAssertEqual(r.headers["content-type"], "application/json", name)
+            let error = r.object["error"] as? [String: Any]
+            XCTAssertEqual(error?["code"] as? String, "bad_request", "\(name): \(r.text)")
+            XCTAssertFalse((error?["message"] as? String ?? "").isEmpty, name)
+        }
+        // Many such connections left open by their clients hold no descriptors in the daemon.
+        let fds = { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(d.pid)/fd").count) ?? -1 }
+        let before = fds()
+        var clients: [Int32] = []
+        defer { for fd in clients { close(fd) } }
+        for _ in 0..<100 {
+            let fd = try ServeHTTP.connect(socketPath, timeout: 15)
+            clients.append(fd)
+            _ = Array("NOT HTTP\r\n\r\n".utf8).withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        }
+        let released = ServeHTTP.waitUntil(timeout: 20) { fds() <= before }
+        XCTAssertTrue(released, "the daemon holds \(fds()) descriptors, \(before) before 100 garbage connections")
+        XCTAssertEqual(try ServeHTTP.request(socketPath, "GET", "/v1/health").status, 200)
+    }
+
     func testAnotherUidCannotSeeOrCancelYourJob() throws {
         guard getuid() == 0 else { throw XCTSkip("needs root to switch to uid 65534") }
         guard let curl = ["/usr/bin/curl", "/bin/curl"].first(where: { FileManager.default.isExecutableFile(atPath: $0) }),
