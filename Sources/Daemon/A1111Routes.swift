@@ -167,7 +167,7 @@ extension APIRouter {
         }
         let job: Job
         do throws(APIError) {
-            job = try queue.submit(try RequestValidation.resolve(request, defaults: model.defaults), as: r.owner)
+            job = try queue.submit(try admitted(request), as: r.owner)
         } catch {
             return A1111.error(error)
         }

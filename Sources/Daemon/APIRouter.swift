@@ -163,6 +163,18 @@ public final class APIRouter: Sendable {
         return nil
     }
 
+    /// `sent` with the model's defaults filled in, once every check a job can be refused by at submit has passed:
+    /// the daemon can take jobs, the request is valid, the scheduler places its steps, and the plan fits the budget.
+    /// Every route that makes a job (native, OpenAI, A1111) goes through here.
+    func admitted(_ sent: JobRequest) throws(APIError) -> JobRequest {
+        if let no = unavailable() { throw no }
+        let request = try RequestValidation.resolve(sent, defaults: model.defaults)
+        if let checked = model.model {
+            try RequestValidation.admit(request, model: checked, weights: model.weights, memoryBudget: memoryBudget)
+        }
+        return request
+    }
+
     public func route(_ r: APIRequest) -> APIResponse {
         let path = Self.originForm(r.uri).split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
             .first.map(String.init) ?? ""
@@ -245,11 +257,7 @@ public final class APIRouter: Sendable {
     private func submit(_ r: APIRequest) -> APIResponse {
         do throws(APIError) {
             let sent = try RequestValidation.decode(r.body)
-            if let no = unavailable() { throw no }
-            let request = try RequestValidation.resolve(sent, defaults: model.defaults)
-            if let checked = model.model {
-                try RequestValidation.admit(request, model: checked, weights: model.weights, memoryBudget: memoryBudget)
-            }
+            let request = try admitted(sent)
             let defaults = model.defaults
             let (job, created) = try queue.submit(request, as: r.owner) { stored in
                 RequestValidation.isSameRequest(sent, as: stored, defaults: defaults)
