@@ -53,7 +53,7 @@ public struct APIResponse: Sendable {
     public func decode<T: Decodable>(_ type: T.Type) throws -> T { try JSONDecoder().decode(type, from: Data(body)) }
 }
 
-/// What the daemon serves: its model's path and name, and defaults read from its config (nil if unreadable).
+/// What the daemon serves: its model's path and name, and its defaults (nil if its configs are unreadable).
 public struct ModelDescription: Sendable {
     public var url: URL?
     public var name: String
@@ -65,13 +65,12 @@ public struct ModelDescription: Sendable {
         self.defaults = defaults
     }
 
-    /// Reads the model's configs (no weights) for its name and default size.
-    public static func read(_ url: URL?) throws -> ModelDescription {
+    /// Reads the model's configs (no weights) for its name and defaults; `vae` replaces its VAE (--vae).
+    public static func read(_ url: URL?, vae: URL? = nil) throws -> ModelDescription {
         guard let url else { return ModelDescription(url: nil, name: "", defaults: nil) }
-        let model = try StableDiffusionModel(url: url)
-        let size = model.defaultSize
-        return ModelDescription(url: url, name: model.name, defaults: ModelDefaults(
-            width: size.width, height: size.height, sizeMultiple: model.vaeScaleFactor))
+        var model = try StableDiffusionModel(url: url)
+        if let vae { model = try model.replacingVAE(with: vae) }
+        return ModelDescription(url: url, name: model.name, defaults: ModelDefaults(model: model))
     }
 }
 
@@ -124,7 +123,8 @@ public final class APIRouter: Sendable {
             return .json(200, ModelList(models: model.url == nil ? [] : [ModelInfo(
                 name: model.name, path: model.url?.path ?? "", loaded: worker?.modelLoaded ?? false,
                 keepAliveSeconds: keepAlive, defaultWidth: model.defaults?.width, defaultHeight: model.defaults?.height,
-                schedulers: SchedulerKind.allCases.map(\.rawValue))]))
+                schedulers: SchedulerKind.allCases.map(\.rawValue), defaultSteps: model.defaults?.steps,
+                defaultGuidance: model.defaults?.guidance, defaultScheduler: model.defaults?.scheduler)]))
         case 2 where parts[0] == "v1" && parts[1] == "jobs":
             if let no = allow("GET", "POST") { return no }
             if r.method == "GET" { return .json(200, JobList(jobs: queue.list(uid: uid))) }

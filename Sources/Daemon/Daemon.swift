@@ -11,6 +11,8 @@ import TiledKernels
 public struct DaemonConfiguration: Sendable {
     /// The model (diffusers folder or .gguf); nil = jobs fail with a clear error.
     public var model: URL?
+    /// Another VAE for the model (--vae: an AutoencoderKL or AutoencoderTiny folder); nil = the model's own.
+    public var vae: URL?
     /// Socket path to bind when systemd passes none.
     public var socketPath: String = APIVersion.defaultSocketPath
     public var socketMode: mode_t = 0o660
@@ -44,7 +46,7 @@ public enum Daemon {
         let spool = try Spool(root: config.stateDirectory)
         let model: ModelDescription
         do {
-            model = try ModelDescription.read(config.model)
+            model = try ModelDescription.read(config.model, vae: config.vae)
         } catch {
             // Keep serving (status, queued jobs are safe); jobs fail with the reason when they run.
             logger.error("cannot read the model; jobs will fail until it is fixed", metadata: ["error": "\(error)"])
@@ -53,6 +55,7 @@ public enum Daemon {
         let queue = JobQueue(spool: spool, maxQueued: config.maxQueued, logger: logger) { notifier.status($0) }
         let worker = Worker(queue: queue, modelURL: config.model, keepAlive: config.keepAlive,
                             checkpointEvery: config.checkpointEvery, logger: logger)
+        worker.vaeURL = config.vae
         worker.memoryBudget = config.memoryBudget
         worker.products = config.products
         let router = APIRouter(queue: queue, worker: worker, model: model, keepAlive: config.keepAlive)
