@@ -58,11 +58,14 @@ public struct ModelDescription: Sendable {
     public var url: URL?
     public var name: String
     public var defaults: ModelDefaults?
+    /// The VAE that replaces the model's own (--vae), if any.
+    public var vae: URL?
 
-    public init(url: URL?, name: String, defaults: ModelDefaults?) {
+    public init(url: URL?, name: String, defaults: ModelDefaults?, vae: URL? = nil) {
         self.url = url
         self.name = name
         self.defaults = defaults
+        self.vae = vae
     }
 
     /// Reads the model's configs (no weights) for its name and defaults; `vae` replaces its VAE (--vae).
@@ -70,7 +73,7 @@ public struct ModelDescription: Sendable {
         guard let url else { return ModelDescription(url: nil, name: "", defaults: nil) }
         var model = try StableDiffusionModel(url: url)
         if let vae { model = try model.replacingVAE(with: vae) }
-        return ModelDescription(url: url, name: model.name, defaults: ModelDefaults(model: model))
+        return ModelDescription(url: url, name: model.name, defaults: ModelDefaults(model: model), vae: vae)
     }
 }
 
@@ -124,7 +127,8 @@ public final class APIRouter: Sendable {
                 name: model.name, path: model.url?.path ?? "", loaded: worker?.modelLoaded ?? false,
                 keepAliveSeconds: keepAlive, defaultWidth: model.defaults?.width, defaultHeight: model.defaults?.height,
                 schedulers: SchedulerKind.allCases.map(\.rawValue), defaultSteps: model.defaults?.steps,
-                defaultGuidance: model.defaults?.guidance, defaultScheduler: model.defaults?.scheduler)]))
+                defaultGuidance: model.defaults?.guidance, defaultScheduler: model.defaults?.scheduler,
+                vae: model.vae?.path)]))
         case 2 where parts[0] == "v1" && parts[1] == "jobs":
             if let no = allow("GET", "POST") { return no }
             if r.method == "GET" { return .json(200, JobList(jobs: queue.list(uid: uid))) }

@@ -50,7 +50,8 @@ public enum Daemon {
         } catch {
             // Keep serving (status, queued jobs are safe); jobs fail with the reason when they run.
             logger.error("cannot read the model; jobs will fail until it is fixed", metadata: ["error": "\(error)"])
-            model = ModelDescription(url: config.model, name: config.model?.lastPathComponent ?? "", defaults: nil)
+            model = ModelDescription(url: config.model, name: config.model?.lastPathComponent ?? "", defaults: nil,
+                                     vae: config.vae)
         }
         let queue = JobQueue(spool: spool, maxQueued: config.maxQueued, logger: logger) { notifier.status($0) }
         let worker = Worker(queue: queue, modelURL: config.model, keepAlive: config.keepAlive,

@@ -55,10 +55,12 @@ public struct ModelInfo: Codable, Sendable, Equatable {
     public var defaultSteps: Int?
     public var defaultGuidance: Double?
     public var defaultScheduler: String?
+    /// The VAE folder that replaces the model's own (`sdd serve --vae`); nil: the model's.
+    public var vae: String?
 
     public init(name: String, path: String, loaded: Bool, keepAliveSeconds: Double?, defaultWidth: Int?,
                 defaultHeight: Int?, schedulers: [String], defaultSteps: Int? = nil, defaultGuidance: Double? = nil,
-                defaultScheduler: String? = nil) {
+                defaultScheduler: String? = nil, vae: String? = nil) {
         self.name = name
         self.path = path
         self.loaded = loaded
@@ -69,6 +71,7 @@ public struct ModelInfo: Codable, Sendable, Equatable {
         self.defaultSteps = defaultSteps
         self.defaultGuidance = defaultGuidance
         self.defaultScheduler = defaultScheduler
+        self.vae = vae
     }
 
     enum CodingKeys: String, CodingKey {
@@ -80,6 +83,7 @@ public struct ModelInfo: Codable, Sendable, Equatable {
         case defaultSteps = "default_steps"
         case defaultGuidance = "default_guidance"
         case defaultScheduler = "default_scheduler"
+        case vae
     }
 }
 

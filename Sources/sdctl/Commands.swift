@@ -329,6 +329,7 @@ struct Models: AsyncParsableCommand {
             lines.append("\(m.name)  \(m.path)")
             lines.append("  " + facts.joined(separator: ", "))
             if !defaults.isEmpty { lines.append("  defaults: " + defaults.joined(separator: ", ")) }
+            if let vae = m.vae { lines.append("  vae: \(vae)") }
             lines.append("  schedulers: " + m.schedulers.joined(separator: ", "))
         }
         Output.out(lines.joined(separator: "\n") + "\n")

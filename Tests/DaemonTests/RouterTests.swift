@@ -237,6 +237,19 @@ final class RouterTests: XCTestCase {
         XCTAssertEqual(demo.defaults?.scheduler, "pndm")
     }
 
+    func testServeVAEIsReadWithTheModel() throws {
+        let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Fixtures")
+        let taesd = try ModelDescription.read(fixtures.appendingPathComponent("tiny-sd"),
+                                              vae: fixtures.appendingPathComponent("tiny-taesd"))
+        XCTAssertEqual(taesd.defaults?.sizeMultiple, 8)
+        XCTAssertEqual(taesd.vae?.lastPathComponent, "tiny-taesd")
+        XCTAssertThrowsError(try ModelDescription.read(fixtures.appendingPathComponent("tiny-sd"),
+                                                       vae: fixtures.appendingPathComponent("tiny-sd/unet"))) {
+            XCTAssertTrue("\($0)".contains("UNet2DConditionModel"), "\($0)")
+        }
+    }
+
     func useModel(_ defaults: ModelDefaults) throws {
         router = APIRouter(queue: queue, worker: nil, model: ModelDescription(
             url: URL(fileURLWithPath: "/m/tiny"), name: "tiny", defaults: defaults), keepAlive: 300)
