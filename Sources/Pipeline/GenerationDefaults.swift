@@ -181,11 +181,11 @@ public struct GenerationDefaults: Sendable, Equatable, Encodable {
 
     /// Writes the set fields as `sdd.defaults.*` metadata.
     public func write(to writer: inout GGUFWriter) {
-        if let s = steps { writer.set(Key.steps, .uint32(UInt32(s))) }
+        if let s = steps { writer.set(Key.steps, .uint32(UInt32(clamping: s))) }
         if let g = guidance { writer.set(Key.guidance, .float32(g)) }
         if let k = scheduler { writer.set(Key.scheduler, .string(k.rawValue)) }
-        if let w = width { writer.set(Key.width, .uint32(UInt32(w))) }
-        if let h = height { writer.set(Key.height, .uint32(UInt32(h))) }
+        if let w = width { writer.set(Key.width, .uint32(UInt32(clamping: w))) }
+        if let h = height { writer.set(Key.height, .uint32(UInt32(clamping: h))) }
     }
 
     /// One line for listings: "steps 25, guidance 2.5, scheduler pndm" (only what is set), or "none".

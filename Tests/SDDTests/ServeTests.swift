@@ -277,8 +277,12 @@ final class ServeTests: XCTestCase {
         let notifyPath = dir.appendingPathComponent("notify.sock").path
         let listener = try ServeNotifyListener(path: notifyPath)
         defer { listener.close() }
+        // systemd-socket-activate clears the environment: pass on what selects OpenBLAS's kernels, so the daemon
+        // computes with the same kernels as this process's reference image.
+        let inherited = ["OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"].filter { ProcessInfo.processInfo.environment[$0] != nil }
+            .flatMap { ["-E", $0] }
         let d = try ServeProcess(executable: URL(fileURLWithPath: activate),
-                                 ["-l", socketPath, "-E", "NOTIFY_SOCKET", ServeProcess.sddBinary.path, "serve",
+                                 ["-l", socketPath, "-E", "NOTIFY_SOCKET"] + inherited + [ServeProcess.sddBinary.path, "serve",
                                   "--model", Self.tinyModel, "--state-dir", stateDir, "--socket", dir.appendingPathComponent("ignored.sock").path],
                                  environment: ["NOTIFY_SOCKET": notifyPath], log: dir.appendingPathComponent("activate.log"))
         daemons.append(d)
