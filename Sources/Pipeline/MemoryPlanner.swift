@@ -162,6 +162,10 @@ public enum MemoryPlanner {
         let w = (width ?? model.defaultSize.width) / f
         let h = (height ?? model.defaultSize.height) / f
         let unet = try pipeline.unet()
+        if let tiny = try pipeline.tinyVAEDecoder() {
+            return try planWithTinyVAE(tiny, budget: budget, pipeline: pipeline, unet: unet, latentHeight: h,
+                                       latentWidth: w, count: count, guided: guided)
+        }
         let vae = try pipeline.vaeDecoder()
         let streamed = pipeline.residency != .resident
         var plan = MemoryPlan(
@@ -199,6 +203,49 @@ public enum MemoryPlanner {
                                                               latentWidth: w, batch: count) * 5 / 4
             plan.vaeTensorBytes = VAEDecoder.tensorBytes(config: model.vae, tiling: tiling, latentHeight: h,
                                                          latentWidth: w, batch: count)
+        }
+        return plan
+    }
+
+    /// The plan for a model whose VAE is an AutoencoderTiny (TAESD): the UNet as always; the decode whole, or in
+    /// bands of latent rows (exact, see `TinyAutoencoderDecoder.decode`) whose tensors fit what the budget leaves.
+    static func planWithTinyVAE(_ tiny: TinyAutoencoderDecoder, budget: Int?, pipeline: StableDiffusionPipeline,
+                                unet: UNet, latentHeight h: Int, latentWidth w: Int, count: Int,
+                                guided: Bool) throws -> MemoryPlan {
+        let model = pipeline.model
+        let f = model.vaeScaleFactor
+        let streamed = pipeline.residency != .resident
+        let whole = TinyAutoencoderDecoder.tensorBytes(config: tiny.config, latentRows: h, latentWidth: w, batch: count)
+        var plan = MemoryPlan(
+            baseline: baselineBytes,
+            unetWeights: streamed ? unet.largestGroupBytes : unet.totalWeightBytes,
+            unetActivations: unetActivationBytes(model.unet, latentHeight: h, latentWidth: w,
+                                                 batch: count * (guided ? 2 : 1)),
+            vaeWeights: tiny.totalWeightBytes, vaeActivations: whole * 5 / 4, vaeTiling: nil, vaeTensorBytes: whole)
+        plan.scratch = unetScratchBytes(model.unet, unet: unet, latentHeight: h, latentWidth: w)
+        guard let budget else { return plan }
+        if plan.unetPeak > budget {
+            plan.unetMemory = .compact
+            plan.unetActivations = unetActivationBytes(model.unet, latentHeight: h, latentWidth: w,
+                                                       batch: count * (guided ? 2 : 1), memory: .compact)
+        }
+        if plan.unetPeak > budget {
+            throw PipelineError.invalidRequest(
+                "memory budget \(MemorySize.describe(budget)) is too small for \(w * f)×\(h * f): the UNet needs about "
+                + "\(MemorySize.describe(plan.unetPeak))")
+        }
+        // The same margin as the AutoencoderKL's tiles: a fifth of the room is left for what the model leaves out.
+        let room = max(budget - plan.baseline - plan.vaeWeights, 0) * 4 / 5
+        if let band = tiny.bandLatentRows(forBudgetBytes: room, latentHeight: h, latentWidth: w, batch: count) {
+            let bytes = TinyAutoencoderDecoder.tensorBytes(
+                config: tiny.config, latentRows: min(h, band + 2 * tiny.haloLatentRows), latentWidth: w, batch: count)
+            guard bytes <= room else {
+                throw PipelineError.invalidRequest(
+                    "memory budget \(MemorySize.describe(budget)) is too small for the TAESD decode of \(w * f)×\(h * f): "
+                    + "one latent row with its halo needs about \(MemorySize.describe(bytes)) of activations")
+            }
+            plan.vaeTensorBytes = bytes
+            plan.vaeActivations = bytes * 5 / 4
         }
         return plan
     }

@@ -52,4 +52,23 @@ final class TinyAutoencoderTests: XCTestCase {
             XCTAssertEqual($0 as? PipelineError, .cancelled)
         }
     }
+
+    func testTheMemoryPlanOfATAESDModelIsTheTAESDs() throws {
+        let model = try StableDiffusionModel(url: ModelFixtures.tinyModel)
+            .replacingVAE(with: ModelFixtures.root.appendingPathComponent("tiny-taesd"))
+        let pipeline = try StableDiffusionPipeline(model: model)
+        let tiny = try XCTUnwrap(try pipeline.tinyVAEDecoder())
+        let plan = try MemoryPlanner.plan(budget: nil, pipeline: pipeline, width: 64, height: 64)
+        XCTAssertEqual(plan.vaeTensorBytes, TinyAutoencoderDecoder.tensorBytes(config: tiny.config, latentRows: 8,
+                                                                                latentWidth: 8, batch: 1))
+        XCTAssertEqual(plan.vaeWeights, tiny.totalWeightBytes)
+        XCTAssertNil(plan.vaeTiling)
+        // A budgeted generation decodes with the TAESD (the model's own AutoencoderKL is never bound).
+        var s = GenerationSettings(prompt: "a cat")
+        s.steps = 2
+        s.seed = 4
+        let whole = try pipeline.generate(s)
+        try MemoryPlanner.apply(budget: 1 << 30, to: pipeline, width: nil, height: nil)
+        XCTAssertEqual(try pipeline.generate(s).images, whole.images)
+    }
 }

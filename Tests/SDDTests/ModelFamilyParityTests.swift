@@ -113,6 +113,12 @@ final class ModelFamilyParityTests: XCTestCase {
                              extra: ["--vae", Self.fixtures.appendingPathComponent("tiny-taesd").path])
     }
 
+    func testATAESDUnderAMemoryBudgetIsPlannedWithItsOwnSizesAndStillMatches() throws {
+        try assertCasesMatch(model: "tiny-sd", reference: "taesd",
+                             extra: ["--vae", Self.fixtures.appendingPathComponent("tiny-taesd").path,
+                                     "--memory-budget", "1G"])
+    }
+
     func testAVAEThatIsNotAnAutoencoderIsAClearError() throws {
         let png = workDir.appendingPathComponent("x.png").path
         let unet = try GenerateCommandTests.runSDD(["generate", "--model", GenerateCommandTests.tinyModel, "--steps", "1",
