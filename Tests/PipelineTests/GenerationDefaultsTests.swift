@@ -109,6 +109,15 @@ final class GenerationDefaultsTests: XCTestCase {
         XCTAssertTrue(try StableDiffusionModel(url: plain).defaults.isEmpty)
     }
 
+    func testAGGUFModelRunsTheSchedulerItsMetadataConfigNames() throws {
+        let out = dir.appendingPathComponent("sd2v.gguf")
+        try ModelConverter.convert(diffusersFolder: ModelFixtures.root.appendingPathComponent("tiny-sd2-v"), to: out,
+                                   options: ConversionOptions(type: .f16))
+        let model = try StableDiffusionModel(url: out)
+        XCTAssertEqual(try model.defaultScheduler(), .ddim)
+        XCTAssertEqual(model.scheduler.predictionType, "v_prediction")
+    }
+
     func testAGGUFDefaultOfTheWrongTypeIsAnErrorNamingTheKey() throws {
         var writer = GGUFWriter()
         writer.set(GenerationDefaults.Key.steps, .string("many"))
