@@ -67,12 +67,15 @@ public struct APIResponse: Sendable {
     public func decode<T: Decodable>(_ type: T.Type) throws -> T { try JSONDecoder().decode(type, from: Data(body)) }
 }
 
-/// What the daemon serves: its model's path and name, and defaults read from its config (nil if unreadable); once
-/// checked, the model itself and its weights' figures (what admission at submit needs), or why it cannot be used.
+/// What the daemon serves: its model's path and name, its defaults (nil if its configs are unreadable) and the VAE
+/// that replaces its own (--vae); once checked, the model itself and its weights' figures (what admission at submit
+/// needs), or why it cannot be used.
 public struct ModelDescription: Sendable {
     public var url: URL?
     public var name: String
     public var defaults: ModelDefaults?
+    /// The VAE that replaces the model's own (--vae), if any.
+    public var vae: URL?
     /// The model's configs (scheduler limits); nil until checked, or when it cannot be opened.
     public var model: StableDiffusionModel?
     /// Its weights as the memory planner sees them; nil until checked.
@@ -80,46 +83,46 @@ public struct ModelDescription: Sendable {
     /// Why the model cannot be used (jobs are refused with 503 and this reason; health is "degraded").
     public var problem: String?
 
-    public init(url: URL?, name: String, defaults: ModelDefaults?, model: StableDiffusionModel? = nil,
+    public init(url: URL?, name: String, defaults: ModelDefaults?, vae: URL? = nil, model: StableDiffusionModel? = nil,
                 weights: WeightFigures? = nil, problem: String? = nil) {
         self.url = url
         self.name = name
         self.defaults = defaults
+        self.vae = vae
         self.model = model
         self.weights = weights
         self.problem = problem
     }
 
     /// Opens the model as a generation would — configs (every number bounded), tokenizer, every weight file's
-    /// header and ranges, every tensor's shape against the configs — without running it. Never throws: a model that
-    /// fails is described with its `problem`.
+    /// header and ranges, every tensor's shape against the configs, and the replacement VAE — without running it.
+    /// Never throws: a model that fails is described with its `problem`.
     /// - products: how the worker will multiply (`--precision`; nil: automatic), so the planner sees its weights.
-    public static func check(_ url: URL?, residency: WeightResidency = .streamed,
+    public static func check(_ url: URL?, vae: URL? = nil, residency: WeightResidency = .streamed,
                              products: ProductPrecision? = nil) -> ModelDescription {
         guard let url else {
-            return ModelDescription(url: nil, name: "", defaults: nil,
+            return ModelDescription(url: nil, name: "", defaults: nil, vae: vae,
                                     problem: "no model configured: start sdd serve with --model PATH or SDD_MODEL")
         }
         do {
-            let model = try StableDiffusionModel(url: url)
+            var model = try StableDiffusionModel(url: url)
+            if let vae { model = try model.replacingVAE(with: vae) }
             let weights = try StableDiffusionPipeline(model: model, residency: residency, products: products)
                 .weightFigures()
-            let size = model.defaultSize
-            return ModelDescription(url: url, name: model.name, defaults: ModelDefaults(
-                width: size.width, height: size.height, sizeMultiple: model.vaeScaleFactor), model: model, weights: weights)
+            return ModelDescription(url: url, name: model.name, defaults: ModelDefaults(model: model), vae: vae,
+                                    model: model, weights: weights)
         } catch {
             let name = url.hasDirectoryPath ? url.lastPathComponent : url.deletingPathExtension().lastPathComponent
-            return ModelDescription(url: url, name: name, defaults: nil, problem: "\(error)")
+            return ModelDescription(url: url, name: name, defaults: nil, vae: vae, problem: "\(error)")
         }
     }
 
-    /// Reads the model's configs (no weights) for its name and default size.
-    public static func read(_ url: URL?) throws -> ModelDescription {
+    /// Reads the model's configs (no weights) for its name and defaults; `vae` replaces its VAE (--vae).
+    public static func read(_ url: URL?, vae: URL? = nil) throws -> ModelDescription {
         guard let url else { return ModelDescription(url: nil, name: "", defaults: nil) }
-        let model = try StableDiffusionModel(url: url)
-        let size = model.defaultSize
-        return ModelDescription(url: url, name: model.name, defaults: ModelDefaults(
-            width: size.width, height: size.height, sizeMultiple: model.vaeScaleFactor))
+        var model = try StableDiffusionModel(url: url)
+        if let vae { model = try model.replacingVAE(with: vae) }
+        return ModelDescription(url: url, name: model.name, defaults: ModelDefaults(model: model), vae: vae)
     }
 }
 
@@ -211,7 +214,9 @@ public final class APIRouter: Sendable {
             return .json(200, ModelList(models: model.url == nil ? [] : [ModelInfo(
                 name: model.name, path: model.url?.path ?? "", loaded: worker?.modelLoaded ?? false,
                 keepAliveSeconds: keepAlive, defaultWidth: model.defaults?.width, defaultHeight: model.defaults?.height,
-                schedulers: SchedulerKind.allCases.map(\.rawValue))],
+                schedulers: SchedulerKind.allCases.map(\.rawValue), defaultSteps: model.defaults?.steps,
+                defaultGuidance: model.defaults?.guidance, defaultScheduler: model.defaults?.scheduler,
+                vae: model.vae?.path)],
                 object: "list", data: model.url == nil ? [] : [OpenAIModel(id: model.name, created: Int(started.timeIntervalSince1970))]))
         case 2 where parts[0] == "v1" && parts[1] == "jobs":
             if let no = allow("GET", "POST") { return no }

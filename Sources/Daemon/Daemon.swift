@@ -11,6 +11,8 @@ import TiledKernels
 public struct DaemonConfiguration: Sendable {
     /// The model (diffusers folder or .gguf); nil = jobs fail with a clear error.
     public var model: URL?
+    /// Another VAE for the model (--vae: an AutoencoderKL or AutoencoderTiny folder); nil = the model's own.
+    public var vae: URL?
     /// Socket path to bind when systemd passes none.
     public var socketPath: String = APIVersion.defaultSocketPath
     public var socketMode: mode_t = 0o660
@@ -59,7 +61,7 @@ public enum Daemon {
         if let explanation = config.memoryBudgetExplanation { logger.info("\(explanation)") }
         // Opened and checked now, so that a broken model is reported (health "degraded", jobs refused with 503 and
         // the reason) instead of every job failing later.
-        let model = ModelDescription.check(config.model, products: config.products)
+        let model = ModelDescription.check(config.model, vae: config.vae, products: config.products)
         if let problem = model.problem {
             logger.error("the model cannot be used; jobs are refused until it is fixed", metadata: ["error": "\(problem)"])
         }
@@ -67,6 +69,7 @@ public enum Daemon {
                              minFreeBytes: config.minFreeBytes, logger: logger) { notifier.status($0) }
         let worker = Worker(queue: queue, modelURL: config.model, keepAlive: config.keepAlive,
                             checkpointEvery: config.checkpointEvery, logger: logger)
+        worker.vaeURL = config.vae
         worker.memoryBudget = config.memoryBudget
         worker.products = config.products
         let router = APIRouter(queue: queue, worker: worker, model: model, keepAlive: config.keepAlive,

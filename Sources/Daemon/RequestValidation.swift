@@ -5,17 +5,41 @@ import Foundation
 import Pipeline
 import SDDAPI
 
-/// What the daemon knows about the model without loading its weights (from its config files).
+/// What the daemon knows about the model without loading its weights (from its config files): the settings a
+/// job that leaves them out gets (the model's own defaults, else diffusers').
 public struct ModelDefaults: Sendable, Equatable {
     public var width: Int
     public var height: Int
     /// Sizes must be multiples of this (and of 8).
     public var sizeMultiple: Int
+    public var steps: Int
+    public var guidance: Double
+    /// The model's own scheduler; nil when its scheduler config names a class sdd does not implement
+    /// (`schedulerProblem` says which), so a request must name one.
+    public var scheduler: String?
+    public var schedulerProblem: String?
 
-    public init(width: Int, height: Int, sizeMultiple: Int) {
+    public init(width: Int, height: Int, sizeMultiple: Int, steps: Int = JobRequest.defaultSteps,
+                guidance: Double = JobRequest.defaultGuidance, scheduler: String? = JobRequest.defaultScheduler,
+                schedulerProblem: String? = nil) {
         self.width = width
         self.height = height
         self.sizeMultiple = sizeMultiple
+        self.steps = steps
+        self.guidance = guidance
+        self.scheduler = scheduler
+        self.schedulerProblem = schedulerProblem
+    }
+
+    /// A model's defaults as `sdd generate` resolves them.
+    public init(model: StableDiffusionModel) {
+        let size = model.defaultSize
+        var problem: String?
+        var scheduler: String?
+        do { scheduler = try model.defaultScheduler().rawValue } catch { problem = "\(error)" }
+        self.init(width: size.width, height: size.height, sizeMultiple: model.vaeScaleFactor,
+                  steps: model.defaultSteps, guidance: Double(model.defaultGuidance), scheduler: scheduler,
+                  schedulerProblem: problem)
     }
 }
 
@@ -72,7 +96,8 @@ public enum RequestValidation {
     }
 
     /// Checks ranges and fills every default (seed included), so the job runs the same after any restart.
-    /// - defaults: the model's size defaults; nil if the model could not be read (size stays unresolved).
+    /// - defaults: the model's defaults; nil if the model could not be read (size stays unresolved, the rest
+    ///   takes diffusers' defaults).
     public static func resolve(_ r: JobRequest, defaults: ModelDefaults?) throws(APIError) -> JobRequest {
         var out = r
         guard !r.prompt.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else {
@@ -83,12 +108,12 @@ public enum RequestValidation {
         where text.unicodeScalars.contains("\u{0}") {
             throw APIError(.invalidValue, "\(field) contains a NUL character (U+0000), which cannot be stored with the image")
         }
-        let steps = r.steps ?? JobRequest.defaultSteps
+        let steps = r.steps ?? defaults?.steps ?? JobRequest.defaultSteps
         guard (1...GenerationSettings.maxSteps).contains(steps) else {
             throw APIError(.invalidValue, "steps \(steps) is out of range (1…\(GenerationSettings.maxSteps))")
         }
         out.steps = steps
-        let guidance = r.guidance ?? JobRequest.defaultGuidance
+        let guidance = r.guidance ?? defaults?.guidance ?? JobRequest.defaultGuidance
         guard guidance.isFinite, (0...100).contains(guidance) else {
             throw APIError(.invalidValue, "guidance \(guidance) is out of range (0…100)")
         }
@@ -103,7 +128,10 @@ public enum RequestValidation {
         }
         out.width = r.width ?? defaults?.width
         out.height = r.height ?? defaults?.height
-        let name = (r.scheduler ?? JobRequest.defaultScheduler).lowercased()
+        if r.scheduler == nil, let defaults, defaults.scheduler == nil {
+            throw APIError(.invalidValue, "name a scheduler: \(defaults.schedulerProblem ?? "the model names none")")
+        }
+        let name = (r.scheduler ?? defaults?.scheduler ?? JobRequest.defaultScheduler).lowercased()
         guard SchedulerKind(rawValue: name) != nil else {
             throw APIError(.invalidValue, "unknown scheduler \"\(r.scheduler ?? "")\"; choose one of "
                 + SchedulerKind.allCases.map(\.rawValue).joined(separator: ", "))

@@ -31,6 +31,8 @@ public final class Worker: @unchecked Sendable {
     /// Bytes a generation may use (--memory-budget): each job is planned under it (VAE tiling) or fails
     /// with the planner's message. nil: no limit.
     public var memoryBudget: Int?
+    /// Another VAE for the model (`StableDiffusionModel.replacingVAE(with:)`); read when the model loads.
+    public var vaeURL: URL?
     /// How the pipeline's UNet and VAE multiply (nil: automatic); read when the model loads.
     public var products: ProductPrecision?
 
@@ -157,7 +159,9 @@ public final class Worker: @unchecked Sendable {
             throw PipelineError.invalidRequest("no model configured: start sdd serve with --model PATH or SDD_MODEL")
         }
         let clock = Date()
-        let p = try StableDiffusionPipeline(model: try StableDiffusionModel(url: url), products: products)
+        var model = try StableDiffusionModel(url: url)
+        if let vae = vaeURL { model = try model.replacingVAE(with: vae) }
+        let p = try StableDiffusionPipeline(model: model, products: products)
         pipeline = p
         setLoaded(true)
         logger.info("model loaded", metadata: ["model": "\(url.path)", "seconds": "\(Date().timeIntervalSince(clock))"])

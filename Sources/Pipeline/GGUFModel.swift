@@ -22,6 +22,7 @@ import TiledKernels
 /// | `sdd.tokenizer.config` | tokenizer/tokenizer_config.json text (optional) |
 /// | `sdd.tokenizer.special_tokens_map` | tokenizer/special_tokens_map.json text (optional) |
 /// | `sdd.tensor_shapes` | JSON object: tensor name → PyTorch shape, for tensors stored reshaped (optional) |
+/// | `sdd.defaults.steps`, `.guidance`, `.scheduler`, `.width`, `.height` | the model's generation defaults (optional; u32, f32, string, u32, u32; see `GenerationDefaults`) |
 ///
 /// Tensors are named `<component>.<diffusers parameter name>` (components "unet", "vae", "text_encoder").
 /// Block-quantized conv kernels [out, in, kh, kw] are stored as 2-D [out, in·kh·kw] (ggml quantizes along
@@ -216,7 +217,8 @@ extension StableDiffusionModel {
         let logical = shapes
         let pipelineClass = try optionalString(SDDGGUFKey.pipelineClass) ?? "StableDiffusionPipeline"
         try self.init(url: gguf.url, pipelineClass: pipelineClass, unet: unet, vae: vae, textEncoder: textEncoder,
-                      scheduler: scheduler, tokenizer: tokenizer) { component in
+                      scheduler: scheduler, tokenizer: tokenizer, defaults: try GenerationDefaults(gguf: gguf),
+                      schedulerConfigSource: "\(path) [\(SDDGGUFKey.schedulerConfig)]") { component in
             guard SDDGGUFKey.components.contains(component) else {
                 throw WeightsError(.noWeights, file: path, "no component \"\(component)\" in this file")
             }

@@ -4,7 +4,8 @@
 import Foundation
 import TiledKernels
 
-/// What to generate. Defaults are diffusers' (50 steps, guidance 7.5, PNDM from the model's scheduler config).
+/// What to generate. `init(prompt:)` takes diffusers' SD 1.x defaults (50 steps, guidance 7.5, PNDM);
+/// `init(prompt:defaultsOf:)` takes a model's own (its `GenerationDefaults`, else its scheduler config's class).
 public struct GenerationSettings: Sendable, Codable, Equatable {
     public var prompt: String
     public var negativePrompt: String?
@@ -20,6 +21,10 @@ public struct GenerationSettings: Sendable, Codable, Equatable {
     public var count: Int = 1
 
     public init(prompt: String) { self.prompt = prompt }
+
+    /// diffusers' StableDiffusionPipeline defaults.
+    public static let diffusersSteps = 50
+    public static let diffusersGuidance: Float = 7.5
 
     public static let maxSteps = 1000
     public static let maxCount = 16
@@ -99,6 +104,7 @@ public final class StableDiffusionPipeline {
     private var textEncoderModel: CLIPTextEncoder?
     private var unetModel: UNet?
     private var vaeModel: VAEDecoder?
+    private var tinyVAEModel: TinyAutoencoderDecoder?
     /// Tiled VAE decode (diffusers' enable_tiling semantics, see VAETiling.swift); nil decodes the whole latent at once.
     public var vaeTiling: VAETiling?
     /// How the UNet trades speed for memory (the memory planner picks `.compact` when a budget needs it).
@@ -129,6 +135,16 @@ public final class StableDiffusionPipeline {
         return m
     }
 
+    /// The AutoencoderTiny (TAESD) decoder of a model whose VAE is one, bound on first use and kept.
+    public func tinyVAEDecoder() throws -> TinyAutoencoderDecoder? {
+        guard let config = model.tinyAutoencoder else { return nil }
+        if let m = tinyVAEModel { return m }
+        let m = try TinyAutoencoderDecoder(config: config, weights: vaeWeights, residency: residency,
+                                           file: model.vaeURL?.appendingPathComponent("config.json").path ?? "vae/config.json")
+        tinyVAEModel = m
+        return m
+    }
+
     /// Reads configs and the tokenizer and maps every component's weights now (validating each file's
     /// header and tensor ranges, so a broken file fails before any work); pages are read on use.
     /// residency: `.streamed` (default) keeps about one module's weights resident; `.resident` keeps
@@ -153,6 +169,13 @@ public final class StableDiffusionPipeline {
     public func weightFigures() throws -> WeightFigures {
         _ = try textEncoder()
         let unet = try unet()
+        if let tiny = try tinyVAEDecoder() {
+            // TAESD's weights stay resident (a few MB); its decode is planned in bands of latent rows.
+            return WeightFigures(unetLargestGroupBytes: unet.largestGroupBytes, unetTotalBytes: unet.totalWeightBytes,
+                                 unetLargestWeightElements: unet.largestWeightElements,
+                                 vaeLargestGroupBytes: tiny.totalWeightBytes, vaeTotalBytes: tiny.totalWeightBytes,
+                                 streamed: residency != .resident, tinyVAEHaloLatentRows: tiny.haloLatentRows)
+        }
         let vae = try vaeDecoder()
         return WeightFigures(unetLargestGroupBytes: unet.largestGroupBytes, unetTotalBytes: unet.totalWeightBytes,
                              unetLargestWeightElements: unet.largestWeightElements,
@@ -283,12 +306,23 @@ public final class StableDiffusionPipeline {
         // The UNet's idle tensor blocks have the UNet's sizes; the decoder's are others.
         TensorMemory.releaseIdle()
         defer { TensorMemory.releaseIdle() }
-        let vae = try vaeDecoder()
         let h = latents.shape[2], w = latents.shape[3], n = latents.shape[0]
+        let z = Tensor(shape: latents.shape, data: latents.data.map { $0 / model.latentScalingFactor })
+        if let tiny = try tinyVAEDecoder() {
+            // TAESD decodes exactly in bands of latent rows; a plan's (or --vae-tiling's) activation budget sets
+            // their height, else the whole latent decodes at once (diffusers' default for AutoencoderTiny).
+            let budget = memoryPlan?.vaeTensorBytes ?? (vaeTiling == nil ? nil : VAETiling.defaultActivationBudgetBytes)
+            let band = budget.flatMap { tiny.bandLatentRows(forBudgetBytes: $0, latentHeight: h, latentWidth: w, batch: n) }
+            TensorMemory.limitFootprint(TinyAutoencoderDecoder.tensorBytes(
+                config: tiny.config, latentRows: band.map { min(h, $0 + 2 * tiny.haloLatentRows) } ?? h,
+                latentWidth: w, batch: n))
+            return StableDiffusionPipeline.rgb8(try withoutActuallyEscaping(shouldContinue) { ask in
+                try tiny.decode(z, bandLatentRows: band, shouldContinue: ask)
+            })
+        }
+        let vae = try vaeDecoder()
         TensorMemory.limitFootprint(memoryPlan?.vaeTensorBytes ?? VAEDecoder.tensorBytes(
             config: model.vae, tiling: vaeTiling, latentHeight: h, latentWidth: w, batch: n))
-        let scalingFactor = model.vae.scalingFactor
-        let z = Tensor(shape: latents.shape, data: latents.data.map { $0 / scalingFactor })
         if let tiling = vaeTiling {
             guard tiling.preservesSize(scaleFactor: model.vaeScaleFactor) else {
                 throw PipelineError.invalidRequest("VAE tiles of \(tiling.tileLatentSize) latent cells with overlap "

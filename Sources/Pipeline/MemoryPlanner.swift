@@ -103,6 +103,9 @@ public struct WeightFigures: Sendable, Equatable {
     public var vaeTotalBytes: Int
     /// Whether the weights are streamed (about one group resident) rather than kept resident.
     public var streamed: Bool
+    /// For a TAESD (AutoencoderTiny) VAE, the latent rows of context each band of its decode needs; nil for an
+    /// AutoencoderKL.
+    public var tinyVAEHaloLatentRows: Int? = nil
 }
 
 public enum MemoryPlanner {
@@ -207,6 +210,10 @@ public enum MemoryPlanner {
         let f = model.vaeScaleFactor
         let w = (width ?? model.defaultSize.width) / f
         let h = (height ?? model.defaultSize.height) / f
+        if let tiny = model.tinyAutoencoder, let halo = weights.tinyVAEHaloLatentRows {
+            return try planWithTinyVAE(tiny, haloLatentRows: halo, budget: budget, model: model, weights: weights,
+                                       latentHeight: h, latentWidth: w, count: count, guided: guided)
+        }
         let streamed = weights.streamed
         var plan = MemoryPlan(
             baseline: baselineBytes,
@@ -244,6 +251,51 @@ public enum MemoryPlanner {
                                                               latentWidth: w, batch: count) * 5 / 4
             plan.vaeTensorBytes = VAEDecoder.tensorBytes(config: model.vae, tiling: tiling, latentHeight: h,
                                                          latentWidth: w, batch: count)
+        }
+        return plan
+    }
+
+    /// The plan for a model whose VAE is an AutoencoderTiny (TAESD): the UNet as always; the decode whole, or in
+    /// bands of latent rows (exact, see `TinyAutoencoderDecoder.decode`) whose tensors fit what the budget leaves.
+    static func planWithTinyVAE(_ tiny: TinyAutoencoderConfig, haloLatentRows: Int, budget: Int?,
+                                model: StableDiffusionModel, weights: WeightFigures, latentHeight h: Int,
+                                latentWidth w: Int, count: Int, guided: Bool) throws -> MemoryPlan {
+        let f = model.vaeScaleFactor
+        let streamed = weights.streamed
+        let whole = TinyAutoencoderDecoder.tensorBytes(config: tiny, latentRows: h, latentWidth: w, batch: count)
+        var plan = MemoryPlan(
+            baseline: baselineBytes,
+            unetWeights: streamed ? weights.unetLargestGroupBytes : weights.unetTotalBytes,
+            unetActivations: unetActivationBytes(model.unet, latentHeight: h, latentWidth: w,
+                                                 batch: count * (guided ? 2 : 1)),
+            vaeWeights: weights.vaeTotalBytes, vaeActivations: whole * 5 / 4, vaeTiling: nil, vaeTensorBytes: whole)
+        plan.scratch = unetScratchBytes(model.unet, largestWeightElements: weights.unetLargestWeightElements,
+                                        latentHeight: h, latentWidth: w)
+        guard let budget else { return plan }
+        if plan.unetPeak > budget {
+            plan.unetMemory = .compact
+            plan.unetActivations = unetActivationBytes(model.unet, latentHeight: h, latentWidth: w,
+                                                       batch: count * (guided ? 2 : 1), memory: .compact)
+        }
+        if plan.unetPeak > budget {
+            throw PipelineError.invalidRequest(
+                "memory budget \(MemorySize.describe(budget)) is too small for \(w * f)×\(h * f): the UNet needs about "
+                + "\(MemorySize.describe(plan.unetPeak))")
+        }
+        // The same margin as the AutoencoderKL's tiles: a fifth of the room is left for what the model leaves out.
+        let room = max(budget - plan.baseline - plan.vaeWeights, 0) * 4 / 5
+        if let band = TinyAutoencoderDecoder.bandLatentRows(config: tiny, haloLatentRows: haloLatentRows,
+                                                            forBudgetBytes: room, latentHeight: h, latentWidth: w,
+                                                            batch: count) {
+            let bytes = TinyAutoencoderDecoder.tensorBytes(
+                config: tiny, latentRows: min(h, band + 2 * haloLatentRows), latentWidth: w, batch: count)
+            guard bytes <= room else {
+                throw PipelineError.invalidRequest(
+                    "memory budget \(MemorySize.describe(budget)) is too small for the TAESD decode of \(w * f)×\(h * f): "
+                    + "one latent row with its halo needs about \(MemorySize.describe(bytes)) of activations")
+            }
+            plan.vaeTensorBytes = bytes
+            plan.vaeActivations = bytes * 5 / 4
         }
         return plan
     }

@@ -107,6 +107,7 @@ public enum ModelConverter {
         }
         writer.set(SDDGGUFKey.formatVersion, .uint32(SDDGGUFKey.formatVersionValue))
         writer.set(SDDGGUFKey.pipelineClass, .string(model.pipelineClass))
+        model.defaults.write(to: &writer)
         let texts: [(String, String, Bool)] = [
             (SDDGGUFKey.unetConfig, "unet/config.json", false),
             (SDDGGUFKey.vaeConfig, "vae/config.json", false),
@@ -218,6 +219,9 @@ public struct ModelInspection: Sendable {
     /// The planner's estimate for a guided generation at the model's default size, streamed weights.
     public var memory: MemoryPlan?
     public var memorySize = (width: 0, height: 0)
+    /// What a plain generation uses, resolved as `sdd generate` does ("25 steps, guidance 2.5, pndm, 64×64"),
+    /// and where it comes from.
+    public var generationDefaults = ""
 
     /// Reads only headers and configs; no tensor data is touched.
     public init(url: URL) throws {
@@ -256,6 +260,10 @@ public struct ModelInspection: Sendable {
         metadata.append(("unet", "block_out_channels \(model.unet.blockOutChannels), "
             + "text encoder hidden size \(model.textEncoder.hiddenSize)"))
         memorySize = model.defaultSize
+        let scheduler: String
+        do { scheduler = try model.defaultScheduler().rawValue } catch { scheduler = "none (\(error))" }
+        generationDefaults = "\(model.defaultSteps) steps, guidance \(model.defaultGuidance), \(scheduler), "
+            + "\(memorySize.width)×\(memorySize.height) (the model's own: \(model.defaults.summary))"
         memory = try MemoryPlanner.plan(budget: nil, pipeline: try StableDiffusionPipeline(model: model, residency: .streamed),
                                         width: memorySize.width, height: memorySize.height)
     }
@@ -277,6 +285,7 @@ public struct ModelInspection: Sendable {
         lines.append("total: \(totalTensors) tensors, \(mb(components.reduce(0) { $0 + $1.bytes }))")
         lines.append("metadata:")
         for (k, v) in metadata { lines.append("  \(k) = \(v)") }
+        lines.append("defaults: \(generationDefaults)")
         if let m = memory {
             lines.append("memory (estimate, \(memorySize.width)×\(memorySize.height) guided, streamed weights, untiled VAE): \(m)")
         }

@@ -8,12 +8,20 @@ public struct StableDiffusionModel: Sendable {
     public let url: URL
     public let pipelineClass: String
     public let unet: UNetConfig
-    public let vae: VAEConfig
+    public private(set) var vae: VAEConfig
     public let textEncoder: CLIPTextConfig
     public let scheduler: SchedulerConfig
     public let tokenizer: CLIPTokenizer
+    /// What the model says plain generations use (sdd.json or GGUF `sdd.defaults.*`); empty when it says nothing.
+    public let defaults: GenerationDefaults
+    /// Where the scheduler config came from, for errors ("…/scheduler/scheduler_config.json").
+    public let schedulerConfigSource: String
+    /// Set when the VAE is an AutoencoderTiny (TAESD, from `replacingVAE(with:)`): its decoder replaces `vae`'s.
+    public private(set) var tinyAutoencoder: TinyAutoencoderConfig?
+    /// Where a replacement VAE came from (`replacingVAE(with:)`); nil for the model's own.
+    public private(set) var vaeURL: URL?
     /// Opens one component's weights ("unet", "vae", "text_encoder").
-    private let openWeights: @Sendable (String) throws -> WeightProvider
+    private var openWeights: @Sendable (String) throws -> WeightProvider
 
     /// The model's short name for metadata (the folder's or file's name, without extension).
     public var name: String { url.hasDirectoryPath ? url.lastPathComponent : url.deletingPathExtension().lastPathComponent }
@@ -23,7 +31,8 @@ public struct StableDiffusionModel: Sendable {
 
     /// A model from parts (used by other on-disk formats such as GGUF).
     public init(url: URL, pipelineClass: String, unet: UNetConfig, vae: VAEConfig, textEncoder: CLIPTextConfig,
-                scheduler: SchedulerConfig, tokenizer: CLIPTokenizer,
+                scheduler: SchedulerConfig, tokenizer: CLIPTokenizer, defaults: GenerationDefaults = GenerationDefaults(),
+                schedulerConfigSource: String? = nil,
                 weights: @escaping @Sendable (String) throws -> WeightProvider) throws {
         self.url = url
         self.pipelineClass = pipelineClass
@@ -32,18 +41,25 @@ public struct StableDiffusionModel: Sendable {
         self.textEncoder = textEncoder
         self.scheduler = scheduler
         self.tokenizer = tokenizer
+        self.defaults = defaults
+        self.schedulerConfigSource = schedulerConfigSource ?? "\(url.path) [scheduler config]"
         self.openWeights = weights
         try scheduler.validate(file: "\(url.path) [scheduler config]")
         try Self.checkCompatible(unet: unet, vae: vae, textEncoder: textEncoder, file: url.path)
+        try defaults.validate(scaleFactor: vae.scaleFactor, file: url.path)
     }
 
     /// Pixels per latent cell (diffusers' vae_scale_factor).
-    public var vaeScaleFactor: Int { vae.scaleFactor }
+    public var vaeScaleFactor: Int { tinyAutoencoder?.scaleFactor ?? vae.scaleFactor }
 
-    /// diffusers' default size: unet.sample_size × vae_scale_factor.
+    /// What the pipeline divides latents by before decoding (the VAE config's scaling_factor; diffusers'
+    /// StableDiffusionPipeline applies no shift_factor).
+    public var latentScalingFactor: Float { tinyAutoencoder?.scalingFactor ?? vae.scalingFactor }
+
+    /// The model's own default size (`defaults`), else diffusers': unet.sample_size × vae_scale_factor.
     public var defaultSize: (width: Int, height: Int) {
         let s = unet.sampleSize ?? .square(64)
-        return (s.width * vaeScaleFactor, s.height * vaeScaleFactor)
+        return (defaults.width ?? s.width * vaeScaleFactor, defaults.height ?? s.height * vaeScaleFactor)
     }
 
     /// Opens a model: a diffusers folder, or a single .gguf file written by `sdd convert`.
@@ -97,10 +113,14 @@ public struct StableDiffusionModel: Sendable {
         let schedulerFile = url.appendingPathComponent("scheduler/scheduler_config.json")
         scheduler = try decodeConfig(SchedulerConfig.self, at: schedulerFile)
         try scheduler.validate(file: schedulerFile.path)
+        schedulerConfigSource = schedulerFile.path
         tokenizer = try CLIPTokenizer(directory: url.appendingPathComponent("tokenizer"))
+        defaults = try GenerationDefaults.load(folder: url) ?? GenerationDefaults()
         let root = url
         openWeights = { component in try ComponentWeights(directory: root, component: component) }
         try Self.checkCompatible(unet: unet, vae: vae, textEncoder: textEncoder, file: unetFile.path)
+        try defaults.validate(scaleFactor: vae.scaleFactor,
+                              file: url.appendingPathComponent(GenerationDefaults.fileName).path)
     }
 
     /// The UNet must take the text encoder's embeddings and the VAE's latents.
@@ -118,5 +138,63 @@ public struct StableDiffusionModel: Sendable {
         }
     }
 
+    /// This model with another VAE, as diffusers' `from_pretrained(..., vae=...)`: a diffusers AutoencoderKL or
+    /// AutoencoderTiny (TAESD) folder (config.json + weights), or a pipeline folder whose vae/ holds one. Its
+    /// scaling factor comes from its own config. The latent channels must match the UNet's.
+    public func replacingVAE(with url: URL) throws -> StableDiffusionModel {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory) else {
+            throw PipelineError.missingFile(path: url.path, what: "VAE folder (--vae)")
+        }
+        guard isDirectory.boolValue else {
+            throw PipelineError.unsupported(file: url.path, feature: "a VAE that is not a diffusers folder (config.json + "
+                + "diffusion_pytorch_model.safetensors)")
+        }
+        var folder = URL(fileURLWithPath: url.path, isDirectory: true)
+        if !FileManager.default.fileExists(atPath: folder.appendingPathComponent("config.json").path),
+           FileManager.default.fileExists(atPath: folder.appendingPathComponent("vae/config.json").path) {
+            folder = folder.appendingPathComponent("vae", isDirectory: true)
+        }
+        let configURL = folder.appendingPathComponent("config.json")
+        let className = try decodeConfig(VAEClassName.self, at: configURL).className ?? "AutoencoderKL"
+        var copy = self
+        let latentChannels: Int
+        switch className {
+        case "AutoencoderKL":
+            let config = try decodeConfig(VAEConfig.self, at: configURL)
+            try config.validate(file: configURL.path)
+            copy.vae = config
+            copy.tinyAutoencoder = nil
+            latentChannels = config.latentChannels
+        case "AutoencoderTiny":
+            let config = try decodeConfig(TinyAutoencoderConfig.self, at: configURL)
+            try config.validate(file: configURL.path)
+            copy.tinyAutoencoder = config
+            latentChannels = config.latentChannels
+        default:
+            throw PipelineError.unsupported(file: configURL.path,
+                                            feature: "VAE class \(className) (supported: AutoencoderKL, AutoencoderTiny)")
+        }
+        guard latentChannels == unet.inChannels else {
+            throw PipelineError.badConfig(file: configURL.path, field: "latent_channels",
+                                          reason: "is \(latentChannels) but the UNet takes \(unet.inChannels) channels")
+        }
+        // The weights must open now, so a broken VAE fails before any work.
+        _ = try ComponentWeights(directory: folder, component: "")
+        let base = openWeights, vaeFolder = folder
+        copy.openWeights = { component in
+            component == "vae" ? try ComponentWeights(directory: vaeFolder, component: "") : try base(component)
+        }
+        copy.vaeURL = folder
+        try copy.defaults.validate(scaleFactor: copy.vaeScaleFactor, file: url.path)
+        return copy
+    }
+
     // Single-file formats (`openSingleFile`) live in GGUFModel.swift.
+}
+
+/// A component config's `_class_name`.
+private struct VAEClassName: Decodable {
+    var className: String?
+    enum CodingKeys: String, CodingKey { case className = "_class_name" }
 }

@@ -53,9 +53,18 @@ public struct ModelInfo: Codable, Sendable, Equatable {
     public var defaultHeight: Int?
     /// Scheduler names a request may use.
     public var schedulers: [String]
+    /// What a job that leaves them out gets: the model's own defaults (its sdd.json or GGUF sdd.defaults.*,
+    /// and the scheduler its config names), else diffusers'. nil if unreadable; the scheduler is nil when the
+    /// model's own is one sdd does not implement (requests must then name one).
+    public var defaultSteps: Int?
+    public var defaultGuidance: Double?
+    public var defaultScheduler: String?
+    /// The VAE folder that replaces the model's own (`sdd serve --vae`); nil: the model's.
+    public var vae: String?
 
     public init(name: String, path: String, loaded: Bool, keepAliveSeconds: Double?, defaultWidth: Int?,
-                defaultHeight: Int?, schedulers: [String]) {
+                defaultHeight: Int?, schedulers: [String], defaultSteps: Int? = nil, defaultGuidance: Double? = nil,
+                defaultScheduler: String? = nil, vae: String? = nil) {
         self.name = name
         self.path = path
         self.loaded = loaded
@@ -63,6 +72,10 @@ public struct ModelInfo: Codable, Sendable, Equatable {
         self.defaultWidth = defaultWidth
         self.defaultHeight = defaultHeight
         self.schedulers = schedulers
+        self.defaultSteps = defaultSteps
+        self.defaultGuidance = defaultGuidance
+        self.defaultScheduler = defaultScheduler
+        self.vae = vae
     }
 
     enum CodingKeys: String, CodingKey {
@@ -71,6 +84,10 @@ public struct ModelInfo: Codable, Sendable, Equatable {
         case defaultWidth = "default_width"
         case defaultHeight = "default_height"
         case schedulers
+        case defaultSteps = "default_steps"
+        case defaultGuidance = "default_guidance"
+        case defaultScheduler = "default_scheduler"
+        case vae
     }
 }
 

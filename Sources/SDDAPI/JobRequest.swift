@@ -1,6 +1,7 @@
 // JobRequest: the body of POST /v1/jobs. Strict: unknown fields and wrong types are rejected.
 
-/// What to generate. Every field but `prompt` is optional; defaults follow diffusers (and `sdd generate`).
+/// What to generate. Every field but `prompt` is optional; defaults are the model's own, else diffusers' (as
+/// `sdd generate`); the daemon fills them in when it accepts the job.
 ///
 /// JSON keys are snake_case: `{"prompt": "a red circle", "steps": 30, "negative_prompt": "blurry"}`.
 /// Decoding rejects keys it does not know (`DecodingError.dataCorrupted` with an `unknown field` message),
@@ -10,9 +11,9 @@ public struct JobRequest: Codable, Sendable, Equatable {
     public var prompt: String
     /// What the image should not show. Default: none (the empty string).
     public var negativePrompt: String?
-    /// Denoising steps, 1…1000. Default 50.
+    /// Denoising steps, 1…1000. Default: the model's, else 50.
     public var steps: Int?
-    /// Classifier-free guidance scale (≤ 1 runs the conditional branch only). Default 7.5.
+    /// Classifier-free guidance scale (≤ 1 runs the conditional branch only). Default: the model's, else 7.5.
     public var guidance: Double?
     /// Width in pixels, a multiple of 8, at most 4096. Default: the model's sample size.
     public var width: Int?
@@ -21,7 +22,7 @@ public struct JobRequest: Codable, Sendable, Equatable {
     /// Seed, as `torch.Generator("cpu").manual_seed(seed)`. Default: chosen by the daemon when the
     /// job is accepted (so a restarted job gives the same image); the job's `settings.seed` shows it.
     public var seed: UInt64?
-    /// Scheduler: pndm, ddim, lms, euler, euler-a, dpm++2m. Default pndm.
+    /// Scheduler: pndm, ddim, lms, euler, euler-a, dpm++2m. Default: the model's own (its scheduler config's class).
     public var scheduler: String?
     /// Images generated in one batch, 1…16. Default 1.
     public var count: Int?
@@ -48,6 +49,7 @@ public struct JobRequest: Codable, Sendable, Equatable {
         self.requestId = requestId
     }
 
+    /// diffusers' defaults, for a model that says nothing else.
     public static let defaultSteps = 50
     public static let defaultGuidance = 7.5
     public static let defaultScheduler = "pndm"

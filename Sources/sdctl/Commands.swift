@@ -102,8 +102,8 @@ struct Generate: AsyncParsableCommand {
         abstract: "Queue a text-to-image job, wait for it and write its PNGs.",
         discussion: """
             Waits by default, with a progress bar on a terminal (Ctrl-C stops waiting; the job goes on: \
-            `sdctl wait ID`, `sdctl cancel ID`). Omitted settings take the daemon's defaults (diffusers': 50 steps, \
-            guidance 7.5, pndm, the model's size, a random seed that the job records). Prints the written file \
+            `sdctl wait ID`, `sdctl cancel ID`). Omitted settings take the model's defaults (`sdctl models` shows them; \
+            else diffusers': 50 steps, guidance 7.5, the model's scheduler and size), and a random seed that the job records. Prints the written file \
             names, or with --no-wait the job id. Exit status: 0 finished, 1 failed or error, 3 canceled.
             """)
 
@@ -112,10 +112,10 @@ struct Generate: AsyncParsableCommand {
     @Option(help: "What the image should not show.")
     var negativePrompt: String?
 
-    @Option(help: "Denoising steps (default 50).")
+    @Option(help: "Denoising steps (default: the model's).")
     var steps: Int?
 
-    @Option(parsing: .unconditional, help: "Classifier-free guidance scale (default 7.5; ≤ 1 runs the conditional branch only).")
+    @Option(parsing: .unconditional, help: "Classifier-free guidance scale (default: the model's; ≤ 1 runs the conditional branch only).")
     var guidance: Double?
 
     @Option(help: "Width in pixels, a multiple of 8 (default: the model's sample size).")
@@ -127,7 +127,7 @@ struct Generate: AsyncParsableCommand {
     @Option(help: "Seed (same as torch.Generator(\"cpu\").manual_seed). Default: random, chosen by the daemon.")
     var seed: UInt64?
 
-    @Option(help: "Scheduler: pndm, ddim, lms, euler, euler-a, dpm++2m (default pndm).")
+    @Option(help: "Scheduler: pndm, ddim, lms, euler, euler-a, dpm++2m (default: the model's own).")
     var scheduler: String?
 
     @Option(help: "Images in one batch (FILE-1.png … FILE-N.png when more than one).")
@@ -390,8 +390,14 @@ struct Models: AsyncParsableCommand {
             var facts = [m.loaded ? "loaded" : "not loaded"]
             if let w = m.defaultWidth, let h = m.defaultHeight { facts.append("\(w)x\(h)") }
             if let k = m.keepAliveSeconds { facts.append("keep-alive \(Format.duration(k))") }
+            var defaults: [String] = []
+            if let s = m.defaultSteps { defaults.append("\(s) steps") }
+            if let g = m.defaultGuidance { defaults.append("guidance \(g)") }
+            if let k = m.defaultScheduler { defaults.append(k) }
             lines.append("\(m.name)  \(m.path)")
             lines.append("  " + facts.joined(separator: ", "))
+            if !defaults.isEmpty { lines.append("  defaults: " + defaults.joined(separator: ", ")) }
+            if let vae = m.vae { lines.append("  vae: \(vae)") }
             lines.append("  schedulers: " + m.schedulers.joined(separator: ", "))
         }
         Output.out(lines.joined(separator: "\n") + "\n")

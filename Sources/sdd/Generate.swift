@@ -8,19 +8,26 @@ import TiledKernels
 struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Generate images from a text prompt.",
-        discussion: "Defaults follow diffusers: 50 steps, guidance 7.5, PNDM, size from the model's config.")
+        discussion: """
+            Steps, guidance, scheduler and size default to the model's own (its sdd.json or GGUF sdd.defaults.*), \
+            else diffusers': 50 steps, guidance 7.5, the scheduler class its scheduler_config.json names, and \
+            unet.sample_size × the VAE scale factor. Explicit options win.
+            """)
 
     @Option(help: "Model: a diffusers folder or .gguf file. Default: $SDD_MODEL, else the bundled demo model.")
     var model: String?
 
+    @Option(help: "Another VAE: a diffusers AutoencoderKL or AutoencoderTiny (TAESD) folder (its own scaling factor).")
+    var vae: String?
+
     @Option(help: "What the image should not show.")
     var negativePrompt: String?
 
-    @Option(help: "Denoising steps.")
-    var steps: Int = 50
+    @Option(help: "Denoising steps (default: the model's, else 50).")
+    var steps: Int?
 
-    @Option(help: "Classifier-free guidance scale (≤ 1 runs the conditional branch only).")
-    var guidance: Float = 7.5
+    @Option(help: "Classifier-free guidance scale, ≤ 1 runs the conditional branch only (default: the model's, else 7.5).")
+    var guidance: Float?
 
     @Option(help: "Width in pixels, a multiple of 8 (default: the model's sample size).")
     var width: Int?
@@ -31,8 +38,8 @@ struct Generate: ParsableCommand {
     @Option(help: "Seed (same as torch.Generator(\"cpu\").manual_seed). Default: random, printed.")
     var seed: UInt64?
 
-    @Option(help: "Scheduler: \(SchedulerKind.allCases.map(\.rawValue).joined(separator: ", ")).")
-    var scheduler: String = "pndm"
+    @Option(help: "Scheduler: \(SchedulerKind.allCases.map(\.rawValue).joined(separator: ", ")), configured from the model's scheduler config (default: the model's own).")
+    var scheduler: String?
 
     @Option(help: "Images to generate in one batch (FILE-1.png … FILE-N.png when more than one).")
     var count: Int = 1
@@ -103,15 +110,19 @@ struct Generate: ParsableCommand {
     }
 
     private func generate() throws {
-        guard let kind = SchedulerKind(rawValue: scheduler.lowercased()) else {
-            throw PipelineError.invalidRequest(
-                "unknown scheduler \"\(scheduler)\"; choose one of \(SchedulerKind.allCases.map(\.rawValue).joined(separator: ", "))")
+        let kind = try scheduler.map { name in
+            guard let kind = SchedulerKind(rawValue: name.lowercased()) else {
+                throw PipelineError.invalidRequest(
+                    "unknown scheduler \"\(name)\"; choose one of \(SchedulerKind.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            return kind
         }
         guard output.lowercased().hasSuffix(".png") else {
             throw PipelineError.invalidRequest("--output \(output): the file name must end in .png")
         }
         let modelPath = try ModelLocation.resolve(model)
-        let folder = try StableDiffusionModel(url: URL(fileURLWithPath: modelPath))
+        var folder = try StableDiffusionModel(url: URL(fileURLWithPath: modelPath))
+        if let vae { folder = try folder.replacingVAE(with: URL(fileURLWithPath: vae)) }
         guard let residencyMode = WeightResidency(rawValue: residency) else {
             throw PipelineError.invalidRequest("unknown --residency \(residency); choose streamed, resident or strict")
         }
@@ -123,12 +134,12 @@ struct Generate: ParsableCommand {
 
         var settings = GenerationSettings(prompt: prompts[0])
         settings.negativePrompt = negativePrompt
-        settings.steps = steps
-        settings.guidance = guidance
+        settings.steps = steps ?? folder.defaultSteps
+        settings.guidance = guidance ?? folder.defaultGuidance
         settings.width = width
         settings.height = height
         settings.seed = seed
-        settings.scheduler = kind
+        settings.scheduler = try kind ?? folder.defaultScheduler()
         settings.count = count
         var size = try pipeline.validate(settings)
         for p in prompts.dropFirst() {
@@ -141,7 +152,7 @@ struct Generate: ParsableCommand {
         let budget = try MemoryBudgetOption.resolve(memoryBudget)
         if let bytes = budget.bytes {
             let plan = try MemoryPlanner.apply(budget: bytes, to: pipeline, width: size.width, height: size.height,
-                                               count: count, guided: guidance > 1)
+                                               count: count, guided: settings.guidance > 1)
             // Tiles given by hand win over the plan's; --vae-tiling alone tiles where the plan would not.
             if vaeTileSize != nil || (vaeTiling && plan.vaeTiling == nil) { pipeline.vaeTiling = chosenTiling }
             printError("sdd: \(budget.explanation): \(plan)")

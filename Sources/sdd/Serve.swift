@@ -22,6 +22,9 @@ struct Serve: ParsableCommand {
     @Option(help: "Model: a diffusers folder or .gguf file. Default: $SDD_MODEL, else the bundled demo model.")
     var model: String?
 
+    @Option(help: "Another VAE for the model: a diffusers AutoencoderKL or AutoencoderTiny (TAESD) folder.")
+    var vae: String?
+
     @Option(help: "Unix socket to listen on (ignored under socket activation).")
     var socket: String = APIVersion.defaultSocketPath
 
@@ -91,6 +94,7 @@ struct Serve: ParsableCommand {
     func makeConfiguration() throws -> DaemonConfiguration {
         var config = DaemonConfiguration()
         config.model = URL(fileURLWithPath: try ModelLocation.resolve(model))
+        config.vae = vae.map { URL(fileURLWithPath: $0) }
         config.socketPath = socket
         config.socketMode = try FileModeOption.parse(socketMode)
         config.socketGroup = try socketGroup.map { try GroupOption.resolve($0) }

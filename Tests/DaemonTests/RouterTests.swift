@@ -340,4 +340,66 @@ final class RouterTests: XCTestCase {
         XCTAssertEqual(health.status, "ok")
         XCTAssertEqual(health.queueDepth, 0)
     }
+
+    func testAJobThatLeavesSettingsOutGetsTheModelsDefaults() throws {
+        try useModel(ModelDefaults(width: 96, height: 48, sizeMultiple: 8, steps: 25, guidance: 2.5, scheduler: "ddim"))
+        let job = try submit()
+        XCTAssertEqual(job.settings.steps, 25)
+        XCTAssertEqual(job.settings.guidance, 2.5)
+        XCTAssertEqual(job.settings.scheduler, "ddim")
+        XCTAssertEqual(job.settings.width, 96)
+        XCTAssertEqual(job.settings.height, 48)
+        let explicit = try submit(#"{"prompt": "a", "steps": 3, "guidance": 7, "scheduler": "euler", "width": 64}"#)
+        XCTAssertEqual(explicit.settings.steps, 3)
+        XCTAssertEqual(explicit.settings.guidance, 7)
+        XCTAssertEqual(explicit.settings.scheduler, "euler")
+        XCTAssertEqual(explicit.settings.width, 64)
+        let info = try XCTUnwrap(try call("GET", "/v1/models").decode(ModelList.self).models.first)
+        XCTAssertEqual(info.defaultSteps, 25)
+        XCTAssertEqual(info.defaultGuidance, 2.5)
+        XCTAssertEqual(info.defaultScheduler, "ddim")
+        XCTAssertEqual(info.defaultWidth, 96)
+    }
+
+    func testAModelWhoseSchedulerSDDLacksNeedsTheRequestToNameOne() throws {
+        try useModel(ModelDefaults(width: 64, height: 64, sizeMultiple: 8, scheduler: nil,
+                                   schedulerProblem: "the model's scheduler UniPCMultistepScheduler is not supported"))
+        let r = call("POST", "/v1/jobs", #"{"prompt": "a cat"}"#)
+        XCTAssertEqual(r.status, 400)
+        XCTAssertEqual(errorCode(r), "invalid_value")
+        XCTAssertTrue(String(decoding: r.body, as: UTF8.self).contains("UniPCMultistepScheduler"))
+        XCTAssertEqual(try submit(#"{"prompt": "a cat", "scheduler": "dpm++2m"}"#).settings.scheduler, "dpm++2m")
+        XCTAssertNil(try call("GET", "/v1/models").decode(ModelList.self).models.first?.defaultScheduler)
+    }
+
+    func testModelDefaultsComeFromTheModelsOwnFiles() throws {
+        let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Fixtures")
+        let sd2 = try ModelDescription.read(fixtures.appendingPathComponent("tiny-sd2-v"))
+        XCTAssertEqual(sd2.defaults, ModelDefaults(width: 96, height: 96, sizeMultiple: 8, steps: 50, guidance: 7.5,
+                                                   scheduler: "ddim"))
+        let demo = try ModelDescription.read(fixtures.deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("models/demo"))
+        XCTAssertEqual(demo.defaults?.steps, 25)
+        XCTAssertEqual(demo.defaults?.guidance, 2.5)
+        XCTAssertEqual(demo.defaults?.scheduler, "pndm")
+    }
+
+    func testServeVAEIsReadWithTheModel() throws {
+        let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Fixtures")
+        let taesd = try ModelDescription.read(fixtures.appendingPathComponent("tiny-sd"),
+                                              vae: fixtures.appendingPathComponent("tiny-taesd"))
+        XCTAssertEqual(taesd.defaults?.sizeMultiple, 8)
+        XCTAssertEqual(taesd.vae?.lastPathComponent, "tiny-taesd")
+        XCTAssertThrowsError(try ModelDescription.read(fixtures.appendingPathComponent("tiny-sd"),
+                                                       vae: fixtures.appendingPathComponent("tiny-sd/unet"))) {
+            XCTAssertTrue("\($0)".contains("UNet2DConditionModel"), "\($0)")
+        }
+    }
+
+    func useModel(_ defaults: ModelDefaults) throws {
+        router = APIRouter(queue: queue, worker: nil, model: ModelDescription(
+            url: URL(fileURLWithPath: "/m/tiny"), name: "tiny", defaults: defaults), keepAlive: 300)
+    }
 }

@@ -12,6 +12,14 @@ final class PipelineParityTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(cases, 7)
     }
 
+    func testSD2AndSDTurboMatchDiffusersAtEveryStep() throws {
+        // Each SD 2.x / SD-Turbo case with its per-step latents (the SDDTests run the same cases through `sdd generate`).
+        for (model, folder) in [("tiny-sd2-v", "sd2-v"), ("tiny-sd2-base", "sd2-base"), ("tiny-sd-turbo", "sd-turbo")] {
+            XCTAssertGreaterThanOrEqual(try assertPipelineMatchesReference(
+                model: ModelFixtures.root.appendingPathComponent(model), folder: folder), 2)
+        }
+    }
+
     func testTheSameSeedGivesTheSameImage() throws {
         let pipeline = try StableDiffusionPipeline(model: try StableDiffusionModel(url: ModelFixtures.tinyModel))
         var s = GenerationSettings(prompt: "a red circle")

@@ -11,8 +11,8 @@ import XCTest
 let pipelineLatentTolerance: Float = 1e-3
 let pipelineMinimumPSNR = 45.0
 
-/// The settings a reference case was made with.
-func generationSettings(for c: [String: Any]) throws -> GenerationSettings {
+/// The settings a reference case was made with; scheduler "own" is `model`'s own (diffusers' default).
+func generationSettings(for c: [String: Any], model: StableDiffusionModel? = nil) throws -> GenerationSettings {
     var s = GenerationSettings(prompt: try XCTUnwrap(c["prompt"] as? String))
     s.negativePrompt = c["negative_prompt"] as? String
     s.steps = try XCTUnwrap(c["steps"] as? Int)
@@ -22,7 +22,9 @@ func generationSettings(for c: [String: Any]) throws -> GenerationSettings {
         s.height = c["height"] as? Int
     }
     s.seed = UInt64(try XCTUnwrap(c["seed"] as? Int))
-    s.scheduler = try XCTUnwrap(SchedulerKind(rawValue: try XCTUnwrap(c["scheduler"] as? String)))
+    let scheduler = try XCTUnwrap(c["scheduler"] as? String)
+    s.scheduler = try scheduler == "own" ? try XCTUnwrap(model).defaultScheduler()
+        : try XCTUnwrap(SchedulerKind(rawValue: scheduler))
     s.count = c["count"] as? Int ?? 1
     return s
 }
@@ -31,12 +33,13 @@ func generationSettings(for c: [String: Any]) throws -> GenerationSettings {
 @discardableResult
 func assertPipelineMatchesReference(model: URL, folder: String,
                                     file: StaticString = #filePath, line: UInt = #line) throws -> Int {
-    let pipeline = try StableDiffusionPipeline(model: try StableDiffusionModel(url: model))
+    let loaded = try StableDiffusionModel(url: model)
+    let pipeline = try StableDiffusionPipeline(model: loaded)
     let prefix = folder.isEmpty ? "" : folder + "/"
     let all = try XCTUnwrap(ModelFixtures.json(prefix + "pipeline.json")["cases"] as? [[String: Any]])
     for c in all {
         let name = c["name"] as? String ?? "?"
-        let s = try generationSettings(for: c)
+        let s = try generationSettings(for: c, model: loaded)
         let ref = try ModelFixtures.tensors(prefix + (try XCTUnwrap(c["file"] as? String)))
         let refSteps = try XCTUnwrap(ref["step_latents"])
         var stepErrors: [Float] = []

@@ -522,6 +522,7 @@ final class SdctlTests: XCTestCase {
         XCTAssertEqual(models.status, 0, models.output)
         XCTAssertTrue(models.stdout.hasPrefix("tiny-sd  "), models.stdout)
         XCTAssertTrue(models.stdout.contains("euler-a"), models.stdout)
+        XCTAssertTrue(models.stdout.contains("defaults: 50 steps, guidance 7.5, pndm"), models.stdout)
         let json = try sdctl(["models", "--json"])
         XCTAssertNotNil(try JSONSerialization.jsonObject(with: json.stdoutData) as? [String: Any])
     }

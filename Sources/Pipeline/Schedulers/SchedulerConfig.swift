@@ -5,7 +5,8 @@ import Foundation
 /// A diffusers `scheduler_config.json`. Keys a scheduler class does not have are ignored by it;
 /// keys that are absent take that class's default (see `resolved(for:)`). Unknown keys are ignored.
 public struct SchedulerConfig: Codable, Sendable, Equatable {
-    /// `_class_name` (e.g. "PNDMScheduler"): recorded, never used to pick the algorithm.
+    /// `_class_name` (e.g. "PNDMScheduler"): the scheduler a model runs with by default, as in diffusers
+    /// (`implementedKind(file:)`); `--scheduler` picks another and configures it from these same values.
     public var className: String?
     public var numTrainTimesteps: Int?
     public var betaStart: Double?
