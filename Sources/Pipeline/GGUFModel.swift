@@ -139,25 +139,65 @@ public final class GGUFComponentWeights: WeightProvider, @unchecked Sendable {
 }
 
 extension StableDiffusionModel {
-    /// Single-file formats: a GGUF file written by `sdd convert`. Anything else is refused with a
-    /// message naming the file.
-    static func openSingleFile(_ url: URL) throws -> StableDiffusionModel {
+    /// Single-file formats: a GGUF file (sdd's own, or a CompVis-named one from stable-diffusion.cpp) or a
+    /// CompVis/LDM `.safetensors` checkpoint. PyTorch pickles are refused with how to convert them.
+    static func openSingleFile(_ url: URL, options: ModelOpenOptions = ModelOpenOptions()) throws -> StableDiffusionModel {
         let path = url.path
         guard let handle = FileHandle(forReadingAtPath: path) else {
             throw PipelineError.missingFile(path: path, what: "model file (cannot be opened)")
         }
-        let magic = (try? handle.read(upToCount: 4)) ?? Data()
+        let head = (try? handle.read(upToCount: 16)) ?? Data()
         try? handle.close()
-        guard magic == Data("GGUF".utf8) else {
+        if head.prefix(4) == Data("GGUF".utf8) {
+            let gguf = try GGUFFile(url: url)
+            if gguf.value(SDDGGUFKey.formatVersion) == nil,
+                SingleFileCheckpoint.isCompVis(gguf.tensors.map(\.name))
+            {
+                return try openCompVisGGUF(gguf, options: options)
+            }
+            return try StableDiffusionModel(gguf: gguf, options: options)
+        }
+        // A pickle (.ckpt / .pt): a zip archive (torch.save since 1.6) or a raw pickle stream (0x80 protocol).
+        let pickle = head.prefix(2) == Data("PK".utf8) || head.first == 0x80
+            || ["ckpt", "pt", "pth", "bin"].contains(url.pathExtension.lowercased())
+        if pickle {
             throw PipelineError.unsupported(
                 file: path,
-                feature: "a single-file model that is not GGUF (use a diffusers folder, or `sdd convert` one)")
+                feature: "a PyTorch pickle checkpoint (loading a pickle can run any code it contains, so sdd never "
+                    + "reads one; convert it to safetensors first, e.g. python3 -c \"import torch, safetensors.torch as s; "
+                    + "d = torch.load('model.ckpt', map_location='cpu', weights_only=True); d = d.get('state_dict', d); "
+                    + "s.save_file({k: v.contiguous() for k, v in d.items() if hasattr(v, 'contiguous')}, "
+                    + "'model.safetensors')\", and pass the .safetensors file)")
         }
-        return try StableDiffusionModel(gguf: GGUFFile(url: url))
+        // safetensors: an 8-byte little-endian header length, then a JSON object.
+        if head.count > 8, head[head.startIndex + 8] == UInt8(ascii: "{") {
+            let file = try SafetensorsFile(url: url)
+            var shapes = [String: [Int]]()
+            for name in file.tensorNames { if let info = try file.info(name) { shapes[name] = info.shape } }
+            guard SingleFileCheckpoint.isCompVis(file.tensorNames) else {
+                throw PipelineError.unsupported(
+                    file: path, feature: "a safetensors file without CompVis UNet names (\"\(CompVisNames.unetPrefix)*\"); "
+                        + "for one component's weights use a diffusers folder")
+            }
+            let stored = ComponentWeights(source: file, url: url)
+            return try singleFile(url: url, shapes: shapes, stored: stored, options: options).0
+        }
+        throw PipelineError.unsupported(
+            file: path, feature: "a single-file model that is neither GGUF nor safetensors (use a diffusers folder, "
+                + "a CompVis .safetensors checkpoint or a .gguf file)")
     }
 
-    /// A model from an sdd GGUF file (see `SDDGGUFKey` for the metadata it needs).
-    public init(gguf: GGUFFile) throws {
+    /// A stable-diffusion.cpp GGUF: CompVis names (or diffusers names under CompVis prefixes), no sdd metadata.
+    static func openCompVisGGUF(_ gguf: GGUFFile, options: ModelOpenOptions) throws -> StableDiffusionModel {
+        var shapes = [String: [Int]]()
+        for t in gguf.tensors { shapes[t.name] = t.shape }
+        let stored = GGUFComponentWeights(gguf: gguf, prefix: "")
+        return try singleFile(url: gguf.url, shapes: shapes, stored: stored, options: options).0
+    }
+
+    /// A model from an sdd GGUF file (see `SDDGGUFKey` for the metadata it needs); `options.prediction`
+    /// overrides the scheduler's prediction type.
+    public init(gguf: GGUFFile, options: ModelOpenOptions = ModelOpenOptions()) throws {
         let path = gguf.path
         func string(_ key: String) throws -> String {
             guard let value = gguf.value(key) else {
@@ -189,7 +229,8 @@ extension StableDiffusionModel {
         try vae.validate(file: "\(path) [\(SDDGGUFKey.vaeConfig)]")
         let textEncoder = try config(CLIPTextConfig.self, SDDGGUFKey.textEncoderConfig)
         try textEncoder.validate(file: "\(path) [\(SDDGGUFKey.textEncoderConfig)]")
-        let scheduler = try config(SchedulerConfig.self, SDDGGUFKey.schedulerConfig)
+        var scheduler = try config(SchedulerConfig.self, SDDGGUFKey.schedulerConfig)
+        if let prediction = options.prediction { scheduler.predictionType = prediction.schedulerValue }
         func optionalString(_ key: String) throws -> String? { gguf.value(key) == nil ? nil : try string(key) }
         let tokenizer = try CLIPTokenizer(
             vocabJSON: try string(SDDGGUFKey.tokenizerVocab), merges: try string(SDDGGUFKey.tokenizerMerges),

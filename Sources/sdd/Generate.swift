@@ -10,8 +10,10 @@ struct Generate: ParsableCommand {
         abstract: "Generate images from a text prompt.",
         discussion: "Defaults follow diffusers: 50 steps, guidance 7.5, PNDM, size from the model's config.")
 
-    @Option(help: "Model: a diffusers folder or .gguf file. Default: $SDD_MODEL, else the bundled demo model.")
+    @Option(help: "Model: a diffusers folder, a .gguf file or a CompVis single-file .safetensors checkpoint. Default: $SDD_MODEL, else the bundled demo model.")
     var model: String?
+
+    @OptionGroup var source: ModelSourceOptions
 
     @Option(help: "What the image should not show.")
     var negativePrompt: String?
@@ -111,7 +113,7 @@ struct Generate: ParsableCommand {
             throw PipelineError.invalidRequest("--output \(output): the file name must end in .png")
         }
         let modelPath = try ModelLocation.resolve(model)
-        let folder = try StableDiffusionModel(url: URL(fileURLWithPath: modelPath))
+        let folder = try source.open(modelPath)
         guard let residencyMode = WeightResidency(rawValue: residency) else {
             throw PipelineError.invalidRequest("unknown --residency \(residency); choose streamed, resident or strict")
         }

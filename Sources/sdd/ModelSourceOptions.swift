@@ -1,0 +1,38 @@
+// ModelSourceOptions: how a model file that carries no configs is opened (`--config`, `--prediction`),
+// declared once for generate, convert and inspect.
+
+import ArgumentParser
+import Foundation
+import Pipeline
+
+struct ModelSourceOptions: ParsableArguments {
+    @Option(help: "For a single-file checkpoint: a diffusers model folder whose unet/, vae/, text_encoder/ configs (and scheduler/, tokenizer/ when present) replace the ones inferred from the file's tensors.")
+    var config: String?
+
+    @Option(help: "What the model predicts, for files that cannot say: epsilon or v (v_prediction).")
+    var prediction: String?
+
+    /// The options for `StableDiffusionModel(url:options:)`.
+    func openOptions() throws -> ModelOpenOptions {
+        var options = ModelOpenOptions()
+        if let config {
+            var isDirectory: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: config, isDirectory: &isDirectory), isDirectory.boolValue else {
+                throw PipelineError.invalidRequest("--config \(config): not a diffusers model folder")
+            }
+            options.configDirectory = URL(fileURLWithPath: config, isDirectory: true)
+        }
+        if let prediction {
+            guard let p = ModelPrediction(argument: prediction) else {
+                throw PipelineError.invalidRequest("--prediction \(prediction): choose epsilon or v")
+            }
+            options.prediction = p
+        }
+        return options
+    }
+
+    /// Opens `path` with these options.
+    func open(_ path: String) throws -> StableDiffusionModel {
+        try StableDiffusionModel(url: URL(fileURLWithPath: path), options: try openOptions())
+    }
+}
