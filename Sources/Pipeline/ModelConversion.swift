@@ -74,6 +74,9 @@ public enum ModelConverter {
         case .q5_0: return 8
         case .q5_1: return 9
         case .bf16: return 32
+        case .q4_K: return 15  // LLAMA_FTYPE_MOSTLY_Q4_K_M
+        case .q5_K: return 17  // LLAMA_FTYPE_MOSTLY_Q5_K_M
+        case .q6_K: return 18
         }
     }
 

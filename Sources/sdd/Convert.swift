@@ -37,7 +37,7 @@ struct Convert: ParsableCommand {
     }
 
     private func convert() throws {
-        guard let main = TensorType(name: type) else {
+        guard let main = TensorType(name: type), main.isWritable else {
             throw PipelineError.invalidRequest(
                 "--type \(type): choose one of q8_0, q4_0, q4_1, q5_0, q5_1, f16, bf16, f32")
         }

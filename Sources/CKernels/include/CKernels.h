@@ -10,7 +10,7 @@ extern "C" {
 #endif
 
 /// Decodes `count` elements (a multiple of the type's block size) of ggml type `type` (0 f32, 1 f16,
-/// 2 q4_0, 3 q4_1, 6 q5_0, 7 q5_1, 8 q8_0, 30 bf16) stored at `src` into `dst`, with exactly the values of
+/// 2 q4_0, 3 q4_1, 6 q5_0, 7 q5_1, 8 q8_0, 12 q4_K, 13 q5_K, 14 q6_K, 30 bf16) stored at `src` into `dst`, with exactly the values of
 /// ggml's dequantize_row_* (products and sums rounded separately, never fused). Returns 0, or -1 for an
 /// unknown type (nothing written).
 int ck_dequantize(uint32_t type, const void *src, int64_t count, float *dst);
