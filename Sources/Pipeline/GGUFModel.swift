@@ -150,10 +150,8 @@ extension StableDiffusionModel {
         try? handle.close()
         if head.prefix(4) == Data("GGUF".utf8) {
             let gguf = try GGUFFile(url: url)
-            if gguf.value(SDDGGUFKey.formatVersion) == nil,
-                SingleFileCheckpoint.isCompVis(gguf.tensors.map(\.name))
-            {
-                return try openCompVisGGUF(gguf, options: options)
+            if SingleFileCheckpoint.isCompVis(gguf.tensors.map(\.name)) {
+                return try openCompVisGGUF(gguf, options: options).0
             }
             return try StableDiffusionModel(gguf: gguf, options: options)
         }
@@ -187,12 +185,63 @@ extension StableDiffusionModel {
                 + "a CompVis .safetensors checkpoint or a .gguf file)")
     }
 
-    /// A stable-diffusion.cpp GGUF: CompVis names (or diffusers names under CompVis prefixes), no sdd metadata.
-    static func openCompVisGGUF(_ gguf: GGUFFile, options: ModelOpenOptions) throws -> StableDiffusionModel {
+    /// A CompVis-named file (a `.safetensors` checkpoint or a GGUF) with its name maps and config texts; nil
+    /// when `url` is not one (a folder, or an sdd-named GGUF).
+    static func openCompVis(_ url: URL, options: ModelOpenOptions) throws -> (StableDiffusionModel, SingleFileCheckpoint)? {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory), !isDirectory.boolValue,
+            let handle = FileHandle(forReadingAtPath: url.path)
+        else { return nil }
+        let head = (try? handle.read(upToCount: 16)) ?? Data()
+        try? handle.close()
+        if head.prefix(4) == Data("GGUF".utf8) {
+            let gguf = try GGUFFile(url: url)
+            return SingleFileCheckpoint.isCompVis(gguf.tensors.map(\.name)) ? try openCompVisGGUF(gguf, options: options) : nil
+        }
+        guard head.count > 8, head[head.startIndex + 8] == UInt8(ascii: "{") else { return nil }
+        let file = try SafetensorsFile(url: url)
+        guard SingleFileCheckpoint.isCompVis(file.tensorNames) else { return nil }
+        var shapes = [String: [Int]]()
+        for name in file.tensorNames { if let info = try file.info(name) { shapes[name] = info.shape } }
+        return try singleFile(url: url, shapes: shapes, stored: ComponentWeights(source: file, url: url), options: options)
+    }
+
+    /// A CompVis-named GGUF: stable-diffusion.cpp's (CompVis names, or diffusers names under CompVis
+    /// prefixes; no sdd metadata: architecture inferred), or one `sdd convert --names compvis` wrote (configs and
+    /// tokenizer from its sdd metadata).
+    static func openCompVisGGUF(_ gguf: GGUFFile, options: ModelOpenOptions) throws -> (StableDiffusionModel, SingleFileCheckpoint) {
         var shapes = [String: [Int]]()
         for t in gguf.tensors { shapes[t.name] = t.shape }
         let stored = GGUFComponentWeights(gguf: gguf, prefix: "")
-        return try singleFile(url: gguf.url, shapes: shapes, stored: stored, options: options).0
+        guard gguf.value(SDDGGUFKey.formatVersion) != nil, options.configDirectory == nil else {
+            return try singleFile(url: gguf.url, shapes: shapes, stored: stored, options: options)
+        }
+        let path = gguf.path
+        func string(_ key: String) throws -> String? {
+            guard let value = gguf.value(key) else { return nil }
+            guard let s = value.stringValue else {
+                throw PipelineError.badConfig(file: path, field: key, reason: "must be a string, found \(value.type.name)")
+            }
+            return s
+        }
+        var configs = [String: String]()
+        for (component, key) in [("unet", SDDGGUFKey.unetConfig), ("vae", SDDGGUFKey.vaeConfig),
+                                 ("text_encoder", SDDGGUFKey.textEncoderConfig), ("scheduler", SDDGGUFKey.schedulerConfig)] {
+            guard let text = try string(key) else {
+                throw PipelineError.badConfig(file: path, field: key, reason: "is missing")
+            }
+            configs[component] = text
+        }
+        var tokenizer: CLIPTokenizer?
+        if let vocab = try string(SDDGGUFKey.tokenizerVocab), let merges = try string(SDDGGUFKey.tokenizerMerges) {
+            tokenizer = try CLIPTokenizer(vocabJSON: vocab, merges: merges,
+                                          tokenizerConfig: try string(SDDGGUFKey.tokenizerConfig),
+                                          specialTokensMap: try string(SDDGGUFKey.tokenizerSpecialTokensMap),
+                                          source: "\(path): sdd.tokenizer")
+        }
+        return try singleFile(url: gguf.url, shapes: shapes, stored: stored, options: options,
+                              pipelineClass: try string(SDDGGUFKey.pipelineClass) ?? "StableDiffusionPipeline",
+                              givenConfigs: configs, givenTokenizer: tokenizer)
     }
 
     /// A model from an sdd GGUF file (see `SDDGGUFKey` for the metadata it needs); `options.prediction`

@@ -61,6 +61,13 @@ public final class RenamedWeights: WeightProvider, @unchecked Sendable {
 
     public func has(_ name: String) -> Bool { map[name] != nil }
 
+    /// Drops the pages of the tensors behind `names` (diffusers names), as the base provider does.
+    public func release(_ names: [String], dropPageCache: Bool = false) {
+        let sources = names.compactMap { map[$0]?.source }
+        if let c = base as? ComponentWeights { c.release(sources, dropPageCache: dropPageCache) }
+        if let g = base as? GGUFComponentWeights { g.release(sources, dropPageCache: dropPageCache) }
+    }
+
     /// Whether the stored tensors behind this component include block-quantized ones.
     public var hasQuantizedTensors: Bool { (base as? GGUFComponentWeights)?.hasQuantizedTensors ?? false }
 
@@ -345,13 +352,26 @@ extension StableDiffusionModel {
     /// A model from a CompVis-named file's tensors: `shapes` (full name → PyTorch shape) and `stored`, which
     /// hands them out by their stored names. Configs are inferred unless `options.configDirectory` gives a
     /// diffusers folder's; the tokenizer is that folder's, else sdd's CLIP BPE table.
+    /// `givenConfigs` (config texts by component, e.g. from an sdd GGUF's metadata) and `givenTokenizer`
+    /// take the place of inferred ones.
     static func singleFile(url: URL, shapes: [String: [Int]], stored: any WeightProvider & Sendable, options: ModelOpenOptions,
-                           pipelineClass: String = "StableDiffusionPipeline") throws -> (StableDiffusionModel, SingleFileCheckpoint) {
+                           pipelineClass: String = "StableDiffusionPipeline", givenConfigs: [String: String]? = nil,
+                           givenTokenizer: CLIPTokenizer? = nil) throws -> (StableDiffusionModel, SingleFileCheckpoint) {
         let path = url.path
         var checkpoint = try SingleFileCheckpoint(shapes: shapes, file: path, prediction: options.prediction,
-                                                  inferArchitecture: options.configDirectory == nil)
-        var tokenizer: CLIPTokenizer?
-        if let dir = options.configDirectory {
+                                                  inferArchitecture: options.configDirectory == nil && givenConfigs == nil)
+        var tokenizer: CLIPTokenizer? = givenTokenizer
+        if let givenConfigs {
+            checkpoint.configs = givenConfigs
+            if let prediction = options.prediction, let text = givenConfigs["scheduler"],
+                var object = (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any]
+            {
+                object["prediction_type"] = prediction.schedulerValue
+                if let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) {
+                    checkpoint.configs["scheduler"] = String(decoding: data, as: UTF8.self)
+                }
+            }
+        } else if let dir = options.configDirectory {
             for (component, file) in [("unet", "unet/config.json"), ("vae", "vae/config.json"),
                                       ("text_encoder", "text_encoder/config.json"),
                                       ("scheduler", "scheduler/scheduler_config.json")] {

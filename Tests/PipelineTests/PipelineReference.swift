@@ -30,8 +30,10 @@ func generationSettings(for c: [String: Any]) throws -> GenerationSettings {
 /// Runs every case of `reference/<folder>/pipeline.json` on `model`; returns how many ran.
 @discardableResult
 func assertPipelineMatchesReference(model: URL, folder: String, options: ModelOpenOptions = ModelOpenOptions(),
+                                    products: ProductPrecision? = nil,
                                     file: StaticString = #filePath, line: UInt = #line) throws -> Int {
-    let pipeline = try StableDiffusionPipeline(model: try StableDiffusionModel(url: model, options: options))
+    let pipeline = try StableDiffusionPipeline(model: try StableDiffusionModel(url: model, options: options),
+                                               products: products)
     let prefix = folder.isEmpty ? "" : folder + "/"
     let all = try XCTUnwrap(ModelFixtures.json(prefix + "pipeline.json")["cases"] as? [[String: Any]])
     for c in all {
