@@ -74,4 +74,40 @@ final class SingleFileCommandTests: XCTestCase {
         XCTAssertNotEqual(run.status, 0)
         XCTAssertTrue(run.stderr.contains("--prediction x0: choose epsilon or v"), run.stderr)
     }
+
+    func testConvertSingleFileToCompVisNamesThenInspectAndGenerate() throws {
+        let file = try writeTinySingleFile()
+        let out = workDir.appendingPathComponent("tiny-compvis.gguf")
+        let convert = try GenerateCommandTests.runSDD([
+            "convert", "--model", file.path, "--config", GenerateCommandTests.tinyModel, "--type", "f32",
+            "--names", "compvis", "-o", out.path,
+        ])
+        XCTAssertEqual(convert.status, 0, convert.stderr)
+        let inspect = try GenerateCommandTests.runSDD(["inspect", out.path])
+        XCTAssertEqual(inspect.status, 0, inspect.stderr)
+        XCTAssertTrue(inspect.stdout.contains("CompVis names"), inspect.stdout)
+        XCTAssertTrue(inspect.stdout.contains("sdd.names = \"compvis\""), inspect.stdout)
+        let latents = workDir.appendingPathComponent("latents.npy")
+        let run = try GenerateCommandTests.runSDD([
+            "generate", "--model", out.path, "--steps", "8", "--guidance", "7.5", "--seed", "0",
+            "--save-latents", latents.path, "-o", workDir.appendingPathComponent("out.png").path,
+            "a photograph of an astronaut riding a horse",
+        ])
+        XCTAssertEqual(run.status, 0, run.stderr)
+        let reference = GenerateCommandTests.fixtures.appendingPathComponent("reference/single-file-sd1/pipeline_pndm_default.safetensors")
+        let info = try XCTUnwrap(try SafetensorsFile(url: reference).info("latents"))
+        var expected = [Float](repeating: 0, count: info.elementCount)
+        try expected.withUnsafeMutableBufferPointer { try info.copyAsFloat32(into: $0) }
+        let got = try readNPY(latents)
+        let scale = expected.map(abs).max() ?? 1
+        let error = zip(got, expected).map { abs($0 - $1) }.max() ?? .infinity
+        XCTAssertLessThanOrEqual(error / scale, 1e-3)  // the parity bar of issue #2
+    }
+
+    func testConvertRefusesAnUnknownNaming() throws {
+        let run = try GenerateCommandTests.runSDD(["convert", "--model", GenerateCommandTests.tinyModel, "--type", "f16",
+                                                   "--names", "ldm", "-o", workDir.appendingPathComponent("x.gguf").path])
+        XCTAssertNotEqual(run.status, 0)
+        XCTAssertTrue(run.stderr.contains("--names ldm: choose sdd or compvis"), run.stderr)
+    }
 }
