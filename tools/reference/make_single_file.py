@@ -8,6 +8,11 @@ Writes (under Tests/Fixtures/reference/single-file-sd1/):
   pipeline.json + pipeline_*.safetensors
                         reference generations of StableDiffusionPipeline.from_single_file(FILE,
                         config=tiny-sd) (make_reference.ref_pipeline's format).
+Tests/Fixtures/single-file/tiny-sd2-parts.safetensors + tiny-sd2-config/: a tiny SD 2.x model (linear
+projections, upcast attention, a gelu text encoder of 23 layers under OpenCLIP names with fused in_proj and a
+24th resblock diffusers leaves out, DDIM v-prediction) as a CompVis single file, less the token embedding and
+VAE it shares with tiny-sd (the tests add those back from Tests/Fixtures/tiny-sd); its reference generations
+from from_single_file(config=tiny-sd2-config) under reference/single-file-sd2/;
 and Tests/Fixtures/single-file/{sd15,sd21}-layout.json: the CompVis tensor names and shapes of the real
 SD 1.5 and SD 2.1 architectures (built on the meta device), with the diffusers names and shapes that
 diffusers' own convert_ldm_unet_checkpoint / convert_ldm_vae_checkpoint / convert_ldm_clip_checkpoint /
@@ -198,11 +203,107 @@ SD21_TEXT = dict(mr.SD15_TEXT, hidden_size=1024, intermediate_size=4096, num_hid
                  num_attention_heads=16, hidden_act="gelu", projection_dim=512, pad_token_id=1)
 
 
+TINY_SD2_UNET = dict(mr.TINY_UNET_LINEAR, attention_head_dim=[2, 4], upcast_attention=True)
+TINY_SD2_TEXT = dict(mr.TINY_TEXT, num_hidden_layers=23, hidden_act="gelu", pad_token_id=0)
+SD21_SCHEDULER = dict(mr.SD15_SCHEDULER, prediction_type="v_prediction", clip_sample=False)
+
+
+def f16_round_(module):
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(p.half().float())
+
+
+def make_tiny_sd2(fixtures):
+    """A tiny SD 2.x model as a CompVis single file (OpenCLIP text tower); see the module docstring."""
+    from diffusers import DDIMScheduler
+    from transformers import CLIPTokenizer
+    tiny = os.path.join(mr.ROOT, "Tests", "Fixtures", "tiny-sd")
+    unet = mr.build_tiny_unet(TINY_SD2_UNET, 2024)
+    torch.manual_seed(2025)
+    text = CLIPTextModel(CLIPTextConfig(**TINY_SD2_TEXT)).eval()
+    gen = torch.Generator().manual_seed(2026)
+    mr.perturb(text, gen)
+    with safe_open(os.path.join(tiny, "text_encoder", "model.safetensors"), "pt") as f:
+        tok = f.get_tensor("text_model.embeddings.token_embedding.weight")  # shared with tiny-sd (BF16)
+    f16_round_(unet)
+    f16_round_(text)
+    with torch.no_grad():
+        text.get_input_embeddings().weight.copy_(tok.float())
+    vae = AutoencoderKL.from_pretrained(os.path.join(tiny, "vae"), torch_dtype=torch.float32)
+    folder = "/tmp/sdd-tiny-sd2-folder"
+    tokenizer = CLIPTokenizer.from_pretrained(os.path.join(tiny, "tokenizer"), pad_token="!")
+    sched = DDIMScheduler.from_config(SD21_SCHEDULER)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=sched,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(folder, safe_serialization=True)
+
+    # CompVis names: UNet and VAE as for SD 1.x; the text tower as OpenCLIP's.
+    tsd = {k.removeprefix("text_model."): v for k, v in text.state_dict().items() if not k.endswith("position_ids")}
+    h = TINY_SD2_TEXT["hidden_size"]
+    n = TINY_SD2_TEXT["num_hidden_layers"]
+    oc = {"positional_embedding": tsd["embeddings.position_embedding.weight"],
+          "token_embedding.weight": tok,
+          "ln_final.weight": tsd["final_layer_norm.weight"], "ln_final.bias": tsd["final_layer_norm.bias"],
+          "text_projection": torch.randn(h, h, generator=gen).half().float(),
+          "logit_scale": torch.tensor(4.6052)}
+    for i in range(n + 1):  # resblock n is OpenCLIP's last layer: SD 2.x conditions on the one before it
+        src = i if i < n else n - 1
+        L = f"encoder.layers.{src}."
+        p = f"transformer.resblocks.{i}."
+        extra = (lambda t: (t * 0.5).half().float()) if i == n else (lambda t: t)  # noqa: E731
+        oc[p + "attn.in_proj_weight"] = extra(torch.cat([tsd[L + f"self_attn.{x}_proj.weight"] for x in "qkv"]))
+        oc[p + "attn.in_proj_bias"] = extra(torch.cat([tsd[L + f"self_attn.{x}_proj.bias"] for x in "qkv"]))
+        for new, old in (("attn.out_proj.", "self_attn.out_proj."), ("ln_1.", "layer_norm1."), ("ln_2.", "layer_norm2."),
+                         ("mlp.c_fc.", "mlp.fc1."), ("mlp.c_proj.", "mlp.fc2.")):
+            for kind in ("weight", "bias"):
+                oc[p + new + kind] = extra(tsd[L + old + kind])
+    sd = {"cond_stage_model.model." + k: v for k, v in oc.items()}
+    sd.update(compvis_state_dict({k: v.half() for k, v in unet.state_dict().items()}, vae.state_dict(), {},
+                                 TINY_SD2_UNET, 4))
+    sd = {k: (v.half() if v.dtype == torch.float32 and not k.startswith("first_stage_model.") and "token_embedding" not in k
+              else v).contiguous() for k, v in sorted(sd.items())}
+    single = "/tmp/sdd-tiny-sd2.safetensors"
+    save_file(sd, single, metadata={"format": "pt"})
+
+    loaded = StableDiffusionPipeline.from_single_file(single, config=folder, torch_dtype=torch.float32,
+                                                      local_files_only=True, safety_checker=None)
+    for comp, mine in (("unet", unet), ("vae", vae), ("text_encoder", text)):
+        a, b = getattr(loaded, comp).state_dict(), mine.state_dict()
+        assert a.keys() == b.keys(), (comp, sorted(set(a) ^ set(b))[:5])
+        for k in a:
+            assert torch.equal(a[k], b[k]), (comp, k)
+        print(f"  tiny SD 2.x from_single_file {comp}: {len(a)} tensors equal")
+    assert loaded.scheduler.config.prediction_type == "v_prediction"
+    loaded.set_progress_bar_config(disable=True)
+    ref = os.path.join(fixtures, "reference", "single-file-sd2")
+    os.makedirs(ref, exist_ok=True)
+    cases = [dict(c, name="ddim_48x80_v") for c in mr.PIPELINE_CASES if c["name"] == "ddim_48x80"]
+    mr.ref_pipeline(loaded, ref, cases=cases, model="tiny SD 2.x as a CompVis single file (from_single_file, "
+                    "config=single-file/tiny-sd2-config)")
+
+    out = os.path.join(fixtures, "single-file")
+    parts = {k: v for k, v in sd.items() if not k.startswith("first_stage_model.") and "token_embedding" not in k}
+    save_file(parts, os.path.join(out, "tiny-sd2-parts.safetensors"), metadata={"format": "pt"})
+    cfg = os.path.join(out, "tiny-sd2-config")
+    for sub, src in (("unet", "unet/config.json"), ("vae", "vae/config.json"), ("text_encoder", "text_encoder/config.json"),
+                     ("scheduler", "scheduler/scheduler_config.json")):
+        os.makedirs(os.path.join(cfg, sub), exist_ok=True)
+        with open(os.path.join(folder, src)) as f, open(os.path.join(cfg, src), "w") as g:
+            g.write(f.read())
+    with open(os.path.join(cfg, "model_index.json"), "w") as g, open(os.path.join(folder, "model_index.json")) as f:
+        g.write(f.read())
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keep", default="/tmp/sdd-tiny-sd1.safetensors", help="where the tiny single file goes")
+    ap.add_argument("--only-sd2", action="store_true", help="only the tiny SD 2.x fixtures")
     args = ap.parse_args()
     fixtures = os.path.join(mr.ROOT, "Tests", "Fixtures")
+    make_tiny_sd2(fixtures)
+    if args.only_sd2:
+        return
 
     sd, tiny = write_tiny_single_file(args.keep)
     ref = os.path.join(fixtures, "reference", "single-file-sd1")
