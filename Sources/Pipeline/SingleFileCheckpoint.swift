@@ -212,6 +212,11 @@ public struct SingleFileCheckpoint: Sendable {
             if case .rows(_, let n) = entry.part, let first = s.first { return ([first / n] + s.dropFirst(), entry.source) }
             return (s, entry.source)
         }
+        /// Dimension `i` of a tensor's shape, or an error naming the tensor when it has fewer dimensions.
+        func dim(_ t: (shape: [Int], source: String), _ i: Int) throws -> Int {
+            guard i < t.shape.count else { throw misfit(t.source, "has shape \(t.shape), too few dimensions") }
+            return t.shape[i]
+        }
         let sd2 = family == .sd2
 
         // UNet config.
@@ -227,7 +232,7 @@ public struct SingleFileCheckpoint: Sendable {
         var perBlock = 0
         for b in 0..<levels {
             let conv1 = try shape("unet", "down_blocks.\(b).resnets.0.conv1.weight")
-            let c = conv1.shape[0]
+            let c = try dim(conv1, 0)
             guard c % 32 == 0 else { throw misfit(conv1.source, "has \(c) channels, not a multiple of 32 groups") }
             if sd2, c % 64 != 0 { throw misfit(conv1.source, "has \(c) channels, not a multiple of 64-wide heads") }
             if !sd2, c % 8 != 0 { throw misfit(conv1.source, "has \(c) channels, not divisible by 8 heads") }
@@ -258,7 +263,7 @@ public struct SingleFileCheckpoint: Sendable {
         let sampleSize = sd2 ? 96 : 64
         let unetConfig: [String: Any] = [
             "_class_name": "UNet2DConditionModel", "sample_size": sampleSize,
-            "in_channels": convIn.shape[1], "out_channels": convOut.shape[0],
+            "in_channels": try dim(convIn, 1), "out_channels": try dim(convOut, 0),
             "block_out_channels": channels, "layers_per_block": perBlock,
             "down_block_types": downTypes, "up_block_types": upTypes,
             "mid_block_type": "UNetMidBlock2DCrossAttn",
@@ -276,10 +281,9 @@ public struct SingleFileCheckpoint: Sendable {
         var vaeChannels = [Int]()
         for b in 0..<vaeDown {
             let conv1 = try shape("vae", "encoder.down_blocks.\(b).resnets.0.conv1.weight")
-            guard conv1.shape[0] % 32 == 0 else {
-                throw misfit(conv1.source, "has \(conv1.shape[0]) channels, not a multiple of 32 groups")
-            }
-            vaeChannels.append(conv1.shape[0])
+            let c = try dim(conv1, 0)
+            guard c % 32 == 0 else { throw misfit(conv1.source, "has \(c) channels, not a multiple of 32 groups") }
+            vaeChannels.append(c)
         }
         let vaePerBlock = Set(vaeMap.keys.compactMap { n -> Int? in
             let c = n.split(separator: ".")
@@ -296,11 +300,11 @@ public struct SingleFileCheckpoint: Sendable {
             throw misfit(decoderIn.source, "belongs to a VAE whose encoder and decoder have different depths")
         }
         let vaeConfig: [String: Any] = [
-            "_class_name": "AutoencoderKL", "in_channels": encoderIn.shape[1], "out_channels": decoderOut.shape[0],
+            "_class_name": "AutoencoderKL", "in_channels": try dim(encoderIn, 1), "out_channels": try dim(decoderOut, 0),
             "block_out_channels": vaeChannels, "layers_per_block": vaePerBlock,
             "down_block_types": Array(repeating: "DownEncoderBlock2D", count: vaeDown),
             "up_block_types": Array(repeating: "UpDecoderBlock2D", count: vaeDown),
-            "latent_channels": decoderIn.shape[1], "norm_num_groups": 32, "act_fn": "silu",
+            "latent_channels": try dim(decoderIn, 1), "norm_num_groups": 32, "act_fn": "silu",
             "sample_size": sampleSize * 8, "scaling_factor": 0.18215,
             "use_post_quant_conv": vaeMap["post_quant_conv.weight"] != nil,
             "use_quant_conv": vaeMap["quant_conv.weight"] != nil,
@@ -324,7 +328,7 @@ public struct SingleFileCheckpoint: Sendable {
         }).count
         let textConfig: [String: Any] = [
             "architectures": ["CLIPTextModel"], "model_type": "clip_text_model",
-            "vocab_size": tokens.shape[0], "hidden_size": hidden, "intermediate_size": fc1.shape[0],
+            "vocab_size": tokens.shape[0], "hidden_size": hidden, "intermediate_size": try dim(fc1, 0),
             "num_hidden_layers": layers, "num_attention_heads": hidden / 64,
             "max_position_embeddings": positions.shape[0], "hidden_act": sd2 ? "gelu" : "quick_gelu",
             "layer_norm_eps": 1e-5, "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": sd2 ? 0 : 49407,

@@ -179,6 +179,19 @@ final class SingleFileCheckpointTests: XCTestCase {
         }
     }
 
+    /// Hostile shapes (a scalar where a conv kernel belongs) are errors naming the tensor, never a crash.
+    func testScalarWhereAKernelBelongsIsAnErrorNamingIt() throws {
+        for name in ["model.diffusion_model.out.2.weight", "model.diffusion_model.input_blocks.1.0.in_layers.2.weight",
+                     "first_stage_model.decoder.conv_in.weight", "first_stage_model.encoder.down.0.block.0.conv1.weight",
+                     "cond_stage_model.transformer.text_model.encoder.layers.0.mlp.fc1.weight"] {
+            var s = try shapes(try layout("sd15")["compvis"])
+            s[name] = []
+            XCTAssertThrowsError(try SingleFileCheckpoint(shapes: s, file: "x.safetensors", prediction: nil)) { error in
+                XCTAssertTrue("\(error)".contains(name), "\(error)")
+            }
+        }
+    }
+
     func testPickleCheckpointIsRefusedWithHowToConvert() throws {
         let file = workDir.appendingPathComponent("model.ckpt")
         try Data([0x50, 0x4B, 0x03, 0x04] + [UInt8](repeating: 0, count: 60)).write(to: file)
