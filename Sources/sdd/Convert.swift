@@ -63,7 +63,7 @@ struct Convert: ParsableCommand {
         }
         let start = Date()
         let summary = try ModelConverter.convert(
-            model: URL(fileURLWithPath: path), openOptions: try source.openOptions(), to: URL(fileURLWithPath: output),
+            model: URL(fileURLWithPath: path), openOptions: try source.openOptions(for: path), to: URL(fileURLWithPath: output),
             options: ConversionOptions(type: main, vaeType: vae, naming: naming)
         ) { printError("sdd: convert: \($0)") }
         let types = summary.countsByType.sorted { $0.key.name < $1.key.name }.map { "\($0.key.name) \($0.value)" }

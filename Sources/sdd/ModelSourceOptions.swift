@@ -31,8 +31,21 @@ struct ModelSourceOptions: ParsableArguments {
         return options
     }
 
-    /// Opens `path` with these options.
+    /// Opens `path` with these options; a diffusers folder carries its own configs, so it takes neither.
     func open(_ path: String) throws -> StableDiffusionModel {
-        try StableDiffusionModel(url: URL(fileURLWithPath: path), options: try openOptions())
+        try StableDiffusionModel(url: URL(fileURLWithPath: path), options: try openOptions(for: path))
+    }
+
+    /// `openOptions()`, refused for a diffusers folder, which carries its own configs.
+    func openOptions(for path: String) throws -> ModelOpenOptions {
+        let options = try openOptions()
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue,
+            config != nil || prediction != nil
+        {
+            throw PipelineError.invalidRequest(
+                "--config and --prediction are for single-file models; \(path) is a diffusers folder with its own configs")
+        }
+        return options
     }
 }

@@ -104,6 +104,13 @@ final class SingleFileCommandTests: XCTestCase {
         XCTAssertLessThanOrEqual(error / scale, 1e-3)  // the parity bar of issue #2
     }
 
+    func testConfigAndPredictionAreRefusedForAFolder() throws {
+        let run = try GenerateCommandTests.runSDD(["generate", "--model", GenerateCommandTests.tinyModel,
+                                                   "--prediction", "v", "a cat"])
+        XCTAssertNotEqual(run.status, 0)
+        XCTAssertTrue(run.stderr.contains("--config and --prediction are for single-file models"), run.stderr)
+    }
+
     func testConvertRefusesAnUnknownNaming() throws {
         let run = try GenerateCommandTests.runSDD(["convert", "--model", GenerateCommandTests.tinyModel, "--type", "f16",
                                                    "--names", "ldm", "-o", workDir.appendingPathComponent("x.gguf").path])
