@@ -1,4 +1,5 @@
-// Dequantize: ggml block formats (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) and F16/BF16 → F32, vectorized.
+// Dequantize: ggml block formats (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1; k-quants Q4_K, Q5_K, Q6_K) and F16/BF16 → F32,
+// vectorized (the k-quants, read only from other tools' files, in portable C).
 // Values equal the scalar reference in MMapWeights/TensorType.swift bit for bit: no fused multiply-adds.
 #include "CKernels.h"
 #include <string.h>
@@ -175,6 +176,57 @@ CK_AVX512 static void ck_q5_avx512(const uint8_t *s, int64_t n, float *y, int ha
 }
 #endif
 
+// ---- k-quants: ggml's dequantize_row_q4_K / q5_K / q6_K (reference C, super-blocks of 256) ----------
+
+static inline void ck_scale_min_k4(int j, const uint8_t *q, uint8_t *d, uint8_t *m) {
+    if (j < 4) {
+        *d = q[j] & 63; *m = q[j + 4] & 63;
+    } else {
+        *d = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j - 0] >> 6) << 4);
+    }
+}
+
+static void ck_q45_k(const uint8_t *s, int64_t n, float *y, int five) {
+    const int bytes = five ? 176 : 144;
+    for (int64_t b = 0; b < n / 256; b++, s += bytes) {
+        const float d = ck_half_to_float(ck_load16(s)), dmin = ck_half_to_float(ck_load16(s + 2));
+        const uint8_t *scales = s + 4, *qh = s + 16;
+        const uint8_t *q = s + (five ? 48 : 16);
+        uint8_t u1 = 1, u2 = 2;
+        for (int is = 0; is < 8; is += 2, q += 32, u1 <<= 2, u2 <<= 2) {
+            uint8_t sc, m;
+            ck_scale_min_k4(is + 0, scales, &sc, &m);
+            const float d1 = d * sc, m1 = dmin * m;
+            ck_scale_min_k4(is + 1, scales, &sc, &m);
+            const float d2 = d * sc, m2 = dmin * m;
+            for (int l = 0; l < 32; l++) *y++ = d1 * (float)((q[l] & 0xF) + (five && (qh[l] & u1) ? 16 : 0)) - m1;
+            for (int l = 0; l < 32; l++) *y++ = d2 * (float)((q[l] >> 4) + (five && (qh[l] & u2) ? 16 : 0)) - m2;
+        }
+    }
+}
+
+static void ck_q6_k(const uint8_t *s, int64_t n, float *y) {
+    for (int64_t b = 0; b < n / 256; b++, s += 210) {
+        const float d = ck_half_to_float(ck_load16(s + 208));
+        const uint8_t *ql = s, *qh = s + 128;
+        const int8_t *sc = (const int8_t *)(s + 192);
+        for (int half = 0; half < 2; half++, y += 128, ql += 64, qh += 32, sc += 8) {
+            for (int l = 0; l < 32; l++) {
+                const int is = l / 16;
+                const int q1 = (int)((ql[l + 0] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+                const int q2 = (int)((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+                const int q3 = (int)((ql[l + 0] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+                const int q4 = (int)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+                y[l + 0] = d * sc[is + 0] * q1;
+                y[l + 32] = d * sc[is + 2] * q2;
+                y[l + 64] = d * sc[is + 4] * q3;
+                y[l + 96] = d * sc[is + 6] * q4;
+            }
+        }
+    }
+}
+
 // ---- dispatch ----------------------------------------------------------------------------------
 
 static int ck_forced_level = -1;
@@ -214,13 +266,16 @@ void ck_force_dequantize_level(int level) { ck_forced_level = level; }
     case 3: ck_q4_##LEVEL_SUFFIX(s, count, dst, 1); return 0;                                          \
     case 6: ck_q5_##LEVEL_SUFFIX(s, count, dst, 0); return 0;                                          \
     case 7: ck_q5_##LEVEL_SUFFIX(s, count, dst, 1); return 0;                                          \
+    case 12: ck_q45_k(s, count, dst, 0); return 0;                                                     \
+    case 13: ck_q45_k(s, count, dst, 1); return 0;                                                     \
+    case 14: ck_q6_k(s, count, dst); return 0;                                                         \
     default: return -1;                                                                                \
     }
 
 int ck_dequantize(uint32_t type, const void *src, int64_t count, float *dst) {
     const uint8_t *s = (const uint8_t *)src;
     if (count <= 0) return (type == 0 || type == 1 || type == 2 || type == 3 || type == 6 || type == 7
-                            || type == 8 || type == 30) ? 0 : -1;
+                            || type == 8 || type == 12 || type == 13 || type == 14 || type == 30) ? 0 : -1;
     if (type == 0) { memcpy(dst, src, (size_t)count * 4); return 0; }
 #if CK_X86
     switch (ck_dequantize_level()) {

@@ -71,6 +71,10 @@ public struct GGUFWriter: Sendable {
     public mutating func addTensor(_ name: String, shape: [Int], values: [Float], as type: TensorType)
         throws(WeightsError) -> Tensor
     {
+        guard type.isWritable else {
+            throw WeightsError(.unsupportedDType, file: "(gguf writer)", tensor: name,
+                               "\(type.name) is read only: sdd does not quantize to k-quants")
+        }
         guard shape.reduce(1, *) == values.count else {
             throw WeightsError(.shapeMismatch, file: "(gguf writer)", tensor: name,
                                "\(values.count) values for shape \(shape)")

@@ -44,6 +44,9 @@ public enum Quantizer {
             for b in 0..<(n / 32) { q5_0(x + 32 * b, y + 22 * b) }
         case .q5_1:
             for b in 0..<(n / 32) { q5_1(x + 32 * b, y + 24 * b) }
+        case .q4_K, .q5_K, .q6_K:
+            // Callers check `isWritable` first (sdd convert refuses these types by name).
+            preconditionFailure("Quantizer: \(type.name) is read only")
         }
     }
 

@@ -23,6 +23,7 @@ import TiledKernels
 /// | `sdd.tokenizer.special_tokens_map` | tokenizer/special_tokens_map.json text (optional) |
 /// | `sdd.tensor_shapes` | JSON object: tensor name → PyTorch shape, for tensors stored reshaped (optional) |
 /// | `sdd.defaults.steps`, `.guidance`, `.scheduler`, `.width`, `.height` | the model's generation defaults (optional; u32, f32, string, u32, u32; see `GenerationDefaults`) |
+/// | `sdd.names` | "sdd" or "compvis" (optional): see `GGUFNaming`; CompVis-named files are read like single files |
 ///
 /// Tensors are named `<component>.<diffusers parameter name>` (components "unet", "vae", "text_encoder").
 /// Block-quantized conv kernels [out, in, kh, kw] are stored as 2-D [out, in·kh·kw] (ggml quantizes along
@@ -43,6 +44,8 @@ public enum SDDGGUFKey {
     public static let tokenizerConfig = "sdd.tokenizer.config"
     public static let tokenizerSpecialTokensMap = "sdd.tokenizer.special_tokens_map"
     public static let tensorShapes = "sdd.tensor_shapes"
+    /// "sdd" or "compvis": how the tensors are named (see `GGUFNaming`; optional, "sdd" when absent).
+    public static let names = "sdd.names"
 
     /// The value of `general.architecture` for sdd models.
     public static let architectureValue = "stable-diffusion"
@@ -140,25 +143,114 @@ public final class GGUFComponentWeights: WeightProvider, @unchecked Sendable {
 }
 
 extension StableDiffusionModel {
-    /// Single-file formats: a GGUF file written by `sdd convert`. Anything else is refused with a
-    /// message naming the file.
-    static func openSingleFile(_ url: URL) throws -> StableDiffusionModel {
+    /// Single-file formats: a GGUF file (sdd's own, or a CompVis-named one from stable-diffusion.cpp) or a
+    /// CompVis/LDM `.safetensors` checkpoint. PyTorch pickles are refused with how to convert them.
+    static func openSingleFile(_ url: URL, options: ModelOpenOptions = ModelOpenOptions()) throws -> StableDiffusionModel {
         let path = url.path
         guard let handle = FileHandle(forReadingAtPath: path) else {
             throw PipelineError.missingFile(path: path, what: "model file (cannot be opened)")
         }
-        let magic = (try? handle.read(upToCount: 4)) ?? Data()
+        let head = (try? handle.read(upToCount: 16)) ?? Data()
         try? handle.close()
-        guard magic == Data("GGUF".utf8) else {
+        if head.prefix(4) == Data("GGUF".utf8) {
+            let gguf = try GGUFFile(url: url)
+            if SingleFileCheckpoint.isCompVis(gguf.tensors.map(\.name)) {
+                return try openCompVisGGUF(gguf, options: options).0
+            }
+            return try StableDiffusionModel(gguf: gguf, options: options)
+        }
+        // A pickle (.ckpt / .pt): a zip archive (torch.save since 1.6) or a raw pickle stream (0x80 protocol).
+        let pickle = head.prefix(2) == Data("PK".utf8) || head.first == 0x80
+            || ["ckpt", "pt", "pth", "bin"].contains(url.pathExtension.lowercased())
+        if pickle {
             throw PipelineError.unsupported(
                 file: path,
-                feature: "a single-file model that is not GGUF (use a diffusers folder, or `sdd convert` one)")
+                feature: "a PyTorch pickle checkpoint (loading a pickle can run any code it contains, so sdd never "
+                    + "reads one; convert it to safetensors first, e.g. python3 -c \"import torch, safetensors.torch as s; "
+                    + "d = torch.load('model.ckpt', map_location='cpu', weights_only=True); d = d.get('state_dict', d); "
+                    + "s.save_file({k: v.contiguous() for k, v in d.items() if hasattr(v, 'contiguous')}, "
+                    + "'model.safetensors')\", and pass the .safetensors file)")
         }
-        return try StableDiffusionModel(gguf: GGUFFile(url: url))
+        // safetensors: an 8-byte little-endian header length, then a JSON object.
+        if head.count > 8, head[head.startIndex + 8] == UInt8(ascii: "{") {
+            let file = try SafetensorsFile(url: url)
+            var shapes = [String: [Int]]()
+            for name in file.tensorNames { if let info = try file.info(name) { shapes[name] = info.shape } }
+            guard SingleFileCheckpoint.isCompVis(file.tensorNames) else {
+                throw PipelineError.unsupported(
+                    file: path, feature: "a safetensors file without CompVis UNet names (\"\(CompVisNames.unetPrefix)*\"); "
+                        + "for one component's weights use a diffusers folder")
+            }
+            let stored = ComponentWeights(source: file, url: url)
+            return try singleFile(url: url, shapes: shapes, stored: stored, options: options).0
+        }
+        throw PipelineError.unsupported(
+            file: path, feature: "a single-file model that is neither GGUF nor safetensors (use a diffusers folder, "
+                + "a CompVis .safetensors checkpoint or a .gguf file)")
     }
 
-    /// A model from an sdd GGUF file (see `SDDGGUFKey` for the metadata it needs).
-    public init(gguf: GGUFFile) throws {
+    /// A CompVis-named file (a `.safetensors` checkpoint or a GGUF) with its name maps and config texts; nil
+    /// when `url` is not one (a folder, or an sdd-named GGUF).
+    static func openCompVis(_ url: URL, options: ModelOpenOptions) throws -> (StableDiffusionModel, SingleFileCheckpoint)? {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory), !isDirectory.boolValue,
+            let handle = FileHandle(forReadingAtPath: url.path)
+        else { return nil }
+        let head = (try? handle.read(upToCount: 16)) ?? Data()
+        try? handle.close()
+        if head.prefix(4) == Data("GGUF".utf8) {
+            let gguf = try GGUFFile(url: url)
+            return SingleFileCheckpoint.isCompVis(gguf.tensors.map(\.name)) ? try openCompVisGGUF(gguf, options: options) : nil
+        }
+        guard head.count > 8, head[head.startIndex + 8] == UInt8(ascii: "{") else { return nil }
+        let file = try SafetensorsFile(url: url)
+        guard SingleFileCheckpoint.isCompVis(file.tensorNames) else { return nil }
+        var shapes = [String: [Int]]()
+        for name in file.tensorNames { if let info = try file.info(name) { shapes[name] = info.shape } }
+        return try singleFile(url: url, shapes: shapes, stored: ComponentWeights(source: file, url: url), options: options)
+    }
+
+    /// A CompVis-named GGUF: stable-diffusion.cpp's (CompVis names, or diffusers names under CompVis
+    /// prefixes; no sdd metadata: architecture inferred), or one `sdd convert --names compvis` wrote (configs and
+    /// tokenizer from its sdd metadata).
+    static func openCompVisGGUF(_ gguf: GGUFFile, options: ModelOpenOptions) throws -> (StableDiffusionModel, SingleFileCheckpoint) {
+        var shapes = [String: [Int]]()
+        for t in gguf.tensors { shapes[t.name] = t.shape }
+        let stored = GGUFComponentWeights(gguf: gguf, prefix: "")
+        guard gguf.value(SDDGGUFKey.formatVersion) != nil, options.configDirectory == nil else {
+            return try singleFile(url: gguf.url, shapes: shapes, stored: stored, options: options)
+        }
+        let path = gguf.path
+        func string(_ key: String) throws -> String? {
+            guard let value = gguf.value(key) else { return nil }
+            guard let s = value.stringValue else {
+                throw PipelineError.badConfig(file: path, field: key, reason: "must be a string, found \(value.type.name)")
+            }
+            return s
+        }
+        var configs = [String: String]()
+        for (component, key) in [("unet", SDDGGUFKey.unetConfig), ("vae", SDDGGUFKey.vaeConfig),
+                                 ("text_encoder", SDDGGUFKey.textEncoderConfig), ("scheduler", SDDGGUFKey.schedulerConfig)] {
+            guard let text = try string(key) else {
+                throw PipelineError.badConfig(file: path, field: key, reason: "is missing")
+            }
+            configs[component] = text
+        }
+        var tokenizer: CLIPTokenizer?
+        if let vocab = try string(SDDGGUFKey.tokenizerVocab), let merges = try string(SDDGGUFKey.tokenizerMerges) {
+            tokenizer = try CLIPTokenizer(vocabJSON: vocab, merges: merges,
+                                          tokenizerConfig: try string(SDDGGUFKey.tokenizerConfig),
+                                          specialTokensMap: try string(SDDGGUFKey.tokenizerSpecialTokensMap),
+                                          source: "\(path): sdd.tokenizer")
+        }
+        return try singleFile(url: gguf.url, shapes: shapes, stored: stored, options: options,
+                              pipelineClass: try string(SDDGGUFKey.pipelineClass) ?? "StableDiffusionPipeline",
+                              givenConfigs: configs, givenTokenizer: tokenizer)
+    }
+
+    /// A model from an sdd GGUF file (see `SDDGGUFKey` for the metadata it needs); `options.prediction`
+    /// overrides the scheduler's prediction type.
+    public init(gguf: GGUFFile, options: ModelOpenOptions = ModelOpenOptions()) throws {
         let path = gguf.path
         func string(_ key: String) throws -> String {
             guard let value = gguf.value(key) else {
@@ -190,7 +282,8 @@ extension StableDiffusionModel {
         try vae.validate(file: "\(path) [\(SDDGGUFKey.vaeConfig)]")
         let textEncoder = try config(CLIPTextConfig.self, SDDGGUFKey.textEncoderConfig)
         try textEncoder.validate(file: "\(path) [\(SDDGGUFKey.textEncoderConfig)]")
-        let scheduler = try config(SchedulerConfig.self, SDDGGUFKey.schedulerConfig)
+        var scheduler = try config(SchedulerConfig.self, SDDGGUFKey.schedulerConfig)
+        if let prediction = options.prediction { scheduler.predictionType = prediction.schedulerValue }
         func optionalString(_ key: String) throws -> String? { gguf.value(key) == nil ? nil : try string(key) }
         let tokenizer = try CLIPTokenizer(
             vocabJSON: try string(SDDGGUFKey.tokenizerVocab), merges: try string(SDDGGUFKey.tokenizerMerges),

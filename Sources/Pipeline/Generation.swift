@@ -187,8 +187,9 @@ public final class StableDiffusionPipeline {
     /// from F32, as stable-diffusion.cpp's quantized products are) on a CPU with AVX512_BF16; F32 otherwise,
     /// so F32, F16 and BF16 weights keep diffusers' results to rounding.
     static func automaticProducts(unetWeights: WeightProvider) -> ProductPrecision {
-        guard ProductPrecision.bf16Available, let gguf = unetWeights as? GGUFComponentWeights,
-              gguf.hasQuantizedTensors else { return .f32 }
+        let quantized = (unetWeights as? GGUFComponentWeights)?.hasQuantizedTensors
+            ?? (unetWeights as? RenamedWeights)?.hasQuantizedTensors ?? false
+        guard ProductPrecision.bf16Available, quantized else { return .f32 }
         return .bf16
     }
 

@@ -6,16 +6,30 @@ import Foundation
 import MMapWeights
 import TiledKernels
 
+/// The tensor names `sdd convert` writes.
+public enum GGUFNaming: String, Sendable, CaseIterable {
+    /// `unet.<diffusers name>`, `vae.…`, `text_encoder.…`; conv kernels may be stored 2-D and quantized.
+    case sdd
+    /// The original Stable Diffusion names stable-diffusion.cpp recognises (`model.diffusion_model.…`,
+    /// `first_stage_model.…`, `cond_stage_model.transformer.text_model.…`), every tensor in its PyTorch shape;
+    /// conv kernels therefore stay F16 under a quantized type (ggml quantizes along a 3-wide kernel row), as
+    /// stable-diffusion.cpp stores them.
+    case compvis
+}
+
 /// What `sdd convert` writes.
 public struct ConversionOptions: Sendable {
     /// The type of large matmul / conv weights (q8_0, q4_0, q4_1, q5_0, q5_1, f16, bf16, f32).
     public var type: TensorType
     /// The VAE's weight type; nil means F16 for quantized `type`s and `type` otherwise.
     public var vaeType: TensorType?
+    /// The tensor names.
+    public var naming: GGUFNaming
 
-    public init(type: TensorType, vaeType: TensorType? = nil) {
+    public init(type: TensorType, vaeType: TensorType? = nil, naming: GGUFNaming = .sdd) {
         self.type = type
         self.vaeType = vaeType
+        self.naming = naming
     }
 
     /// The type large weights of `component` are stored in.
@@ -50,6 +64,16 @@ public enum ModelConverter {
     public static func storage(component: String, name: String, shape: [Int], options: ConversionOptions)
         -> (type: TensorType, shape: [Int])
     {
+        let chosen = storageReshaping(component: component, name: name, shape: shape, options: options)
+        // CompVis-named files keep every tensor's own shape (stable-diffusion.cpp checks them): a conv kernel
+        // that would have to be flattened to be quantized stays F16.
+        if options.naming == .compvis, chosen.shape != shape { return (.f16, shape) }
+        return chosen
+    }
+
+    static func storageReshaping(component: String, name: String, shape: [Int], options: ConversionOptions)
+        -> (type: TensorType, shape: [Int])
+    {
         let target = options.componentType(component)
         let count = shape.reduce(1, *)
         if target == .f32 || shape.count <= 1 || name.contains("position_embedding") || name.contains("pos_embed") {
@@ -63,6 +87,18 @@ public enum ModelConverter {
         return (target, shape.count == 2 ? shape : [rows, rowLength])
     }
 
+    /// A text file's contents; nil when `optional` and absent.
+    static func readText(_ url: URL, optional: Bool) throws -> String? {
+        guard FileManager.default.fileExists(atPath: url.path) else {
+            if optional { return nil }
+            throw PipelineError.missingFile(path: url.path, what: "needed in the converted model")
+        }
+        guard let data = FileManager.default.contents(atPath: url.path), let s = String(data: data, encoding: .utf8) else {
+            throw PipelineError.badConfig(file: url.path, field: "(file)", reason: "is not readable UTF-8 text")
+        }
+        return s
+    }
+
     /// llama.cpp's LLAMA_FTYPE for a file whose main type is `type`.
     public static func fileType(_ type: TensorType) -> UInt32 {
         switch type {
@@ -74,29 +110,87 @@ public enum ModelConverter {
         case .q5_0: return 8
         case .q5_1: return 9
         case .bf16: return 32
+        case .q4_K: return 15  // LLAMA_FTYPE_MOSTLY_Q4_K_M
+        case .q5_K: return 17  // LLAMA_FTYPE_MOSTLY_Q5_K_M
+        case .q6_K: return 18
         }
     }
 
-    /// Converts the diffusers folder at `folder` into one GGUF file at `output` (written to a temp file,
-    /// fsynced, renamed). Streams tensor by tensor: memory use is about one tensor, not the model.
-    /// `progress` receives one line per component.
+    /// Converts the diffusers folder at `folder` into one GGUF file at `output` (see `convert(model:…)`).
     @discardableResult
     public static func convert(diffusersFolder folder: URL, to output: URL, options: ConversionOptions,
                                progress: ((String) -> Void)? = nil) throws -> ConversionSummary {
+        try convert(model: folder, to: output, options: options, progress: progress)
+    }
+
+    /// Converts a model — a diffusers folder, or a CompVis single file (`.safetensors` checkpoint or
+    /// stable-diffusion.cpp GGUF, opened with `openOptions`) — into one GGUF file at `output` (written to a temp
+    /// file, fsynced, renamed). Streams tensor by tensor: memory use is about one tensor, not the model.
+    /// `progress` receives one line per component.
+    @discardableResult
+    /// `vae` (a diffusers AutoencoderKL folder, as `--vae`) replaces the model's VAE in the written file.
+    public static func convert(model source: URL, openOptions: ModelOpenOptions = ModelOpenOptions(), vae: URL? = nil,
+                               to output: URL, options: ConversionOptions,
+                               progress: ((String) -> Void)? = nil) throws -> ConversionSummary {
         // Opening the model checks every config and the tokenizer before anything is written.
-        let model = try StableDiffusionModel(diffusersFolder: folder)
-        func text(_ relative: String, optional: Bool = false) throws -> String? {
-            let url = folder.appendingPathComponent(relative)
-            guard FileManager.default.fileExists(atPath: url.path) else {
-                if optional { return nil }
-                throw PipelineError.missingFile(path: url.path, what: "needed in the converted model")
+        var isDirectory: ObjCBool = false
+        let isFolder = FileManager.default.fileExists(atPath: source.path, isDirectory: &isDirectory) && isDirectory.boolValue
+        var model: StableDiffusionModel
+        var texts: [String: String] = [:]
+        var providers: [String: WeightProvider] = [:]
+        if isFolder {
+            let folder = URL(fileURLWithPath: source.path, isDirectory: true)
+            model = try StableDiffusionModel(diffusersFolder: folder)
+            let files: [(String, String, Bool)] = [
+                (SDDGGUFKey.unetConfig, "unet/config.json", false),
+                (SDDGGUFKey.vaeConfig, "vae/config.json", false),
+                (SDDGGUFKey.textEncoderConfig, "text_encoder/config.json", false),
+                (SDDGGUFKey.schedulerConfig, "scheduler/scheduler_config.json", false),
+                (SDDGGUFKey.tokenizerVocab, "tokenizer/vocab.json", false),
+                (SDDGGUFKey.tokenizerMerges, "tokenizer/merges.txt", false),
+                (SDDGGUFKey.tokenizerConfig, "tokenizer/tokenizer_config.json", true),
+                (SDDGGUFKey.tokenizerSpecialTokensMap, "tokenizer/special_tokens_map.json", true),
+            ]
+            for (key, file, optional) in files {
+                if let s = try readText(folder.appendingPathComponent(file), optional: optional) { texts[key] = s }
             }
-            guard let data = FileManager.default.contents(atPath: url.path),
-                let s = String(data: data, encoding: .utf8)
-            else {
-                throw PipelineError.badConfig(file: url.path, field: "(file)", reason: "is not readable UTF-8 text")
+            for component in SDDGGUFKey.components {
+                providers[component] = try ComponentWeights(directory: folder, component: component)
             }
-            return s
+        } else {
+            guard let (opened, checkpoint) = try StableDiffusionModel.openCompVis(source, options: openOptions) else {
+                throw PipelineError.unsupported(
+                    file: source.path, feature: "converting this file (convert reads diffusers folders and CompVis "
+                        + "single files; an sdd GGUF is converted from the model it came from)")
+            }
+            model = opened
+            for (component, key) in [("unet", SDDGGUFKey.unetConfig), ("vae", SDDGGUFKey.vaeConfig),
+                                     ("text_encoder", SDDGGUFKey.textEncoderConfig),
+                                     ("scheduler", SDDGGUFKey.schedulerConfig)] {
+                texts[key] = checkpoint.configs[component]
+            }
+            let tokenizerDir = openOptions.configDirectory?.appendingPathComponent("tokenizer")
+            if let dir = tokenizerDir, FileManager.default.fileExists(atPath: dir.appendingPathComponent("vocab.json").path) {
+                texts[SDDGGUFKey.tokenizerVocab] = try readText(dir.appendingPathComponent("vocab.json"), optional: false)
+                texts[SDDGGUFKey.tokenizerMerges] = try readText(dir.appendingPathComponent("merges.txt"), optional: false)
+                texts[SDDGGUFKey.tokenizerConfig] = try readText(dir.appendingPathComponent("tokenizer_config.json"), optional: true)
+                texts[SDDGGUFKey.tokenizerSpecialTokensMap] =
+                    try readText(dir.appendingPathComponent("special_tokens_map.json"), optional: true)
+            } else {
+                texts[SDDGGUFKey.tokenizerVocab] = CLIPVocabulary.vocabJSON
+                texts[SDDGGUFKey.tokenizerMerges] = CLIPVocabulary.mergesText
+                texts[SDDGGUFKey.tokenizerConfig] = CLIPVocabulary.tokenizerConfigJSON(padToken: checkpoint.padToken)
+            }
+            for component in SDDGGUFKey.components { providers[component] = try model.weights(component) }
+        }
+        if let vae {
+            model = try model.replacingVAE(with: vae)
+            guard model.tinyAutoencoder == nil, let folder = model.vaeURL else {
+                throw PipelineError.unsupported(file: vae.path, feature: "an AutoencoderTiny (TAESD) VAE in a converted "
+                    + "file (pass it to generate or serve with --vae instead)")
+            }
+            texts[SDDGGUFKey.vaeConfig] = try readText(folder.appendingPathComponent("config.json"), optional: false)
+            providers["vae"] = try model.weights("vae")
         }
         var writer = GGUFWriter()
         writer.set(SDDGGUFKey.architecture, .string(SDDGGUFKey.architectureValue))
@@ -108,43 +202,47 @@ public enum ModelConverter {
         writer.set(SDDGGUFKey.formatVersion, .uint32(SDDGGUFKey.formatVersionValue))
         writer.set(SDDGGUFKey.pipelineClass, .string(model.pipelineClass))
         model.defaults.write(to: &writer)
-        let texts: [(String, String, Bool)] = [
-            (SDDGGUFKey.unetConfig, "unet/config.json", false),
-            (SDDGGUFKey.vaeConfig, "vae/config.json", false),
-            (SDDGGUFKey.textEncoderConfig, "text_encoder/config.json", false),
-            (SDDGGUFKey.schedulerConfig, "scheduler/scheduler_config.json", false),
-            (SDDGGUFKey.tokenizerVocab, "tokenizer/vocab.json", false),
-            (SDDGGUFKey.tokenizerMerges, "tokenizer/merges.txt", false),
-            (SDDGGUFKey.tokenizerConfig, "tokenizer/tokenizer_config.json", true),
-            (SDDGGUFKey.tokenizerSpecialTokensMap, "tokenizer/special_tokens_map.json", true),
-        ]
-        for (key, file, optional) in texts {
-            if let s = try text(file, optional: optional) { writer.set(key, .string(s)) }
-        }
+        writer.set(SDDGGUFKey.names, .string(options.naming.rawValue))
+        for (key, value) in texts.sorted(by: { $0.key < $1.key }) { writer.set(key, .string(value)) }
 
         // Pass 1: declare every tensor (shapes and types only; no data is read).
         struct Planned {
             let component: String
             let sourceName: String
-            let source: ComponentWeights
+            let source: WeightProvider
             let storedType: TensorType
         }
         var plan: [Planned] = []
         var reshaped: [String: [Int]] = [:]
         var summary = ConversionSummary(output: output)
         for component in SDDGGUFKey.components {
-            let source = try ComponentWeights(directory: folder, component: component)
-            for name in source.tensorNames.sorted() {
-                guard let info = try source.info(name) else { continue }
-                guard info.dtype.isConvertibleToFloat32 else {
+            guard let source = providers[component] else { continue }
+            let names = (source as? ComponentWeights)?.tensorNames ?? (source as? RenamedWeights)?.tensorNames ?? []
+            for name in names.sorted() {
+                if let folderWeights = source as? ComponentWeights, let info = try folderWeights.info(name),
+                    !info.dtype.isConvertibleToFloat32
+                {
                     summary.skipped.append("\(component).\(name) (\(info.dtype.safetensorsName))")
                     continue
                 }
-                let shape = info.shape.isEmpty ? [1] : info.shape
-                let (type, stored) = storage(component: component, name: name, shape: shape, options: options)
-                let full = "\(component).\(name)"
+                let view = try source.weight(name, shape: nil)  // a view of the mapping: no data is read
+                let shape = view.shape.isEmpty ? [1] : view.shape
+                let full: String
+                var logical = shape
+                switch options.naming {
+                case .sdd:
+                    full = "\(component).\(name)"
+                case .compvis:
+                    guard let (n, s) = model.compVisName(component: component, name: name, shape: shape) else {
+                        throw PipelineError.unsupported(file: model.url.path,
+                                                        feature: "tensor \(component).\(name) under CompVis names")
+                    }
+                    full = n
+                    logical = s
+                }
+                let (type, stored) = storage(component: component, name: name, shape: logical, options: options)
                 try writer.addTensor(full, shape: stored, type: type)
-                if stored != info.shape { reshaped[full] = info.shape }
+                if stored != logical { reshaped[full] = logical }
                 plan.append(Planned(component: component, sourceName: name, source: source, storedType: type))
                 summary.countsByType[type, default: 0] += 1
                 summary.bytesByComponent[component, default: 0] += type.byteCount(elements: shape.reduce(1, *)) ?? 0
@@ -169,7 +267,10 @@ public enum ModelConverter {
                 progress?("\(item.component): \(plan.filter { $0.component == item.component }.count) tensors")
             }
             let w = try item.source.weight(item.sourceName, shape: nil)
-            defer { item.source.release([item.sourceName]) }
+            defer {
+                (item.source as? ComponentWeights)?.release([item.sourceName])
+                (item.source as? RenamedWeights)?.release([item.sourceName])
+            }
             // Sources hand out F16/BF16 (and GGUF types) in place; the quantizer reads F32.
             let f32 = w.type == .f32 ? w : Weight(shape: w.shape, array: w.dequantized())
             defer { withExtendedLifetime(f32) {} }
@@ -244,6 +345,23 @@ public struct ModelInspection: Sendable {
                 components.append(c)
             }
             metadata = [("pipeline", model.pipelineClass), ("source", url.path)]
+        } else if let (opened, checkpoint) = try StableDiffusionModel.openCompVis(url, options: ModelOpenOptions()) {
+            // CompVis names: a single-file checkpoint, stable-diffusion.cpp's GGUF or `sdd convert --names compvis`.
+            model = opened
+            let gguf = try? GGUFFile(url: url)
+            format = gguf.map { "GGUF v\($0.version), alignment \($0.alignment), CompVis names" }
+                ?? "CompVis single-file safetensors (\(checkpoint.family.rawValue))"
+            for name in SDDGGUFKey.components {
+                var c = Component(name: name)
+                guard let weights = try model.weights(name) as? RenamedWeights else { continue }
+                for (tensor, entry) in weights.map.sorted(by: { $0.key < $1.key }) {
+                    let w = try weights.weight(tensor, shape: nil)
+                    let type = gguf?.tensor(entry.source)?.type.name ?? w.type.name
+                    c.add(tensor, type: type, bytes: w.bytes.count)
+                }
+                components.append(c)
+            }
+            metadata = gguf?.metadata.map { ($0.key, $0.value.summary()) } ?? [("source", url.path)]
         } else {
             let gguf = try GGUFFile(url: url)
             format = "GGUF v\(gguf.version), alignment \(gguf.alignment)"

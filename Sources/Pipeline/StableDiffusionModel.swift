@@ -62,14 +62,15 @@ public struct StableDiffusionModel: Sendable {
         return (defaults.width ?? s.width * vaeScaleFactor, defaults.height ?? s.height * vaeScaleFactor)
     }
 
-    /// Opens a model: a diffusers folder, or a single .gguf file written by `sdd convert`.
-    public init(url: URL) throws {
+    /// Opens a model: a diffusers folder, a .gguf file (sdd's, or stable-diffusion.cpp's CompVis-named one),
+    /// or a single-file CompVis `.safetensors` checkpoint; `options` apply to files that carry no configs.
+    public init(url: URL, options: ModelOpenOptions = ModelOpenOptions()) throws {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory) else {
             throw PipelineError.missingFile(path: url.path, what: "model folder or .gguf file")
         }
         if !isDirectory.boolValue {
-            self = try StableDiffusionModel.openSingleFile(url)
+            self = try StableDiffusionModel.openSingleFile(url, options: options)
             return
         }
         try self.init(diffusersFolder: URL(fileURLWithPath: url.path, isDirectory: true))

@@ -7,7 +7,7 @@ import Pipeline
 
 struct Convert: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Convert a diffusers model folder to one (quantized) GGUF file.",
+        abstract: "Convert a diffusers model folder or a CompVis single file to one (quantized) GGUF file.",
         discussion: """
             Large matmul and conv weights get --type (when their rows are whole blocks of 32); norms, biases, \
             position embeddings and small tensors stay F32; tensors whose rows are not whole blocks fall back \
@@ -15,8 +15,13 @@ struct Convert: ParsableCommand {
             written to a temp file, fsynced and renamed into place; it alone is a complete --model.
             """)
 
-    @Option(help: "The diffusers model folder (model_index.json). Default: $SDD_MODEL.")
+    @Option(help: "The model: a diffusers folder, a CompVis single-file .safetensors checkpoint or a stable-diffusion.cpp GGUF. Default: $SDD_MODEL.")
     var model: String?
+
+    @OptionGroup var source: ModelSourceOptions
+
+    @Option(help: "Tensor names: sdd (unet.*, vae.*, text_encoder.*; conv kernels quantized too) or compvis (the original Stable Diffusion names stable-diffusion.cpp loads; conv kernels stay F16 under a quantized --type).")
+    var names: String = "sdd"
 
     @Option(help: "Weight type: q8_0, q4_0, q4_1, q5_0, q5_1, f16, bf16 or f32.")
     var type: String
@@ -37,7 +42,7 @@ struct Convert: ParsableCommand {
     }
 
     private func convert() throws {
-        guard let main = TensorType(name: type) else {
+        guard let main = TensorType(name: type), main.isWritable else {
             throw PipelineError.invalidRequest(
                 "--type \(type): choose one of q8_0, q4_0, q4_1, q5_0, q5_1, f16, bf16, f32")
         }
@@ -49,16 +54,18 @@ struct Convert: ParsableCommand {
         case "f32": vae = .f32
         case let other?: throw PipelineError.invalidRequest("--vae-type \(other): choose f16, f32 or same")
         }
-        let source = URL(fileURLWithPath: try ModelLocation.resolve(model), isDirectory: true)
-        var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: source.path, isDirectory: &isDirectory), isDirectory.boolValue
-        else {
-            throw PipelineError.invalidRequest("--model \(source.path): convert needs a diffusers model folder")
+        guard let naming = GGUFNaming(rawValue: names.lowercased()) else {
+            throw PipelineError.invalidRequest("--names \(names): choose sdd or compvis")
+        }
+        let path = try ModelLocation.resolve(model)
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw PipelineError.invalidRequest("--model \(path): no such folder or file")
         }
         let start = Date()
         let summary = try ModelConverter.convert(
-            diffusersFolder: source, to: URL(fileURLWithPath: output),
-            options: ConversionOptions(type: main, vaeType: vae)
+            model: URL(fileURLWithPath: path), openOptions: try source.openOptions(for: path),
+            vae: source.vae.map { URL(fileURLWithPath: $0) }, to: URL(fileURLWithPath: output),
+            options: ConversionOptions(type: main, vaeType: vae, naming: naming)
         ) { printError("sdd: convert: \($0)") }
         let types = summary.countsByType.sorted { $0.key.name < $1.key.name }.map { "\($0.key.name) \($0.value)" }
         if !summary.skipped.isEmpty {

@@ -14,11 +14,10 @@ struct Generate: ParsableCommand {
             unet.sample_size × the VAE scale factor. Explicit options win.
             """)
 
-    @Option(help: "Model: a diffusers folder or .gguf file. Default: $SDD_MODEL, else the bundled demo model.")
+    @Option(help: "Model: a diffusers folder, a .gguf file or a CompVis single-file .safetensors checkpoint. Default: $SDD_MODEL, else the bundled demo model.")
     var model: String?
 
-    @Option(help: "Another VAE: a diffusers AutoencoderKL or AutoencoderTiny (TAESD) folder (its own scaling factor).")
-    var vae: String?
+    @OptionGroup var source: ModelSourceOptions
 
     @Option(help: "What the image should not show.")
     var negativePrompt: String?
@@ -121,8 +120,7 @@ struct Generate: ParsableCommand {
             throw PipelineError.invalidRequest("--output \(output): the file name must end in .png")
         }
         let modelPath = try ModelLocation.resolve(model)
-        var folder = try StableDiffusionModel(url: URL(fileURLWithPath: modelPath))
-        if let vae { folder = try folder.replacingVAE(with: URL(fileURLWithPath: vae)) }
+        let folder = try source.open(modelPath)
         guard let residencyMode = WeightResidency(rawValue: residency) else {
             throw PipelineError.invalidRequest("unknown --residency \(residency); choose streamed, resident or strict")
         }

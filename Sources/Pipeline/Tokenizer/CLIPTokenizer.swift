@@ -144,7 +144,7 @@ public struct CLIPTokenizer: Sendable {
                       mergesLabel: mergesURL.path, specialTokens: names, modelMaxLength: modelMaxLength)
     }
 
-    /// The shared core: a parsed vocab.json object and merges.txt text; labels name them in errors.
+    /// A parsed vocab.json object and merges.txt text; labels name them in errors.
     private init(
         vocabObject: [String: Any], vocabLabel: String, mergesText: String, mergesLabel: String,
         specialTokens names: SpecialTokenNames, modelMaxLength: Int
@@ -156,6 +156,15 @@ public struct CLIPTokenizer: Sendable {
             }
             vocabulary[key] = id
         }
+        try self.init(vocabulary: vocabulary, vocabLabel: vocabLabel, mergesText: mergesText, mergesLabel: mergesLabel,
+                      specialTokens: names, modelMaxLength: modelMaxLength)
+    }
+
+    /// The shared core: token → id and merges.txt text; labels name them in errors.
+    init(
+        vocabulary: [String: Int32], vocabLabel: String, mergesText: String, mergesLabel: String,
+        specialTokens names: SpecialTokenNames, modelMaxLength: Int
+    ) throws {
         func id(_ token: String, _ role: String) throws -> Int32 {
             guard let id = vocabulary[token] else {
                 throw TokenizerError.malformed(file: vocabLabel, reason: "\(role) token \"\(token)\" not in vocabulary")
