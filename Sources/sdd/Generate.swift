@@ -34,6 +34,12 @@ struct Generate: ParsableCommand {
     @Option(help: "Scheduler: \(SchedulerKind.allCases.map(\.rawValue).joined(separator: ", ")).")
     var scheduler: String = "pndm"
 
+    @Option(help: "TCD's stochasticity η in 0…1 (default 0.3, TCDScheduler's own); only --scheduler tcd takes it.")
+    var eta: Float?
+
+    @Option(help: "Timestep spacing, overriding the model's scheduler config: leading, trailing or linspace (Hyper-SD and PCM want ddim with trailing). Not for lcm or tcd.")
+    var timestepSpacing: String?
+
     @Option(help: "Images to generate in one batch (FILE-1.png … FILE-N.png when more than one).")
     var count: Int = 1
 
@@ -127,6 +133,14 @@ struct Generate: ParsableCommand {
         settings.height = height
         settings.seed = seed
         settings.scheduler = kind
+        settings.eta = eta
+        if let name = timestepSpacing {
+            guard let spacing = TimestepSpacing(rawValue: name.lowercased()) else {
+                throw PipelineError.invalidRequest("unknown --timestep-spacing \"\(name)\"; choose one of "
+                    + TimestepSpacing.allCases.map(\.rawValue).joined(separator: ", "))
+            }
+            settings.timestepSpacing = spacing
+        }
         settings.count = count
         var size = try pipeline.validate(settings)
         for p in prompts.dropFirst() {
