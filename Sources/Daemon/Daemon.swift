@@ -32,6 +32,8 @@ public struct DaemonConfiguration: Sendable {
     public var retentionBytes: Int?
     /// Checkpoint every this many steps.
     public var checkpointEvery: Int = 5
+    /// A latent preview every this many steps (nil: about ten per job; 0: none).
+    public var previewEvery: Int?
     public var limits = ConnectionLimits()
 
     public init() {}
@@ -55,6 +57,7 @@ public enum Daemon {
                             checkpointEvery: config.checkpointEvery, logger: logger)
         worker.memoryBudget = config.memoryBudget
         worker.products = config.products
+        worker.previewEvery = config.previewEvery
         let router = APIRouter(queue: queue, worker: worker, model: model, keepAlive: config.keepAlive)
         let address: ListenAddress = config.inheritedSocket.map { .inherited($0) }
             ?? .path(config.socketPath, mode: config.socketMode, group: config.socketGroup)

@@ -52,6 +52,19 @@ extension SDDClient {
         }
         return paths
     }
+
+    /// Writes job `id`'s latest latent preview to `path` (atomically); false when it has none.
+    func fetchPreview(_ id: String, to path: String) async throws -> Bool {
+        let png: [UInt8]? = try await exchange(.GET, "\(jobsPath)/\(id)/preview") { status, body in
+            let bytes = try await body.collect()
+            if status == 404 { return nil }
+            guard status == 200 else { throw Self.apiError(status: status, body: bytes) }
+            return bytes
+        }
+        guard let png else { return false }
+        try Output.writeFile(png, to: path)
+        return true
+    }
 }
 
 struct Generate: AsyncParsableCommand {
@@ -97,6 +110,10 @@ struct Generate: AsyncParsableCommand {
                                                       valueName: "file"))
     var output: String?
 
+    @Option(help: ArgumentHelp("Keep this PNG replaced by the job's latest latent preview while it runs.",
+                               valueName: "file"))
+    var preview: String?
+
     @Flag(help: "Print the job id and exit without waiting.")
     var noWait = false
 
@@ -108,6 +125,8 @@ struct Generate: AsyncParsableCommand {
 
     func validate() throws {
         if noWait, output != nil { throw ValidationError("--output has no effect with --no-wait (use sdctl fetch)") }
+        if noWait, preview != nil { throw ValidationError("--preview needs the wait (GET /v1/jobs/ID/preview serves it otherwise)") }
+        if preview == "-" { throw ValidationError("--preview needs a file name, not -") }
         if json, output == "-" { throw ValidationError("--output - would mix the PNG into --json's events") }
     }
 
@@ -130,8 +149,11 @@ struct Generate: AsyncParsableCommand {
         if !json, Output.stderrIsTerminal {
             Output.error("job \(job.id): seed \(job.settings.seed.map(String.init) ?? "?")")
         }
-        let ended = try await JobFollower(client: client, json: json, progress: !json && Output.stderrIsTerminal)
+        let ended = try await JobFollower(client: client, json: json, progress: !json && Output.stderrIsTerminal,
+                                          previewPath: preview)
             .follow(job.id)
+        // A short job can end before its first preview event reached the stream: the daemon keeps the last one.
+        if let preview, ended.state == .finished { _ = try await client.fetchPreview(job.id, to: preview) }
         if let status = reportUnfinished(ended) { throw ExitCode(status) }
         let paths = try await client.fetchImages(ended, to: output ?? "sdd-\(job.id).png")
         if json {

@@ -27,6 +27,8 @@ struct JobFollower {
     let progress: Bool
     /// How long to keep retrying when the socket stops answering mid-wait.
     var reconnectSeconds: Double = 60
+    /// Keep this file replaced (atomically) by the job's latest latent preview.
+    var previewPath: String? = nil
 
     /// Follows job `id` until it is finished, failed or canceled; returns the job as it ended.
     func follow(_ id: String) async throws -> Job {
@@ -52,6 +54,12 @@ struct JobFollower {
                             throw CLIError("unreadable event from the daemon: \(String(decoding: line, as: UTF8.self))")
                         }
                         if json { line.withUnsafeBytes { Output.write($0, to: 1) }; Output.out("\n") }
+                        if let path = previewPath, event.event == .preview, let b64 = event.previewPNG {
+                            guard let png = Data(base64Encoded: b64) else {
+                                throw CLIError("unreadable preview from the daemon (step \(event.step ?? 0))")
+                            }
+                            try Output.writeFile(Array(png), to: path)
+                        }
                         bar?.show(event)
                         return !event.isFinal
                     }

@@ -116,6 +116,8 @@ struct ProgressBar {
         switch event.event {
         case .queued:
             line = "\(id)  queued" + (event.position.map { ", position \($0)" } ?? "")
+        case .preview:
+            return
         case .started, .step:
             let step = event.step ?? 0, total = max(event.total ?? 0, 1)
             let filled = min(width, step * width / total)

@@ -67,6 +67,9 @@ struct Generate: ParsableCommand {
     @Option(help: "How the UNet and VAE multiply: auto (bf16 for a quantized GGUF on a CPU with AVX512_BF16, else f32), f32 (diffusers' results to rounding) or bf16 (operands rounded to BF16, F32 sums; faster where the CPU has AVX512_BF16).")
     var precision: String = "auto"
 
+    @Option(help: "Keep this PNG replaced (atomically) by a latent preview of the first image, about ten times per run.")
+    var preview: String?
+
     @Flag(help: "Print stage timings and peak memory as one JSON line on stderr.")
     var timings = false
 
@@ -176,10 +179,22 @@ struct Generate: ParsableCommand {
             s.prompt = p
             if let first = results.first { s.seed = first.seed }  // a random seed is drawn once, for every prompt
             let progress = ProgressLine(enabled: isatty(STDERR_FILENO) != 0)
-            results.append(try pipeline.generate(s) { step in
-                progress.update(step)
-                return true
-            })
+            var previewError: Error?
+            do {
+                results.append(try pipeline.generate(s) { step in
+                    progress.update(step)
+                    if let path = preview, LatentPreview.isPreviewStep(step.step, total: step.totalSteps),
+                       let png = LatentPreview.png(step.latents) {
+                        do { try OutputFiles.writeAtomically(png, to: URL(fileURLWithPath: path)) } catch {
+                            previewError = error  // stops the run: the user asked for a file that cannot be written
+                            return false
+                        }
+                    }
+                    return true
+                })
+            } catch PipelineError.cancelled where previewError != nil {
+                throw previewError ?? PipelineError.cancelled
+            }
             progress.finish()
         }
         let result = results[0]

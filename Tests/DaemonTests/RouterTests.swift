@@ -192,4 +192,39 @@ final class RouterTests: XCTestCase {
         XCTAssertEqual(health.status, "ok")
         XCTAssertEqual(health.queueDepth, 0)
     }
+
+    func testThePreviewRouteServesTheLatestPreviewToItsOwnerAndStreamsItAsAnEvent() throws {
+        let job = try submit()
+        let none = call("GET", "/v1/jobs/\(job.id)/preview")
+        XCTAssertEqual(none.status, 404)
+        XCTAssertTrue(String(decoding: none.body, as: UTF8.self).contains("no preview yet"))
+
+        let received = EventBox()
+        let subscription = try XCTUnwrap(queue.subscribe(job.id, uid: alice.uid) { received.append($0) })
+        let first: [UInt8] = [0x89, 0x50, 0x4E, 0x47, 1, 2, 3], second: [UInt8] = [0x89, 0x50, 0x4E, 0x47, 4, 5]
+        queue.reportPreview(job.id, png: first, step: 2, total: 8)
+        queue.reportPreview(job.id, png: second, step: 4, total: 8)
+        if let token = subscription.token { queue.unsubscribe(job.id, token: token) }
+        let previews = received.events.filter { $0.event == .preview }
+        XCTAssertEqual(previews.map(\.step), [2, 4])
+        XCTAssertEqual(previews.map(\.total), [8, 8])
+        XCTAssertEqual(previews.last?.previewPNG.flatMap { Data(base64Encoded: $0) }, Data(second))
+
+        let r = call("GET", "/v1/jobs/\(job.id)/preview")
+        XCTAssertEqual(r.status, 200)
+        XCTAssertEqual(r.contentType, "image/png")
+        XCTAssertEqual(r.body, second, "the latest preview")
+        XCTAssertTrue(r.headers.contains { $0.0 == "X-SDD-Preview-Step" && $0.1 == "4/8" })
+        XCTAssertEqual(call("GET", "/v1/jobs/\(job.id)/preview", as: bob).status, 404, "only its owner (or root) sees it")
+        XCTAssertEqual(call("GET", "/v1/jobs/\(job.id)/preview", as: root).status, 200)
+        XCTAssertEqual(call("DELETE", "/v1/jobs/\(job.id)/preview").status, 405)
+    }
+}
+
+/// Collects events a queue subscriber receives (called with the queue locked).
+final class EventBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var list: [JobEvent] = []
+    func append(_ e: JobEvent) { lock.lock(); list.append(e); lock.unlock() }
+    var events: [JobEvent] { lock.lock(); defer { lock.unlock() }; return list }
 }

@@ -107,4 +107,43 @@ final class FewStepGenerateTests: XCTestCase {
         XCTAssertTrue(range.stderr.contains("eta"), range.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: png), "nothing is written for a refused request")
     }
+
+    func testPreviewFileIsTheLastPreviewedStepAndTheOutputIsByteForByteTheSame() throws {
+        let common = ["generate", "--model", GenerateCommandTests.tinyModel, "--steps", "4", "--seed", "9",
+                      "--scheduler", "tcd", "--guidance", "1", "--width", "48", "--height", "80"]
+        let plain = try GenerateCommandTests.runSDD(common + ["-o", workDir.appendingPathComponent("plain.png").path,
+                                                             "--save-latents", workDir.appendingPathComponent("plain.npy").path, "x"])
+        XCTAssertEqual(plain.status, 0, plain.stderr)
+        let preview = workDir.appendingPathComponent("preview.png")
+        let watched = try GenerateCommandTests.runSDD(common + ["-o", workDir.appendingPathComponent("watched.png").path,
+                                                               "--save-latents", workDir.appendingPathComponent("watched.npy").path,
+                                                               "--preview", preview.path, "x"])
+        XCTAssertEqual(watched.status, 0, watched.stderr)
+        XCTAssertEqual(try Data(contentsOf: workDir.appendingPathComponent("plain.png")),
+                       try Data(contentsOf: workDir.appendingPathComponent("watched.png")))
+        XCTAssertEqual(try Data(contentsOf: workDir.appendingPathComponent("plain.npy")),
+                       try Data(contentsOf: workDir.appendingPathComponent("watched.npy")))
+
+        var s = GenerationSettings(prompt: "x")
+        s.steps = 4
+        s.seed = 9
+        s.scheduler = .tcd
+        s.guidance = 1
+        s.width = 48
+        s.height = 80
+        var third: StepProgress?
+        _ = try StableDiffusionPipeline(model: StableDiffusionModel(url: URL(fileURLWithPath: GenerateCommandTests.tinyModel)))
+            .generate(s) { p in
+                if p.step == 3 { third = p }  // 4 steps: previews after 1, 2, 3
+                return true
+            }
+        let image = try PNGReader.read(from: preview)
+        XCTAssertEqual([image.width, image.height], [6, 10])
+        XCTAssertEqual(image.rgb, try XCTUnwrap(LatentPreview.rgb(try XCTUnwrap(third).latents)).rgb)
+
+        let unwritable = try GenerateCommandTests.runSDD(common + ["-o", workDir.appendingPathComponent("u.png").path,
+                                                                  "--preview", "/nonexistent-dir/p.png", "x"])
+        XCTAssertNotEqual(unwritable.status, 0)
+        XCTAssertTrue(unwritable.stderr.contains("/nonexistent-dir/p.png"), unwritable.stderr)
+    }
 }
