@@ -235,6 +235,8 @@ struct Generate: ParsableCommand {
                 "text_encode_seconds": t.textEncode, "unet_step_seconds": t.medianStep,
                 "vae_decode_seconds": t.vaeDecode, "peak_rss_bytes": Double(ProcessMemory.peakResidentBytes() ?? 0),
                 "unet_evaluations": Double(t.steps.count),
+                "unet_total_seconds": t.steps.reduce(0, +),
+                "generation_seconds": t.textEncode + t.steps.reduce(0, +) + t.vaeDecode,
             ]
             let json = try JSONSerialization.data(withJSONObject: report, options: [.sortedKeys])
             printError(String(decoding: json, as: UTF8.self))

@@ -146,4 +146,18 @@ final class FewStepGenerateTests: XCTestCase {
         XCTAssertNotEqual(unwritable.status, 0)
         XCTAssertTrue(unwritable.stderr.contains("/nonexistent-dir/p.png"), unwritable.stderr)
     }
+
+    func testTimingsReportTheWholeGenerationAsTheSumOfItsStages() throws {
+        let run = try GenerateCommandTests.runSDD(["generate", "--model", GenerateCommandTests.tinyModel, "--steps", "4",
+                                                   "--scheduler", "lcm", "--guidance", "1", "--seed", "2", "--timings",
+                                                   "-o", workDir.appendingPathComponent("t.png").path, "x"])
+        XCTAssertEqual(run.status, 0, run.stderr)
+        let line = try XCTUnwrap(run.stderr.split(separator: "\n").last { $0.hasPrefix("{") })
+        let t = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Double])
+        XCTAssertEqual(t["unet_evaluations"], 4, "LCM runs one UNet evaluation per step, batch 1 at guidance 1")
+        let sum = try XCTUnwrap(t["text_encode_seconds"]) + XCTUnwrap(t["unet_total_seconds"]) + XCTUnwrap(t["vae_decode_seconds"])
+        // The same three doubles summed in the same order by sdd: equal up to the JSON round trip.
+        XCTAssertEqual(try XCTUnwrap(t["generation_seconds"]), sum, accuracy: sum * 1e-12)
+        XCTAssertGreaterThanOrEqual(try XCTUnwrap(t["unet_total_seconds"]), try XCTUnwrap(t["unet_step_seconds"]))
+    }
 }
