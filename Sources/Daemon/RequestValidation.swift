@@ -99,6 +99,7 @@ public enum RequestValidation {
                 + SchedulerKind.allCases.map(\.rawValue).joined(separator: ", "))
         }
         out.scheduler = name
+        try resolveSchedulerOptions(r, scheduler: name)
         let count = r.count ?? JobRequest.defaultCount
         guard (1...GenerationSettings.maxCount).contains(count) else {
             throw APIError(.invalidValue, "count \(count) is out of range (1…\(GenerationSettings.maxCount))")
@@ -113,6 +114,26 @@ public enum RequestValidation {
         return out
     }
 
+    /// eta and timestep_spacing: in range, and only for schedulers that use them.
+    static func resolveSchedulerOptions(_ r: JobRequest, scheduler name: String) throws(APIError) {
+        guard let kind = SchedulerKind(rawValue: name) else { return }
+        if let eta = r.eta {
+            guard eta.isFinite, (0...1).contains(eta) else { throw APIError(.invalidValue, "eta \(eta) is out of range (0…1)") }
+            guard kind.takesEta else {
+                throw APIError(.invalidValue, "eta applies to the tcd scheduler only, not \(name)")
+            }
+        }
+        if let spacing = r.timestepSpacing {
+            guard TimestepSpacing(rawValue: spacing) != nil else {
+                throw APIError(.invalidValue, "unknown timestep_spacing \"\(spacing)\"; choose one of "
+                    + TimestepSpacing.allCases.map(\.rawValue).joined(separator: ", "))
+            }
+            guard kind.usesTimestepSpacing else {
+                throw APIError(.invalidValue, "timestep_spacing does not apply to \(name): its timesteps come from original_inference_steps")
+            }
+        }
+    }
+
     /// The pipeline's settings for a resolved request.
     public static func settings(_ r: JobRequest) -> GenerationSettings {
         var s = GenerationSettings(prompt: r.prompt)
@@ -124,6 +145,8 @@ public enum RequestValidation {
         s.seed = r.seed
         s.scheduler = SchedulerKind(rawValue: r.scheduler ?? JobRequest.defaultScheduler) ?? .pndm
         s.count = r.count ?? JobRequest.defaultCount
+        s.eta = r.eta.map { Float($0) }
+        s.timestepSpacing = r.timestepSpacing.flatMap(TimestepSpacing.init(rawValue:))
         return s
     }
 }

@@ -21,8 +21,12 @@ public struct JobRequest: Codable, Sendable, Equatable {
     /// Seed, as `torch.Generator("cpu").manual_seed(seed)`. Default: chosen by the daemon when the
     /// job is accepted (so a restarted job gives the same image); the job's `settings.seed` shows it.
     public var seed: UInt64?
-    /// Scheduler: pndm, ddim, lms, euler, euler-a, dpm++2m. Default pndm.
+    /// Scheduler: pndm, ddim, lms, euler, euler-a, dpm++2m, lcm, tcd. Default pndm.
     public var scheduler: String?
+    /// TCD's stochasticity in 0…1 (only with scheduler tcd). Default 0.3.
+    public var eta: Double?
+    /// leading, trailing or linspace, replacing the model's scheduler config (not for lcm or tcd). Default: the config's.
+    public var timestepSpacing: String?
     /// Images generated in one batch, 1…16. Default 1.
     public var count: Int?
     /// Higher runs first; equal priorities run in arrival order. −100…100, default 0.
@@ -30,7 +34,7 @@ public struct JobRequest: Codable, Sendable, Equatable {
 
     public init(prompt: String, negativePrompt: String? = nil, steps: Int? = nil, guidance: Double? = nil,
                 width: Int? = nil, height: Int? = nil, seed: UInt64? = nil, scheduler: String? = nil,
-                count: Int? = nil, priority: Int? = nil) {
+                count: Int? = nil, priority: Int? = nil, eta: Double? = nil, timestepSpacing: String? = nil) {
         self.prompt = prompt
         self.negativePrompt = negativePrompt
         self.steps = steps
@@ -41,6 +45,8 @@ public struct JobRequest: Codable, Sendable, Equatable {
         self.scheduler = scheduler
         self.count = count
         self.priority = priority
+        self.eta = eta
+        self.timestepSpacing = timestepSpacing
     }
 
     public static let defaultSteps = 50
@@ -52,7 +58,8 @@ public struct JobRequest: Codable, Sendable, Equatable {
     public enum CodingKeys: String, CodingKey, CaseIterable {
         case prompt
         case negativePrompt = "negative_prompt"
-        case steps, guidance, width, height, seed, scheduler, count, priority
+        case steps, guidance, width, height, seed, scheduler, count, priority, eta
+        case timestepSpacing = "timestep_spacing"
     }
 
     public init(from decoder: Decoder) throws {
@@ -73,6 +80,8 @@ public struct JobRequest: Codable, Sendable, Equatable {
         scheduler = try c.decodeIfPresent(String.self, forKey: .scheduler)
         count = try c.decodeIfPresent(Int.self, forKey: .count)
         priority = try c.decodeIfPresent(Int.self, forKey: .priority)
+        eta = try c.decodeIfPresent(Double.self, forKey: .eta)
+        timestepSpacing = try c.decodeIfPresent(String.self, forKey: .timestepSpacing)
     }
 }
 

@@ -97,8 +97,14 @@ struct Generate: AsyncParsableCommand {
     @Option(help: "Seed (same as torch.Generator(\"cpu\").manual_seed). Default: random, chosen by the daemon.")
     var seed: UInt64?
 
-    @Option(help: "Scheduler: pndm, ddim, lms, euler, euler-a, dpm++2m (default pndm).")
+    @Option(help: "Scheduler: pndm, ddim, lms, euler, euler-a, dpm++2m, lcm, tcd (default pndm).")
     var scheduler: String?
+
+    @Option(help: "TCD's stochasticity in 0…1 (--scheduler tcd only; default 0.3).")
+    var eta: Double?
+
+    @Option(help: "Timestep spacing: leading, trailing or linspace, replacing the model's config (not for lcm, tcd).")
+    var timestepSpacing: String?
 
     @Option(help: "Images in one batch (FILE-1.png … FILE-N.png when more than one).")
     var count: Int?
@@ -134,7 +140,7 @@ struct Generate: AsyncParsableCommand {
         let client = global.client
         let request = JobRequest(prompt: prompt, negativePrompt: negativePrompt, steps: steps, guidance: guidance,
                                  width: width, height: height, seed: seed, scheduler: scheduler, count: count,
-                                 priority: priority)
+                                 priority: priority, eta: eta, timestepSpacing: timestepSpacing)
         let body = try Array(JSONEncoder().encode(request))
         let (job, raw) = try await client.json(.POST, jobsPath, body: body, as: Job.self)
         if noWait {

@@ -193,6 +193,27 @@ final class RouterTests: XCTestCase {
         XCTAssertEqual(health.queueDepth, 0)
     }
 
+    func testEtaAndTimestepSpacingAreKeptForSchedulersThatUseThemAndRefusedOtherwise() throws {
+        let tcd = try submit(#"{"prompt": "a cat", "scheduler": "tcd", "eta": 0.5, "steps": 4}"#)
+        XCTAssertEqual(tcd.settings.eta, 0.5)
+        XCTAssertEqual(RequestValidation.settings(tcd.settings).eta, 0.5)
+        let ddim = try submit(#"{"prompt": "a cat", "scheduler": "ddim", "timestep_spacing": "trailing", "steps": 4}"#)
+        XCTAssertEqual(ddim.settings.timestepSpacing, "trailing")
+        XCTAssertEqual(RequestValidation.settings(ddim.settings).timestepSpacing, .trailing)
+        for (body, words) in [
+            (#"{"prompt": "a cat", "scheduler": "ddim", "eta": 0.3}"#, ["eta", "tcd"]),
+            (#"{"prompt": "a cat", "scheduler": "tcd", "eta": 1.5}"#, ["eta", "0…1"]),
+            (#"{"prompt": "a cat", "scheduler": "lcm", "timestep_spacing": "trailing"}"#, ["timestep_spacing", "lcm"]),
+            (#"{"prompt": "a cat", "timestep_spacing": "sideways"}"#, ["sideways", "trailing"]),
+        ] {
+            let r = call("POST", "/v1/jobs", body)
+            XCTAssertEqual(r.status, 400, body)
+            XCTAssertEqual(errorCode(r), "invalid_value", body)
+            let text = String(decoding: r.body, as: UTF8.self)
+            for w in words { XCTAssertTrue(text.contains(w), "\(body): \(text)") }
+        }
+    }
+
     func testThePreviewRouteServesTheLatestPreviewToItsOwnerAndStreamsItAsAnEvent() throws {
         let job = try submit()
         let none = call("GET", "/v1/jobs/\(job.id)/preview")

@@ -225,6 +225,21 @@ final class SdctlTests: XCTestCase {
         XCTAssertEqual(leftovers, [], "atomic replacement leaves no temporary files")
     }
 
+    func testFewStepSchedulerOptionsReachTheDaemonAndGiveSddGeneratesImage() throws {
+        for settings in [["--scheduler", "ddim", "--timestep-spacing", "trailing", "--guidance", "0"],
+                         ["--scheduler", "tcd", "--eta", "0.6", "--guidance", "1"]] {
+            let common = ["--steps", "4", "--seed", "5", "--width", "32", "--height", "32"] + settings
+            let run = try sdctl(["generate"] + common + ["-o", path("c.png"), "a green triangle"])
+            XCTAssertEqual(run.status, 0, run.output)
+            let direct = try ProcessRunner.run(GenerateCommandTests.binary.path, [
+                "generate", "--model", GenerateCommandTests.tinyModel, "-o", path("d.png"),
+            ] + common + ["a green triangle"], environment: ["SDD_MODEL": nil])
+            XCTAssertEqual(direct.status, 0, direct.output)
+            XCTAssertEqual(try PNGReader.read(from: workDir.appendingPathComponent("c.png")).rgb,
+                           try PNGReader.read(from: workDir.appendingPathComponent("d.png")).rgb, "\(settings)")
+        }
+    }
+
     func testGenerateWithACountWritesNumberedFiles() throws {
         let run = try sdctl(["generate", "--steps", "1", "--seed", "7", "--width", "32", "--height", "32",
                              "--count", "2", "-o", path("many.png"), "two cats"])
