@@ -71,7 +71,7 @@ public struct ModelDescription: Sendable {
         let model = try StableDiffusionModel(url: url)
         let size = model.defaultSize
         return ModelDescription(url: url, name: model.name, defaults: ModelDefaults(
-            width: size.width, height: size.height, sizeMultiple: model.vaeScaleFactor))
+            width: size.width, height: size.height, sizeMultiple: model.vaeScaleFactor, scheduler: model.scheduler))
     }
 }
 

@@ -11,11 +11,15 @@ public struct ModelDefaults: Sendable, Equatable {
     public var height: Int
     /// Sizes must be multiples of this (and of 8).
     public var sizeMultiple: Int
+    /// The model's scheduler config: a request's scheduler is built from it at submit, so a step count the
+    /// scheduler cannot place (LCM beyond original_inference_steps, PNDM at 1000) is a 400, not a failed job.
+    public var scheduler: SchedulerConfig?
 
-    public init(width: Int, height: Int, sizeMultiple: Int) {
+    public init(width: Int, height: Int, sizeMultiple: Int, scheduler: SchedulerConfig? = nil) {
         self.width = width
         self.height = height
         self.sizeMultiple = sizeMultiple
+        self.scheduler = scheduler
     }
 }
 
@@ -100,6 +104,14 @@ public enum RequestValidation {
         }
         out.scheduler = name
         try resolveSchedulerOptions(r, scheduler: name)
+        if let config = defaults?.scheduler, let kind = SchedulerKind(rawValue: name) {
+            do {
+                let config = try config.overriding(timestepSpacing: r.timestepSpacing.flatMap(TimestepSpacing.init), for: kind)
+                _ = try makeScheduler(kind, config: config, steps: steps, eta: r.eta.map { Float($0) })
+            } catch {
+                throw APIError(.invalidValue, "\(name) with \(steps) steps: \(error)")
+            }
+        }
         let count = r.count ?? JobRequest.defaultCount
         guard (1...GenerationSettings.maxCount).contains(count) else {
             throw APIError(.invalidValue, "count \(count) is out of range (1…\(GenerationSettings.maxCount))")

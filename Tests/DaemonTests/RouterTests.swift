@@ -214,6 +214,21 @@ final class RouterTests: XCTestCase {
         }
     }
 
+    func testAStepCountTheModelsSchedulerCannotPlaceIsRefusedAtSubmit() throws {
+        queue = JobQueue(spool: try Spool(root: dir.appendingPathComponent("with-scheduler")), maxQueued: 10,
+                         logger: .init(label: "test"))
+        router = APIRouter(queue: queue, worker: nil, model: ModelDescription(
+            url: URL(fileURLWithPath: "/m/tiny"), name: "tiny",
+            defaults: ModelDefaults(width: 64, height: 64, sizeMultiple: 8, scheduler: .stableDiffusion15)), keepAlive: 300)
+        let lcm = call("POST", "/v1/jobs", #"{"prompt": "a cat", "scheduler": "lcm", "steps": 51}"#)
+        XCTAssertEqual(lcm.status, 400)
+        XCTAssertTrue(String(decoding: lcm.body, as: UTF8.self).contains("original_inference_steps 50"),
+                      String(decoding: lcm.body, as: UTF8.self))
+        XCTAssertEqual(call("POST", "/v1/jobs", #"{"prompt": "a cat", "steps": 1000}"#).status, 400, "PNDM cannot place 1000")
+        XCTAssertEqual(call("POST", "/v1/jobs", #"{"prompt": "a cat", "scheduler": "lcm", "steps": 50}"#).status, 202)
+        XCTAssertEqual(queue.list(uid: alice.uid).count, 1, "refused requests queue nothing")
+    }
+
     func testThePreviewRouteServesTheLatestPreviewToItsOwnerAndStreamsItAsAnEvent() throws {
         let job = try submit()
         let none = call("GET", "/v1/jobs/\(job.id)/preview")
