@@ -56,6 +56,6 @@ let package = Package(
         .testTarget(name: "TiledKernelsTests", dependencies: ["TiledKernels"]),
         .testTarget(name: "PipelineTests", dependencies: ["Pipeline"]),
         .testTarget(name: "DaemonTests", dependencies: ["Daemon", "SDDAPI"] + nio),
-        .testTarget(name: "SDDTests", dependencies: ["sdd", "sdctl", "Pipeline"]),
+        .testTarget(name: "SDDTests", dependencies: ["sdd", "sdctl", "Pipeline", "MMapWeights"]),
     ]
 )

@@ -239,6 +239,9 @@ public final class APIRouter: Sendable {
             let id = parts[2]
             guard JobID.isValid(id), queue.job(id, owner: owner) != nil else { return .error(APIError(.notFound, "no job \(id)")) }
             return APIResponse(status: 200, contentType: "application/x-ndjson", body: [], eventsFor: id)
+        case 4 where parts[0] == "v1" && parts[1] == "jobs" && parts[3] == "preview":
+            if let no = allow("GET") { return no }
+            return preview(id: parts[2], owner: owner)
         case 5 where parts[0] == "v1" && parts[1] == "jobs" && parts[3] == "images":
             if let no = allow("GET") { return no }
             return image(id: parts[2], index: parts[4], owner: owner)
@@ -272,6 +275,16 @@ public final class APIRouter: Sendable {
         } catch {
             return .error(error)
         }
+    }
+
+    /// The job's latest latent preview (PNG), with the step it shows in `X-SDD-Preview-Step: step/total`.
+    private func preview(id: String, owner: JobOwner) -> APIResponse {
+        guard JobID.isValid(id), let job = queue.job(id, owner: owner) else { return .error(APIError(.notFound, "no job \(id)")) }
+        guard let p = queue.preview(id, owner: owner) else {
+            return .error(APIError(.notFound, "job \(id) (\(job.state.rawValue)) has no preview yet"))
+        }
+        return APIResponse(status: 200, contentType: "image/png", body: p.png,
+                           headers: [("X-SDD-Preview-Step", "\(p.step)/\(p.total)")])
     }
 
     private func image(id: String, index: String, owner: JobOwner) -> APIResponse {

@@ -41,6 +41,8 @@ public struct DaemonConfiguration: Sendable {
     public var retentionBytes: Int?
     /// Checkpoint every this many steps.
     public var checkpointEvery: Int = 5
+    /// A latent preview every this many steps (nil: about ten per job; 0: none).
+    public var previewEvery: Int?
     public var limits = ConnectionLimits()
     /// Most image downloads in flight at once; more get 429.
     public var maxDownloads: Int = APIRouter.defaultMaxDownloads
@@ -72,6 +74,7 @@ public enum Daemon {
         worker.vaeURL = config.vae
         worker.memoryBudget = config.memoryBudget
         worker.products = config.products
+        worker.previewEvery = config.previewEvery
         let router = APIRouter(queue: queue, worker: worker, model: model, keepAlive: config.keepAlive,
                                memoryBudget: config.memoryBudget, minFreeBytes: config.minFreeBytes,
                                maxDownloads: config.maxDownloads)

@@ -51,6 +51,8 @@ public final class JobQueue: @unchecked Sendable {
         var deferred = false
         var retryAfter = Date.distantPast
         var subscribers: [UInt64: Subscriber] = [:]
+        /// The latest preview of a running job (PNG bytes and the step it shows); kept in memory only.
+        var preview: (png: [UInt8], step: Int, total: Int)?
     }
 
     private let cond = NSCondition()
@@ -302,6 +304,9 @@ public final class JobQueue: @unchecked Sendable {
             if let p = job.progress, p.step > 0 {
                 initial.append(JobEvent(event: .step, job: id, time: now, step: p.step, total: p.total, etaSeconds: p.etaSeconds))
             }
+            if let preview = e.preview {
+                initial.append(Self.previewEvent(id, preview.png, step: preview.step, total: preview.total, time: now))
+            }
         case .finished, .failed, .canceled:
             return ([finalEvent(job)], nil)
         }
@@ -399,6 +404,28 @@ public final class JobQueue: @unchecked Sendable {
         let status = statusLineLocked()
         cond.unlock()
         statusListener?(status)
+    }
+
+    /// The running job drew a preview of its latents after `step`: kept as the job's latest and sent to subscribers.
+    public func reportPreview(_ id: String, png: [UInt8], step: Int, total: Int) {
+        cond.lock()
+        defer { cond.unlock() }
+        guard entries[id] != nil else { return }
+        entries[id]?.preview = (png, step, total)
+        emit(Self.previewEvent(id, png, step: step, total: total, time: Self.now()))
+    }
+
+    /// The latest preview of job `id` (PNG bytes, step, total), if `owner` may see the job and one was drawn.
+    public func preview(_ id: String, owner: JobOwner) -> (png: [UInt8], step: Int, total: Int)? {
+        cond.lock()
+        defer { cond.unlock() }
+        guard let e = entries[id], Self.visible(e, to: owner) else { return nil }
+        return e.preview
+    }
+
+    static func previewEvent(_ id: String, _ png: [UInt8], step: Int, total: Int, time: Double) -> JobEvent {
+        JobEvent(event: .preview, job: id, time: time, step: step, total: total,
+                 previewPNG: Data(png).base64EncodedString())
     }
 
     public func isCancelRequested(_ id: String) -> Bool {

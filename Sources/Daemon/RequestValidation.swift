@@ -137,6 +137,7 @@ public enum RequestValidation {
                 + SchedulerKind.allCases.map(\.rawValue).joined(separator: ", "))
         }
         out.scheduler = name
+        try resolveSchedulerOptions(r, scheduler: name)
         let count = r.count ?? JobRequest.defaultCount
         guard (1...GenerationSettings.maxCount).contains(count) else {
             throw APIError(.invalidValue, "count \(count) is out of range (1…\(GenerationSettings.maxCount))")
@@ -163,7 +164,8 @@ public enum RequestValidation {
                              memoryBudget: Int?) throws(APIError) {
         let s = settings(r)
         do {
-            _ = try makeScheduler(s.scheduler, config: model.scheduler, steps: s.steps)
+            let config = try model.scheduler.overriding(timestepSpacing: s.timestepSpacing, for: s.scheduler)
+            _ = try makeScheduler(s.scheduler, config: config, steps: s.steps, eta: s.eta)
         } catch {
             throw APIError(.invalidValue, "steps \(s.steps) cannot run with scheduler \(s.scheduler.rawValue) on this model "
                 + "(its schedule has \(model.scheduler.numTrainTimesteps ?? 1000) training timesteps): \(error)")
@@ -186,6 +188,26 @@ public enum RequestValidation {
         return resolved == stored
     }
 
+    /// eta and timestep_spacing: in range, and only for schedulers that use them.
+    static func resolveSchedulerOptions(_ r: JobRequest, scheduler name: String) throws(APIError) {
+        guard let kind = SchedulerKind(rawValue: name) else { return }
+        if let eta = r.eta {
+            guard eta.isFinite, (0...1).contains(eta) else { throw APIError(.invalidValue, "eta \(eta) is out of range (0…1)") }
+            guard kind.takesEta else {
+                throw APIError(.invalidValue, "eta applies to the tcd scheduler only, not \(name)")
+            }
+        }
+        if let spacing = r.timestepSpacing {
+            guard TimestepSpacing(rawValue: spacing) != nil else {
+                throw APIError(.invalidValue, "unknown timestep_spacing \"\(spacing)\"; choose one of "
+                    + TimestepSpacing.allCases.map(\.rawValue).joined(separator: ", "))
+            }
+            guard kind.usesTimestepSpacing else {
+                throw APIError(.invalidValue, "timestep_spacing does not apply to \(name): its timesteps come from original_inference_steps")
+            }
+        }
+    }
+
     /// The pipeline's settings for a resolved request.
     public static func settings(_ r: JobRequest) -> GenerationSettings {
         var s = GenerationSettings(prompt: r.prompt)
@@ -197,6 +219,8 @@ public enum RequestValidation {
         s.seed = r.seed
         s.scheduler = SchedulerKind(rawValue: r.scheduler ?? JobRequest.defaultScheduler) ?? .pndm
         s.count = r.count ?? JobRequest.defaultCount
+        s.eta = r.eta.map { Float($0) }
+        s.timestepSpacing = r.timestepSpacing.flatMap(TimestepSpacing.init(rawValue:))
         return s
     }
 }

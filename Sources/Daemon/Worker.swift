@@ -35,6 +35,9 @@ public final class Worker: @unchecked Sendable {
     public var vaeURL: URL?
     /// How the pipeline's UNet and VAE multiply (nil: automatic); read when the model loads.
     public var products: ProductPrecision?
+    /// A latent preview after every this many steps (nil: about ten per job, see `LatentPreview.isPreviewStep`;
+    /// 0: none). Previews only read the latents: the images are the same with or without them.
+    public var previewEvery: Int?
 
     public init(queue: JobQueue, modelURL: URL?, keepAlive: Double?, checkpointEvery: Int = 5, logger: Logger) {
         self.queue = queue
@@ -201,6 +204,10 @@ public final class Worker: @unchecked Sendable {
                 let mean = Date().timeIntervalSince(clock) / Double(max(1, done))
                 queue.reportStep(id, step: p.step, total: p.totalSteps, seconds: Date().timeIntervalSince(stepClock),
                                  eta: mean * Double(p.totalSteps - p.step))
+                if LatentPreview.isPreviewStep(p.step, total: p.totalSteps, every: previewEvery),
+                   let png = LatentPreview.png(p.latents) {
+                    queue.reportPreview(id, png: png, step: p.step, total: p.totalSteps)
+                }
                 if p.step - lastCheckpoint >= checkpointEvery, p.step < p.totalSteps {
                     try checkpoint(id, generation)
                     lastCheckpoint = p.step

@@ -17,6 +17,10 @@ public struct GenerationSettings: Sendable, Codable, Equatable {
     /// nil: a random seed, reported in the result.
     public var seed: UInt64?
     public var scheduler: SchedulerKind = .pndm
+    /// TCD's stochasticity η in 0…1 (nil: TCDScheduler's default 0.3); only TCD takes it.
+    public var eta: Float?
+    /// Replaces the model scheduler config's `timestep_spacing` (nil: the config's own, or the class default).
+    public var timestepSpacing: TimestepSpacing?
     /// Images per prompt, generated as one batch seeded like diffusers' num_images_per_prompt.
     public var count: Int = 1
 
@@ -215,11 +219,17 @@ public final class StableDiffusionPipeline {
         guard s.guidance.isFinite else { throw PipelineError.invalidRequest("guidance must be a finite number") }
         do {
             // The scheduler must be able to place every step in the training range (e.g. PNDM at 1000 steps cannot).
-            _ = try makeScheduler(s.scheduler, config: model.scheduler, steps: s.steps)
+            _ = try scheduler(for: s)
         } catch {
             throw PipelineError.invalidRequest("\(s.scheduler.rawValue) with \(s.steps) steps: \(error)")
         }
         return (width, height)
+    }
+
+    /// The request's scheduler, built from the model's scheduler config with the request's overrides.
+    func scheduler(for s: GenerationSettings) throws -> any Scheduler {
+        let config = try model.scheduler.overriding(timestepSpacing: s.timestepSpacing, for: s.scheduler)
+        return try makeScheduler(s.scheduler, config: config, steps: s.steps, eta: s.eta)
     }
 
     /// Prompt embeddings as diffusers' encode_prompt: [uncond ×count, cond ×count] with guidance, else cond ×count.
@@ -248,7 +258,7 @@ public final class StableDiffusionPipeline {
         resolved.width = width
         resolved.height = height
         resolved.seed = s.seed ?? UInt64.random(in: 0..<(1 << 32))
-        let scheduler = try makeScheduler(s.scheduler, config: model.scheduler, steps: s.steps)
+        let scheduler = try self.scheduler(for: s)
         var random = TorchRandom(seed: resolved.seed ?? 0)
         let f = model.vaeScaleFactor
         let latentShape = [s.count, model.unet.inChannels, height / f, width / f]

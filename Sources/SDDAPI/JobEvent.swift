@@ -12,6 +12,9 @@ public struct JobEvent: Codable, Sendable, Equatable {
         case started
         /// A denoising step finished: `step` of `total`, `eta_seconds` left.
         case step
+        /// A preview of the latents after `step` (the linear latent→RGB approximation, one pixel per latent cell):
+        /// `preview_png` holds the PNG, base64; `GET /v1/jobs/{id}/preview` serves the latest one.
+        case preview
         /// Done; `images` PNGs can be fetched.
         case finished
         /// Failed; `error` says why.
@@ -45,9 +48,11 @@ public struct JobEvent: Codable, Sendable, Equatable {
     public var images: Int?
     /// failed: the reason.
     public var error: APIError?
+    /// preview: the PNG, base64-encoded.
+    public var previewPNG: String?
 
     public init(event: Kind, job: String, time: Double, position: Int? = nil, step: Int? = nil, total: Int? = nil,
-                etaSeconds: Double? = nil, images: Int? = nil, error: APIError? = nil) {
+                etaSeconds: Double? = nil, images: Int? = nil, error: APIError? = nil, previewPNG: String? = nil) {
         self.event = event
         self.job = job
         self.time = time
@@ -57,6 +62,7 @@ public struct JobEvent: Codable, Sendable, Equatable {
         self.etaSeconds = etaSeconds
         self.images = images
         self.error = error
+        self.previewPNG = previewPNG
     }
 
     /// Whether no event follows this one.
@@ -66,5 +72,6 @@ public struct JobEvent: Codable, Sendable, Equatable {
         case event, job, time, position, step, total
         case etaSeconds = "eta_seconds"
         case images, error
+        case previewPNG = "preview_png"
     }
 }

@@ -22,8 +22,12 @@ public struct JobRequest: Codable, Sendable, Equatable {
     /// Seed, as `torch.Generator("cpu").manual_seed(seed)`. Default: chosen by the daemon when the
     /// job is accepted (so a restarted job gives the same image); the job's `settings.seed` shows it.
     public var seed: UInt64?
-    /// Scheduler: pndm, ddim, lms, euler, euler-a, dpm++2m. Default: the model's own (its scheduler config's class).
+    /// Scheduler: pndm, ddim, lms, euler, euler-a, dpm++2m, lcm, tcd. Default: the model's own (its scheduler config's class).
     public var scheduler: String?
+    /// TCD's stochasticity in 0…1 (only with scheduler tcd). Default 0.3.
+    public var eta: Double?
+    /// leading, trailing or linspace, replacing the model's scheduler config (not for lcm or tcd). Default: the config's.
+    public var timestepSpacing: String?
     /// Images generated in one batch, 1…16. Default 1.
     public var count: Int?
     /// Higher runs first; equal priorities run in arrival order. −100…100, default 0.
@@ -35,7 +39,8 @@ public struct JobRequest: Codable, Sendable, Equatable {
 
     public init(prompt: String, negativePrompt: String? = nil, steps: Int? = nil, guidance: Double? = nil,
                 width: Int? = nil, height: Int? = nil, seed: UInt64? = nil, scheduler: String? = nil,
-                count: Int? = nil, priority: Int? = nil, requestId: String? = nil) {
+                count: Int? = nil, priority: Int? = nil, requestId: String? = nil, eta: Double? = nil,
+                timestepSpacing: String? = nil) {
         self.prompt = prompt
         self.negativePrompt = negativePrompt
         self.steps = steps
@@ -47,6 +52,8 @@ public struct JobRequest: Codable, Sendable, Equatable {
         self.count = count
         self.priority = priority
         self.requestId = requestId
+        self.eta = eta
+        self.timestepSpacing = timestepSpacing
     }
 
     /// diffusers' defaults, for a model that says nothing else.
@@ -59,7 +66,8 @@ public struct JobRequest: Codable, Sendable, Equatable {
     public enum CodingKeys: String, CodingKey, CaseIterable {
         case prompt
         case negativePrompt = "negative_prompt"
-        case steps, guidance, width, height, seed, scheduler, count, priority
+        case steps, guidance, width, height, seed, scheduler, count, priority, eta
+        case timestepSpacing = "timestep_spacing"
         case requestId = "request_id"
     }
 
@@ -93,6 +101,8 @@ public struct JobRequest: Codable, Sendable, Equatable {
         count = try Self.integer(Int.self, c, .count)
         priority = try Self.integer(Int.self, c, .priority)
         requestId = try c.decodeIfPresent(String.self, forKey: .requestId)
+        eta = try c.decodeIfPresent(Double.self, forKey: .eta)
+        timestepSpacing = try c.decodeIfPresent(String.self, forKey: .timestepSpacing)
     }
 
     /// Decodes an optional integer field. A value that is not an integer of `T`'s range (2.5, -1 for the

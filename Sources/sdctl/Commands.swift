@@ -95,6 +95,19 @@ extension SDDClient {
         }
         return paths
     }
+
+    /// Writes job `id`'s latest latent preview to `path` (atomically); false when it has none.
+    func fetchPreview(_ id: String, to path: String) async throws -> Bool {
+        let png: [UInt8]? = try await exchange(.GET, "\(jobsPath)/\(id)/preview") { status, body in
+            let bytes = try await body.collect()
+            if status == 404 { return nil }
+            guard status == 200 else { throw Self.apiError(status: status, body: bytes) }
+            return bytes
+        }
+        guard let png else { return false }
+        try Output.writeFile(png, to: path)
+        return true
+    }
 }
 
 struct Generate: AsyncParsableCommand {
@@ -127,8 +140,14 @@ struct Generate: AsyncParsableCommand {
     @Option(help: "Seed (same as torch.Generator(\"cpu\").manual_seed). Default: random, chosen by the daemon.")
     var seed: UInt64?
 
-    @Option(help: "Scheduler: pndm, ddim, lms, euler, euler-a, dpm++2m (default: the model's own).")
+    @Option(help: "Scheduler: pndm, ddim, lms, euler, euler-a, dpm++2m, lcm, tcd (default: the model's own).")
     var scheduler: String?
+
+    @Option(help: "TCD's stochasticity in 0…1 (--scheduler tcd only; default 0.3).")
+    var eta: Double?
+
+    @Option(help: "Timestep spacing: leading, trailing or linspace, replacing the model's config (not for lcm, tcd).")
+    var timestepSpacing: String?
 
     @Option(help: "Images in one batch (FILE-1.png … FILE-N.png when more than one).")
     var count: Int?
@@ -139,6 +158,10 @@ struct Generate: AsyncParsableCommand {
     @Option(name: [.short, .long], help: ArgumentHelp("Output PNG (default sdd-ID.png; - for stdout).",
                                                       valueName: "file"))
     var output: String?
+
+    @Option(help: ArgumentHelp("Keep this PNG replaced by the job's latest latent preview while it runs.",
+                               valueName: "file"))
+    var preview: String?
 
     @Flag(help: "Print the job id and exit without waiting.")
     var noWait = false
@@ -157,6 +180,8 @@ struct Generate: AsyncParsableCommand {
 
     func validate() throws {
         if noWait, output != nil { throw ValidationError("--output has no effect with --no-wait (use sdctl fetch)") }
+        if noWait, preview != nil { throw ValidationError("--preview needs the wait (GET /v1/jobs/ID/preview serves it otherwise)") }
+        if preview == "-" { throw ValidationError("--preview needs a file name, not -") }
         if json, output == "-" { throw ValidationError("--output - would mix the PNG into --json's events") }
         if output == "-", let count, count > 1 {
             throw ValidationError(
@@ -182,7 +207,8 @@ struct Generate: AsyncParsableCommand {
         let client = global.client
         let request = JobRequest(prompt: prompt, negativePrompt: negativePrompt, steps: steps, guidance: guidance,
                                  width: width, height: height, seed: seed, scheduler: scheduler, count: count,
-                                 priority: priority, requestId: requestId ?? Self.newRequestId())
+                                 priority: priority, requestId: requestId ?? Self.newRequestId(), eta: eta,
+                                 timestepSpacing: timestepSpacing)
         let (job, raw) = try await client.submit(request)
         if noWait {
             if json {
@@ -198,8 +224,11 @@ struct Generate: AsyncParsableCommand {
         }
         // The daemon has answered: if it goes away before the event stream connects, it is coming back (its
         // queue survives), so the follower waits for it.
-        let ended = try await JobFollower(client: client, json: json, progress: !json && Output.stderrIsTerminal)
+        let ended = try await JobFollower(client: client, json: json, progress: !json && Output.stderrIsTerminal,
+                                          previewPath: preview)
             .follow(job.id, daemonAnswered: true)
+        // A short job can end before its first preview event reached the stream: the daemon keeps the last one.
+        if let preview, ended.state == .finished { _ = try await client.fetchPreview(job.id, to: preview) }
         if let status = reportUnfinished(ended) { throw ExitCode(status) }
         let paths = try await client.fetchImages(ended, to: output ?? "sdd-\(job.id).png")
         if json {

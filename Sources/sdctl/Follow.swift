@@ -27,6 +27,8 @@ struct JobFollower {
     let progress: Bool
     /// How long to keep reconnecting, with backoff, once the daemon stops answering mid-wait: `--timeout`.
     var reconnectSeconds: Double { client.timeout }
+    /// Keep this file replaced (atomically) by the job's latest latent preview.
+    var previewPath: String? = nil
 
     /// Follows job `id` until it is finished, failed or canceled; returns the job as it ended.
     /// - daemonAnswered: the daemon already answered this run (it accepted the job), so a daemon that cannot be
@@ -60,6 +62,12 @@ struct JobFollower {
                         backoff = 0.25
                         if event.event == .heartbeat { return true }
                         if json { line.withUnsafeBytes { Output.write($0, to: 1) }; Output.out("\n") }
+                        if let path = previewPath, event.event == .preview, let b64 = event.previewPNG {
+                            guard let png = Data(base64Encoded: b64) else {
+                                throw CLIError("unreadable preview from the daemon (step \(event.step ?? 0))")
+                            }
+                            try Output.writeFile(Array(png), to: path)
+                        }
                         bar?.show(event)
                         return !event.isFinal
                     }

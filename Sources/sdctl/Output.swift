@@ -125,6 +125,8 @@ struct ProgressBar {
             return  // keeps the stream alive; nothing to draw
         case .queued:
             line = "\(id)  queued" + (event.position.map { ", position \($0)" } ?? "")
+        case .preview:
+            return
         case .started, .step:
             let step = event.step ?? 0, total = max(event.total ?? 0, 1)
             let filled = min(width, step * width / total)

@@ -40,6 +40,12 @@ struct Generate: ParsableCommand {
     @Option(help: "Scheduler: \(SchedulerKind.allCases.map(\.rawValue).joined(separator: ", ")), configured from the model's scheduler config (default: the model's own).")
     var scheduler: String?
 
+    @Option(help: "TCD's stochasticity η in 0…1 (default 0.3, TCDScheduler's own); only --scheduler tcd takes it.")
+    var eta: Float?
+
+    @Option(help: "Timestep spacing, overriding the model's scheduler config: leading, trailing or linspace (Hyper-SD and PCM want ddim with trailing). Not for lcm or tcd.")
+    var timestepSpacing: String?
+
     @Option(help: "Images to generate in one batch (FILE-1.png … FILE-N.png when more than one).")
     var count: Int = 1
 
@@ -66,6 +72,9 @@ struct Generate: ParsableCommand {
 
     @Option(help: "How the UNet and VAE multiply: auto (bf16 for a quantized GGUF on a CPU with AVX512_BF16, else f32), f32 (diffusers' results to rounding) or bf16 (operands rounded to BF16, F32 sums; faster where the CPU has AVX512_BF16).")
     var precision: String = "auto"
+
+    @Option(help: "Keep this PNG replaced (atomically) by a latent preview of the first image, about ten times per run.")
+    var preview: String?
 
     @Flag(help: "Print stage timings and peak memory as one JSON line on stderr.")
     var timings = false
@@ -138,6 +147,14 @@ struct Generate: ParsableCommand {
         settings.height = height
         settings.seed = seed
         settings.scheduler = try kind ?? folder.defaultScheduler()
+        settings.eta = eta
+        if let name = timestepSpacing {
+            guard let spacing = TimestepSpacing(rawValue: name.lowercased()) else {
+                throw PipelineError.invalidRequest("unknown --timestep-spacing \"\(name)\"; choose one of "
+                    + TimestepSpacing.allCases.map(\.rawValue).joined(separator: ", "))
+            }
+            settings.timestepSpacing = spacing
+        }
         settings.count = count
         var size = try pipeline.validate(settings)
         for p in prompts.dropFirst() {
@@ -174,10 +191,22 @@ struct Generate: ParsableCommand {
             s.prompt = p
             if let first = results.first { s.seed = first.seed }  // a random seed is drawn once, for every prompt
             let progress = ProgressLine(enabled: isatty(STDERR_FILENO) != 0)
-            results.append(try pipeline.generate(s) { step in
-                progress.update(step)
-                return true
-            })
+            var previewError: Error?
+            do {
+                results.append(try pipeline.generate(s) { step in
+                    progress.update(step)
+                    if let path = preview, LatentPreview.isPreviewStep(step.step, total: step.totalSteps),
+                       let png = LatentPreview.png(step.latents) {
+                        do { try OutputFiles.writeAtomically(png, to: URL(fileURLWithPath: path)) } catch {
+                            previewError = error  // stops the run: the user asked for a file that cannot be written
+                            return false
+                        }
+                    }
+                    return true
+                })
+            } catch PipelineError.cancelled where previewError != nil {
+                throw previewError ?? PipelineError.cancelled
+            }
             progress.finish()
         }
         let result = results[0]
@@ -218,6 +247,8 @@ struct Generate: ParsableCommand {
                 "text_encode_seconds": t.textEncode, "unet_step_seconds": t.medianStep,
                 "vae_decode_seconds": t.vaeDecode, "peak_rss_bytes": Double(ProcessMemory.peakResidentBytes() ?? 0),
                 "unet_evaluations": Double(t.steps.count),
+                "unet_total_seconds": t.steps.reduce(0, +),
+                "generation_seconds": t.textEncode + t.steps.reduce(0, +) + t.vaeDecode,
             ]
             let json = try JSONSerialization.data(withJSONObject: report, options: [.sortedKeys])
             printError(String(decoding: json, as: UTF8.self))

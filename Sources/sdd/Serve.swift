@@ -79,6 +79,9 @@ struct Serve: ParsableCommand {
     @Flag(help: "Allow a --listen address other machines can reach (default: loopback addresses only).")
     var listenAny = false
 
+    @Option(help: "Draw a latent preview (GET /v1/jobs/ID/preview, and a preview event) every this many steps; 0: none. Default: about ten per job.")
+    var previewEvery: Int?
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
@@ -116,6 +119,8 @@ struct Serve: ParsableCommand {
             throw OptionError("--precision \"\(precision)\": \(error)")
         }
         config.maxQueued = queueLimit
+        if let n = previewEvery, n < 0 { throw OptionError("--preview-every \(n): give a number of steps, or 0 for no previews") }
+        config.previewEvery = previewEvery
         config.retention = try DurationOption.parse(retention, option: "--retention")
         config.retentionBytes = try retentionSize.map { try ByteSizeOption.parse($0, option: "--retention-size") }
         config.checkpointEvery = checkpointEvery

@@ -402,4 +402,78 @@ final class RouterTests: XCTestCase {
         router = APIRouter(queue: queue, worker: nil, model: ModelDescription(
             url: URL(fileURLWithPath: "/m/tiny"), name: "tiny", defaults: defaults), keepAlive: 300)
     }
+
+    func testEtaAndTimestepSpacingAreKeptForSchedulersThatUseThemAndRefusedOtherwise() throws {
+        let tcd = try submit(#"{"prompt": "a cat", "scheduler": "tcd", "eta": 0.5, "steps": 4}"#)
+        XCTAssertEqual(tcd.settings.eta, 0.5)
+        XCTAssertEqual(RequestValidation.settings(tcd.settings).eta, 0.5)
+        let ddim = try submit(#"{"prompt": "a cat", "scheduler": "ddim", "timestep_spacing": "trailing", "steps": 4}"#)
+        XCTAssertEqual(ddim.settings.timestepSpacing, "trailing")
+        XCTAssertEqual(RequestValidation.settings(ddim.settings).timestepSpacing, .trailing)
+        for (body, words) in [
+            (#"{"prompt": "a cat", "scheduler": "ddim", "eta": 0.3}"#, ["eta", "tcd"]),
+            (#"{"prompt": "a cat", "scheduler": "tcd", "eta": 1.5}"#, ["eta", "0…1"]),
+            (#"{"prompt": "a cat", "scheduler": "lcm", "timestep_spacing": "trailing"}"#, ["timestep_spacing", "lcm"]),
+            (#"{"prompt": "a cat", "timestep_spacing": "sideways"}"#, ["sideways", "trailing"]),
+        ] {
+            let r = call("POST", "/v1/jobs", body)
+            XCTAssertEqual(r.status, 400, body)
+            XCTAssertEqual(errorCode(r), "invalid_value", body)
+            let text = String(decoding: r.body, as: UTF8.self)
+            for w in words { XCTAssertTrue(text.contains(w), "\(body): \(text)") }
+        }
+    }
+
+    func testAStepCountTheModelsSchedulerCannotPlaceIsRefusedAtSubmit() throws {
+        queue = JobQueue(spool: try Spool(root: dir.appendingPathComponent("with-scheduler")), maxQueued: 10,
+                         logger: .init(label: "test"))
+        // The tiny model, opened and checked as the daemon does at start (its scheduler config is SD 1.5's).
+        let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Fixtures")
+        let model = ModelDescription.check(fixtures.appendingPathComponent("tiny-sd"))
+        XCTAssertNil(model.problem)
+        router = APIRouter(queue: queue, worker: nil, model: model, keepAlive: 300)
+        let lcm = call("POST", "/v1/jobs", #"{"prompt": "a cat", "scheduler": "lcm", "steps": 51}"#)
+        XCTAssertEqual(lcm.status, 400)
+        XCTAssertTrue(String(decoding: lcm.body, as: UTF8.self).contains("original_inference_steps 50"),
+                      String(decoding: lcm.body, as: UTF8.self))
+        XCTAssertEqual(call("POST", "/v1/jobs", #"{"prompt": "a cat", "steps": 1000}"#).status, 400, "PNDM cannot place 1000")
+        XCTAssertEqual(call("POST", "/v1/jobs", #"{"prompt": "a cat", "scheduler": "lcm", "steps": 50}"#).status, 202)
+        XCTAssertEqual(queue.list(uid: alice.uid).count, 1, "refused requests queue nothing")
+    }
+
+    func testThePreviewRouteServesTheLatestPreviewToItsOwnerAndStreamsItAsAnEvent() throws {
+        let job = try submit()
+        let none = call("GET", "/v1/jobs/\(job.id)/preview")
+        XCTAssertEqual(none.status, 404)
+        XCTAssertTrue(String(decoding: none.body, as: UTF8.self).contains("no preview yet"))
+
+        let received = EventBox()
+        let subscription = try XCTUnwrap(queue.subscribe(job.id, uid: alice.uid) { received.append($0) })
+        let first: [UInt8] = [0x89, 0x50, 0x4E, 0x47, 1, 2, 3], second: [UInt8] = [0x89, 0x50, 0x4E, 0x47, 4, 5]
+        queue.reportPreview(job.id, png: first, step: 2, total: 8)
+        queue.reportPreview(job.id, png: second, step: 4, total: 8)
+        if let token = subscription.token { queue.unsubscribe(job.id, token: token) }
+        let previews = received.events.filter { $0.event == .preview }
+        XCTAssertEqual(previews.map(\.step), [2, 4])
+        XCTAssertEqual(previews.map(\.total), [8, 8])
+        XCTAssertEqual(previews.last?.previewPNG.flatMap { Data(base64Encoded: $0) }, Data(second))
+
+        let r = call("GET", "/v1/jobs/\(job.id)/preview")
+        XCTAssertEqual(r.status, 200)
+        XCTAssertEqual(r.contentType, "image/png")
+        XCTAssertEqual(r.body, second, "the latest preview")
+        XCTAssertTrue(r.headers.contains { $0.0 == "X-SDD-Preview-Step" && $0.1 == "4/8" })
+        XCTAssertEqual(call("GET", "/v1/jobs/\(job.id)/preview", as: bob).status, 404, "only its owner (or root) sees it")
+        XCTAssertEqual(call("GET", "/v1/jobs/\(job.id)/preview", as: root).status, 200)
+        XCTAssertEqual(call("DELETE", "/v1/jobs/\(job.id)/preview").status, 405)
+    }
+}
+
+/// Collects events a queue subscriber receives (called with the queue locked).
+final class EventBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var list: [JobEvent] = []
+    func append(_ e: JobEvent) { lock.lock(); list.append(e); lock.unlock() }
+    var events: [JobEvent] { lock.lock(); defer { lock.unlock() }; return list }
 }

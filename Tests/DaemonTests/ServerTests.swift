@@ -38,11 +38,12 @@ final class ServerTests: XCTestCase {
 
     @discardableResult
     func startDaemon(limits: ConnectionLimits = ConnectionLimits(), checkpointEvery: Int = 5,
-                     mode: mode_t = 0o660) async throws -> Daemon {
+                     mode: mode_t = 0o660, previewEvery: Int? = nil) async throws -> Daemon {
         let queue = JobQueue(spool: try Spool(root: dir.appendingPathComponent("state")), maxQueued: 100,
                              logger: .init(label: "test"))
         let worker = Worker(queue: queue, modelURL: Self.tinyModel, keepAlive: 60, checkpointEvery: checkpointEvery,
                             logger: .init(label: "test"))
+        worker.previewEvery = previewEvery
         let router = APIRouter(queue: queue, worker: worker, model: try ModelDescription.read(Self.tinyModel), keepAlive: 60)
         let server = APIServer(address: .path(socketPath, mode: mode, group: nil), router: router, limits: limits,
                                logger: .init(label: "test"))
@@ -123,6 +124,31 @@ final class ServerTests: XCTestCase {
         XCTAssertEqual(done.state, .finished)
         XCTAssertEqual(done.progress, JobProgress(step: 6, total: 6, etaSeconds: 0))
         XCTAssertEqual(try UnixHTTPClient.request(socketPath, "GET", "/v1/jobs/\(job.id)/images/1").status, 404)
+    }
+
+    func testAJobsLatestLatentPreviewIsServedAndTheImageIsTheSameAsWithoutPreviews() async throws {
+        try await startDaemon(previewEvery: 2)
+        let job = try submit(JobRequest(prompt: "a red circle", steps: 6, seed: 42, scheduler: "lcm", count: 2))
+        XCTAssertEqual(try events(job.id).last?.event, .finished)
+
+        // The pipeline's own run, without previews: its step-4 latents are what the last preview (steps 2, 4) shows.
+        let pipeline = try StableDiffusionPipeline(model: try StableDiffusionModel(url: Self.tinyModel))
+        var stepFour: StepProgress?
+        let direct = try pipeline.generate(RequestValidation.settings(job.settings)) { p in
+            if p.step == 4 { stepFour = p }
+            return true
+        }
+        for n in 0..<2 {
+            let png = try UnixHTTPClient.request(socketPath, "GET", "/v1/jobs/\(job.id)/images/\(n)")
+            XCTAssertEqual(try PNGReader.decode(png.body).rgb, direct.images[n], "image \(n) is the same as without previews")
+        }
+        let preview = try UnixHTTPClient.request(socketPath, "GET", "/v1/jobs/\(job.id)/preview")
+        XCTAssertEqual(preview.status, 200)
+        XCTAssertEqual(preview.headers["content-type"], "image/png")
+        XCTAssertEqual(preview.headers["x-sdd-preview-step"], "4/6")
+        let image = try PNGReader.decode(preview.body)
+        XCTAssertEqual([image.width, image.height], [8, 8], "one pixel per latent cell of the 64×64 image")
+        XCTAssertEqual(image.rgb, try XCTUnwrap(LatentPreview.rgb(try XCTUnwrap(stepFour).latents)).rgb)
     }
 
     func testTheSocketIs0660AndAStaleSocketFileIsReplaced() async throws {

@@ -20,6 +20,13 @@ final class PipelineParityTests: XCTestCase {
         }
     }
 
+    /// LCM 4 steps (guidance 1, and 1.5 with a batch of 2), DDIM trailing 4 steps at guidance 0 with a negative
+    /// prompt (diffusers runs no unconditional branch: guidance would give the unconditional prediction), TCD eta 0.3.
+    func testFewStepCasesMatchDiffusers() throws {
+        let cases = try assertPipelineMatchesReference(model: ModelFixtures.tinyModel, folder: "fewstep")
+        XCTAssertGreaterThanOrEqual(cases, 4)
+    }
+
     func testTheSameSeedGivesTheSameImage() throws {
         let pipeline = try StableDiffusionPipeline(model: try StableDiffusionModel(url: ModelFixtures.tinyModel))
         var s = GenerationSettings(prompt: "a red circle")

@@ -26,6 +26,9 @@ func generationSettings(for c: [String: Any], model: StableDiffusionModel? = nil
     s.scheduler = try scheduler == "own" ? try XCTUnwrap(model).defaultScheduler()
         : try XCTUnwrap(SchedulerKind(rawValue: scheduler))
     s.count = c["count"] as? Int ?? 1
+    // Every case records the eta diffusers' pipeline passed (0 by default); only TCD's step uses it.
+    if s.scheduler.takesEta, let eta = c["eta"] as? Double { s.eta = Float(eta) }
+    if let spacing = c["timestep_spacing"] as? String { s.timestepSpacing = try XCTUnwrap(TimestepSpacing(rawValue: spacing)) }
     return s
 }
 

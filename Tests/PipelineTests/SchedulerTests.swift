@@ -1,5 +1,6 @@
 // Schedulers replayed step by step against diffusers 0.42.1 (Tests/Fixtures/reference/
-// schedulers.{json,safetensors}) with the fake model eps = sin(x_in) * 0.5 + (t / 1000) * 0.1.
+// schedulers.{json,safetensors}, and schedulers_fewstep.* for LCM, TCD and DDIM trailing) with the fake
+// model eps = sin(x_in) * 0.5 + (t / 1000) * 0.1.
 // Tolerance: every step's max |Δ| ≤ 1e-5 × max(1, max |sample|) (observed: ≤ 6e-7), except where noted.
 import Foundation
 import TiledKernels
@@ -20,6 +21,8 @@ final class SchedulerTests: XCTestCase {
         var kind: SchedulerKind
         var steps: Int
         var seed: UInt64
+        /// TCD's eta as the fixture passed it to step(); nil: none passed.
+        var eta: Float?
         var config: SchedulerConfig
         var timesteps: [Float]
         var initNoiseSigma: Float
@@ -27,8 +30,12 @@ final class SchedulerTests: XCTestCase {
     }
 
     static func cases() throws -> [Case] {
-        let meta = try SamplingFixtures.json("schedulers.json")
-        let tensors = try SamplingFixtures.safetensors("schedulers.safetensors")
+        try cases(file: "schedulers") + cases(file: "schedulers_fewstep")
+    }
+
+    static func cases(file: String) throws -> [Case] {
+        let meta = try SamplingFixtures.json(file + ".json")
+        let tensors = try SamplingFixtures.safetensors(file + ".safetensors")
         let entries = try XCTUnwrap(meta["cases"] as? [[String: Any]])
         return try entries.map { e in
             let name = try XCTUnwrap(e["name"] as? String)
@@ -40,6 +47,7 @@ final class SchedulerTests: XCTestCase {
                 kind: try XCTUnwrap(SchedulerKind(rawValue: try XCTUnwrap(e["kind"] as? String))),
                 steps: try XCTUnwrap(e["steps"] as? Int),
                 seed: UInt64(try XCTUnwrap(e["seed"] as? Int)),
+                eta: (e["eta"] as? Double).map { Float($0) },
                 config: try SchedulerConfig.decode(configData),
                 timesteps: try XCTUnwrap(e["timesteps"] as? [Double]).map { Float($0) },
                 initNoiseSigma: Float(try XCTUnwrap(e["init_noise_sigma"] as? Double)),
@@ -83,7 +91,7 @@ final class SchedulerTests: XCTestCase {
 
     func testTimestepsAndInitNoiseSigmaMatchDiffusers() throws {
         for c in try Self.cases() {
-            let s = try makeScheduler(c.kind, config: c.config, steps: c.steps)
+            let s = try makeScheduler(c.kind, config: c.config, steps: c.steps, eta: c.eta)
             if c.config.useKarrasSigmas == true {
                 // Karras timesteps come from np.log of float32 σ, which numpy computes with its own
                 // SIMD float32 log (not always correctly rounded; we use logf): ≤ 1e-6 relative.
@@ -103,7 +111,7 @@ final class SchedulerTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(cases.count, 20)
         for kind in SchedulerKind.allCases { XCTAssertTrue(cases.contains { $0.kind == kind }, "\(kind) untested") }
         for c in cases {
-            var s = try makeScheduler(c.kind, config: c.config, steps: c.steps)
+            var s = try makeScheduler(c.kind, config: c.config, steps: c.steps, eta: c.eta)
             let (worst, step) = Self.replay(c, scheduler: &s)
             let tolerance = Self.toleranceOverrides[c.name] ?? Self.relativeTolerance
             XCTAssertLessThanOrEqual(worst, tolerance, "\(c.name): relative error \(worst) at step \(step)")
@@ -114,8 +122,9 @@ final class SchedulerTests: XCTestCase {
     }
 
     func testCheckpointMidwayResumesIdentically() throws {
-        for c in try Self.cases() where ["euler-a-sd15-10", "pndm-sd15-10", "dpm++2m-sd15-10", "lms-sd15-10"].contains(c.name) {
-            var s = try makeScheduler(c.kind, config: c.config, steps: c.steps)
+        for c in try Self.cases() where ["euler-a-sd15-10", "pndm-sd15-10", "dpm++2m-sd15-10", "lms-sd15-10",
+                                                 "lcm-sd15-4", "tcd-sd15-6-eta1"].contains(c.name) {
+            var s = try makeScheduler(c.kind, config: c.config, steps: c.steps, eta: c.eta)
             var random = TorchRandom(seed: c.seed)
             var x = random.randn([1, 4, 4, 4])
             x = Tensor(shape: x.shape, data: x.data.map { $0 * s.initNoiseSigma })
@@ -195,5 +204,48 @@ final class SchedulerTests: XCTestCase {
 
     func testZeroStepsIsAnError() {
         XCTAssertThrowsError(try makeScheduler(.pndm, config: .stableDiffusion15, steps: 0))
+    }
+
+    func testLCMAndTCDRefuseMoreStepsThanTheirDistillationSchedule() {
+        for kind in [SchedulerKind.lcm, .tcd] {
+            XCTAssertNoThrow(try makeScheduler(kind, config: .stableDiffusion15, steps: 50))
+            XCTAssertThrowsError(try makeScheduler(kind, config: .stableDiffusion15, steps: 51)) { error in
+                XCTAssertTrue("\(error)".contains("original_inference_steps 50"), "\(error)")
+            }
+        }
+        var config = SchedulerConfig.stableDiffusion15
+        config.originalInferenceSteps = 0
+        XCTAssertThrowsError(try makeScheduler(.lcm, config: config, steps: 1)) { error in
+            XCTAssertTrue("\(error)".contains("original_inference_steps"), "\(error)")
+        }
+    }
+
+    func testEtaOutsideZeroToOneOrForASchedulerWithoutItIsAnErrorNamingIt() {
+        for bad: Float in [-0.1, 1.5, .nan] {
+            XCTAssertThrowsError(try makeScheduler(.tcd, config: .stableDiffusion15, steps: 4, eta: bad)) { error in
+                XCTAssertTrue("\(error)".contains("eta"), "\(error)")
+            }
+        }
+        XCTAssertThrowsError(try makeScheduler(.ddim, config: .stableDiffusion15, steps: 4, eta: 0.3)) { error in
+            XCTAssertTrue("\(error)".contains("eta") && "\(error)".contains("tcd"), "\(error)")
+        }
+        XCTAssertEqual((try? makeScheduler(.tcd, config: .stableDiffusion15, steps: 4)) .flatMap { ($0 as? TCDScheduler)?.eta },
+                       0.3, "TCDScheduler.step's default")
+    }
+
+    func testTimestepSpacingOverrideReplacesTheConfigsForSchedulersThatUseIt() throws {
+        // SD 1.5's config says leading (DDIM 4 steps: 751, 501, 251, 1); Hyper-SD and PCM need trailing.
+        let trailing = try SchedulerConfig.stableDiffusion15.overriding(timestepSpacing: .trailing, for: .ddim)
+        XCTAssertEqual(try makeScheduler(.ddim, config: trailing, steps: 4).timesteps, [999, 749, 499, 249])
+        XCTAssertEqual(try makeScheduler(.ddim, config: .stableDiffusion15, steps: 4).timesteps, [751, 501, 251, 1])
+        let linspace = try SchedulerConfig.stableDiffusion15.overriding(timestepSpacing: .linspace, for: .euler)
+        XCTAssertEqual(try makeScheduler(.euler, config: linspace, steps: 4).timesteps, [999, 666, 333, 0])
+        XCTAssertEqual(try SchedulerConfig.stableDiffusion15.overriding(timestepSpacing: nil, for: .lcm),
+                       .stableDiffusion15)
+        for kind in [SchedulerKind.lcm, .tcd] {
+            XCTAssertThrowsError(try SchedulerConfig.stableDiffusion15.overriding(timestepSpacing: .trailing, for: kind)) {
+                XCTAssertTrue("\($0)".contains("original_inference_steps"), "\($0)")
+            }
+        }
     }
 }

@@ -352,6 +352,45 @@ final class SdctlTests: XCTestCase {
                        try Data(contentsOf: workDir.appendingPathComponent("direct.png")))
     }
 
+    func testGeneratePreviewKeepsTheLatestLatentPreviewAndTheImageIsUnchanged() throws {
+        let run = try sdctl(["generate", "--steps", "6", "--seed", "11", "--scheduler", "lcm", "--guidance", "1",
+                             "--preview", path("live.png"), "-o", path("final.png"), "a blue square"])
+        XCTAssertEqual(run.status, 0, run.output)
+        var s = GenerationSettings(prompt: "a blue square")
+        s.steps = 6
+        s.seed = 11
+        s.scheduler = .lcm
+        s.guidance = 1
+        var lastPreviewStep: StepProgress?
+        let direct = try StableDiffusionPipeline(model: StableDiffusionModel(url: URL(fileURLWithPath: GenerateCommandTests.tinyModel)))
+            .generate(s) { p in
+                if p.step == 5 { lastPreviewStep = p }  // about ten per run, never the last: steps 1…5 of 6
+                return true
+            }
+        XCTAssertEqual(try PNGReader.read(from: workDir.appendingPathComponent("final.png")).rgb, direct.images[0],
+                       "the image is the same as without previews")
+        let live = try PNGReader.read(from: workDir.appendingPathComponent("live.png"))
+        XCTAssertEqual([live.width, live.height], [8, 8])
+        XCTAssertEqual(live.rgb, try XCTUnwrap(LatentPreview.rgb(try XCTUnwrap(lastPreviewStep).latents)).rgb)
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: workDir.path).filter { $0.hasPrefix(".") }
+        XCTAssertEqual(leftovers, [], "atomic replacement leaves no temporary files")
+    }
+
+    func testFewStepSchedulerOptionsReachTheDaemonAndGiveSddGeneratesImage() throws {
+        for settings in [["--scheduler", "ddim", "--timestep-spacing", "trailing", "--guidance", "0"],
+                         ["--scheduler", "tcd", "--eta", "0.6", "--guidance", "1"]] {
+            let common = ["--steps", "4", "--seed", "5", "--width", "32", "--height", "32"] + settings
+            let run = try sdctl(["generate"] + common + ["-o", path("c.png"), "a green triangle"])
+            XCTAssertEqual(run.status, 0, run.output)
+            let direct = try ProcessRunner.run(GenerateCommandTests.binary.path, [
+                "generate", "--model", GenerateCommandTests.tinyModel, "-o", path("d.png"),
+            ] + common + ["a green triangle"], environment: ["SDD_MODEL": nil])
+            XCTAssertEqual(direct.status, 0, direct.output)
+            XCTAssertEqual(try PNGReader.read(from: workDir.appendingPathComponent("c.png")).rgb,
+                           try PNGReader.read(from: workDir.appendingPathComponent("d.png")).rgb, "\(settings)")
+        }
+    }
+
     func testGenerateWithACountWritesNumberedFiles() throws {
         let run = try sdctl(["generate", "--steps", "1", "--seed", "7", "--width", "32", "--height", "32",
                              "--count", "2", "-o", path("many.png"), "two cats"])

@@ -3,6 +3,7 @@
 
     venv-ref/bin/python tools/reference/make_reference.py            # writes Tests/Fixtures/...
     venv-ref/bin/python tools/reference/make_reference.py --full-sd15 /tmp/sd15-random
+    venv-ref/bin/python tools/reference/make_reference.py --few-step   # reference/fewstep only
 
 Default mode writes, under Tests/Fixtures/ (see tools/reference/README.md for every key/shape):
   tiny-sd/             a tiny random-weight SD 1.x model in diffusers folder layout
@@ -41,9 +42,11 @@ from diffusers import (  # noqa: E402
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    LCMScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
     StableDiffusionPipeline,
+    TCDScheduler,
     UNet2DConditionModel,
 )
 from safetensors.torch import save_file  # noqa: E402
@@ -174,7 +177,30 @@ SCHEDULERS = {
     "euler": EulerDiscreteScheduler,
     "euler-a": EulerAncestralDiscreteScheduler,
     "dpm++2m": DPMSolverMultistepScheduler,
+    "lcm": LCMScheduler,
+    "tcd": TCDScheduler,
 }
+
+# Few-step sampling on tiny-sd (reference/fewstep/): StableDiffusionPipeline with the scheduler swapped
+# by from_config, as LCM-LoRA, TCD, Hyper-SD and PCM users run it (not LatentConsistencyModelPipeline,
+# whose guidance embedding is for LCM-distilled UNets with time_cond_proj_dim). Optional keys: eta
+# (passed to the pipeline, which hands it to TCDScheduler.step), timestep_spacing (a from_config override).
+FEW_STEP_CASES = [
+    dict(name="lcm_4_nocfg", prompt="a photograph of an astronaut riding a horse",
+         negative_prompt=None, seed=7, steps=4, guidance=1.0, width=None, height=None,
+         scheduler="lcm", count=1),
+    dict(name="lcm_4_guided_count2_96x64", prompt="a red bicycle leaning against a brick wall",
+         negative_prompt="blurry", seed=42, steps=4, guidance=1.5, width=96, height=64,
+         scheduler="lcm", count=2),
+    # guidance 0 with a negative prompt: diffusers runs no unconditional branch and ignores it
+    # (running guidance would give the unconditional prediction instead).
+    dict(name="ddim_trailing_4_nocfg", prompt="a castle on a hill under a starry sky",
+         negative_prompt="blurry", seed=1234, steps=4, guidance=0.0, width=64, height=64,
+         scheduler="ddim", count=1, timestep_spacing="trailing"),
+    dict(name="tcd_4_eta0.3", prompt="portrait of a cat wearing a hat",
+         negative_prompt=None, seed=3, steps=4, guidance=1.0, width=48, height=80,
+         scheduler="tcd", count=1, eta=0.3),
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,9 +524,13 @@ def ref_vae(vae, path):
     print(f"    fraction clamped by postprocess: {frac:.3f}")
 
 
-def set_scheduler(pipe, base_scheduler, name):
+def set_scheduler(pipe, base_scheduler, name, timestep_spacing=None):
     cls = SCHEDULERS[name]
-    pipe.scheduler = base_scheduler if cls is None else cls.from_config(base_scheduler.config)
+    if timestep_spacing is not None:
+        cls = cls or type(base_scheduler)
+        pipe.scheduler = cls.from_config(base_scheduler.config, timestep_spacing=timestep_spacing)
+    else:
+        pipe.scheduler = base_scheduler if cls is None else cls.from_config(base_scheduler.config)
 
 
 @torch.no_grad()
@@ -508,10 +538,10 @@ def ref_pipeline(pipe, ref, cases=PIPELINE_CASES, model="tiny-sd", extra=None):
     base_scheduler = pipe.scheduler
     cases_json = []
     for case in cases:
-        set_scheduler(pipe, base_scheduler, case["scheduler"])
+        set_scheduler(pipe, base_scheduler, case["scheduler"], case.get("timestep_spacing"))
         kwargs = dict(prompt=case["prompt"], negative_prompt=case["negative_prompt"],
                       num_inference_steps=case["steps"], guidance_scale=case["guidance"],
-                      num_images_per_prompt=case["count"])
+                      num_images_per_prompt=case["count"], eta=case.get("eta", 0.0))
         if case["width"] is not None:
             kwargs.update(width=case["width"], height=case["height"])
 
@@ -565,7 +595,7 @@ def ref_pipeline(pipe, ref, cases=PIPELINE_CASES, model="tiny-sd", extra=None):
         w = case["width"] or pipe.unet.config.sample_size * pipe.vae_scale_factor
         assert tuple(image.shape) == (case["count"], h, w, 3)
         entry = dict(case)
-        entry.update(width=w, height=h, width_given=case["width"] is not None, eta=0.0,
+        entry.update(width=w, height=h, width_given=case["width"] is not None, eta=case.get("eta", 0.0),
                      file=os.path.basename(path),
                      timesteps=[float(x) for x in timesteps.tolist()],
                      num_callbacks=len(step_latents),
@@ -784,6 +814,9 @@ def main():
                     help="fixture root (default: Tests/Fixtures of this checkout)")
     ap.add_argument("--full-sd15", metavar="OUTDIR",
                     help="write a random-weight full-size SD 1.5 model (F32) to OUTDIR instead")
+    ap.add_argument("--few-step", action="store_true",
+                    help="write only the few-step pipeline fixtures (Tests/Fixtures/reference/fewstep) "
+                         "from the committed tiny-sd")
     ap.add_argument("--demo", metavar="MODEL", nargs="?", const=os.path.join(ROOT, "models", "demo"),
                     help="write the demo model's parity fixtures (Tests/Fixtures/reference/demo) instead")
     args = ap.parse_args()
@@ -791,6 +824,15 @@ def main():
           f"transformers {transformers.__version__}")
     if args.full_sd15:
         make_full_sd15(os.path.abspath(args.full_sd15))
+    elif args.few_step:
+        fixtures = os.path.abspath(args.fixtures)
+        ref = os.path.join(fixtures, "reference", "fewstep")
+        os.makedirs(ref, exist_ok=True)
+        for f in os.listdir(ref):
+            remove(os.path.join(ref, f))
+        ref_pipeline(load_pipe(os.path.join(fixtures, "tiny-sd")), ref, cases=FEW_STEP_CASES)
+        for f in sorted(os.listdir(ref)):
+            print(f"  {os.path.relpath(os.path.join(ref, f), ROOT):70s} {human(os.path.getsize(os.path.join(ref, f))):>10s}")
     elif args.demo:
         make_demo_fixtures(os.path.abspath(args.demo), os.path.join(os.path.abspath(args.fixtures), "reference", "demo"))
     else:

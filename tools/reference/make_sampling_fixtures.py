@@ -5,14 +5,17 @@
   Tests/Fixtures/reference/randn.safetensors        torch.randn from torch.Generator("cpu").manual_seed
   Tests/Fixtures/reference/schedulers.safetensors   every per-step sample of each scheduler case
   Tests/Fixtures/reference/schedulers.json          each case's kind, steps, seed, config, timesteps
+  Tests/Fixtures/reference/schedulers_fewstep.*     the same for LCM, TCD (with its eta) and DDIM trailing
 
-Usage: python tools/reference/make_sampling_fixtures.py   (run tools/reference/clip_bpe.py first)
+Usage: python tools/reference/make_sampling_fixtures.py [--few-step-only]   (run tools/reference/clip_bpe.py first)
+--few-step-only rewrites only schedulers_fewstep.*.
 Versions used: torch 2.15 (CPU), diffusers 0.42.1, transformers 5.24. The randn values depend on the
 CPU kind torch dispatches to (x86 AVX2/AVX512 vs scalar); the file records which one made them.
 """
 import inspect
 import json
 import os
+import sys
 
 import numpy as np
 import torch
@@ -74,13 +77,17 @@ CLASSES = {
     "euler": "EulerDiscreteScheduler",
     "euler-a": "EulerAncestralDiscreteScheduler",
     "dpm++2m": "DPMSolverMultistepScheduler",
+    "lcm": "LCMScheduler",
+    "tcd": "TCDScheduler",
 }
+FEW_STEP = {"lcm", "tcd"}
 
 
 def cases():
     out = []
     for kind in CLASSES:
-        out.append((f"{kind}-sd15-10", kind, 10, {}))
+        if kind not in FEW_STEP:  # few-step kinds have their own file (few_step_cases)
+            out.append((f"{kind}-sd15-10", kind, 10, {}))
     out += [
         ("pndm-sd15-25", "pndm", 25, {}),
         ("pndm-prk-10", "pndm", 10, {"skip_prk_steps": False}),
@@ -106,6 +113,27 @@ def cases():
                                          "prediction_type": "v_prediction"}),
     ]
     return out
+
+
+def few_step_cases():
+    """LCM, TCD and DDIM-trailing cases for few-step sampling (schedulers_fewstep.*)."""
+    return [
+        # Few-step samplers. LCM/TCD ignore timestep_spacing and steps_offset; their timesteps come from
+        # original_inference_steps. TCD's eta is a step() argument (recorded as the case's "eta").
+        ("lcm-sd15-4", "lcm", 4, {}),
+        ("lcm-sd15-1", "lcm", 1, {}),
+        ("lcm-orig100-scaling5-8", "lcm", 8, {"original_inference_steps": 100, "timestep_scaling": 5.0}),
+        ("lcm-vpred-clip-6", "lcm", 6, {"prediction_type": "v_prediction", "clip_sample": True,
+                                         "clip_sample_range": 1.5}),
+        ("lcm-sample-3", "lcm", 3, {"prediction_type": "sample"}),
+        ("tcd-sd15-4-eta0.3", "tcd", 4, {"eta": 0.3}),
+        ("tcd-sd15-8-eta0", "tcd", 8, {"eta": 0.0}),
+        ("tcd-sd15-6-eta1", "tcd", 6, {"eta": 1.0}),
+        ("tcd-vpred-5-eta0.7", "tcd", 5, {"eta": 0.7, "prediction_type": "v_prediction"}),
+        ("tcd-orig20-7-eta0.5", "tcd", 7, {"eta": 0.5, "original_inference_steps": 20}),
+        ("ddim-trailing-4", "ddim", 4, {"timestep_spacing": "trailing"}),
+        ("ddim-trailing-1", "ddim", 1, {"timestep_spacing": "trailing"}),
+    ]
 
 
 def tokens():
@@ -140,12 +168,14 @@ def fake_model(x_in, t):
     return torch.sin(x_in) * 0.5 + (float(t) / 1000.0) * 0.1
 
 
-def schedulers():
+def schedulers(case_list, basename, first_seed):
     import diffusers
 
     tensors = {}
     meta = []
-    for seed, (name, kind, steps, overrides) in enumerate(cases(), start=1000):
+    for seed, (name, kind, steps, overrides) in enumerate(case_list, start=first_seed):
+        overrides = dict(overrides)
+        eta = overrides.pop("eta", None)
         config = dict(SD15, **overrides)
         cls = getattr(diffusers, CLASSES[kind])
         scheduler = cls.from_config(config)
@@ -158,30 +188,37 @@ def schedulers():
             x_in = scheduler.scale_model_input(sample, t)
             eps = fake_model(x_in, t)
             kwargs = {"generator": gen} if takes_generator else {}
+            if eta is not None:
+                kwargs["eta"] = eta
             sample = scheduler.step(eps, t, sample, **kwargs).prev_sample
             samples.append(sample.numpy().copy())
         tensors[f"{name}/samples"] = np.stack(samples).astype(np.float32)
         meta.append({
             "name": name, "kind": kind, "steps": steps, "seed": seed, "config": config,
+            **({"eta": eta} if eta is not None else {}),
             "class": CLASSES[kind],
             "timesteps": [float(t) for t in scheduler.timesteps],
             "init_noise_sigma": float(scheduler.init_noise_sigma),
         })
-    save_file(tensors, os.path.join(OUT, "schedulers.safetensors"),
+    save_file(tensors, os.path.join(OUT, basename + ".safetensors"),
               metadata={"diffusers": diffusers.__version__, "torch": torch.__version__})
-    os.chmod(os.path.join(OUT, "schedulers.safetensors"), 0o644)
-    with open(os.path.join(OUT, "schedulers.json"), "w") as f:
+    os.chmod(os.path.join(OUT, basename + ".safetensors"), 0o644)
+    with open(os.path.join(OUT, basename + ".json"), "w") as f:
         json.dump({"diffusers": diffusers.__version__, "model": "eps = sin(x_in) * 0.5 + (t / 1000) * 0.1",
                    "cases": meta}, f, indent=1)
 
 
 def main():
     os.makedirs(OUT, exist_ok=True)
-    tokens()
-    randn()
-    schedulers()
-    total = sum(os.path.getsize(os.path.join(OUT, n)) for n in
-                ["tokens.json", "randn.safetensors", "schedulers.safetensors", "schedulers.json"])
+    only_few_step = "--few-step-only" in sys.argv[1:]
+    names = ["schedulers_fewstep.safetensors", "schedulers_fewstep.json"]
+    if not only_few_step:
+        tokens()
+        randn()
+        schedulers(cases(), "schedulers", 1000)
+        names += ["tokens.json", "randn.safetensors", "schedulers.safetensors", "schedulers.json"]
+    schedulers(few_step_cases(), "schedulers_fewstep", 2000)
+    total = sum(os.path.getsize(os.path.join(OUT, n)) for n in names)
     print(f"wrote {OUT} ({total} bytes)")
 
 

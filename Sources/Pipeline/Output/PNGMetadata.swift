@@ -8,7 +8,9 @@ public enum PNGMetadata {
         if let neg = s.negativePrompt { summary += "\nNegative prompt: \(neg)" }
         summary += "\nSteps: \(s.steps), Sampler: \(A1111Samplers.name(ofScheduler: s.scheduler.rawValue)), CFG scale: \(s.guidance), "
             + "Seed: \(result.seed), Size: \(result.width)x\(result.height), Model: \(model)"
-        return [
+        if let eta = s.eta { summary += ", Eta: \(eta)" }
+        if let spacing = s.timestepSpacing { summary += ", Timestep spacing: \(spacing.rawValue)" }
+        var entries: [(key: String, value: String)] = [
             ("parameters", summary),
             ("prompt", s.prompt),
             ("negative_prompt", s.negativePrompt ?? ""),
@@ -20,5 +22,8 @@ public enum PNGMetadata {
             ("model", model),
             ("Software", "sdd"),
         ]
+        if let eta = s.eta { entries.append(("eta", String(eta))) }
+        if let spacing = s.timestepSpacing { entries.append(("timestep_spacing", spacing.rawValue)) }
+        return entries
     }
 }

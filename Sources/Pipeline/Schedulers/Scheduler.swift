@@ -30,6 +30,8 @@ public enum SchedulerKind: String, Codable, Sendable, CaseIterable {
     case euler
     case eulerAncestral = "euler-a"
     case dpmSolverMultistep = "dpm++2m"
+    case lcm
+    case tcd
 
     /// The diffusers class whose semantics the kind follows.
     public var diffusersClassName: String {
@@ -40,8 +42,17 @@ public enum SchedulerKind: String, Codable, Sendable, CaseIterable {
         case .euler: return "EulerDiscreteScheduler"
         case .eulerAncestral: return "EulerAncestralDiscreteScheduler"
         case .dpmSolverMultistep: return "DPMSolverMultistepScheduler"
+        case .lcm: return "LCMScheduler"
+        case .tcd: return "TCDScheduler"
         }
     }
+
+    /// Whether the kind spaces its timesteps by the config's `timestep_spacing` (LCM and TCD take theirs
+    /// from `original_inference_steps` instead).
+    public var usesTimestepSpacing: Bool { self != .lcm && self != .tcd }
+
+    /// Whether the kind's step takes a stochasticity η (`--eta`).
+    public var takesEta: Bool { self == .tcd }
 
     /// The kind a config's `_class_name` names, if sdd implements it.
     public init?(diffusersClassName name: String) {
@@ -50,16 +61,47 @@ public enum SchedulerKind: String, Codable, Sendable, CaseIterable {
     }
 }
 
+/// How a scheduler spreads its timesteps over the training range (diffusers' `timestep_spacing`); a
+/// `--timestep-spacing` overrides the model config's value for every scheduler that uses it.
+public enum TimestepSpacing: String, Codable, Sendable, CaseIterable {
+    case leading
+    case trailing
+    case linspace
+}
+
+extension SchedulerConfig {
+    /// This config with `timestep_spacing` replaced by `spacing` (nil: unchanged) for a `kind` scheduler;
+    /// an error for kinds that take their timesteps from elsewhere (LCM, TCD).
+    public func overriding(timestepSpacing spacing: TimestepSpacing?, for kind: SchedulerKind) throws -> SchedulerConfig {
+        guard let spacing else { return self }
+        guard kind.usesTimestepSpacing else {
+            throw SchedulerError.invalidValue(
+                field: "timestep_spacing", value: spacing.rawValue,
+                reason: "\(kind.rawValue) takes its timesteps from original_inference_steps, not from a spacing")
+        }
+        var config = self
+        config.timestepSpacing = spacing.rawValue
+        return config
+    }
+}
+
 /// Builds a `kind` scheduler for `steps` inference steps from a model's scheduler config, with
 /// diffusers' `from_config` semantics: keys the target class does not have are ignored, absent keys
 /// take the target class's defaults (so SD 1.5's PNDM config can drive DPM++ 2M).
-public func makeScheduler(_ kind: SchedulerKind, config: SchedulerConfig, steps: Int) throws -> any Scheduler {
+/// eta: TCD's stochasticity (nil: its default 0.3); an error for kinds that take none.
+public func makeScheduler(_ kind: SchedulerKind, config: SchedulerConfig, steps: Int, eta: Float? = nil) throws
+    -> any Scheduler
+{
     guard steps >= 1 else {
         throw SchedulerError.invalidValue(field: "steps", value: "\(steps)", reason: "need at least 1 step")
     }
     guard steps <= (config.numTrainTimesteps ?? 1000) else {
         throw SchedulerError.invalidValue(
             field: "steps", value: "\(steps)", reason: "more than num_train_timesteps \(config.numTrainTimesteps ?? 1000)")
+    }
+    if let eta, !kind.takesEta {
+        throw SchedulerError.invalidValue(
+            field: "eta", value: "\(eta)", reason: "only \(SchedulerKind.allCases.filter(\.takesEta).map(\.rawValue).joined(separator: ", ")) takes eta, not \(kind.rawValue)")
     }
     switch kind {
     case .pndm: return try PNDMScheduler(config: config, steps: steps)
@@ -68,6 +110,8 @@ public func makeScheduler(_ kind: SchedulerKind, config: SchedulerConfig, steps:
     case .euler: return try EulerDiscreteScheduler(config: config, steps: steps)
     case .eulerAncestral: return try EulerAncestralDiscreteScheduler(config: config, steps: steps)
     case .dpmSolverMultistep: return try DPMSolverMultistepScheduler(config: config, steps: steps)
+    case .lcm: return try LCMScheduler(config: config, steps: steps)
+    case .tcd: return try TCDScheduler(config: config, steps: steps, eta: eta ?? TCDScheduler.defaultEta)
     }
 }
 
@@ -83,6 +127,8 @@ public func decodeScheduler(kind: SchedulerKind, from data: Data) throws -> any 
     case .euler: return try decoder.decode(EulerDiscreteScheduler.self, from: data)
     case .eulerAncestral: return try decoder.decode(EulerAncestralDiscreteScheduler.self, from: data)
     case .dpmSolverMultistep: return try decoder.decode(DPMSolverMultistepScheduler.self, from: data)
+    case .lcm: return try decoder.decode(LCMScheduler.self, from: data)
+    case .tcd: return try decoder.decode(TCDScheduler.self, from: data)
     }
 }
 

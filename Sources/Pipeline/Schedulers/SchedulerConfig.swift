@@ -46,6 +46,10 @@ public struct SchedulerConfig: Codable, Sendable, Equatable {
     public var rescaleBetasZeroSnr: Bool?
     public var lambdaMinClipped: Double?
     public var varianceType: String?
+    /// LCM / TCD: the distillation schedule's step count their timesteps are taken from (default 50).
+    public var originalInferenceSteps: Int?
+    /// LCM / TCD: the factor on t in the consistency boundary-condition scalings c_skip, c_out (default 10).
+    public var timestepScaling: Double?
 
     enum CodingKeys: String, CodingKey {
         case className = "_class_name"
@@ -80,6 +84,8 @@ public struct SchedulerConfig: Codable, Sendable, Equatable {
         case rescaleBetasZeroSnr = "rescale_betas_zero_snr"
         case lambdaMinClipped = "lambda_min_clipped"
         case varianceType = "variance_type"
+        case originalInferenceSteps = "original_inference_steps"
+        case timestepScaling = "timestep_scaling"
     }
 
     public init() {}
