@@ -29,9 +29,10 @@ func generationSettings(for c: [String: Any]) throws -> GenerationSettings {
 
 /// Runs every case of `reference/<folder>/pipeline.json` on `model`; returns how many ran.
 @discardableResult
-func assertPipelineMatchesReference(model: URL, folder: String,
+func assertPipelineMatchesReference(model: URL, folder: String, loras: [LoRASpec] = [],
                                     file: StaticString = #filePath, line: UInt = #line) throws -> Int {
     let pipeline = try StableDiffusionPipeline(model: try StableDiffusionModel(url: model))
+    try pipeline.setLoRAs(loras)
     let prefix = folder.isEmpty ? "" : folder + "/"
     let all = try XCTUnwrap(ModelFixtures.json(prefix + "pipeline.json")["cases"] as? [[String: Any]])
     for c in all {
