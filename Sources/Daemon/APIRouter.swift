@@ -58,11 +58,14 @@ public struct ModelDescription: Sendable {
     public var url: URL?
     public var name: String
     public var defaults: ModelDefaults?
+    /// Where requests' LoRA names are looked up (`sdd serve --lora-dir`); nil: requests may name none.
+    public var loraDirectory: URL?
 
-    public init(url: URL?, name: String, defaults: ModelDefaults?) {
+    public init(url: URL?, name: String, defaults: ModelDefaults?, loraDirectory: URL? = nil) {
         self.url = url
         self.name = name
         self.defaults = defaults
+        self.loraDirectory = loraDirectory
     }
 
     /// Reads the model's configs (no weights) for its name and default size.
@@ -156,7 +159,8 @@ public final class APIRouter: Sendable {
 
     private func submit(_ r: APIRequest) -> APIResponse {
         do throws(APIError) {
-            let request = try RequestValidation.resolve(try RequestValidation.decode(r.body), defaults: model.defaults)
+            let request = try RequestValidation.resolve(try RequestValidation.decode(r.body), defaults: model.defaults,
+                                                    loraDirectory: model.loraDirectory)
             let job = try queue.submit(request, owner: r.peer.uid)
             return .json(202, job, headers: [("Location", "\(APIVersion.prefix)/jobs/\(job.id)")])
         } catch {

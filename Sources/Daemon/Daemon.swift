@@ -24,6 +24,8 @@ public struct DaemonConfiguration: Sendable {
     public var memoryBudget: Int?
     /// How the UNet and VAE multiply (`--precision`); nil: the pipeline's automatic choice.
     public var products: ProductPrecision?
+    /// The only place LoRAs are loaded from: requests name files in it (`--lora-dir`); nil: none may be named.
+    public var loraDirectory: URL?
     /// Most queued jobs; more get 429.
     public var maxQueued: Int = 1000
     /// Finished, failed and canceled jobs are removed this many seconds after they ended; nil = never.
@@ -42,19 +44,22 @@ public enum Daemon {
     public static func run(_ config: DaemonConfiguration, logger: Logger) async throws {
         let notifier = SystemdNotifier()
         let spool = try Spool(root: config.stateDirectory)
-        let model: ModelDescription
+        var described: ModelDescription
         do {
-            model = try ModelDescription.read(config.model)
+            described = try ModelDescription.read(config.model)
         } catch {
             // Keep serving (status, queued jobs are safe); jobs fail with the reason when they run.
             logger.error("cannot read the model; jobs will fail until it is fixed", metadata: ["error": "\(error)"])
-            model = ModelDescription(url: config.model, name: config.model?.lastPathComponent ?? "", defaults: nil)
+            described = ModelDescription(url: config.model, name: config.model?.lastPathComponent ?? "", defaults: nil)
         }
+        described.loraDirectory = config.loraDirectory
+        let model = described
         let queue = JobQueue(spool: spool, maxQueued: config.maxQueued, logger: logger) { notifier.status($0) }
         let worker = Worker(queue: queue, modelURL: config.model, keepAlive: config.keepAlive,
                             checkpointEvery: config.checkpointEvery, logger: logger)
         worker.memoryBudget = config.memoryBudget
         worker.products = config.products
+        worker.loraDirectory = config.loraDirectory
         let router = APIRouter(queue: queue, worker: worker, model: model, keepAlive: config.keepAlive)
         let address: ListenAddress = config.inheritedSocket.map { .inherited($0) }
             ?? .path(config.socketPath, mode: config.socketMode, group: config.socketGroup)

@@ -42,6 +42,9 @@ public enum RequestValidation {
         case .keyNotFound(let key, _):
             return APIError(.wrongType, "field \"\(key.stringValue)\" is required")
         case .dataCorrupted(let ctx):
+            if ctx.debugDescription.hasPrefix("unknown field") && ctx.codingPath.count > 1 {
+                return APIError(.unknownField, "field \"\(field(ctx.codingPath.dropLast()))\": \(ctx.debugDescription)")
+            }
             if ctx.debugDescription.hasPrefix("unknown field") {
                 return APIError(.unknownField, "\(ctx.debugDescription); known fields: "
                     + JobRequest.CodingKeys.allCases.map(\.stringValue).joined(separator: ", "))
@@ -68,7 +71,9 @@ public enum RequestValidation {
 
     /// Checks ranges and fills every default (seed included), so the job runs the same after any restart.
     /// - defaults: the model's size defaults; nil if the model could not be read (size stays unresolved).
-    public static func resolve(_ r: JobRequest, defaults: ModelDefaults?) throws(APIError) -> JobRequest {
+    /// - loraDirectory: where LoRA names (`loras`, `<lora:NAME>` prompt tags) are looked up; nil: none may be named.
+    public static func resolve(_ r: JobRequest, defaults: ModelDefaults?,
+                               loraDirectory: URL? = nil) throws(APIError) -> JobRequest {
         var out = r
         guard !r.prompt.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else {
             throw APIError(.invalidValue, "prompt must not be empty")
@@ -110,7 +115,36 @@ public enum RequestValidation {
         }
         out.priority = priority
         out.seed = r.seed ?? UInt64.random(in: 0..<(1 << 32))
+        for (i, lora) in (r.loras ?? []).enumerated() {
+            do {
+                _ = try PromptLoRAs.resolve(lora.name, in: loraDirectory)
+            } catch {
+                throw APIError(.invalidValue, "loras[\(i)].name: \(error)")
+            }
+            guard let scale = lora.scale else { continue }
+            guard scale.isFinite, (-100...100).contains(scale) else {
+                throw APIError(.invalidValue, "loras[\(i)].scale \(scale) is out of range (-100…100)")
+            }
+        }
+        do {
+            for tag in try PromptLoRAs.extract(r.prompt).loras { _ = try PromptLoRAs.resolve(tag.name, in: loraDirectory) }
+        } catch {
+            throw APIError(.invalidValue, "prompt: \(error)")
+        }
         return out
+    }
+
+    /// The LoRAs a resolved request runs with (its `loras`, then its prompt's `<lora:…>` tags, as files in
+    /// `loraDirectory`) and the prompt without the tags.
+    public static func loras(_ r: JobRequest, loraDirectory: URL?) throws -> (prompt: String, specs: [LoRASpec]) {
+        var specs = try (r.loras ?? []).map {
+            LoRASpec(path: try PromptLoRAs.resolve($0.name, in: loraDirectory).path, scale: Float($0.scale ?? 1))
+        }
+        let (prompt, tags) = try PromptLoRAs.extract(r.prompt)
+        for tag in tags {
+            specs.append(LoRASpec(path: try PromptLoRAs.resolve(tag.name, in: loraDirectory).path, scale: tag.scale))
+        }
+        return (prompt, specs)
     }
 
     /// The pipeline's settings for a resolved request.

@@ -33,6 +33,8 @@ public final class Worker: @unchecked Sendable {
     public var memoryBudget: Int?
     /// How the pipeline's UNet and VAE multiply (nil: automatic); read when the model loads.
     public var products: ProductPrecision?
+    /// Where jobs' LoRA names are looked up (`--lora-dir`); nil: a job naming one fails.
+    public var loraDirectory: URL?
 
     public init(queue: JobQueue, modelURL: URL?, keepAlive: Double?, checkpointEvery: Int = 5, logger: Logger) {
         self.queue = queue
@@ -236,7 +238,12 @@ public final class Worker: @unchecked Sendable {
 
     /// Resumes from the job's checkpoint when there is a usable one, else starts at step 0.
     private func begin(_ record: JobRecord, pipeline: StableDiffusionPipeline, log: Logger) throws -> Generation {
-        let settings = RequestValidation.settings(record.job.settings)
+        var settings = RequestValidation.settings(record.job.settings)
+        // The prompt's <lora:…> tags become LoRAs (and leave the text), after the request's own `loras`.
+        let (prompt, loras) = try RequestValidation.loras(record.job.settings, loraDirectory: loraDirectory)
+        settings.prompt = prompt
+        try pipeline.setLoRAs(loras)
+        if !loras.isEmpty { log.info("LoRAs", metadata: ["loras": "\(loras.map { "\($0.path):\($0.scale)" })"]) }
         if let budget = memoryBudget {
             let plan = try MemoryPlanner.apply(budget: budget, to: pipeline, width: settings.width, height: settings.height,
                                                count: settings.count, guided: settings.guidance > 1)

@@ -175,6 +175,12 @@ public final class StableDiffusionPipeline {
         unetModel = nil
     }
 
+    /// Binds the text encoder and UNet to their weights now (with the current LoRAs) instead of on first use.
+    public func bindModels() throws {
+        _ = try textEncoder()
+        _ = try unet()
+    }
+
     /// BF16 products for a model whose UNet weights are block-quantized (already a few parts in a thousand
     /// from F32, as stable-diffusion.cpp's quantized products are) on a CPU with AVX512_BF16; F32 otherwise,
     /// so F32, F16 and BF16 weights keep diffusers' results to rounding.

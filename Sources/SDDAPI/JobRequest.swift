@@ -27,10 +27,13 @@ public struct JobRequest: Codable, Sendable, Equatable {
     public var count: Int?
     /// Higher runs first; equal priorities run in arrival order. −100…100, default 0.
     public var priority: Int?
+    /// LoRAs to apply, by name in the daemon's `--lora-dir` (never a path), in order. Default: none.
+    /// `<lora:NAME:SCALE>` tags in the prompt add more (A1111's syntax; the tags are removed from the prompt text).
+    public var loras: [LoRARef]?
 
     public init(prompt: String, negativePrompt: String? = nil, steps: Int? = nil, guidance: Double? = nil,
                 width: Int? = nil, height: Int? = nil, seed: UInt64? = nil, scheduler: String? = nil,
-                count: Int? = nil, priority: Int? = nil) {
+                count: Int? = nil, priority: Int? = nil, loras: [LoRARef]? = nil) {
         self.prompt = prompt
         self.negativePrompt = negativePrompt
         self.steps = steps
@@ -41,6 +44,7 @@ public struct JobRequest: Codable, Sendable, Equatable {
         self.scheduler = scheduler
         self.count = count
         self.priority = priority
+        self.loras = loras
     }
 
     public static let defaultSteps = 50
@@ -52,7 +56,7 @@ public struct JobRequest: Codable, Sendable, Equatable {
     public enum CodingKeys: String, CodingKey, CaseIterable {
         case prompt
         case negativePrompt = "negative_prompt"
-        case steps, guidance, width, height, seed, scheduler, count, priority
+        case steps, guidance, width, height, seed, scheduler, count, priority, loras
     }
 
     public init(from decoder: Decoder) throws {
@@ -73,6 +77,35 @@ public struct JobRequest: Codable, Sendable, Equatable {
         scheduler = try c.decodeIfPresent(String.self, forKey: .scheduler)
         count = try c.decodeIfPresent(Int.self, forKey: .count)
         priority = try c.decodeIfPresent(Int.self, forKey: .priority)
+        loras = try c.decodeIfPresent([LoRARef].self, forKey: .loras)
+    }
+}
+
+/// One LoRA of a request: `{"name": "detail-tweaker", "scale": 0.8}`. The name is a file in the daemon's LoRA
+/// directory (NAME.safetensors), never a path. Unknown keys are rejected.
+public struct LoRARef: Codable, Sendable, Equatable {
+    public var name: String
+    /// Strength (diffusers' adapter weight). Default 1.
+    public var scale: Double?
+
+    public init(name: String, scale: Double? = nil) {
+        self.name = name
+        self.scale = scale
+    }
+
+    public enum CodingKeys: String, CodingKey, CaseIterable { case name, scale }
+
+    public init(from decoder: Decoder) throws {
+        let known = Set(CodingKeys.allCases.map(\.stringValue))
+        let all = try decoder.container(keyedBy: AnyKey.self)
+        if let unknown = all.allKeys.map(\.stringValue).filter({ !known.contains($0) }).sorted().first {
+            throw DecodingError.dataCorrupted(.init(
+                codingPath: all.codingPath + [AnyKey(stringValue: unknown)],
+                debugDescription: "unknown field \"\(unknown)\" in a LoRA (known: name, scale)"))
+        }
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        name = try c.decode(String.self, forKey: .name)
+        scale = try c.decodeIfPresent(Double.self, forKey: .scale)
     }
 }
 

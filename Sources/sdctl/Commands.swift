@@ -93,6 +93,11 @@ struct Generate: AsyncParsableCommand {
     @Option(parsing: .unconditional, help: "Queue priority, -100…100: higher runs first (default 0).")
     var priority: Int?
 
+    @Option(name: .customLong("lora"), help: ArgumentHelp(
+        "A LoRA from the daemon's --lora-dir, NAME[:SCALE] (scale default 1; repeat for several).",
+        valueName: "name[:scale]"))
+    var loras: [String] = []
+
     @Option(name: [.short, .long], help: ArgumentHelp("Output PNG (default sdd-ID.png; - for stdout).",
                                                       valueName: "file"))
     var output: String?
@@ -109,13 +114,29 @@ struct Generate: AsyncParsableCommand {
     func validate() throws {
         if noWait, output != nil { throw ValidationError("--output has no effect with --no-wait (use sdctl fetch)") }
         if json, output == "-" { throw ValidationError("--output - would mix the PNG into --json's events") }
+        _ = try loraRefs()
+    }
+
+    /// --lora NAME[:SCALE] values as the request's `loras` (nil when none).
+    func loraRefs() throws -> [LoRARef]? {
+        guard !loras.isEmpty else { return nil }
+        return try loras.map { text in
+            if let colon = text.lastIndex(of: ":") {
+                let name = String(text[..<colon]), tail = text[text.index(after: colon)...]
+                guard let scale = Double(tail), scale.isFinite, !name.isEmpty else {
+                    throw ValidationError("--lora \(text): expected NAME or NAME:SCALE with a number for SCALE")
+                }
+                return LoRARef(name: name, scale: scale)
+            }
+            return LoRARef(name: text)
+        }
     }
 
     func run() async throws {
         let client = global.client
         let request = JobRequest(prompt: prompt, negativePrompt: negativePrompt, steps: steps, guidance: guidance,
                                  width: width, height: height, seed: seed, scheduler: scheduler, count: count,
-                                 priority: priority)
+                                 priority: priority, loras: try loraRefs())
         let body = try Array(JSONEncoder().encode(request))
         let (job, raw) = try await client.json(.POST, jobsPath, body: body, as: Job.self)
         if noWait {

@@ -61,6 +61,8 @@ struct Generate: ParsableCommand {
     @Option(help: "How the UNet and VAE multiply: auto (bf16 for a quantized GGUF on a CPU with AVX512_BF16, else f32), f32 (diffusers' results to rounding) or bf16 (operands rounded to BF16, F32 sums; faster where the CPU has AVX512_BF16).")
     var precision: String = "auto"
 
+    @OptionGroup var lora: LoRAOptions
+
     @Flag(help: "Print stage timings and peak memory as one JSON line on stderr.")
     var timings = false
 
@@ -117,7 +119,11 @@ struct Generate: ParsableCommand {
         }
         let pipeline = try StableDiffusionPipeline(model: folder, residency: residencyMode,
                                                    products: try ProductPrecision.named(precision))
-        let prompts = try promptList()
+        // Each prompt without its <lora:…> tags, and the LoRAs it runs with (every file checked before any work).
+        let adapted = try promptList().map { try lora.resolve(prompt: $0) }
+        let prompts = adapted.map(\.prompt)
+        let loraApplication = try lora.application()
+        for a in adapted { try pipeline.setLoRAs(a.specs, application: loraApplication) }
 
         var settings = GenerationSettings(prompt: prompts[0])
         settings.negativePrompt = negativePrompt
@@ -157,7 +163,8 @@ struct Generate: ParsableCommand {
         }
 
         var results: [GenerationResult] = []
-        for p in prompts {
+        for (p, a) in zip(prompts, adapted) {
+            try pipeline.setLoRAs(a.specs, application: loraApplication)
             var s = settings
             s.prompt = p
             if let first = results.first { s.seed = first.seed }  // a random seed is drawn once, for every prompt

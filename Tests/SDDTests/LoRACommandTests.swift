@@ -1,0 +1,107 @@
+// `sdd generate --lora` and `<lora:NAME:SCALE>` prompt tags end to end: the binary's final latents and PNG against
+// diffusers' load_lora_weights + set_adapters (tools/reference/make_lora_fixtures.py), and its errors.
+
+import Foundation
+import MMapWeights
+import Pipeline
+import XCTest
+
+final class LoRACommandTests: XCTestCase {
+    static let loraDir = GenerateCommandTests.fixtures.appendingPathComponent("lora")
+    static let reference = GenerateCommandTests.fixtures.appendingPathComponent("reference/lora")
+
+    var workDir: URL!
+
+    override func setUpWithError() throws {
+        workDir = FileManager.default.temporaryDirectory.appendingPathComponent("sdd-lora-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: workDir, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: workDir) }
+
+    /// Runs `sdd generate` with the reference case's settings plus `extra`; checks the final latents (1e-3 relative
+    /// to their largest value) and the image (≥ 45 dB), the bounds of the library's parity tests.
+    private func assertMatchesReference(_ name: String, prompt: String? = nil, extra: [String],
+                                        file: StaticString = #filePath, line: UInt = #line) throws {
+        let folder = Self.reference.appendingPathComponent(name)
+        let json = try JSONSerialization.jsonObject(with: Data(contentsOf: folder.appendingPathComponent("pipeline.json")))
+        let c = try XCTUnwrap(((json as? [String: Any])?["cases"] as? [[String: Any]])?.first)
+        let png = workDir.appendingPathComponent("\(name).png").path
+        let npy = workDir.appendingPathComponent("\(name).npy").path
+        var args = ["generate", "--model", GenerateCommandTests.tinyModel, "--steps", "\(c["steps"] as? Int ?? 0)",
+                    "--guidance", "\(c["guidance"] as? Double ?? 0)", "--seed", "\(c["seed"] as? Int ?? 0)",
+                    "--scheduler", c["scheduler"] as? String ?? "", "--width", "\(c["width"] as? Int ?? 0)",
+                    "--height", "\(c["height"] as? Int ?? 0)", "-o", png, "--save-latents", npy]
+        if let negative = c["negative_prompt"] as? String { args += ["--negative-prompt", negative] }
+        args += extra + [prompt ?? (c["prompt"] as? String ?? "")]
+        let run = try GenerateCommandTests.runSDD(args)
+        XCTAssertEqual(run.status, 0, run.stderr, file: file, line: line)
+        let ref = try SafetensorsFile(url: folder.appendingPathComponent("pipeline_\(name).safetensors"))
+        func floats(_ key: String) throws -> [Float] {
+            let info = try XCTUnwrap(ref.info(key))
+            var v = [Float](repeating: 0, count: info.elementCount)
+            try v.withUnsafeMutableBufferPointer { try info.copyAsFloat32(into: $0) }
+            return v
+        }
+        let latents = try NPYReader.readFloat32(from: URL(fileURLWithPath: npy)).data
+        let expected = try floats("latents")
+        XCTAssertEqual(latents.count, expected.count, file: file, line: line)
+        let scale = expected.map(abs).max() ?? 1
+        let error = zip(latents, expected).map { abs($0 - $1) }.max() ?? .infinity
+        XCTAssertLessThanOrEqual(error / scale, 1e-3, "final latents", file: file, line: line)
+        let image = try PNGReader.read(from: URL(fileURLWithPath: png))
+        let refImage = try floats("image").map { UInt8($0) }
+        var squares = 0.0
+        for (a, b) in zip(image.rgb, refImage) {
+            let d = Double(Int(a) - Int(b))
+            squares += d * d
+        }
+        let mse = squares / Double(max(1, refImage.count))
+        let db = mse == 0 ? Double.infinity : 10 * log10(255 * 255 / mse)
+        XCTAssertGreaterThanOrEqual(db, 45, "PSNR", file: file, line: line)
+    }
+
+    func testGenerateWithAKohyaLoRAMatchesDiffusers() throws {
+        try assertMatchesReference("kohya_pndm", extra: ["--lora", Self.loraDir.appendingPathComponent("kohya_unet_te.safetensors").path])
+    }
+
+    func testGenerateWithADiffusersLoRAAtScale0_6MatchesDiffusers() throws {
+        try assertMatchesReference("peft_euler_a_0.6",
+                                   extra: ["--lora", Self.loraDir.appendingPathComponent("peft_unet_te.safetensors").path + ":0.6"])
+    }
+
+    func testTwoLoRAsFromAFlagAndAPromptTagMatchDiffusers() throws {
+        // The tag is removed from the prompt text (A1111's behaviour): the prompt diffusers saw is the text without it.
+        try assertMatchesReference(
+            "two_loras_euler", prompt: "a castle on a hill under a starry sky<lora:old_diffusers:0.5>",
+            extra: ["--lora", Self.loraDir.appendingPathComponent("kohya_unet_te.safetensors").path + ":0.8",
+                    "--lora-dir", Self.loraDir.path])
+    }
+
+    func testALoRATagWithoutALoRADirectoryOrAnUnknownNameFailsWithTheName() throws {
+        let png = workDir.appendingPathComponent("x.png").path
+        let noDir = try GenerateCommandTests.runSDD(["generate", "--model", GenerateCommandTests.tinyModel, "--steps", "1",
+                                                     "-o", png, "a cat <lora:peft_unet_te:0.5>"])
+        XCTAssertEqual(noDir.status, 1)
+        XCTAssertTrue(noDir.stderr.contains("--lora-dir"), noDir.stderr)
+        let unknown = try GenerateCommandTests.runSDD(["generate", "--model", GenerateCommandTests.tinyModel, "--steps", "1",
+                                                       "--lora-dir", Self.loraDir.path, "-o", png, "a cat <lora:nothere>"])
+        XCTAssertEqual(unknown.status, 1)
+        XCTAssertTrue(unknown.stderr.contains("nothere.safetensors"), unknown.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: png), "no image when a LoRA is refused")
+    }
+
+    func testALoRAForAnotherModelIsRefusedNamingTheKey() throws {
+        // The tiny model's CLIP has 2 layers; a layer 5 key names a layer it lacks.
+        var w = SafetensorsWriter()
+        let k = "lora_te_text_model_encoder_layers_5_mlp_fc1"
+        w.add("\(k).lora_down.weight", shape: [2, 32], float32: Array(repeating: 0.1, count: 64))
+        w.add("\(k).lora_up.weight", shape: [64, 2], float32: Array(repeating: 0.1, count: 128))
+        let bad = workDir.appendingPathComponent("other.safetensors")
+        try w.write(to: bad)
+        let run = try GenerateCommandTests.runSDD(["generate", "--model", GenerateCommandTests.tinyModel, "--steps", "1",
+                                                   "--lora", bad.path, "-o", workDir.appendingPathComponent("x.png").path, "a cat"])
+        XCTAssertEqual(run.status, 1)
+        XCTAssertTrue(run.stderr.contains("\(k).lora_down.weight"), run.stderr)
+    }
+}
