@@ -22,6 +22,7 @@ import TiledKernels
 /// | `sdd.tokenizer.config` | tokenizer/tokenizer_config.json text (optional) |
 /// | `sdd.tokenizer.special_tokens_map` | tokenizer/special_tokens_map.json text (optional) |
 /// | `sdd.tensor_shapes` | JSON object: tensor name → PyTorch shape, for tensors stored reshaped (optional) |
+/// | `sdd.loras` | LoRAs `sdd convert --lora` baked into the weights, "FILE:SCALE, …" (optional, informative) |
 ///
 /// Tensors are named `<component>.<diffusers parameter name>` (components "unet", "vae", "text_encoder").
 /// Block-quantized conv kernels [out, in, kh, kw] are stored as 2-D [out, in·kh·kw] (ggml quantizes along
@@ -42,6 +43,7 @@ public enum SDDGGUFKey {
     public static let tokenizerConfig = "sdd.tokenizer.config"
     public static let tokenizerSpecialTokensMap = "sdd.tokenizer.special_tokens_map"
     public static let tensorShapes = "sdd.tensor_shapes"
+    public static let bakedLoRAs = "sdd.loras"
 
     /// The value of `general.architecture` for sdd models.
     public static let architectureValue = "stable-diffusion"

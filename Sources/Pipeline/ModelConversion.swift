@@ -12,10 +12,14 @@ public struct ConversionOptions: Sendable {
     public var type: TensorType
     /// The VAE's weight type; nil means F16 for quantized `type`s and `type` otherwise.
     public var vaeType: TensorType?
+    /// LoRAs baked into the UNet and text encoder weights (W + Σ scale·alpha/rank·B·A, summed in F32 before the
+    /// weight is stored in its type).
+    public var loras: [LoRASpec]
 
-    public init(type: TensorType, vaeType: TensorType? = nil) {
+    public init(type: TensorType, vaeType: TensorType? = nil, loras: [LoRASpec] = []) {
         self.type = type
         self.vaeType = vaeType
+        self.loras = loras
     }
 
     /// The type large weights of `component` are stored in.
@@ -121,6 +125,16 @@ public enum ModelConverter {
             if let s = try text(file, optional: optional) { writer.set(key, .string(s)) }
         }
 
+        // LoRAs are checked against the source's layers before anything is written.
+        let baked = options.loras.isEmpty ? nil : try ResolvedLoRAs(options.loras, components: [
+            "text_encoder": try ComponentWeights(directory: folder, component: "text_encoder"),
+            "unet": try ComponentWeights(directory: folder, component: "unet"),
+        ])
+        if let baked {
+            writer.set(SDDGGUFKey.bakedLoRAs, .string(baked.specs.map {
+                "\(URL(fileURLWithPath: $0.path).lastPathComponent):\($0.scale)" }.joined(separator: ", ")))
+        }
+
         // Pass 1: declare every tensor (shapes and types only; no data is read).
         struct Planned {
             let component: String
@@ -170,7 +184,11 @@ public enum ModelConverter {
             let w = try item.source.weight(item.sourceName, shape: nil)
             defer { item.source.release([item.sourceName]) }
             // Sources hand out F16/BF16 (and GGUF types) in place; the quantizer reads F32.
-            let f32 = w.type == .f32 ? w : Weight(shape: w.shape, array: w.dequantized())
+            var f32 = w.type == .f32 ? w : Weight(shape: w.shape, array: w.dequantized())
+            if item.sourceName.hasSuffix(".weight"),
+               let terms = baked?.terms[item.component]?[String(item.sourceName.dropLast(".weight".count))] {
+                f32 = LoRAWeights.merged(f32, terms)
+            }
             defer { withExtendedLifetime(f32) {} }
             let values = f32.values
             let rowLength = tensor.shape.count >= 2 ? tensor.shape.dropFirst().reduce(1, *) : tensor.shape.reduce(1, *)

@@ -24,6 +24,11 @@ struct Convert: ParsableCommand {
     @Option(help: "VAE weight type: f16, f32 or same (as --type). Default: f16 for quantized types, else same.")
     var vaeType: String?
 
+    @Option(name: .customLong("lora"), help: ArgumentHelp(
+        "A LoRA to bake into the UNet and text encoder weights, PATH[:SCALE] (repeatable); summed in F32 before quantizing.",
+        valueName: "path[:scale]"))
+    var loras: [String] = []
+
     @Option(name: [.short, .long], help: "The GGUF file to write.")
     var output: String
 
@@ -58,7 +63,7 @@ struct Convert: ParsableCommand {
         let start = Date()
         let summary = try ModelConverter.convert(
             diffusersFolder: source, to: URL(fileURLWithPath: output),
-            options: ConversionOptions(type: main, vaeType: vae)
+            options: ConversionOptions(type: main, vaeType: vae, loras: try loras.map { try LoRASpec.parse($0) })
         ) { printError("sdd: convert: \($0)") }
         let types = summary.countsByType.sorted { $0.key.name < $1.key.name }.map { "\($0.key.name) \($0.value)" }
         if !summary.skipped.isEmpty {
