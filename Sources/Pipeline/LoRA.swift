@@ -251,17 +251,78 @@ public struct ResolvedLoRAs: @unchecked Sendable {
     }
 
     /// Every module name of a component (tensor names ending in ".weight") by its kohya form ('.' → '_'), also
-    /// with CLIP's "text_model." prefix added or removed (transformers 5 saves CLIP without it; kohya keeps it).
+    /// with CLIP's "text_model." prefix added or removed (transformers 5 saves CLIP without it; kohya keeps it),
+    /// and for a UNet by its SGM/CompVis form too (`input_blocks_4_1_proj_in`, `middle_block_0_in_layers_2`), which
+    /// kohya's scripts also write for SD 1.x.
     static func flattenedNames(_ tensorNames: [String]) -> [String: String] {
         var out: [String: String] = [:]
+        var modules: [String] = []
         for t in tensorNames where t.hasSuffix(".weight") {
             let module = String(t.dropLast(".weight".count))
+            modules.append(module)
             let flat = module.replacingOccurrences(of: ".", with: "_")
             out[flat] = module
             if module.hasPrefix("text_model.") {
                 out[String(flat.dropFirst("text_model_".count))] = module
             } else {
                 out["text_model_" + flat] = module
+            }
+        }
+        // diffusers' ResNet layer names → CompVis' (diffusers' _convert_unet_lora_key maps them back the same way).
+        let resnetInner = [".norm1": "_in_layers_0", ".conv1": "_in_layers_2", ".time_emb_proj": "_emb_layers_1",
+                           ".norm2": "_out_layers_0", ".conv2": "_out_layers_3", ".conv_shortcut": "_skip_connection"]
+        for (diffusers, sgm) in sgmBlockPrefixes(Set(modules)) {
+            for m in modules where m == diffusers || m.hasPrefix(diffusers + ".") {
+                let rest = String(m.dropFirst(diffusers.count))
+                let inner = diffusers.contains(".resnets.") ? resnetInner[rest] ?? rest : rest
+                let alias = sgm + inner.replacingOccurrences(of: ".", with: "_")
+                if out[alias] == nil { out[alias] = m }
+            }
+        }
+        return out
+    }
+
+    /// The UNet's blocks by diffusers prefix and CompVis (SGM) flattened prefix, derived from which blocks the model
+    /// has: input_blocks count conv_in, then per level its ResNets (+ attentions) and downsampler; output_blocks per
+    /// up level its ResNets (+ attentions), the upsampler sitting after the attention when there is one.
+    static func sgmBlockPrefixes(_ modules: Set<String>) -> [(String, String)] {
+        let blocks = Set(modules.map { m -> String in
+            let parts = m.split(separator: ".")
+            return parts.prefix(4).joined(separator: ".")
+        })
+        func has(_ prefix: String) -> Bool { blocks.contains { $0 == prefix || $0.hasPrefix(prefix + ".") } }
+        func count(_ prefix: String) -> Int {
+            var n = 0
+            while has("\(prefix).\(n)") { n += 1 }
+            return n
+        }
+        var out: [(String, String)] = [("conv_in", "input_blocks_0_0"), ("time_embedding.linear_1", "time_embed_0"),
+                                       ("time_embedding.linear_2", "time_embed_2"), ("conv_out", "out_2")]
+        var n = 1
+        for level in 0..<count("down_blocks") {
+            for j in 0..<count("down_blocks.\(level).resnets") {
+                out.append(("down_blocks.\(level).resnets.\(j)", "input_blocks_\(n)_0"))
+                out.append(("down_blocks.\(level).attentions.\(j)", "input_blocks_\(n)_1"))
+                n += 1
+            }
+            if has("down_blocks.\(level).downsamplers.0") {
+                out.append(("down_blocks.\(level).downsamplers.0.conv", "input_blocks_\(n)_0_op"))
+                n += 1
+            }
+        }
+        out += [("mid_block.resnets.0", "middle_block_0"), ("mid_block.attentions.0", "middle_block_1"),
+                ("mid_block.resnets.1", "middle_block_2")]
+        n = 0
+        for level in 0..<count("up_blocks") {
+            let resnets = count("up_blocks.\(level).resnets")
+            let attention = has("up_blocks.\(level).attentions.0")
+            for j in 0..<resnets {
+                out.append(("up_blocks.\(level).resnets.\(j)", "output_blocks_\(n)_0"))
+                out.append(("up_blocks.\(level).attentions.\(j)", "output_blocks_\(n)_1"))
+                if j == resnets - 1 && has("up_blocks.\(level).upsamplers.0") {
+                    out.append(("up_blocks.\(level).upsamplers.0.conv", "output_blocks_\(n)_\(attention ? 2 : 1)_conv"))
+                }
+                n += 1
             }
         }
         return out

@@ -141,4 +141,74 @@ final class LoRATests: XCTestCase {
         try assertRefused(try write([("\(k).lora_down.weight", [2, 32], Array(repeating: 0.1, count: 64))]),
                           mentioning: ["\(k).lora_down.weight", "no B (up)"])
     }
+
+    // MARK: kohya's SGM/CompVis names
+
+    /// The tiny model's blocks in CompVis' numbering, written out by hand (4 levels, 2 ResNets each, no attention
+    /// at the deepest down level and the first up level): what kohya writes as lora_unet_input_blocks_… .
+    static let compVisBlocks: [(String, String)] = [
+        ("down_blocks_0_resnets_0", "input_blocks_1_0"), ("down_blocks_0_attentions_0", "input_blocks_1_1"),
+        ("down_blocks_0_resnets_1", "input_blocks_2_0"), ("down_blocks_0_attentions_1", "input_blocks_2_1"),
+        ("down_blocks_0_downsamplers_0_conv", "input_blocks_3_0_op"),
+        ("down_blocks_1_resnets_0", "input_blocks_4_0"), ("down_blocks_1_attentions_0", "input_blocks_4_1"),
+        ("down_blocks_1_resnets_1", "input_blocks_5_0"), ("down_blocks_1_attentions_1", "input_blocks_5_1"),
+        ("down_blocks_1_downsamplers_0_conv", "input_blocks_6_0_op"),
+        ("down_blocks_2_resnets_0", "input_blocks_7_0"), ("down_blocks_2_attentions_0", "input_blocks_7_1"),
+        ("down_blocks_2_resnets_1", "input_blocks_8_0"), ("down_blocks_2_attentions_1", "input_blocks_8_1"),
+        ("down_blocks_2_downsamplers_0_conv", "input_blocks_9_0_op"),
+        ("down_blocks_3_resnets_0", "input_blocks_10_0"), ("down_blocks_3_resnets_1", "input_blocks_11_0"),
+        ("mid_block_resnets_0", "middle_block_0"), ("mid_block_attentions_0", "middle_block_1"),
+        ("mid_block_resnets_1", "middle_block_2"),
+        ("up_blocks_0_resnets_0", "output_blocks_0_0"), ("up_blocks_0_resnets_1", "output_blocks_1_0"),
+        ("up_blocks_0_resnets_2", "output_blocks_2_0"), ("up_blocks_0_upsamplers_0_conv", "output_blocks_2_1_conv"),
+        ("up_blocks_1_resnets_0", "output_blocks_3_0"), ("up_blocks_1_attentions_0", "output_blocks_3_1"),
+        ("up_blocks_1_resnets_1", "output_blocks_4_0"), ("up_blocks_1_attentions_1", "output_blocks_4_1"),
+        ("up_blocks_1_resnets_2", "output_blocks_5_0"), ("up_blocks_1_attentions_2", "output_blocks_5_1"),
+        ("up_blocks_1_upsamplers_0_conv", "output_blocks_5_2_conv"),
+        ("up_blocks_2_resnets_0", "output_blocks_6_0"), ("up_blocks_2_attentions_0", "output_blocks_6_1"),
+        ("up_blocks_2_resnets_1", "output_blocks_7_0"), ("up_blocks_2_attentions_1", "output_blocks_7_1"),
+        ("up_blocks_2_resnets_2", "output_blocks_8_0"), ("up_blocks_2_attentions_2", "output_blocks_8_1"),
+        ("up_blocks_2_upsamplers_0_conv", "output_blocks_8_2_conv"),
+        ("up_blocks_3_resnets_0", "output_blocks_9_0"), ("up_blocks_3_attentions_0", "output_blocks_9_1"),
+        ("up_blocks_3_resnets_1", "output_blocks_10_0"), ("up_blocks_3_attentions_1", "output_blocks_10_1"),
+        ("up_blocks_3_resnets_2", "output_blocks_11_0"), ("up_blocks_3_attentions_2", "output_blocks_11_1"),
+    ]
+
+    func testKohyaFilesWithCompVisBlockNamesApplyToTheSameLayers() throws {
+        let source = try SafetensorsFile(url: Self.loraDir.appendingPathComponent("kohya_unet_te.safetensors"))
+        var writer = SafetensorsWriter()
+        var renamed = 0
+        for info in source.allInfos {
+            var name = info.name
+            if name.hasPrefix("lora_unet_") {
+                let flat = String(name.dropFirst("lora_unet_".count))
+                if let (d, c) = Self.compVisBlocks.first(where: { flat.hasPrefix($0.0 + "_") || flat.hasPrefix($0.0 + ".") }) {
+                    var rest = String(flat.dropFirst(d.count))
+                    if d.contains("resnets") {
+                        for (a, b) in [("_conv1", "_in_layers_2"), ("_time_emb_proj", "_emb_layers_1"),
+                                       ("_conv_shortcut", "_skip_connection")] where rest.hasPrefix(a + ".") {
+                            rest = b + rest.dropFirst(a.count)
+                        }
+                    }
+                    name = "lora_unet_" + c + rest
+                    renamed += 1
+                }
+            }
+            writer.add(name, dtype: info.dtype, shape: info.shape, bytes: Array(info.rawBytes))
+        }
+        XCTAssertGreaterThan(renamed, 100)
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("sgm-\(UUID().uuidString).safetensors")
+        try writer.write(to: url)
+        addTeardownBlock { try? FileManager.default.removeItem(at: url) }
+
+        let pipeline = try StableDiffusionPipeline(model: try StableDiffusionModel(url: ModelFixtures.tinyModel))
+        var s = GenerationSettings(prompt: "a lighthouse")
+        s.steps = 2
+        s.seed = 3
+        try pipeline.setLoRAs([Self.lora("kohya_unet_te.safetensors", 0.7)])
+        let diffusersNames = try pipeline.generate(s).latents
+        try pipeline.setLoRAs([LoRASpec(path: url.path, scale: 0.7)])
+        XCTAssertEqual(pipeline.loras?.moduleCount("unet"), 239)
+        XCTAssertEqual(try pipeline.generate(s).latents.data, diffusersNames.data)
+    }
 }
