@@ -159,4 +159,21 @@ final class LoRACommandTests: XCTestCase {
             print("q8_0 with LoRA, \(name): relative error \(relative(l, reference)) vs the F32 folder")
         }
     }
+
+    func testBenchRunsWithLoRAsAndReportsHowTheyWereApplied() throws {
+        let kohya = Self.loraDir.appendingPathComponent("kohya_unet_te.safetensors").path
+        var flops: [String: Double] = [:]
+        for mode in ["side", "merge"] {
+            let run = try GenerateCommandTests.runSDD(["bench", "--model", GenerateCommandTests.tinyModel, "--steps", "1",
+                                                       "--lora", kohya + ":0.5", "--lora-apply", mode, "--json"])
+            XCTAssertEqual(run.status, 0, run.stderr)
+            let report = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any])
+            XCTAssertEqual(report["loras"] as? [String], [kohya + ":0.5"])
+            XCTAssertEqual(report["lora_apply"] as? String, mode)
+            XCTAssertNotNil(report["lora_bind_seconds"] as? Double)
+            flops[mode] = report["unet_step_gflop"] as? Double
+        }
+        // The side path adds the low-rank products' work to each step; a merge adds none.
+        XCTAssertGreaterThan(try XCTUnwrap(flops["side"]), try XCTUnwrap(flops["merge"]))
+    }
 }
