@@ -220,7 +220,7 @@ public final class Worker: @unchecked Sendable {
                 return
             }
             heartbeat()
-            let text = PNGMetadata.entries(for: result, model: pipeline.model.name)
+            let text = PNGMetadata.entries(for: result, model: pipeline.model.name, loras: pipeline.loras?.specs ?? [])
             for (n, image) in result.images.enumerated() {
                 try PNGWriter.write(rgb: image, width: result.width, height: result.height, text: text,
                                     to: queue.spool.imageURL(id, n))

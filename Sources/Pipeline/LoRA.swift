@@ -243,8 +243,8 @@ public struct ResolvedLoRAs: @unchecked Sendable {
                 guard seen.insert("\(m.component).\(module)").inserted else {
                     throw LoRAError(file: path, message: "\(m.downKey): layer \(module) is adapted twice in one file")
                 }
-                let base = try provider.weight(module + ".weight", shape: nil)
-                let term = try ResolvedLoRAs.term(m, file: file, base: base, module: module, scale: spec.scale)
+                let shape = try ResolvedLoRAs.shape(of: module + ".weight", in: provider)
+                let term = try ResolvedLoRAs.term(m, file: file, baseShape: shape, module: module, scale: spec.scale)
                 terms[m.component, default: [:]][module, default: []].append(term)
             }
         }
@@ -337,11 +337,18 @@ public struct ResolvedLoRAs: @unchecked Sendable {
     }
 
     /// Checks A and B against the layer's weight W ([out, in] or [out, in, kh, kw]) and shapes them for the layer.
-    static func term(_ m: LoRAFile.Module, file: LoRAFile, base: Weight, module: String, scale: Float) throws -> LowRankTerm {
+    /// A tensor's PyTorch shape from the file's header, without reading (or dequantizing) its data.
+    static func shape(of name: String, in provider: WeightProvider) throws -> [Int] {
+        if let g = provider as? GGUFComponentWeights, let s = g.shape(of: name) { return s }
+        if let c = provider as? ComponentWeights, let info = try c.info(name) { return info.shape }
+        return try provider.weight(name, shape: nil).shape
+    }
+
+    static func term(_ m: LoRAFile.Module, file: LoRAFile, baseShape w: [Int], module: String,
+                     scale: Float) throws -> LowRankTerm {
         let path = file.url.path
         var down = try file.weights.weight(m.downKey, shape: nil)
         var up = try file.weights.weight(m.upKey, shape: nil)
-        let w = base.shape
         let rank = down.shape.first ?? 0
         func mismatch(_ key: String, _ shape: [Int]) -> LoRAError {
             LoRAError(file: path, message: "\(key) has shape \(shape), which does not fit the model's \(module).weight \(w)")

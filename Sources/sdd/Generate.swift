@@ -178,7 +178,7 @@ struct Generate: ParsableCommand {
         let result = results[0]
 
         if grid {
-            var text = PNGMetadata.entries(for: result, model: folder.name)
+            var text = PNGMetadata.entries(for: result, model: folder.name, loras: adapted[0].specs)
             if results.count > 1, let i = text.firstIndex(where: { $0.key == "prompt" }) {
                 text[i].value = prompts.joined(separator: "\n")
             }
@@ -190,8 +190,8 @@ struct Generate: ParsableCommand {
         } else {
             let paths = OutputNames.pngPaths(output, count: count * results.count)
             var next = paths.makeIterator()
-            for r in results {
-                let text = PNGMetadata.entries(for: r, model: folder.name)
+            for (r, a) in zip(results, adapted) {
+                let text = PNGMetadata.entries(for: r, model: folder.name, loras: a.specs)
                 for image in r.images {
                     guard let path = next.next() else { break }
                     try PNGWriter.write(rgb: image, width: r.width, height: r.height, text: text,

@@ -50,6 +50,11 @@ final class LoRACommandTests: XCTestCase {
         let error = zip(latents, expected).map { abs($0 - $1) }.max() ?? .infinity
         XCTAssertLessThanOrEqual(error / scale, 1e-3, "final latents", file: file, line: line)
         let image = try PNGReader.read(from: URL(fileURLWithPath: png))
+        let loras = image.text.first { $0.key == "loras" }?.value ?? ""
+        for arg in extra where arg.hasSuffix(".safetensors") || arg.contains(".safetensors:") {
+            let name = URL(fileURLWithPath: String(arg.split(separator: ":").first ?? "")).deletingPathExtension().lastPathComponent
+            XCTAssertTrue(loras.contains("<lora:\(name):"), "PNG loras entry \(loras) lacks \(name)", file: file, line: line)
+        }
         let refImage = try floats("image").map { UInt8($0) }
         var squares = 0.0
         for (a, b) in zip(image.rgb, refImage) {
