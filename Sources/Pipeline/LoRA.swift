@@ -420,11 +420,6 @@ final class LoRAWeights: WeightProvider {
             let d = t.deltaMatrix()
             for i in 0..<min(values.count, d.count) { values[i] += d[i] }
         }
-        if w.type == .f32 {
-            var m = Weight(shape: w.shape, array: values)
-            m.products = w.products
-            return m
-        }
         let bytes = UnsafeMutableRawBufferPointer.allocate(byteCount: w.bytes.count, alignment: 64)
         values.withUnsafeBufferPointer { Quantizer.quantize($0, to: w.type, into: bytes) }
         var m = Weight(shape: w.shape, type: w.type, bytes: UnsafeRawBufferPointer(bytes), owner: MergedBytes(bytes))
@@ -433,7 +428,7 @@ final class LoRAWeights: WeightProvider {
     }
 }
 
-/// Owns a merged weight's bytes.
+/// Owns a merged weight's bytes (anonymous memory that stays resident: the memory planner counts it).
 final class MergedBytes {
     let bytes: UnsafeMutableRawBufferPointer
     init(_ bytes: UnsafeMutableRawBufferPointer) { self.bytes = bytes }

@@ -166,7 +166,8 @@ public enum MemoryPlanner {
         let streamed = pipeline.residency != .resident
         var plan = MemoryPlan(
             baseline: baselineBytes,
-            unetWeights: streamed ? unet.largestGroupBytes : unet.totalWeightBytes,
+            // Weights a LoRA was merged into stay resident whatever the residency.
+            unetWeights: streamed ? unet.largestGroupBytes + unet.mergedLoRABytes : unet.totalWeightBytes,
             unetActivations: unetActivationBytes(model.unet, latentHeight: h, latentWidth: w,
                                                  batch: count * (guided ? 2 : 1)),
             vaeWeights: streamed ? vae.largestGroupBytes : vae.totalWeightBytes,

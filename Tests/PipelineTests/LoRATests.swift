@@ -64,6 +64,18 @@ final class LoRATests: XCTestCase {
         XCTAssertGreaterThan(relativeMaxError(merged, side), 0, "merge must be a different computation")
     }
 
+    func testTheMemoryPlanCountsMergedWeightsAsResident() throws {
+        let pipeline = try StableDiffusionPipeline(model: try StableDiffusionModel(url: ModelFixtures.tinyModel))
+        let loras = [Self.lora("kohya_unet_te.safetensors")]
+        try pipeline.setLoRAs(loras, application: .side)
+        let side = try MemoryPlanner.plan(budget: nil, pipeline: pipeline, width: 64, height: 64)
+        try pipeline.setLoRAs(loras, application: .merge)
+        let merge = try MemoryPlanner.plan(budget: nil, pipeline: pipeline, width: 64, height: 64)
+        // 239 adapted UNet layers of 629,732 parameters, F32 here: their merged copies (most of the UNet's 2.5 MB)
+        // are resident on top of one streamed group, which the side path's plan holds alone.
+        XCTAssertGreaterThan(merge.unetWeights - side.unetWeights, 1_000_000)
+    }
+
     func testASpecParsesPathAndOptionalScale() throws {
         XCTAssertEqual(try LoRASpec.parse("a/b.safetensors"), LoRASpec(path: "a/b.safetensors", scale: 1))
         XCTAssertEqual(try LoRASpec.parse("a/b.safetensors:0.6"), LoRASpec(path: "a/b.safetensors", scale: 0.6))
