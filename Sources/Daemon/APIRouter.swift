@@ -82,9 +82,11 @@ public struct ModelDescription: Sendable {
     public var weights: WeightFigures?
     /// Why the model cannot be used (jobs are refused with 503 and this reason; health is "degraded").
     public var problem: String?
+    /// Where requests' LoRA names are looked up (`sdd serve --lora-dir`); nil: requests may name none.
+    public var loraDirectory: URL?
 
     public init(url: URL?, name: String, defaults: ModelDefaults?, vae: URL? = nil, model: StableDiffusionModel? = nil,
-                weights: WeightFigures? = nil, problem: String? = nil) {
+                weights: WeightFigures? = nil, problem: String? = nil, loraDirectory: URL? = nil) {
         self.url = url
         self.name = name
         self.defaults = defaults
@@ -92,6 +94,7 @@ public struct ModelDescription: Sendable {
         self.model = model
         self.weights = weights
         self.problem = problem
+        self.loraDirectory = loraDirectory
     }
 
     /// Opens the model as a generation would — configs (every number bounded), tokenizer, every weight file's
@@ -171,7 +174,7 @@ public final class APIRouter: Sendable {
     /// Every route that makes a job (native, OpenAI, A1111) goes through here.
     func admitted(_ sent: JobRequest) throws(APIError) -> JobRequest {
         if let no = unavailable() { throw no }
-        let request = try RequestValidation.resolve(sent, defaults: model.defaults)
+        let request = try RequestValidation.resolve(sent, defaults: model.defaults, loraDirectory: model.loraDirectory)
         if let checked = model.model {
             try RequestValidation.admit(request, model: checked, weights: model.weights, memoryBudget: memoryBudget)
         }
@@ -266,9 +269,9 @@ public final class APIRouter: Sendable {
         do throws(APIError) {
             let sent = try RequestValidation.decode(r.body)
             let request = try admitted(sent)
-            let defaults = model.defaults
+            let defaults = model.defaults, loraDirectory = model.loraDirectory
             let (job, created) = try queue.submit(request, as: r.owner) { stored in
-                RequestValidation.isSameRequest(sent, as: stored, defaults: defaults)
+                RequestValidation.isSameRequest(sent, as: stored, defaults: defaults, loraDirectory: loraDirectory)
             }
             // A retry of a submission that already made a job gets that job, with 200 instead of 202.
             return .json(created ? 202 : 200, job, headers: [("Location", "\(APIVersion.prefix)/jobs/\(job.id)")])

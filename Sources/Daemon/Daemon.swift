@@ -33,6 +33,8 @@ public struct DaemonConfiguration: Sendable {
     public var minFreeBytes: Int = 64 << 20
     /// How the UNet and VAE multiply (`--precision`); nil: the pipeline's automatic choice.
     public var products: ProductPrecision?
+    /// The only place LoRAs are loaded from: requests name files in it (`--lora-dir`); nil: none may be named.
+    public var loraDirectory: URL?
     /// Most queued jobs; more get 429.
     public var maxQueued: Int = 1000
     /// Finished, failed and canceled jobs are removed this many seconds after they ended; nil = never.
@@ -63,7 +65,9 @@ public enum Daemon {
         if let explanation = config.memoryBudgetExplanation { logger.info("\(explanation)") }
         // Opened and checked now, so that a broken model is reported (health "degraded", jobs refused with 503 and
         // the reason) instead of every job failing later.
-        let model = ModelDescription.check(config.model, vae: config.vae, products: config.products)
+        var described = ModelDescription.check(config.model, vae: config.vae, products: config.products)
+        described.loraDirectory = config.loraDirectory
+        let model = described
         if let problem = model.problem {
             logger.error("the model cannot be used; jobs are refused until it is fixed", metadata: ["error": "\(problem)"])
         }
@@ -75,6 +79,7 @@ public enum Daemon {
         worker.memoryBudget = config.memoryBudget
         worker.products = config.products
         worker.previewEvery = config.previewEvery
+        worker.loraDirectory = config.loraDirectory
         let router = APIRouter(queue: queue, worker: worker, model: model, keepAlive: config.keepAlive,
                                memoryBudget: config.memoryBudget, minFreeBytes: config.minFreeBytes,
                                maxDownloads: config.maxDownloads)

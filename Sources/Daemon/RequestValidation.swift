@@ -71,6 +71,9 @@ public enum RequestValidation {
         case .keyNotFound(let key, _):
             return APIError(.wrongType, "field \"\(key.stringValue)\" is required")
         case .dataCorrupted(let ctx):
+            if ctx.debugDescription.hasPrefix("unknown field") && ctx.codingPath.count > 1 {
+                return APIError(.unknownField, "field \"\(field(ctx.codingPath.dropLast()))\": \(ctx.debugDescription)")
+            }
             if ctx.debugDescription.hasPrefix("unknown field") {
                 return APIError(.unknownField, "\(ctx.debugDescription); known fields: "
                     + JobRequest.CodingKeys.allCases.map(\.stringValue).joined(separator: ", "))
@@ -98,7 +101,9 @@ public enum RequestValidation {
     /// Checks ranges and fills every default (seed included), so the job runs the same after any restart.
     /// - defaults: the model's defaults; nil if the model could not be read (size stays unresolved, the rest
     ///   takes diffusers' defaults).
-    public static func resolve(_ r: JobRequest, defaults: ModelDefaults?) throws(APIError) -> JobRequest {
+    /// - loraDirectory: where LoRA names (`loras`, `<lora:NAME>` prompt tags) are looked up; nil: none may be named.
+    public static func resolve(_ r: JobRequest, defaults: ModelDefaults?,
+                               loraDirectory: URL? = nil) throws(APIError) -> JobRequest {
         var out = r
         guard !r.prompt.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else {
             throw APIError(.invalidValue, "prompt must not be empty")
@@ -153,6 +158,22 @@ public enum RequestValidation {
             throw APIError(.invalidValue, "request_id must be 1…\(JobRequest.maxRequestIdLength) characters of "
                 + "A-Z a-z 0-9 . _ : - (got \(key.utf8.count) characters)")
         }
+        for (i, lora) in (r.loras ?? []).enumerated() {
+            do {
+                _ = try PromptLoRAs.resolve(lora.name, in: loraDirectory)
+            } catch {
+                throw APIError(.invalidValue, "loras[\(i)].name: \(error)")
+            }
+            guard let scale = lora.scale else { continue }
+            guard scale.isFinite, (-100...100).contains(scale) else {
+                throw APIError(.invalidValue, "loras[\(i)].scale \(scale) is out of range (-100…100)")
+            }
+        }
+        do {
+            for tag in try PromptLoRAs.extract(r.prompt).loras { _ = try PromptLoRAs.resolve(tag.name, in: loraDirectory) }
+        } catch {
+            throw APIError(.invalidValue, "prompt: \(error)")
+        }
         return out
     }
 
@@ -181,10 +202,11 @@ public enum RequestValidation {
 
     /// Whether `request` (as the client sent it, unresolved) asks for what `stored` (a job's resolved settings)
     /// is: a retried submission. A seed the client left out matches the one the daemon chose.
-    public static func isSameRequest(_ request: JobRequest, as stored: JobRequest, defaults: ModelDefaults?) -> Bool {
+    public static func isSameRequest(_ request: JobRequest, as stored: JobRequest, defaults: ModelDefaults?,
+                                     loraDirectory: URL? = nil) -> Bool {
         var candidate = request
         if candidate.seed == nil { candidate.seed = stored.seed }
-        guard let resolved = try? resolve(candidate, defaults: defaults) else { return false }
+        guard let resolved = try? resolve(candidate, defaults: defaults, loraDirectory: loraDirectory) else { return false }
         return resolved == stored
     }
 
@@ -206,6 +228,19 @@ public enum RequestValidation {
                 throw APIError(.invalidValue, "timestep_spacing does not apply to \(name): its timesteps come from original_inference_steps")
             }
         }
+    }
+
+    /// The LoRAs a resolved request runs with (its `loras`, then its prompt's `<lora:…>` tags, as files in
+    /// `loraDirectory`) and the prompt without the tags.
+    public static func loras(_ r: JobRequest, loraDirectory: URL?) throws -> (prompt: String, specs: [LoRASpec]) {
+        var specs = try (r.loras ?? []).map {
+            LoRASpec(path: try PromptLoRAs.resolve($0.name, in: loraDirectory).path, scale: Float($0.scale ?? 1))
+        }
+        let (prompt, tags) = try PromptLoRAs.extract(r.prompt)
+        for tag in tags {
+            specs.append(LoRASpec(path: try PromptLoRAs.resolve(tag.name, in: loraDirectory).path, scale: tag.scale))
+        }
+        return (prompt, specs)
     }
 
     /// The pipeline's settings for a resolved request.

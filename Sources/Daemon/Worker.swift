@@ -38,6 +38,8 @@ public final class Worker: @unchecked Sendable {
     /// A latent preview after every this many steps (nil: about ten per job, see `LatentPreview.isPreviewStep`;
     /// 0: none). Previews only read the latents: the images are the same with or without them.
     public var previewEvery: Int?
+    /// Where jobs' LoRA names are looked up (`--lora-dir`); nil: a job naming one fails.
+    public var loraDirectory: URL?
 
     public init(queue: JobQueue, modelURL: URL?, keepAlive: Double?, checkpointEvery: Int = 5, logger: Logger) {
         self.queue = queue
@@ -229,7 +231,7 @@ public final class Worker: @unchecked Sendable {
                 return
             }
             heartbeat()
-            let text = PNGMetadata.entries(for: result, model: pipeline.model.name)
+            let text = PNGMetadata.entries(for: result, model: pipeline.model.name, loras: pipeline.loras?.specs ?? [])
             for (n, image) in result.images.enumerated() {
                 try queue.spool.writeImage(id, n, try PNGWriter.encode(rgb: image, width: result.width,
                                                                        height: result.height, text: text))
@@ -247,7 +249,12 @@ public final class Worker: @unchecked Sendable {
 
     /// Resumes from the job's checkpoint when there is a usable one, else starts at step 0.
     private func begin(_ record: JobRecord, pipeline: StableDiffusionPipeline, log: Logger) throws -> Generation {
-        let settings = RequestValidation.settings(record.job.settings)
+        var settings = RequestValidation.settings(record.job.settings)
+        // The prompt's <lora:…> tags become LoRAs (and leave the text), after the request's own `loras`.
+        let (prompt, loras) = try RequestValidation.loras(record.job.settings, loraDirectory: loraDirectory)
+        settings.prompt = prompt
+        try pipeline.setLoRAs(loras)
+        if !loras.isEmpty { log.info("LoRAs", metadata: ["loras": "\(loras.map { "\($0.path):\($0.scale)" })"]) }
         if let budget = memoryBudget {
             let plan = try MemoryPlanner.apply(budget: budget, to: pipeline, width: settings.width, height: settings.height,
                                                count: settings.count, guided: settings.guidance > 1)

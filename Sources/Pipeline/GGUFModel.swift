@@ -24,6 +24,7 @@ import TiledKernels
 /// | `sdd.tensor_shapes` | JSON object: tensor name → PyTorch shape, for tensors stored reshaped (optional) |
 /// | `sdd.defaults.steps`, `.guidance`, `.scheduler`, `.width`, `.height` | the model's generation defaults (optional; u32, f32, string, u32, u32; see `GenerationDefaults`) |
 /// | `sdd.names` | "sdd" or "compvis" (optional): see `GGUFNaming`; CompVis-named files are read like single files |
+/// | `sdd.loras` | LoRAs `sdd convert --lora` baked into the weights, "FILE:SCALE, …" (optional, informative) |
 ///
 /// Tensors are named `<component>.<diffusers parameter name>` (components "unet", "vae", "text_encoder").
 /// Block-quantized conv kernels [out, in, kh, kw] are stored as 2-D [out, in·kh·kw] (ggml quantizes along
@@ -46,6 +47,7 @@ public enum SDDGGUFKey {
     public static let tensorShapes = "sdd.tensor_shapes"
     /// "sdd" or "compvis": how the tensors are named (see `GGUFNaming`; optional, "sdd" when absent).
     public static let names = "sdd.names"
+    public static let bakedLoRAs = "sdd.loras"
 
     /// The value of `general.architecture` for sdd models.
     public static let architectureValue = "stable-diffusion"

@@ -101,9 +101,17 @@ public final class StableDiffusionPipeline {
     /// run in F32. BF16 products run about twice as fast where the CPU has AVX512_BF16, further from
     /// diffusers' fp32.
     public let products: ProductPrecision
-    private let textEncoderWeights: WeightProvider
-    private let unetWeights: WeightProvider
+    /// The components' weights as mapped, without LoRAs.
+    private let baseTextEncoderWeights: WeightProvider
+    private let baseUNetWeights: WeightProvider
+    /// The weights the models bind: the base weights with the current LoRAs attached.
+    private var textEncoderWeights: WeightProvider
+    private var unetWeights: WeightProvider
     private let vaeWeights: WeightProvider
+    /// The LoRAs the text encoder and UNet run with (see `setLoRAs`).
+    public private(set) var loras: ResolvedLoRAs?
+    /// How LoRAs reach the products (side path by default; see `LoRAApplication`).
+    public private(set) var loraApplication: LoRAApplication = .side
     // Built on first use and kept: binding weights converts F16/BF16 tensors to F32 once.
     private var textEncoderModel: CLIPTextEncoder?
     private var unetModel: UNet?
@@ -159,8 +167,10 @@ public final class StableDiffusionPipeline {
         self.model = model
         self.residency = residency
         tokenizer = model.tokenizer
-        textEncoderWeights = try model.weights("text_encoder")
+        baseTextEncoderWeights = try model.weights("text_encoder")
+        textEncoderWeights = baseTextEncoderWeights
         let unet = try model.weights("unet")
+        baseUNetWeights = unet
         let chosen = products ?? StableDiffusionPipeline.automaticProducts(unetWeights: unet)
         self.products = chosen
         unetWeights = ProductPrecisionWeights(unet, products: chosen)
@@ -177,14 +187,40 @@ public final class StableDiffusionPipeline {
             // TAESD's weights stay resident (a few MB); its decode is planned in bands of latent rows.
             return WeightFigures(unetLargestGroupBytes: unet.largestGroupBytes, unetTotalBytes: unet.totalWeightBytes,
                                  unetLargestWeightElements: unet.largestWeightElements,
+                                 unetMergedLoRABytes: unet.mergedLoRABytes,
                                  vaeLargestGroupBytes: tiny.totalWeightBytes, vaeTotalBytes: tiny.totalWeightBytes,
                                  streamed: residency != .resident, tinyVAEHaloLatentRows: tiny.haloLatentRows)
         }
         let vae = try vaeDecoder()
         return WeightFigures(unetLargestGroupBytes: unet.largestGroupBytes, unetTotalBytes: unet.totalWeightBytes,
                              unetLargestWeightElements: unet.largestWeightElements,
+                             unetMergedLoRABytes: unet.mergedLoRABytes,
                              vaeLargestGroupBytes: vae.largestGroupBytes, vaeTotalBytes: vae.totalWeightBytes,
                              streamed: residency != .resident)
+    }
+
+    /// Runs the text encoder and UNet with `specs` (in order; none: the plain model) from now on. Opens and checks
+    /// every file against the model first — a layer the model lacks or a shape that does not fit throws a
+    /// `LoRAError` naming the key, and the pipeline keeps its previous LoRAs. Rebinds the two models only when
+    /// the set changes.
+    public func setLoRAs(_ specs: [LoRASpec], application: LoRAApplication = .side) throws {
+        if specs == (loras?.specs ?? []) && application == loraApplication { return }
+        let resolved = specs.isEmpty ? nil : try ResolvedLoRAs(
+            specs, components: ["text_encoder": baseTextEncoderWeights, "unet": baseUNetWeights])
+        loras = resolved
+        loraApplication = application
+        textEncoderWeights = resolved?.provider("text_encoder", base: baseTextEncoderWeights,
+                                                application: application) ?? baseTextEncoderWeights
+        let unet = resolved?.provider("unet", base: baseUNetWeights, application: application) ?? baseUNetWeights
+        unetWeights = ProductPrecisionWeights(unet, products: products)
+        textEncoderModel = nil
+        unetModel = nil
+    }
+
+    /// Binds the text encoder and UNet to their weights now (with the current LoRAs) instead of on first use.
+    public func bindModels() throws {
+        _ = try textEncoder()
+        _ = try unet()
     }
 
     /// BF16 products for a model whose UNet weights are block-quantized (already a few parts in a thousand

@@ -99,6 +99,8 @@ public struct WeightFigures: Sendable, Equatable {
     public var unetTotalBytes: Int
     /// Elements of the UNet's largest single weight (its dequantized scratch).
     public var unetLargestWeightElements: Int
+    /// UNet weights a LoRA was merged into (resident whatever the residency).
+    public var unetMergedLoRABytes: Int = 0
     public var vaeLargestGroupBytes: Int
     public var vaeTotalBytes: Int
     /// Whether the weights are streamed (about one group resident) rather than kept resident.
@@ -217,7 +219,8 @@ public enum MemoryPlanner {
         let streamed = weights.streamed
         var plan = MemoryPlan(
             baseline: baselineBytes,
-            unetWeights: streamed ? weights.unetLargestGroupBytes : weights.unetTotalBytes,
+            // Weights a LoRA was merged into stay resident whatever the residency.
+            unetWeights: streamed ? weights.unetLargestGroupBytes + weights.unetMergedLoRABytes : weights.unetTotalBytes,
             unetActivations: unetActivationBytes(model.unet, latentHeight: h, latentWidth: w,
                                                  batch: count * (guided ? 2 : 1)),
             vaeWeights: streamed ? weights.vaeLargestGroupBytes : weights.vaeTotalBytes,
@@ -265,7 +268,7 @@ public enum MemoryPlanner {
         let whole = TinyAutoencoderDecoder.tensorBytes(config: tiny, latentRows: h, latentWidth: w, batch: count)
         var plan = MemoryPlan(
             baseline: baselineBytes,
-            unetWeights: streamed ? weights.unetLargestGroupBytes : weights.unetTotalBytes,
+            unetWeights: streamed ? weights.unetLargestGroupBytes + weights.unetMergedLoRABytes : weights.unetTotalBytes,
             unetActivations: unetActivationBytes(model.unet, latentHeight: h, latentWidth: w,
                                                  batch: count * (guided ? 2 : 1)),
             vaeWeights: weights.vaeTotalBytes, vaeActivations: whole * 5 / 4, vaeTiling: nil, vaeTensorBytes: whole)

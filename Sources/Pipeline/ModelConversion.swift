@@ -25,11 +25,15 @@ public struct ConversionOptions: Sendable {
     public var vaeType: TensorType?
     /// The tensor names.
     public var naming: GGUFNaming
+    /// LoRAs baked into the UNet and text encoder weights (W + Σ scale·alpha/rank·B·A, summed in F32 before the
+    /// weight is stored in its type).
+    public var loras: [LoRASpec]
 
-    public init(type: TensorType, vaeType: TensorType? = nil, naming: GGUFNaming = .sdd) {
+    public init(type: TensorType, vaeType: TensorType? = nil, naming: GGUFNaming = .sdd, loras: [LoRASpec] = []) {
         self.type = type
         self.vaeType = vaeType
         self.naming = naming
+        self.loras = loras
     }
 
     /// The type large weights of `component` are stored in.
@@ -205,6 +209,16 @@ public enum ModelConverter {
         writer.set(SDDGGUFKey.names, .string(options.naming.rawValue))
         for (key, value) in texts.sorted(by: { $0.key < $1.key }) { writer.set(key, .string(value)) }
 
+        // LoRAs are checked against the source's layers before anything is written.
+        let baked = options.loras.isEmpty ? nil : try ResolvedLoRAs(options.loras, components: [
+            "text_encoder": try providers["text_encoder"] ?? model.weights("text_encoder"),
+            "unet": try providers["unet"] ?? model.weights("unet"),
+        ])
+        if let baked {
+            writer.set(SDDGGUFKey.bakedLoRAs, .string(baked.specs.map {
+                "\(URL(fileURLWithPath: $0.path).lastPathComponent):\($0.scale)" }.joined(separator: ", ")))
+        }
+
         // Pass 1: declare every tensor (shapes and types only; no data is read).
         struct Planned {
             let component: String
@@ -272,7 +286,11 @@ public enum ModelConverter {
                 (item.source as? RenamedWeights)?.release([item.sourceName])
             }
             // Sources hand out F16/BF16 (and GGUF types) in place; the quantizer reads F32.
-            let f32 = w.type == .f32 ? w : Weight(shape: w.shape, array: w.dequantized())
+            var f32 = w.type == .f32 ? w : Weight(shape: w.shape, array: w.dequantized())
+            if item.sourceName.hasSuffix(".weight"),
+               let terms = baked?.terms[item.component]?[String(item.sourceName.dropLast(".weight".count))] {
+                f32 = LoRAWeights.merged(f32, terms)
+            }
             defer { withExtendedLifetime(f32) {} }
             let values = f32.values
             let rowLength = tensor.shape.count >= 2 ? tensor.shape.dropFirst().reduce(1, *) : tensor.shape.reduce(1, *)

@@ -36,11 +36,14 @@ public struct JobRequest: Codable, Sendable, Equatable {
     /// the same user returns the job the first one created (200) instead of queueing another, also after a
     /// daemon restart (it is kept with the job). 1…64 characters of `A-Z a-z 0-9 . _ : -`. Default: none.
     public var requestId: String?
+    /// LoRAs to apply, by name in the daemon's `--lora-dir` (never a path), in order. Default: none.
+    /// `<lora:NAME:SCALE>` tags in the prompt add more (A1111's syntax; the tags are removed from the prompt text).
+    public var loras: [LoRARef]?
 
     public init(prompt: String, negativePrompt: String? = nil, steps: Int? = nil, guidance: Double? = nil,
                 width: Int? = nil, height: Int? = nil, seed: UInt64? = nil, scheduler: String? = nil,
                 count: Int? = nil, priority: Int? = nil, requestId: String? = nil, eta: Double? = nil,
-                timestepSpacing: String? = nil) {
+                timestepSpacing: String? = nil, loras: [LoRARef]? = nil) {
         self.prompt = prompt
         self.negativePrompt = negativePrompt
         self.steps = steps
@@ -54,6 +57,7 @@ public struct JobRequest: Codable, Sendable, Equatable {
         self.requestId = requestId
         self.eta = eta
         self.timestepSpacing = timestepSpacing
+        self.loras = loras
     }
 
     /// diffusers' defaults, for a model that says nothing else.
@@ -66,7 +70,7 @@ public struct JobRequest: Codable, Sendable, Equatable {
     public enum CodingKeys: String, CodingKey, CaseIterable {
         case prompt
         case negativePrompt = "negative_prompt"
-        case steps, guidance, width, height, seed, scheduler, count, priority, eta
+        case steps, guidance, width, height, seed, scheduler, count, priority, eta, loras
         case timestepSpacing = "timestep_spacing"
         case requestId = "request_id"
     }
@@ -103,6 +107,7 @@ public struct JobRequest: Codable, Sendable, Equatable {
         requestId = try c.decodeIfPresent(String.self, forKey: .requestId)
         eta = try c.decodeIfPresent(Double.self, forKey: .eta)
         timestepSpacing = try c.decodeIfPresent(String.self, forKey: .timestepSpacing)
+        loras = try c.decodeIfPresent([LoRARef].self, forKey: .loras)
     }
 
     /// Decodes an optional integer field. A value that is not an integer of `T`'s range (2.5, -1 for the
@@ -138,6 +143,34 @@ public struct JobRequest: Codable, Sendable, Equatable {
     /// "an integer from 0 to 18446744073709551615" for `UInt64`.
     public static func integerDescription<T: FixedWidthInteger>(_ type: T.Type) -> String {
         "an integer from \(T.min) to \(T.max)"
+    }
+}
+
+/// One LoRA of a request: `{"name": "detail-tweaker", "scale": 0.8}`. The name is a file in the daemon's LoRA
+/// directory (NAME.safetensors), never a path. Unknown keys are rejected.
+public struct LoRARef: Codable, Sendable, Equatable {
+    public var name: String
+    /// Strength (diffusers' adapter weight). Default 1.
+    public var scale: Double?
+
+    public init(name: String, scale: Double? = nil) {
+        self.name = name
+        self.scale = scale
+    }
+
+    public enum CodingKeys: String, CodingKey, CaseIterable { case name, scale }
+
+    public init(from decoder: Decoder) throws {
+        let known = Set(CodingKeys.allCases.map(\.stringValue))
+        let all = try decoder.container(keyedBy: AnyKey.self)
+        if let unknown = all.allKeys.map(\.stringValue).filter({ !known.contains($0) }).sorted().first {
+            throw DecodingError.dataCorrupted(.init(
+                codingPath: all.codingPath + [AnyKey(stringValue: unknown)],
+                debugDescription: "unknown field \"\(unknown)\" in a LoRA (known: name, scale)"))
+        }
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        name = try c.decode(String.self, forKey: .name)
+        scale = try c.decodeIfPresent(Double.self, forKey: .scale)
     }
 }
 

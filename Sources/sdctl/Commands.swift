@@ -155,6 +155,11 @@ struct Generate: AsyncParsableCommand {
     @Option(parsing: .unconditional, help: "Queue priority, -100…100: higher runs first (default 0).")
     var priority: Int?
 
+    @Option(name: .customLong("lora"), help: ArgumentHelp(
+        "A LoRA from the daemon's --lora-dir, NAME[:SCALE] (scale default 1; repeat for several).",
+        valueName: "name[:scale]"))
+    var loras: [String] = []
+
     @Option(name: [.short, .long], help: ArgumentHelp("Output PNG (default sdd-ID.png; - for stdout).",
                                                       valueName: "file"))
     var output: String?
@@ -191,6 +196,7 @@ struct Generate: AsyncParsableCommand {
             throw ValidationError(
                 "--request-id must be 1…\(JobRequest.maxRequestIdLength) characters of A-Z a-z 0-9 . _ : -")
         }
+        _ = try loraRefs()
     }
 
     /// "sdctl-" and 32 random hex digits.
@@ -203,12 +209,27 @@ struct Generate: AsyncParsableCommand {
         return "sdctl-" + hex.joined()
     }
 
+    /// --lora NAME[:SCALE] values as the request's `loras` (nil when none).
+    func loraRefs() throws -> [LoRARef]? {
+        guard !loras.isEmpty else { return nil }
+        return try loras.map { text in
+            if let colon = text.lastIndex(of: ":") {
+                let name = String(text[..<colon]), tail = text[text.index(after: colon)...]
+                guard let scale = Double(tail), scale.isFinite, !name.isEmpty else {
+                    throw ValidationError("--lora \(text): expected NAME or NAME:SCALE with a number for SCALE")
+                }
+                return LoRARef(name: name, scale: scale)
+            }
+            return LoRARef(name: text)
+        }
+    }
+
     func run() async throws {
         let client = global.client
         let request = JobRequest(prompt: prompt, negativePrompt: negativePrompt, steps: steps, guidance: guidance,
                                  width: width, height: height, seed: seed, scheduler: scheduler, count: count,
                                  priority: priority, requestId: requestId ?? Self.newRequestId(), eta: eta,
-                                 timestepSpacing: timestepSpacing)
+                                 timestepSpacing: timestepSpacing, loras: try loraRefs())
         let (job, raw) = try await client.submit(request)
         if noWait {
             if json {

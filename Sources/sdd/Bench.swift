@@ -47,6 +47,8 @@ struct Bench: ParsableCommand {
     @Option(help: "With --stage vae: timed decodes (the median is reported).")
     var repeats: Int = 3
 
+    @OptionGroup var lora: LoRAOptions
+
     @Flag(help: "Print one JSON object instead of a table.")
     var json = false
 
@@ -82,7 +84,13 @@ struct Bench: ParsableCommand {
         if let budget = memoryBudget {
             try MemoryPlanner.apply(budget: try MemorySize.parse(budget), to: pipeline, width: width, height: height)
         }
-        var settings = GenerationSettings(prompt: "a photograph of an astronaut riding a horse")
+        let adapted = try lora.resolve(prompt: "a photograph of an astronaut riding a horse")
+        // Binding with LoRAs (a merge's whole cost) is timed apart from the generation.
+        let bindClock = Date()
+        try pipeline.setLoRAs(adapted.specs, application: try lora.application())
+        if !adapted.specs.isEmpty { try pipeline.bindModels() }
+        let loraBindSeconds = Date().timeIntervalSince(bindClock)
+        var settings = GenerationSettings(prompt: adapted.prompt)
         settings.steps = steps
         settings.guidance = guidance
         settings.width = width
@@ -124,6 +132,9 @@ struct Bench: ParsableCommand {
             "blas_threads": MachineInfo.blasThreads(),
             "openblas_coretype_env": ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] ?? "",
             "peak_rss_bytes": peak.peakRSS,
+            "loras": adapted.specs.map { "\($0.path):\($0.scale)" },
+            "lora_apply": pipeline.loraApplication.rawValue,
+            "lora_bind_seconds": loraBindSeconds,
             "rss_anon_at_peak_bytes": peak.rssAnon,
             "rss_file_at_peak_bytes": peak.rssFile,
         ]
@@ -136,6 +147,10 @@ struct Bench: ParsableCommand {
         print("model            \(sdModel.name) (\(WeightSummary.types(of: sdModel)))")
         print("size             \(result.width)×\(result.height), guidance \(guidance), \(t.steps.count) UNet evaluations, residency \(residencyMode.rawValue)")
         print("products         \(products == .bf16 ? "bf16 (CKernels' AVX512_BF16 GEMM, F32 sums)" : "f32 (OpenBLAS sgemm)") for the UNet and VAE")
+        if !adapted.specs.isEmpty {
+            print(String(format: "LoRAs            %d (%@), bound in %.3f s", adapted.specs.count,
+                         pipeline.loraApplication.rawValue, loraBindSeconds))
+        }
         print(String(format: "text encode      %.3f s", t.textEncode))
         print(String(format: "UNet step        %.3f s median  (%.0f GFLOP, %.1f GFLOP/s)", t.medianStep,
                      Double(unetFlopsPerStep) / 1e9, report["unet_gflops_per_second"] as? Double ?? 0))

@@ -29,6 +29,11 @@ struct Convert: ParsableCommand {
     @Option(help: "VAE weight type: f16, f32 or same (as --type). Default: f16 for quantized types, else same.")
     var vaeType: String?
 
+    @Option(name: .customLong("lora"), help: ArgumentHelp(
+        "A LoRA to bake into the UNet and text encoder weights, PATH[:SCALE] (repeatable); summed in F32 before quantizing.",
+        valueName: "path[:scale]"))
+    var loras: [String] = []
+
     @Option(name: [.short, .long], help: "The GGUF file to write.")
     var output: String
 
@@ -65,7 +70,8 @@ struct Convert: ParsableCommand {
         let summary = try ModelConverter.convert(
             model: URL(fileURLWithPath: path), openOptions: try source.openOptions(for: path),
             vae: source.vae.map { URL(fileURLWithPath: $0) }, to: URL(fileURLWithPath: output),
-            options: ConversionOptions(type: main, vaeType: vae, naming: naming)
+            options: ConversionOptions(type: main, vaeType: vae, naming: naming,
+                                      loras: try loras.map { try LoRASpec.parse($0) })
         ) { printError("sdd: convert: \($0)") }
         let types = summary.countsByType.sorted { $0.key.name < $1.key.name }.map { "\($0.key.name) \($0.value)" }
         if !summary.skipped.isEmpty {

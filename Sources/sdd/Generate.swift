@@ -76,6 +76,8 @@ struct Generate: ParsableCommand {
     @Option(help: "Keep this PNG replaced (atomically) by a latent preview of the first image, about ten times per run.")
     var preview: String?
 
+    @OptionGroup var lora: LoRAOptions
+
     @Flag(help: "Print stage timings and peak memory as one JSON line on stderr.")
     var timings = false
 
@@ -137,7 +139,11 @@ struct Generate: ParsableCommand {
                                                    products: try ProductPrecision.named(precision))
         // Every weight's shape against the configs, before any prompt is tokenized or tensor allocated.
         _ = try pipeline.weightFigures()
-        let prompts = try promptList()
+        // Each prompt without its <lora:…> tags, and the LoRAs it runs with (every file checked before any work).
+        let adapted = try promptList().map { try lora.resolve(prompt: $0) }
+        let prompts = adapted.map(\.prompt)
+        let loraApplication = try lora.application()
+        for a in adapted { try pipeline.setLoRAs(a.specs, application: loraApplication) }
 
         var settings = GenerationSettings(prompt: prompts[0])
         settings.negativePrompt = negativePrompt
@@ -186,7 +192,8 @@ struct Generate: ParsableCommand {
         }
 
         var results: [GenerationResult] = []
-        for p in prompts {
+        for (p, a) in zip(prompts, adapted) {
+            try pipeline.setLoRAs(a.specs, application: loraApplication)
             var s = settings
             s.prompt = p
             if let first = results.first { s.seed = first.seed }  // a random seed is drawn once, for every prompt
@@ -212,7 +219,7 @@ struct Generate: ParsableCommand {
         let result = results[0]
 
         if grid {
-            var text = PNGMetadata.entries(for: result, model: folder.name)
+            var text = PNGMetadata.entries(for: result, model: folder.name, loras: adapted[0].specs)
             if results.count > 1, let i = text.firstIndex(where: { $0.key == "prompt" }) {
                 text[i].value = prompts.joined(separator: "\n")
             }
@@ -224,8 +231,8 @@ struct Generate: ParsableCommand {
         } else {
             let paths = OutputNames.pngPaths(output, count: count * results.count)
             var next = paths.makeIterator()
-            for r in results {
-                let text = PNGMetadata.entries(for: r, model: folder.name)
+            for (r, a) in zip(results, adapted) {
+                let text = PNGMetadata.entries(for: r, model: folder.name, loras: a.specs)
                 for image in r.images {
                     guard let path = next.next() else { break }
                     try PNGWriter.write(rgb: image, width: r.width, height: r.height, text: text,

@@ -52,6 +52,9 @@ struct Serve: ParsableCommand {
     @Option(help: "How the UNet and VAE multiply: auto (bf16 for a quantized GGUF on a CPU with AVX512_BF16, else f32), f32 (diffusers' results to rounding) or bf16 (operands rounded to BF16, F32 sums; faster where the CPU has AVX512_BF16).")
     var precision: String = "auto"
 
+    @Option(help: "The directory requests' LoRA names (\"loras\": [{\"name\": …}] and <lora:NAME:SCALE> prompt tags) are looked up in, as NAME.safetensors; the daemon opens LoRAs from nowhere else. Default: $SDD_LORA_DIR; none: requests naming a LoRA are refused.")
+    var loraDir: String?
+
     @Option(help: "Most jobs waiting at once; more submissions get 429.")
     var queueLimit: Int = 1000
 
@@ -117,6 +120,13 @@ struct Serve: ParsableCommand {
             config.products = try ProductPrecision.named(precision)
         } catch {
             throw OptionError("--precision \"\(precision)\": \(error)")
+        }
+        if let dir = loraDir ?? ProcessInfo.processInfo.environment["SDD_LORA_DIR"], !dir.isEmpty {
+            var isDirectory: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDirectory), isDirectory.boolValue else {
+                throw OptionError("--lora-dir \(dir): not a directory")
+            }
+            config.loraDirectory = URL(fileURLWithPath: dir, isDirectory: true)
         }
         config.maxQueued = queueLimit
         if let n = previewEvery, n < 0 { throw OptionError("--preview-every \(n): give a number of steps, or 0 for no previews") }

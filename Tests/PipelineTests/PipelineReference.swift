@@ -35,10 +35,11 @@ func generationSettings(for c: [String: Any], model: StableDiffusionModel? = nil
 /// Runs every case of `reference/<folder>/pipeline.json` on `model`; returns how many ran.
 @discardableResult
 func assertPipelineMatchesReference(model: URL, folder: String, options: ModelOpenOptions = ModelOpenOptions(),
-                                    products: ProductPrecision? = nil,
+                                    products: ProductPrecision? = nil, loras: [LoRASpec] = [],
                                     file: StaticString = #filePath, line: UInt = #line) throws -> Int {
     let loaded = try StableDiffusionModel(url: model, options: options)
     let pipeline = try StableDiffusionPipeline(model: loaded, products: products)
+    try pipeline.setLoRAs(loras)
     let prefix = folder.isEmpty ? "" : folder + "/"
     let all = try XCTUnwrap(ModelFixtures.json(prefix + "pipeline.json")["cases"] as? [[String: Any]])
     for c in all {

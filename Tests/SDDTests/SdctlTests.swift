@@ -24,7 +24,8 @@ final class TestDaemon: @unchecked Sendable {
         }
         process.executableURL = GenerateCommandTests.binary
         process.arguments = ["serve", "--model", model, "--socket", socket,
-                             "--state-dir", directory.appendingPathComponent("state").path] + extra
+                             "--state-dir", directory.appendingPathComponent("state").path,
+                             "--lora-dir", GenerateCommandTests.fixtures.appendingPathComponent("lora").path] + extra
         var env = ProcessInfo.processInfo.environment
         for key in ["SDD_MODEL", "SDD_SOCKET", "LISTEN_FDS", "LISTEN_PID", "NOTIFY_SOCKET", "WATCHDOG_USEC"] {
             env.removeValue(forKey: key)
@@ -328,6 +329,32 @@ final class SdctlTests: XCTestCase {
     }
 
     // MARK: with a daemon
+
+    func testGenerateWithLoRAsByNameWritesThePNGThatSddGenerateWritesWithTheirFiles() throws {
+        let settings = ["--steps", "2", "--seed", "7", "--guidance", "5"]
+        let run = try sdctl(["generate"] + settings + ["--lora", "peft_unet_te:0.6", "-o", path("client.png"),
+                                                       "a red circle <lora:old_diffusers:0.5>"])
+        XCTAssertEqual(run.status, 0, run.output)
+        let lora = GenerateCommandTests.fixtures.appendingPathComponent("lora")
+        let direct = try ProcessRunner.run(GenerateCommandTests.binary.path, [
+            "generate", "--model", GenerateCommandTests.tinyModel, "-o", path("direct.png"),
+            "--lora", lora.appendingPathComponent("peft_unet_te.safetensors").path + ":0.6",
+            "--lora", lora.appendingPathComponent("old_diffusers.safetensors").path + ":0.5",
+        ] + settings + ["a red circle "], environment: ["SDD_MODEL": nil])
+        XCTAssertEqual(direct.status, 0, direct.output)
+        let plain = try ProcessRunner.run(GenerateCommandTests.binary.path, [
+            "generate", "--model", GenerateCommandTests.tinyModel, "-o", path("plain.png")] + settings + ["a red circle "],
+            environment: ["SDD_MODEL": nil])
+        XCTAssertEqual(plain.status, 0, plain.output)
+        let client = try PNGReader.read(from: workDir.appendingPathComponent("client.png"))
+        XCTAssertEqual(client.rgb, try PNGReader.read(from: workDir.appendingPathComponent("direct.png")).rgb,
+                       "the daemon's pixels differ from sdd generate's with the same LoRA files")
+        XCTAssertNotEqual(client.rgb, try PNGReader.read(from: workDir.appendingPathComponent("plain.png")).rgb,
+                          "the LoRAs must change the image")
+        let refused = try sdctl(["generate", "--steps", "1", "--lora", "../tiny-sd/unet/diffusion_pytorch_model", "x"])
+        XCTAssertEqual(refused.status, 1, refused.output)
+        XCTAssertTrue(refused.output.contains("loras[0].name"), refused.output)
+    }
 
     func testGenerateWaitsAndWritesThePNGThatSddGenerateWrites() throws {
         let settings = ["--steps", "3", "--seed", "42", "--width", "48", "--height", "80", "--scheduler", "euler-a",

@@ -22,6 +22,14 @@ public protocol WeightProvider: AnyObject {
     /// The F32 view of tensor `name`; when `shape` is given the stored shape must equal it.
     func weight(_ name: String, shape: [Int]?) throws -> Weight
     func has(_ name: String) -> Bool
+    /// Every tensor name (LoRA files are matched against them).
+    var tensorNames: [String] { get }
+    /// LoRA side paths for the layer `module` (e.g. "mid_block.attentions.0.proj_in"); empty without LoRAs.
+    func lowRankTerms(_ module: String) -> [LowRankTerm]
+}
+
+extension WeightProvider {
+    public func lowRankTerms(_ module: String) -> [LowRankTerm] { [] }
 }
 
 /// Hands out another provider's weights set to multiply with `products` (see `Weight.products`): how a
@@ -40,16 +48,21 @@ final class ProductPrecisionWeights: WeightProvider {
     }
 
     func has(_ name: String) -> Bool { base.has(name) }
+    var tensorNames: [String] { base.tensorNames }
+    func lowRankTerms(_ module: String) -> [LowRankTerm] { base.lowRankTerms(module) }
 }
 
 /// torch.nn.Linear: weight [out, in], optional bias [out].
 struct Linear: WeightGroup {
     let weight: Weight
     let bias: Weight?
+    /// LoRA side paths added to the product (see LoRA.swift); empty without LoRAs.
+    let lowRank: [LowRankTerm]
 
     init(_ w: WeightProvider, _ prefix: String, in inFeatures: Int, out outFeatures: Int, bias hasBias: Bool = true) throws {
         weight = try Linear.loadMatrix(w, "\(prefix).weight", out: outFeatures, in: inFeatures)
         bias = hasBias ? try w.weight("\(prefix).bias", shape: [outFeatures]) : nil
+        lowRank = w.lowRankTerms(prefix)
     }
 
     /// Loads [out, in]; also accepts a 1×1 conv's [out, in, 1, 1] (older VAE attention checkpoints).
@@ -62,11 +75,13 @@ struct Linear: WeightGroup {
         throw PipelineError.badWeights(component: name, reason: "shape \(raw.shape), expected \([out, inFeatures])")
     }
 
-    var weights: [Weight] { [weight] + (bias.map { [$0] } ?? []) }
+    var weights: [Weight] { [weight] + (bias.map { [$0] } ?? []) + lowRank.flatMap(\.weights) }
 
     func callAsFunction(_ x: Tensor) -> Tensor {
         ComputeCounter.add(2 * (x.count / max(weight.rowLength, 1)) * weight.count)
-        return linear(x, weight: weight, bias: bias)
+        var y = linear(x, weight: weight, bias: bias)
+        for term in lowRank { y = add(y, term.linearDelta(x)) }
+        return y
     }
 }
 
@@ -83,13 +98,18 @@ struct Conv2d: WeightGroup {
         bias = hasBias ? try w.weight("\(prefix).bias", shape: [outChannels]) : nil
         self.stride = stride
         self.padding = padding ?? kernel / 2
+        lowRank = w.lowRankTerms(prefix)
     }
 
-    var weights: [Weight] { [weight] + (bias.map { [$0] } ?? []) }
+    /// LoRA side paths added to the convolution (see LoRA.swift); empty without LoRAs.
+    let lowRank: [LowRankTerm]
+
+    var weights: [Weight] { [weight] + (bias.map { [$0] } ?? []) + lowRank.flatMap(\.weights) }
 
     func callAsFunction(_ x: Tensor) -> Tensor {
-        let y = conv2d(x, weight: weight, bias: bias, stride: stride, padding: padding)
+        var y = conv2d(x, weight: weight, bias: bias, stride: stride, padding: padding)
         ComputeCounter.add(2 * y.count * weight.rowLength)
+        for term in lowRank { y = add(y, term.convDelta(x, stride: stride, padding: padding)) }
         return y
     }
 }

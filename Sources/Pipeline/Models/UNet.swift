@@ -150,6 +150,8 @@ public struct UNet {
 
     /// Bytes of all weights as stored.
     public var totalWeightBytes: Int { streamer.totalBytes }
+    /// Bytes of weights LoRAs were merged into (resident for as long as the UNet is bound).
+    public var mergedLoRABytes: Int { streamer.mergedBytes }
 
     /// Values in the largest single weight (what a product may dequantize at once).
     public var largestWeightElements: Int { streamer.largestWeightElements }

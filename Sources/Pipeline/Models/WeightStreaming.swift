@@ -48,6 +48,9 @@ final class WeightStreamer: @unchecked Sendable {
     /// Values in the largest single weight.
     var largestWeightElements: Int { order.joined().map(\.count).max() ?? 0 }
 
+    /// Bytes of LoRA-merged weights (`LoRAApplication.merge`): anonymous memory that streaming cannot release.
+    var mergedBytes: Int { order.joined().filter { $0.owner is MergedBytes }.reduce(0) { $0 + $1.bytes.count } }
+
     /// Bytes of the largest group.
     var largestGroupBytes: Int { order.map { $0.reduce(0) { $0 + $1.bytes.count } }.max() ?? 0 }
 

@@ -1,10 +1,20 @@
 // PNGMetadata: the generation parameters written into each PNG, in the "parameters" text chunk
 // convention other Stable Diffusion tools read, plus one key per parameter.
 
+import Foundation
+
 public enum PNGMetadata {
-    public static func entries(for result: GenerationResult, model: String) -> [(key: String, value: String)] {
+    /// loras: the LoRAs the image was made with; they appear as A1111's `<lora:NAME:SCALE>` tags after the prompt in
+    /// `parameters` (NAME: the file name without .safetensors) and as a `loras` entry.
+    public static func entries(for result: GenerationResult, model: String,
+                               loras: [LoRASpec] = []) -> [(key: String, value: String)] {
         let s = result.settings
-        var summary = s.prompt
+        let tags = loras.map { spec -> String in
+            var name = URL(fileURLWithPath: spec.path).lastPathComponent
+            if name.hasSuffix(".safetensors") { name = String(name.dropLast(".safetensors".count)) }
+            return "<lora:\(name):\(spec.scale)>"
+        }
+        var summary = s.prompt + (tags.isEmpty ? "" : " " + tags.joined(separator: " "))
         if let neg = s.negativePrompt { summary += "\nNegative prompt: \(neg)" }
         summary += "\nSteps: \(s.steps), Sampler: \(A1111Samplers.name(ofScheduler: s.scheduler.rawValue)), CFG scale: \(s.guidance), "
             + "Seed: \(result.seed), Size: \(result.width)x\(result.height), Model: \(model)"
@@ -21,7 +31,7 @@ public enum PNGMetadata {
             ("size", "\(result.width)x\(result.height)"),
             ("model", model),
             ("Software", "sdd"),
-        ]
+        ] + (tags.isEmpty ? [] : [("loras", tags.joined(separator: " "))])
         if let eta = s.eta { entries.append(("eta", String(eta))) }
         if let spacing = s.timestepSpacing { entries.append(("timestep_spacing", spacing.rawValue)) }
         return entries
