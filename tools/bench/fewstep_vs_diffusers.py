@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Few-step speed comparison: diffusers and sdd, one after the other on this machine, on the same model with
-the same scheduler, steps, guidance, seed, size and (full) VAE; prints whole-generation seconds, UNet and
+the same scheduler, steps, guidance, seed, size and VAE (the model's, or --vae: e.g. TAESD); prints whole-generation seconds, UNet and
 VAE seconds, peak RSS, the ratios, and how close the two images are (PSNR).
 
 Default: LCM, 4 steps, guidance 1 (no unconditional branch), 512×512 — how LCM-LoRA users run SD 1.5
@@ -10,6 +10,7 @@ Default: LCM, 4 steps, guidance 1 (no unconditional branch), 512×512 — how LC
     .build/release/sdd convert --model /tmp/sd15-random --type q8_0 --output /tmp/sd15-q8_0.gguf
     venv-ref/bin/python tools/bench/fewstep_vs_diffusers.py --model /tmp/sd15-random \
         --sdd-model /tmp/sd15-q8_0.gguf --sdd-arg=--memory-budget --sdd-arg=256M --rounds 2
+    # TAESD decode on both sides: --vae DIR (an AutoencoderTiny folder, e.g. madebyollin/taesd's layout)
     # other few-step recipes: --scheduler tcd --eta 0.3, or --scheduler ddim --timestep-spacing trailing
     # (Hyper-SD / PCM); quick check of the script on the tiny test model:
     venv-ref/bin/python tools/bench/fewstep_vs_diffusers.py --model Tests/Fixtures/tiny-sd \
@@ -49,8 +50,16 @@ def run_diffusers(args):
     from diffusers import StableDiffusionPipeline
 
     torch.set_num_threads(args.threads)
+    extra = {}
+    if args.vae:
+        # The VAE folder's own class: AutoencoderTiny (TAESD) or AutoencoderKL, as `sdd generate --vae` reads it.
+        import diffusers
+
+        with open(os.path.join(args.vae, "config.json")) as f:
+            cls = getattr(diffusers, json.load(f).get("_class_name", "AutoencoderKL"))
+        extra["vae"] = cls.from_pretrained(args.vae, torch_dtype=torch.float32)
     pipe = StableDiffusionPipeline.from_pretrained(args.model, torch_dtype=torch.float32,
-                                                   safety_checker=None, requires_safety_checker=False)
+                                                   safety_checker=None, requires_safety_checker=False, **extra)
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler = diffusers_scheduler(pipe, args.scheduler, args.timestep_spacing)
     stamps = []
@@ -78,7 +87,7 @@ def run_diffusers(args):
                        width=args.width, height=args.height, generator=g, output_type="latent",
                        callback_on_step_end=on_step_end, **kwargs).images
         t1 = time.perf_counter()
-        image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+        image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
         t2 = time.perf_counter()
     rgb = pipe.image_processor.postprocess(image, output_type="np")[0]
     np.save(args.image_out, (rgb * 255).round().astype(np.uint8))
@@ -122,6 +131,7 @@ def main():
     ap.add_argument("--timestep-spacing", choices=["leading", "trailing", "linspace"],
                     help="override for schedulers that use one (ddim trailing: Hyper-SD / PCM)")
     ap.add_argument("--eta", type=float, default=0.3, help="TCD's eta (default 0.3)")
+    ap.add_argument("--vae", help="another VAE folder for both sides (AutoencoderTiny = TAESD, or AutoencoderKL)")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--guidance", type=float, default=1.0)
     ap.add_argument("--width", type=int, default=512)
@@ -148,6 +158,8 @@ def main():
                    "--guidance", str(args.guidance), "--eta", str(args.eta), "--image-out", ref, *common]
             if args.timestep_spacing:
                 cmd += ["--timestep-spacing", args.timestep_spacing]
+            if args.vae:
+                cmd += ["--vae", args.vae]
             proc, _ = run_child(cmd)
             rounds["diffusers"].append(json.loads(proc.stdout.strip().splitlines()[-1]))
 
@@ -160,6 +172,8 @@ def main():
                 cmd[2:2] = ["--eta", str(args.eta)]
             if args.timestep_spacing:
                 cmd[2:2] = ["--timestep-spacing", args.timestep_spacing]
+            if args.vae:
+                cmd[2:2] = ["--vae", args.vae]
             proc, _ = run_child(cmd)
             line = [l for l in proc.stderr.splitlines() if l.startswith("{")][-1]
             rounds["sdd"].append(json.loads(line))
@@ -172,7 +186,8 @@ def main():
     evals = {side: v[-1]["unet_evaluations"] for side, v in rounds.items()}
     print(json.dumps({"scheduler": args.scheduler, "timestep_spacing": args.timestep_spacing, "steps": args.steps,
                       "guidance": args.guidance, "size": f"{args.width}x{args.height}",
-                      "sdd_model": args.sdd_model or args.model, "sdd_args": args.sdd_arg, "rounds": args.rounds,
+                      "sdd_model": args.sdd_model or args.model, "vae": args.vae, "sdd_args": args.sdd_arg,
+                      "rounds": args.rounds, "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "(auto)"),
                       "unet_evaluations": evals, "image_psnr_db": psnrs, "medians": med}, indent=1))
     d, s = med["diffusers"], med["sdd"]
     for key in keys:
