@@ -251,9 +251,17 @@ extension Bench {
     }
 }
 
-/// Which storage types a model's weights use, for reports ("f32", "q8_0+f32" …).
+/// Which storage types a model's weights use, for reports: most tensors first ("q8_0+f32", "f16+f32" …), read
+/// from the headers as `sdd inspect` reads them; the file format ("gguf", "safetensors") when they cannot be.
 enum WeightSummary {
     static func types(of model: StableDiffusionModel) -> String {
-        model.url.pathExtension.lowercased() == "gguf" ? "gguf" : "safetensors"
+        let format = model.url.pathExtension.lowercased() == "gguf" ? "gguf" : "safetensors"
+        guard let inspection = try? ModelInspection(url: model.url) else { return format }
+        var counts: [String: Int] = [:]
+        for component in inspection.components {
+            for (type, n) in component.countsByType { counts[type.lowercased(), default: 0] += n }
+        }
+        guard !counts.isEmpty else { return format }
+        return counts.sorted { ($0.value, $1.key) > ($1.value, $0.key) }.map(\.key).joined(separator: "+")
     }
 }
