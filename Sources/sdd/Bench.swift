@@ -33,7 +33,7 @@ struct Bench: ParsableCommand {
     @Option(help: ArgumentHelp(
         "What to time: all (one generation), vae (only the VAE decoder, --repeats times) or conv.",
         discussion: "vae decodes a fixed pseudo-random latent of the requested size with the model's VAE weights "
-            + "(untiled unless a generation under --memory-budget would tile it: the same tiles), after one untimed warm-up decode; it reports the "
+            + "(untiled unless a generation under the memory budget would tile it: the same tiles), after one untimed warm-up decode; it reports the "
             + "median and every timed decode. Compare with tools/bench/vae_vs_diffusers.py. conv times the 3×3 convolution "
             + "shapes of SD 1.5's VAE (F16) and UNet (Q8_0, batch 2) with im2col and with Winograd, interleaved."))
     var stage: BenchStage = .all
