@@ -1,5 +1,6 @@
-// Daemon: `sdd serve` put together — spool, queue, worker, API server, watchdog and housekeeping as Services
-// in one ServiceGroup that shuts down gracefully on SIGTERM/SIGINT (checkpointing the running job).
+// Daemon: `sdd serve` put together — over one spool and job queue, the worker, housekeeping, watchdog, API server
+// (and the TCP listener) as Services in one ServiceGroup that shuts down gracefully on SIGTERM/SIGINT
+// (checkpointing the running job).
 
 import Foundation
 import Logging
@@ -9,12 +10,14 @@ import TiledKernels
 
 /// Everything `sdd serve` can be told.
 public struct DaemonConfiguration: Sendable {
-    /// The model (diffusers folder or .gguf); nil = jobs fail with a clear error.
+    /// The model (a diffusers folder, a .gguf file or a CompVis single-file checkpoint); nil: health is degraded
+    /// ("no model configured") and submissions are refused with 503 — as for a model that cannot be opened.
     public var model: URL?
     /// Another VAE for the model (--vae: an AutoencoderKL or AutoencoderTiny folder); nil = the model's own.
     public var vae: URL?
     /// Socket path to bind when systemd passes none.
     public var socketPath: String = APIVersion.defaultSocketPath
+    /// Permissions and group of the bound socket file; nil group: the daemon's own.
     public var socketMode: mode_t = 0o660
     public var socketGroup: gid_t?
     /// Listen on this inherited fd instead of binding (socket activation); nil = bind `socketPath`.
@@ -45,6 +48,7 @@ public struct DaemonConfiguration: Sendable {
     public var checkpointEvery: Int = 5
     /// A latent preview every this many steps (nil: about ten per job; 0: none).
     public var previewEvery: Int?
+    /// Per-connection limits: timeouts, the largest body, the event stream's heartbeat.
     public var limits = ConnectionLimits()
     /// Most image downloads in flight at once; more get 429.
     public var maxDownloads: Int = APIRouter.defaultMaxDownloads

@@ -1,5 +1,5 @@
-// Options: parsing of the daemon's command-line values — durations ("5m", "forever"), byte sizes ("256M"),
-// socket modes ("0660") and groups — with errors that quote what the user typed.
+// Options: parsing of the daemon's command-line values — durations ("5m", "forever"), socket modes ("0660") and
+// groups — with errors that quote what the user typed. Byte sizes are Pipeline's `MemorySize`, as for every command.
 
 import Foundation
 
@@ -43,23 +43,6 @@ public enum DurationOption {
             rest = rest.dropFirst(digits.count + unit.count)
         }
         return total
-    }
-}
-
-/// Byte sizes: "1024", "512K", "256M", "1G", "1.5G", with optional "B", "iB" (all binary multiples).
-public enum ByteSizeOption {
-    public static func parse(_ text: String, option: String = "size") throws -> Int {
-        var s = text.trimmingCharacters(in: .whitespaces).uppercased()
-        if s.hasSuffix("IB") { s.removeLast(2) } else if s.hasSuffix("B") { s.removeLast() }
-        var scale = 1.0
-        if let last = s.last, let i = "KMGT".firstIndex(of: last) {
-            scale = pow(1024, Double("KMGT".distance(from: "KMGT".startIndex, to: i) + 1))
-            s.removeLast()
-        }
-        guard let n = Double(s), n.isFinite, n > 0, n * scale < 9e18 else {
-            throw OptionError("\(option) \"\(text)\": expected a positive size such as 256M, 1G or 1048576")
-        }
-        return Int(n * scale)
     }
 }
 

@@ -4,23 +4,21 @@
 import Foundation
 import TiledKernels
 
-/// A byte count written as users write it: 512M, 1.5G, 300MiB, 268435456.
+/// A byte count written as users write it: 512M, 1.5G, 300MiB, 2T, 64k, 268435456. Every multiple is binary
+/// (K = 1024), with or without "B"/"iB", in any case. The one size parser of every command-line size option.
 public enum MemorySize {
     public static func parse(_ text: String) throws -> Int {
-        let t = text.trimmingCharacters(in: .whitespaces).uppercased()
-        let kib = 1024.0, mib = kib * 1024, gib = mib * 1024
-        let units: [(String, Double)] = [("GIB", gib), ("MIB", mib), ("KIB", kib), ("GB", gib), ("MB", mib),
-                                         ("KB", kib), ("G", gib), ("M", mib), ("K", kib), ("B", 1)]
-        var number = t
+        var t = Substring(text.trimmingCharacters(in: .whitespaces).uppercased())
+        if t.hasSuffix("IB") { t = t.dropLast(2) } else if t.hasSuffix("B") { t = t.dropLast() }
         var scale = 1.0
-        for (suffix, factor) in units where t.hasSuffix(suffix) {
-            number = String(t.dropLast(suffix.count))
-            scale = factor
-            break
+        if let last = t.last, let power = "KMGT".firstIndex(of: last).map({ "KMGT".distance(from: "KMGT".startIndex, to: $0) + 1 }) {
+            scale = pow(1024, Double(power))
+            t = t.dropLast()
         }
-        guard let value = Double(number.trimmingCharacters(in: .whitespaces)), value.isFinite, value > 0,
-              value * scale < 1e15 else {
-            throw PipelineError.invalidRequest("memory size \"\(text)\" is not a positive size like 256M or 1.5G")
+        // Below 2^62 bytes, so that sums of sizes stay far from Int overflow.
+        guard let value = Double(t.trimmingCharacters(in: .whitespaces)), value.isFinite, value > 0,
+              value * scale >= 1, value * scale < 0x1p62 else {
+            throw PipelineError.invalidRequest("\"\(text)\" is not a positive size like 256M, 1.5G or 1048576")
         }
         return Int(value * scale)
     }
@@ -31,9 +29,24 @@ public enum MemorySize {
     }
 }
 
-/// `--memory-budget` as `sdd generate` and `sdd serve` take it: a size, `none` (no planning), or nothing — then the
-/// limit the process runs under (`MemoryLimit`: its cgroup's, else MemAvailable) less headroom.
+/// `--memory-budget` as `sdd generate`, `bench` and `serve` take it: a size, `none` (no planning), or nothing — then
+/// the limit the process runs under (`MemoryLimit`: its cgroup's, else MemAvailable) less headroom.
 public enum MemoryBudgetOption {
+    /// What the option says: a budget, or no planning.
+    public enum Setting: Sendable, Equatable {
+        case bytes(Int)
+        case none
+
+        /// A size (`MemorySize`), or none / off / unlimited.
+        public init(parsing text: String) throws {
+            if ["none", "off", "unlimited"].contains(text.trimmingCharacters(in: .whitespaces).lowercased()) {
+                self = .none
+            } else {
+                self = .bytes(try MemorySize.parse(text))
+            }
+        }
+    }
+
     public struct Resolved: Sendable, Equatable {
         /// The budget in bytes; nil: runs are not planned.
         public var bytes: Int?
@@ -43,17 +56,22 @@ public enum MemoryBudgetOption {
 
     /// - root: where /proc and /sys are read (tests pass a folder of fake files).
     public static func resolve(_ text: String?, root: URL = URL(fileURLWithPath: "/")) throws -> Resolved {
-        if let text {
-            if ["none", "off", "unlimited"].contains(text.trimmingCharacters(in: .whitespaces).lowercased()) {
-                return Resolved(bytes: nil, explanation: "no memory budget (--memory-budget none): runs are not planned")
+        resolve(setting: try text.map { try Setting(parsing: $0) }, root: root)
+    }
+
+    /// The budget a setting gives; nil: the detected limit less headroom.
+    public static func resolve(setting: Setting?, root: URL = URL(fileURLWithPath: "/")) -> Resolved {
+        switch setting {
+        case .none?:
+            return Resolved(bytes: nil, explanation: "no memory budget (--memory-budget none): runs are not planned")
+        case .bytes(let bytes)?:
+            return Resolved(bytes: bytes, explanation: "memory budget \(MemorySize.describe(bytes)) (--memory-budget)")
+        case nil:
+            guard let limit = MemoryLimit.detect(root: root) else {
+                return Resolved(bytes: nil, explanation: "no memory budget: neither a cgroup limit nor /proc/meminfo could be read")
             }
-            let bytes = try MemorySize.parse(text)
-            return Resolved(bytes: bytes, explanation: "memory budget \(MemorySize.describe(bytes)) (--memory-budget \(text))")
+            return Resolved(bytes: limit.budget, explanation: "memory budget \(MemorySize.describe(limit.budget)) (\(limit))")
         }
-        guard let limit = MemoryLimit.detect(root: root) else {
-            return Resolved(bytes: nil, explanation: "no memory budget: neither a cgroup limit nor /proc/meminfo could be read")
-        }
-        return Resolved(bytes: limit.budget, explanation: "memory budget \(MemorySize.describe(limit.budget)) (\(limit))")
     }
 }
 

@@ -60,10 +60,8 @@ func attentionTiles(q: Tensor, k: Tensor, v: Tensor, heads: Int, causal: Bool,
                     if workers == 1 {
                         run(0)
                     } else {
-                        withSingleThreadedBLAS {
-                            Parallel.forEachChunk(count: workers, minItemsPerChunk: 1) { range in
-                                for worker in range { run(worker) }
-                            }
+                        Parallel.forEachChunk(count: workers, minItemsPerChunk: 1) { range in
+                            for worker in range { run(worker) }
                         }
                     }
                 }

@@ -81,23 +81,10 @@ func sgemm(
 /// (sched_yield) beside the kernels' own threads, and a core slowed by another process only delays the units
 /// it happens to hold. Every GEMM entry point calls `ensure()` first.
 enum BLASThreading {
-    /// OpenBLAS's own thread count when TiledKernels first ran a product, before it was set to 1.
-    nonisolated(unsafe) private(set) static var threadsAtLoad: Int = 1
-
-    private static let configured: Void = {
-        threadsAtLoad = Int(openblas_get_num_threads())
-        openblas_set_num_threads(1)
-    }()
+    private static let configured: Void = { openblas_set_num_threads(1) }()
 
     @inline(__always)
     static func ensure() { _ = configured }
-}
-
-/// Kept for kernels that split their own tiles across cores: OpenBLAS is single-threaded process-wide
-/// (see `BLASThreading`), so this only makes sure that setting is in effect.
-func withSingleThreadedBLAS<R>(_ body: () -> R) -> R {
-    BLASThreading.ensure()
-    return body()
 }
 
 /// How a product is cut into units for `Parallel.forEachUnit`: chunks of `rowChunk` output rows ×

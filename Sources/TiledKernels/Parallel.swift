@@ -1,5 +1,5 @@
-// Parallel: splits independent rows / channels / heads over the machine's cores.
-// Small inputs stay on the calling thread; GEMMs are threaded by OpenBLAS itself, never from here.
+// Parallel: splits independent rows / channels / heads, and the units of a cut GEMM (`GemmGrid`), over the
+// machine's cores. Small inputs stay on the calling thread; OpenBLAS itself runs single-threaded (`BLASThreading`).
 import Dispatch
 #if canImport(Glibc)
 import Glibc

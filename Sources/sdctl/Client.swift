@@ -176,10 +176,12 @@ struct SDDClient: Sendable {
     /// The error a non-2xx response carries: its `{"error": {code, message}}` body, or the status.
     static func apiError(status: Int, body: [UInt8]) -> CLIError {
         if let response = try? JSONDecoder().decode(APIErrorResponse.self, from: Data(body)) {
-            return CLIError(api: response.error)
+            return CLIError(api: response.error, status: status)
         }
         let text = String(String(decoding: body.prefix(200), as: UTF8.self).filter { $0 != "\n" && $0 != "\r" })
-        return CLIError("HTTP \(status)\(text.isEmpty ? "" : ": \(text)")")
+        var error = CLIError("HTTP \(status)\(text.isEmpty ? "" : ": \(text)")")
+        error.httpStatus = status
+        return error
     }
 
     private func connect(streaming: Bool) async throws

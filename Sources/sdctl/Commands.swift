@@ -41,6 +41,12 @@ extension SDDClient {
         while true {
             do {
                 return try await json(.POST, jobsPath, body: body, as: Job.self)
+            } catch var error as CLIError where error.httpStatus == 400 || error.httpStatus == 413 {
+                // The request itself is refused (a bad value, or more than the daemon's memory budget): sending
+                // it again cannot help, so it is a usage error, not a failure.
+                error.message = "the daemon refused the job: " + error.message
+                error.exitStatus = ExitStatus.usage
+                throw error
             } catch {
                 let refused = (error as? CLIError).map {
                     $0.isConnectionFailure && $0.message.hasPrefix("cannot connect")
@@ -117,7 +123,8 @@ struct Generate: AsyncParsableCommand {
             Waits by default, with a progress bar on a terminal (Ctrl-C stops waiting; the job goes on: \
             `sdctl wait ID`, `sdctl cancel ID`). Omitted settings take the model's defaults (`sdctl models` shows them; \
             else diffusers': 50 steps, guidance 7.5, the model's scheduler and size), and a random seed that the job records. Prints the written file \
-            names, or with --no-wait the job id. Exit status: 0 finished, 1 failed or error, 3 canceled.
+            names, or with --no-wait the job id. Exit status: 0 finished, 1 failed or error, 2 bad command line or \
+            the daemon refused the job (HTTP 400 or 413: invalid, or too large for its memory budget), 3 canceled.
             """)
 
     @OptionGroup var global: GlobalOptions

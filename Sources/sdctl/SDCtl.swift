@@ -17,7 +17,7 @@ enum ExitStatus {
     static let success: Int32 = 0
     /// The job failed, or a request or the connection did.
     static let failure: Int32 = 1
-    /// Bad command line.
+    /// Bad command line, or a job the daemon refused as invalid or too large for it (HTTP 400, 413).
     static let usage: Int32 = 2
     /// The job was canceled.
     static let canceled: Int32 = 3
@@ -29,15 +29,18 @@ struct CLIError: Error, CustomStringConvertible {
     var exitStatus: Int32 = ExitStatus.failure
     /// The socket did not answer (the daemon may be restarting).
     var isConnectionFailure = false
+    /// The HTTP status of the daemon's answer, when the error is one the daemon reported.
+    var httpStatus: Int?
 
     init(_ message: String, exitStatus: Int32 = ExitStatus.failure) {
         self.message = message
         self.exitStatus = exitStatus
     }
 
-    /// An error the daemon reported: "<message> (<code>)".
-    init(api error: APIError) {
+    /// An error the daemon reported with `status`: "<message> (<code>)".
+    init(api error: APIError, status: Int) {
         self.init("\(error.message) (\(error.code.rawValue))")
+        httpStatus = status
     }
 
     var description: String { message }
@@ -81,7 +84,8 @@ struct SDCtl: AsyncParsableCommand {
             EXIT STATUS
               0  success
               1  the job failed, or an error (daemon not running, bad request, …)
-              2  usage error (bad command line)
+              2  usage error (bad command line), or the daemon refused the job as invalid or too large for
+                 it (HTTP 400 or 413, e.g. exceeds_memory_budget); its reason is printed
               3  the job was canceled
 
             EXAMPLES

@@ -12,8 +12,7 @@ struct Bench: ParsableCommand {
         abstract: "Measure one generation: per-stage seconds, GFLOP/s and peak memory.",
         discussion: "Medians over the denoising steps; run on a quiet machine and compare runs from the same session.")
 
-    @Option(help: "Model: a diffusers folder or .gguf file. Default: $SDD_MODEL, else the bundled demo model.")
-    var model: String?
+    @OptionGroup var model: ModelOption
 
     @Option(help: "Width in pixels (default: the model's sample size).")
     var width: Int?
@@ -27,22 +26,17 @@ struct Bench: ParsableCommand {
     @Option(help: "Guidance scale (> 1 runs the UNet on a batch of 2, as real generations do).")
     var guidance: Float = 7.5
 
-    @Option(help: "Weight residency: resident, streamed, strict.")
-    var residency: String = "streamed"
+    @OptionGroup var weights: ResidencyOption
 
-    @Option(help: "How the UNet and VAE multiply: auto (bf16 for a quantized GGUF on a CPU with AVX512_BF16, else f32), f32 (diffusers' results to rounding) or bf16 (operands rounded to BF16, F32 sums; faster where the CPU has AVX512_BF16).")
-    var precision: String = "auto"
-
-    @Option(help: "Memory budget, e.g. 256M (chooses VAE tiling); default: no limit.")
-    var memoryBudget: String?
+    @OptionGroup var compute: ComputeOptions
 
     @Option(help: ArgumentHelp(
         "What to time: all (one generation), vae (only the VAE decoder, --repeats times) or conv.",
         discussion: "vae decodes a fixed pseudo-random latent of the requested size with the model's VAE weights "
-            + "(untiled unless a generation under --memory-budget would tile it: the same tiles), after one untimed warm-up decode; it reports the "
+            + "(untiled unless a generation under the memory budget would tile it: the same tiles), after one untimed warm-up decode; it reports the "
             + "median and every timed decode. Compare with tools/bench/vae_vs_diffusers.py. conv times the 3×3 convolution "
             + "shapes of SD 1.5's VAE (F16) and UNet (Q8_0, batch 2) with im2col and with Winograd, interleaved."))
-    var stage: String = "all"
+    var stage: BenchStage = .all
 
     @Option(help: "With --stage vae: timed decodes (the median is reported).")
     var repeats: Int = 3
@@ -64,30 +58,30 @@ struct Bench: ParsableCommand {
     }
 
     private func bench() throws {
-        guard let residencyMode = WeightResidency(rawValue: residency) else {
-            throw PipelineError.invalidRequest("unknown --residency \(residency); choose resident, streamed or strict")
-        }
-        if stage == "vae" { return try benchVAE(residency: residencyMode) }
-        if stage == "conv" { return benchConv() }
-        guard stage == "all" else {
-            throw PipelineError.invalidRequest("unknown --stage \(stage); choose all, vae or conv")
+        let residencyMode = weights.residency
+        switch stage {
+        case .vae: return try benchVAE(residency: residencyMode)
+        case .conv: return benchConv()
+        case .all: break
         }
         let sampler = PeakMemorySampler()
         defer { sampler.stop() }
         let gemm = measureGEMMGFLOPS(m: 4096, n: 1280, k: 1280, repeats: 5)
 
-        let modelPath = try ModelLocation.resolve(model)
-        let sdModel = try StableDiffusionModel(url: URL(fileURLWithPath: modelPath))
+        let sdModel = try StableDiffusionModel(url: URL(fileURLWithPath: try model.path()))
         let pipeline = try StableDiffusionPipeline(model: sdModel, residency: residencyMode,
-                                                   products: try ProductPrecision.named(precision))
+                                                   products: try compute.products())
         let products = pipeline.products
-        if let budget = memoryBudget {
-            try MemoryPlanner.apply(budget: try MemorySize.parse(budget), to: pipeline, width: width, height: height)
+        let budget = compute.budget()
+        if let bytes = budget.bytes {
+            let plan = try MemoryPlanner.apply(budget: bytes, to: pipeline, width: width, height: height,
+                                               guided: guidance > 1)
+            printError("sdd: \(budget.explanation): \(plan)")
         }
         let adapted = try lora.resolve(prompt: "a photograph of an astronaut riding a horse")
         // Binding with LoRAs (a merge's whole cost) is timed apart from the generation.
         let bindClock = Date()
-        try pipeline.setLoRAs(adapted.specs, application: try lora.application())
+        try pipeline.setLoRAs(adapted.specs, application: lora.loraApply)
         if !adapted.specs.isEmpty { try pipeline.bindModels() }
         let loraBindSeconds = Date().timeIntervalSince(bindClock)
         var settings = GenerationSettings(prompt: adapted.prompt)
@@ -162,6 +156,11 @@ struct Bench: ParsableCommand {
     }
 }
 
+/// `sdd bench --stage`: what to time.
+enum BenchStage: String, CaseIterable, ExpressibleByArgument {
+    case all, vae, conv
+}
+
 extension Bench {
     /// `--stage conv`: each SD 1.5 3×3 stride-1 conv shape with im2col and with Winograd, median of `repeats`.
     fileprivate func benchConv() {
@@ -195,8 +194,7 @@ extension Bench {
     fileprivate func benchVAE(residency: WeightResidency) throws {
         guard repeats >= 1 else { throw PipelineError.invalidRequest("--repeats must be at least 1") }
         let gemm = measureGEMMGFLOPS(m: 4096, n: 1280, k: 1280, repeats: 5)
-        let modelPath = try ModelLocation.resolve(model)
-        let sdModel = try StableDiffusionModel(url: URL(fileURLWithPath: modelPath))
+        let sdModel = try StableDiffusionModel(url: URL(fileURLWithPath: try model.path()))
         let f = sdModel.vaeScaleFactor
         let size = sdModel.defaultSize
         let w = width ?? size.width, h = height ?? size.height
@@ -213,13 +211,12 @@ extension Bench {
         let z = Tensor(shape: shape, data: values)
         // The decoder a generation uses (its products), and under a budget the tiles its plan picks.
         let pipeline = try StableDiffusionPipeline(model: sdModel, residency: residency,
-                                                   products: try ProductPrecision.named(precision))
+                                                   products: try compute.products())
         let products = pipeline.products
         let decoder = try pipeline.vaeDecoder()
         var tiling: VAETiling?
-        if let budget = memoryBudget {
-            tiling = try MemoryPlanner.plan(budget: try MemorySize.parse(budget), pipeline: pipeline, width: w,
-                                            height: h).vaeTiling
+        if let bytes = compute.budget().bytes {
+            tiling = try MemoryPlanner.plan(budget: bytes, pipeline: pipeline, width: w, height: h).vaeTiling
         }
         func decode() throws -> Tensor {
             if let tiling { return try decoder.decodeTiled(z, tiling: tiling) }
@@ -254,9 +251,17 @@ extension Bench {
     }
 }
 
-/// Which storage types a model's weights use, for reports ("f32", "q8_0+f32" …).
+/// Which storage types a model's weights use, for reports: most tensors first ("q8_0+f32", "f16+f32" …), read
+/// from the headers as `sdd inspect` reads them; the file format ("gguf", "safetensors") when they cannot be.
 enum WeightSummary {
     static func types(of model: StableDiffusionModel) -> String {
-        model.url.pathExtension.lowercased() == "gguf" ? "gguf" : "safetensors"
+        let format = model.url.pathExtension.lowercased() == "gguf" ? "gguf" : "safetensors"
+        guard let inspection = try? ModelInspection(url: model.url) else { return format }
+        var counts: [String: Int] = [:]
+        for component in inspection.components {
+            for (type, n) in component.countsByType { counts[type.lowercased(), default: 0] += n }
+        }
+        guard !counts.isEmpty else { return format }
+        return counts.sorted { ($0.value, $1.key) > ($1.value, $0.key) }.map(\.key).joined(separator: "+")
     }
 }

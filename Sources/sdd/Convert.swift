@@ -15,19 +15,18 @@ struct Convert: ParsableCommand {
             written to a temp file, fsynced and renamed into place; it alone is a complete --model.
             """)
 
-    @Option(help: "The model: a diffusers folder, a CompVis single-file .safetensors checkpoint or a stable-diffusion.cpp GGUF. Default: $SDD_MODEL.")
-    var model: String?
+    @OptionGroup var model: ModelOption
 
     @OptionGroup var source: ModelSourceOptions
 
     @Option(help: "Tensor names: sdd (unet.*, vae.*, text_encoder.*; conv kernels quantized too) or compvis (the original Stable Diffusion names stable-diffusion.cpp loads; conv kernels stay F16 under a quantized --type).")
-    var names: String = "sdd"
+    var names: GGUFNaming = .sdd
 
-    @Option(help: "Weight type: q8_0, q4_0, q4_1, q5_0, q5_1, f16, bf16 or f32.")
-    var type: String
+    @Option(help: "Weight type.")
+    var type: WritableType
 
     @Option(help: "VAE weight type: f16, f32 or same (as --type). Default: f16 for quantized types, else same.")
-    var vaeType: String?
+    var vaeType: VAETypeChoice?
 
     @Option(name: .customLong("lora"), help: ArgumentHelp(
         "A LoRA to bake into the UNet and text encoder weights, PATH[:SCALE] (repeatable); summed in F32 before quantizing.",
@@ -47,22 +46,16 @@ struct Convert: ParsableCommand {
     }
 
     private func convert() throws {
-        guard let main = TensorType(name: type), main.isWritable else {
-            throw PipelineError.invalidRequest(
-                "--type \(type): choose one of q8_0, q4_0, q4_1, q5_0, q5_1, f16, bf16, f32")
-        }
-        var vae: TensorType?
-        switch vaeType?.lowercased() {
+        let main = type.tensorType
+        let vae: TensorType?
+        switch vaeType {
         case nil: vae = nil
-        case "same": vae = main
-        case "f16": vae = .f16
-        case "f32": vae = .f32
-        case let other?: throw PipelineError.invalidRequest("--vae-type \(other): choose f16, f32 or same")
+        case .same?: vae = main
+        case .f16?: vae = .f16
+        case .f32?: vae = .f32
         }
-        guard let naming = GGUFNaming(rawValue: names.lowercased()) else {
-            throw PipelineError.invalidRequest("--names \(names): choose sdd or compvis")
-        }
-        let path = try ModelLocation.resolve(model)
+        let naming = names
+        let path = try model.path()
         guard FileManager.default.fileExists(atPath: path) else {
             throw PipelineError.invalidRequest("--model \(path): no such folder or file")
         }
@@ -82,4 +75,31 @@ struct Convert: ParsableCommand {
                           Double(summary.fileSize) / 1_000_000, Date().timeIntervalSince(start)))
         print(output)
     }
+}
+
+/// `--type`: the tensor types sdd writes (the k-quants are read only).
+enum WritableType: String, CaseIterable, ExpressibleByArgument {
+    case q8_0, q4_0, q4_1, q5_0, q5_1, f16, bf16, f32
+
+    init?(argument: String) { self.init(rawValue: argument.lowercased()) }
+
+    var tensorType: TensorType {
+        switch self {
+        case .q8_0: return .q8_0
+        case .q4_0: return .q4_0
+        case .q4_1: return .q4_1
+        case .q5_0: return .q5_0
+        case .q5_1: return .q5_1
+        case .f16: return .f16
+        case .bf16: return .bf16
+        case .f32: return .f32
+        }
+    }
+}
+
+/// `--vae-type`: f16, f32, or the same as `--type`.
+enum VAETypeChoice: String, CaseIterable, ExpressibleByArgument {
+    case f16, f32, same
+
+    init?(argument: String) { self.init(rawValue: argument.lowercased()) }
 }

@@ -14,8 +14,7 @@ struct Generate: ParsableCommand {
             unet.sample_size × the VAE scale factor. Explicit options win.
             """)
 
-    @Option(help: "Model: a diffusers folder, a .gguf file or a CompVis single-file .safetensors checkpoint. Default: $SDD_MODEL, else the bundled demo model.")
-    var model: String?
+    @OptionGroup var model: ModelOption
 
     @OptionGroup var source: ModelSourceOptions
 
@@ -37,14 +36,14 @@ struct Generate: ParsableCommand {
     @Option(help: "Seed (same as torch.Generator(\"cpu\").manual_seed). Default: random, printed.")
     var seed: UInt64?
 
-    @Option(help: "Scheduler: \(SchedulerKind.allCases.map(\.rawValue).joined(separator: ", ")), configured from the model's scheduler config (default: the model's own).")
-    var scheduler: String?
+    @Option(help: "Scheduler, configured from the model's scheduler config (default: the model's own).")
+    var scheduler: SchedulerKind?
 
     @Option(help: "TCD's stochasticity η in 0…1 (default 0.3, TCDScheduler's own); only --scheduler tcd takes it.")
     var eta: Float?
 
     @Option(help: "Timestep spacing, overriding the model's scheduler config: leading, trailing or linspace (Hyper-SD and PCM want ddim with trailing). Not for lcm or tcd.")
-    var timestepSpacing: String?
+    var timestepSpacing: TimestepSpacing?
 
     @Option(help: "Images to generate in one batch (FILE-1.png … FILE-N.png when more than one).")
     var count: Int = 1
@@ -64,14 +63,9 @@ struct Generate: ParsableCommand {
     @Option(help: "Decode the VAE in tiles of N×N latent cells (N×8 pixels; a multiple of 4), overlap 0.25.")
     var vaeTileSize: Int?
 
-    @Option(help: "Memory budget, e.g. 256M or 1G: weights are streamed and the VAE tiled to stay under it, or the run is refused with the numbers. Default: the limit sdd runs under (its cgroup's memory.max / memory.high / memory.limit_in_bytes, else MemAvailable) less headroom; none: no planning.")
-    var memoryBudget: String?
+    @OptionGroup var compute: ComputeOptions
 
-    @Option(help: "Weight residency: streamed (default: about one module resident), resident, strict (also drops page cache).")
-    var residency: String = "streamed"
-
-    @Option(help: "How the UNet and VAE multiply: auto (bf16 for a quantized GGUF on a CPU with AVX512_BF16, else f32), f32 (diffusers' results to rounding) or bf16 (operands rounded to BF16, F32 sums; faster where the CPU has AVX512_BF16).")
-    var precision: String = "auto"
+    @OptionGroup var weights: ResidencyOption
 
     @Option(help: "Keep this PNG replaced (atomically) by a latent preview of the first image, about ten times per run.")
     var preview: String?
@@ -120,29 +114,18 @@ struct Generate: ParsableCommand {
     }
 
     private func generate() throws {
-        let kind = try scheduler.map { name in
-            guard let kind = SchedulerKind(rawValue: name.lowercased()) else {
-                throw PipelineError.invalidRequest(
-                    "unknown scheduler \"\(name)\"; choose one of \(SchedulerKind.allCases.map(\.rawValue).joined(separator: ", "))")
-            }
-            return kind
-        }
         guard output.lowercased().hasSuffix(".png") else {
             throw PipelineError.invalidRequest("--output \(output): the file name must end in .png")
         }
-        let modelPath = try ModelLocation.resolve(model)
-        let folder = try source.open(modelPath)
-        guard let residencyMode = WeightResidency(rawValue: residency) else {
-            throw PipelineError.invalidRequest("unknown --residency \(residency); choose streamed, resident or strict")
-        }
-        let pipeline = try StableDiffusionPipeline(model: folder, residency: residencyMode,
-                                                   products: try ProductPrecision.named(precision))
+        let folder = try source.open(try model.path())
+        let pipeline = try StableDiffusionPipeline(model: folder, residency: weights.residency,
+                                                   products: try compute.products())
         // Every weight's shape against the configs, before any prompt is tokenized or tensor allocated.
         _ = try pipeline.weightFigures()
         // Each prompt without its <lora:…> tags, and the LoRAs it runs with (every file checked before any work).
         let adapted = try promptList().map { try lora.resolve(prompt: $0) }
         let prompts = adapted.map(\.prompt)
-        let loraApplication = try lora.application()
+        let loraApplication = lora.loraApply
         for a in adapted { try pipeline.setLoRAs(a.specs, application: loraApplication) }
 
         var settings = GenerationSettings(prompt: prompts[0])
@@ -152,15 +135,9 @@ struct Generate: ParsableCommand {
         settings.width = width
         settings.height = height
         settings.seed = seed
-        settings.scheduler = try kind ?? folder.defaultScheduler()
+        settings.scheduler = try scheduler ?? folder.defaultScheduler()
         settings.eta = eta
-        if let name = timestepSpacing {
-            guard let spacing = TimestepSpacing(rawValue: name.lowercased()) else {
-                throw PipelineError.invalidRequest("unknown --timestep-spacing \"\(name)\"; choose one of "
-                    + TimestepSpacing.allCases.map(\.rawValue).joined(separator: ", "))
-            }
-            settings.timestepSpacing = spacing
-        }
+        settings.timestepSpacing = timestepSpacing
         settings.count = count
         var size = try pipeline.validate(settings)
         for p in prompts.dropFirst() {
@@ -170,7 +147,7 @@ struct Generate: ParsableCommand {
         }
         let chosenTiling = try chooseVAETiling(folder, width: size.width, height: size.height)
         pipeline.vaeTiling = chosenTiling
-        let budget = try MemoryBudgetOption.resolve(memoryBudget)
+        let budget = compute.budget()
         if let bytes = budget.bytes {
             let plan = try MemoryPlanner.apply(budget: bytes, to: pipeline, width: size.width, height: size.height,
                                                count: count, guided: settings.guidance > 1)

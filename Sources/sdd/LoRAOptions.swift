@@ -14,20 +14,13 @@ struct LoRAOptions: ParsableArguments {
     @Option(help: "Where <lora:NAME:SCALE> tags in a prompt find NAME.safetensors. Default: $SDD_LORA_DIR.")
     var loraDir: String?
 
-    @Option(help: "How LoRAs reach the products: side (beside each product, base weights untouched; default) or merge (merged into each adapted weight at bind time, in its own type).")
-    var loraApply: String = "side"
+    @Option(help: "How LoRAs reach the products: side (beside each product, base weights untouched) or merge (merged into each adapted weight at bind time, in its own type).")
+    var loraApply: LoRAApplication = .side
 
     var directory: URL? {
         let path = loraDir ?? ProcessInfo.processInfo.environment["SDD_LORA_DIR"]
         guard let path, !path.isEmpty else { return nil }
         return URL(fileURLWithPath: path, isDirectory: true)
-    }
-
-    func application() throws -> LoRAApplication {
-        guard let a = LoRAApplication(rawValue: loraApply) else {
-            throw PipelineError.invalidRequest("--lora-apply \(loraApply): choose side or merge")
-        }
-        return a
     }
 
     /// The prompt without its <lora:…> tags, and the LoRAs to run it with: every --lora, then the prompt's tags

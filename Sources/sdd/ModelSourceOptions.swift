@@ -9,8 +9,8 @@ struct ModelSourceOptions: ParsableArguments {
     @Option(help: "For a single-file checkpoint: a diffusers model folder whose unet/, vae/, text_encoder/ configs (and scheduler/, tokenizer/ when present) replace the ones inferred from the file's tensors.")
     var config: String?
 
-    @Option(help: "What the model predicts, for files that cannot say: epsilon or v (v_prediction).")
-    var prediction: String?
+    @Option(help: "What the model predicts, for files that cannot say: epsilon or v (also v_prediction).")
+    var prediction: ModelPrediction?
 
     @Option(help: "Another VAE: a diffusers AutoencoderKL or AutoencoderTiny (TAESD) folder (its own scaling factor).")
     var vae: String?
@@ -25,12 +25,7 @@ struct ModelSourceOptions: ParsableArguments {
             }
             options.configDirectory = URL(fileURLWithPath: config, isDirectory: true)
         }
-        if let prediction {
-            guard let p = ModelPrediction(argument: prediction) else {
-                throw PipelineError.invalidRequest("--prediction \(prediction): choose epsilon or v")
-            }
-            options.prediction = p
-        }
+        options.prediction = prediction
         return options
     }
 

@@ -1,9 +1,9 @@
-// sdd: the command-line entry point (generate now; serve, convert, inspect and bench join it).
+// sdd: the command-line entry point: generate, bench, serve (the daemon, async), convert and inspect.
 
 import ArgumentParser
 
 @main
-struct SDD: ParsableCommand {
+struct SDD: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sdd",
         abstract: "Stable Diffusion text-to-image for modest hardware.",

@@ -3,14 +3,13 @@
 
 import ArgumentParser
 import Daemon
-import Dispatch
 import Foundation
 import Logging
 import Pipeline
 import SDDAPI
 import TiledKernels
 
-struct Serve: ParsableCommand {
+struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the image generation daemon.",
         discussion: """
@@ -19,8 +18,7 @@ struct Serve: ParsableCommand {
             and exits.
             """)
 
-    @Option(help: "Model: a diffusers folder or .gguf file. Default: $SDD_MODEL, else the bundled demo model.")
-    var model: String?
+    @OptionGroup var model: ModelOption
 
     @Option(help: "Another VAE for the model: a diffusers AutoencoderKL or AutoencoderTiny (TAESD) folder.")
     var vae: String?
@@ -40,17 +38,17 @@ struct Serve: ParsableCommand {
     @Option(help: "How long the model stays loaded after the last job: 30s, 5m, 1h, 0 (release at once), -1 or forever.")
     var keepAlive: String = "5m"
 
-    @Option(help: "Memory budget for generation, e.g. 256M or 1G: each job is planned under it, and a request that cannot fit is refused with 413. Default: the limit the daemon runs under (its cgroup's memory.max / memory.high / memory.limit_in_bytes, so the unit's MemoryMax=, else MemAvailable) less headroom; none: no planning.")
-    var memoryBudget: String?
+    @OptionGroup var compute: ComputeOptions
 
     @Option(help: "A job whose runs ended with the daemon (killed, e.g. out of memory) this many times is failed with crashed_repeatedly instead of run again.")
     var maxCrashes: Int = 2
 
-    @Option(help: "Refuse new jobs (507) while the state directory's file system has less free space than this.")
-    var minFreeSpace: String = "64M"
-
-    @Option(help: "How the UNet and VAE multiply: auto (bf16 for a quantized GGUF on a CPU with AVX512_BF16, else f32), f32 (diffusers' results to rounding) or bf16 (operands rounded to BF16, F32 sums; faster where the CPU has AVX512_BF16).")
-    var precision: String = "auto"
+    @Option(
+        help: ArgumentHelp(
+            "Refuse new jobs (507) while the state directory's file system has less free space than this, e.g. 64M (the default); 0 or none: never.",
+            valueName: "size"),
+        transform: { ["0", "none", "off"].contains($0.lowercased()) ? 0 : try parseSize($0) })
+    var minFreeSpace: Int?
 
     @Option(help: "The directory requests' LoRA names (\"loras\": [{\"name\": …}] and <lora:NAME:SCALE> prompt tags) are looked up in, as NAME.safetensors; the daemon opens LoRAs from nowhere else. Default: $SDD_LORA_DIR; none: requests naming a LoRA are refused.")
     var loraDir: String?
@@ -67,8 +65,9 @@ struct Serve: ParsableCommand {
     @Option(help: "Keep finished jobs and their images this long: 24h, 7d, forever.")
     var retention: String = "24h"
 
-    @Option(help: "Also remove the oldest finished jobs while their files take more than this, e.g. 2G.")
-    var retentionSize: String?
+    @Option(help: ArgumentHelp("Also remove the oldest finished jobs while their files take more than this, e.g. 2G.",
+                               valueName: "size"), transform: parseSize)
+    var retentionSize: Int?
 
     @Option(help: "Write a checkpoint of the running job every this many steps.")
     var checkpointEvery: Int = 5
@@ -85,41 +84,35 @@ struct Serve: ParsableCommand {
     @Option(help: "Draw a latent preview (GET /v1/jobs/ID/preview, and a preview event) every this many steps; 0: none. Default: about ten per job.")
     var previewEvery: Int?
 
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: String = "info"
+    @Option(help: "Log level.")
+    var logLevel: Logger.Level = .info
 
     func validate() throws {
         guard queueLimit >= 1 else { throw ValidationError("--queue-limit must be at least 1") }
         guard maxDownloads >= 1 else { throw ValidationError("--max-downloads must be at least 1") }
         guard checkpointEvery >= 1 else { throw ValidationError("--checkpoint-every must be at least 1") }
         guard maxCrashes >= 1 else { throw ValidationError("--max-crashes must be at least 1") }
-        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level \(logLevel): unknown level") }
     }
 
     /// The daemon's configuration from the options; throws `OptionError` naming the bad option.
     func makeConfiguration() throws -> DaemonConfiguration {
         var config = DaemonConfiguration()
-        config.model = URL(fileURLWithPath: try ModelLocation.resolve(model))
+        config.model = URL(fileURLWithPath: try model.path())
         config.vae = vae.map { URL(fileURLWithPath: $0) }
         config.socketPath = socket
         config.socketMode = try FileModeOption.parse(socketMode)
         config.socketGroup = try socketGroup.map { try GroupOption.resolve($0) }
         config.stateDirectory = URL(fileURLWithPath: stateDir)
         config.keepAlive = try DurationOption.parse(keepAlive, option: "--keep-alive")
-        do {
-            let budget = try MemoryBudgetOption.resolve(memoryBudget)
-            config.memoryBudget = budget.bytes
-            config.memoryBudgetExplanation = budget.explanation
-        } catch {
-            throw OptionError("--memory-budget \"\(memoryBudget ?? "")\": \(error)")
-        }
+        let budget = compute.budget()
+        config.memoryBudget = budget.bytes
+        config.memoryBudgetExplanation = budget.explanation
         config.maxCrashes = maxCrashes
-        config.minFreeBytes = ["0", "none", "off"].contains(minFreeSpace.lowercased())
-            ? 0 : try ByteSizeOption.parse(minFreeSpace, option: "--min-free-space")
+        if let minFreeSpace { config.minFreeBytes = minFreeSpace }
         do {
-            config.products = try ProductPrecision.named(precision)
+            config.products = try compute.products()
         } catch {
-            throw OptionError("--precision \"\(precision)\": \(error)")
+            throw OptionError("--precision \(compute.precision.rawValue): \(error)")
         }
         if let dir = loraDir ?? ProcessInfo.processInfo.environment["SDD_LORA_DIR"], !dir.isEmpty {
             var isDirectory: ObjCBool = false
@@ -132,7 +125,7 @@ struct Serve: ParsableCommand {
         if let n = previewEvery, n < 0 { throw OptionError("--preview-every \(n): give a number of steps, or 0 for no previews") }
         config.previewEvery = previewEvery
         config.retention = try DurationOption.parse(retention, option: "--retention")
-        config.retentionBytes = try retentionSize.map { try ByteSizeOption.parse($0, option: "--retention-size") }
+        config.retentionBytes = retentionSize
         config.checkpointEvery = checkpointEvery
         config.maxDownloads = maxDownloads
         let heartbeat = try DurationOption.parse(eventHeartbeat, option: "--event-heartbeat")
@@ -151,7 +144,7 @@ struct Serve: ParsableCommand {
         return config
     }
 
-    func run() throws {
+    func run() async throws {
         var config: DaemonConfiguration
         do {
             config = try makeConfiguration()
@@ -159,7 +152,7 @@ struct Serve: ParsableCommand {
             printError("sdd serve: error: \(error)")
             throw ExitCode(2)
         }
-        let level = Logger.Level(rawValue: logLevel) ?? .info
+        let level = logLevel
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level
@@ -175,34 +168,11 @@ struct Serve: ParsableCommand {
             try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true,
                                                      attributes: [.posixPermissions: 0o755])
         }
-        // ArgumentParser's root command is synchronous: run the async daemon and wait for it here.
-        let outcome = Outcome()
-        let done = DispatchSemaphore(value: 0)
-        let finalConfig = config
-        Task.detached {
-            do { try await Daemon.run(finalConfig, logger: logger) } catch { outcome.set(error) }
-            done.signal()
-        }
-        done.wait()
-        if let error = outcome.error {
+        do {
+            try await Daemon.run(config, logger: logger)
+        } catch {
             logger.critical("sdd serve failed", metadata: ["error": "\(error)"])
             throw ExitCode.failure
         }
-    }
-}
-
-/// The daemon's error, handed from its task to the waiting main thread.
-private final class Outcome: @unchecked Sendable {
-    private let lock = NSLock()
-    private var stored: Error?
-    func set(_ e: Error) {
-        lock.lock()
-        stored = e
-        lock.unlock()
-    }
-    var error: Error? {
-        lock.lock()
-        defer { lock.unlock() }
-        return stored
     }
 }

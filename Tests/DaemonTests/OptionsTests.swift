@@ -1,4 +1,4 @@
-// Command-line value parsing for `sdd serve`: durations, sizes, socket modes.
+// Command-line value parsing for `sdd serve`: durations, socket modes, groups (sizes: MemoryPlannerTests).
 
 import Daemon
 import XCTest
@@ -21,17 +21,6 @@ final class OptionsTests: XCTestCase {
             XCTAssertThrowsError(try DurationOption.parse(bad, option: "--keep-alive")) { error in
                 XCTAssertTrue("\(error)".contains("--keep-alive"), "\(error)")
             }
-        }
-    }
-
-    func testByteSizesUseBinaryMultiples() throws {
-        XCTAssertEqual(try ByteSizeOption.parse("256M"), 256 << 20)
-        XCTAssertEqual(try ByteSizeOption.parse("1G"), 1 << 30)
-        XCTAssertEqual(try ByteSizeOption.parse("512k"), 512 << 10)
-        XCTAssertEqual(try ByteSizeOption.parse("1.5GiB"), 3 << 29)
-        XCTAssertEqual(try ByteSizeOption.parse("4096"), 4096)
-        for bad in ["", "0", "-1G", "12Q", "G"] {
-            XCTAssertThrowsError(try ByteSizeOption.parse(bad, option: "--memory-budget"), bad)
         }
     }
 

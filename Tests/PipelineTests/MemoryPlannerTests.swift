@@ -12,7 +12,12 @@ final class MemoryPlannerTests: XCTestCase {
         XCTAssertEqual(try MemorySize.parse("1.5G"), 3 << 29)
         XCTAssertEqual(try MemorySize.parse("300MiB"), 300 << 20)
         XCTAssertEqual(try MemorySize.parse("4096"), 4096)
-        for bad in ["", "-1M", "lots", "12Q", "0"] {
+        XCTAssertEqual(try MemorySize.parse("512k"), 512 << 10)
+        XCTAssertEqual(try MemorySize.parse("1.5GiB"), 3 << 29)
+        XCTAssertEqual(try MemorySize.parse("64MB"), 64 << 20)
+        XCTAssertEqual(try MemorySize.parse("1T"), 1 << 40)
+        XCTAssertEqual(try MemorySize.parse(" 2 tib "), 2 << 40)
+        for bad in ["", "-1M", "lots", "12Q", "0", "G", "-1G", "0.5", "inf", "nan", "9000000T"] {
             XCTAssertThrowsError(try MemorySize.parse(bad), bad)
         }
     }

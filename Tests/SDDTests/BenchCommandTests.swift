@@ -1,5 +1,6 @@
 // BenchCommandTests: `sdd bench --stage vae` under a memory budget decodes with the tiles a generation
-// under that budget would use (the planner's, after the UNet's share), and says which products ran.
+// under that budget would use (the planner's, after the UNet's share), and says which products ran and which
+// weight types the model stores.
 import Foundation
 import Pipeline
 import XCTest
@@ -22,5 +23,35 @@ final class BenchCommandTests: XCTestCase {
         XCTAssertEqual(report["tile_latent_size"] as? Int, planned.tileLatentSize)
         XCTAssertEqual(report["tiled"] as? Bool, true)
         XCTAssertEqual(report["products"] as? String, "f32")  // a safetensors folder: F32 products
+    }
+
+    func testTheReportNamesTheWeightTypesMostTensorsFirst() throws {
+        let dir = URL(fileURLWithPath: "/tmp/sdd-bench-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let q8 = dir.appendingPathComponent("tiny-q8_0.gguf").path
+        let convert = try GenerateCommandTests.runSDD(["convert", "--model", GenerateCommandTests.tinyModel,
+                                                       "--type", "q8_0", "-o", q8])
+        XCTAssertEqual(convert.status, 0, convert.stderr)
+        var reported: [String: Set<String>] = [:]
+        for model in [GenerateCommandTests.tinyModel, q8] {
+            let run = try GenerateCommandTests.runSDD(["bench", "--model", model, "--steps", "1", "--json"])
+            XCTAssertEqual(run.status, 0, run.stderr)
+            let report = try XCTUnwrap(
+                JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any], run.stdout)
+            let types = try XCTUnwrap(report["weight_types"] as? String, run.stdout).split(separator: "+").map(String.init)
+            reported[model] = Set(types)
+            // What the headers hold, as `sdd inspect` counts it.
+            var counts: [String: Int] = [:]
+            for c in try ModelInspection(url: URL(fileURLWithPath: model)).components {
+                for (type, n) in c.countsByType { counts[type.lowercased(), default: 0] += n }
+            }
+            XCTAssertEqual(Set(types), Set(counts.keys), "\(model): \(types)")
+            XCTAssertEqual(types.map { counts[$0] ?? 0 }, types.map { counts[$0] ?? 0 }.sorted(by: >),
+                           "most tensors first: \(types) \(counts)")
+        }
+        // The fixture mixes F32, F16 and BF16 tensors; the conversion adds Q8_0 (norms, biases stay F32, VAE F16).
+        XCTAssertEqual(reported[GenerateCommandTests.tinyModel], ["f32", "f16", "bf16"])
+        XCTAssertEqual(reported[q8], ["q8_0", "f32", "f16"])
     }
 }

@@ -154,7 +154,7 @@ final class GenerateCommandTests: XCTestCase {
             (["--width", "100"], "width 100"),
             (["--height", "0"], "height 0"),
             (["--steps", "0"], "steps 0"),
-            (["--scheduler", "heun"], "unknown scheduler \"heun\""),
+            (["--scheduler", "heun"], "'heun' is invalid for '--scheduler"),
             (["--count", "0"], "count 0"),
         ]
         for (extra, message) in cases {

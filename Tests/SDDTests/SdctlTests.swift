@@ -125,7 +125,7 @@ final class SdctlTests: XCTestCase {
         let help = try Self.sdctl(["--help"], socket: "/nonexistent/sdd.sock")
         XCTAssertEqual(help.status, 0, help.output)
         for text in ["generate", "jobs", "status", "wait", "fetch", "cancel", "models", "health", "EXIT STATUS",
-                     "3  the job was canceled", "SDD_SOCKET"] {
+                     "3  the job was canceled", "SDD_SOCKET", "HTTP 400 or 413"] {
             XCTAssertTrue(help.stdout.contains(text), "--help lacks \(text)")
         }
         let generateHelp = try Self.sdctl(["generate", "--help"], socket: nil)
@@ -352,7 +352,7 @@ final class SdctlTests: XCTestCase {
         XCTAssertNotEqual(client.rgb, try PNGReader.read(from: workDir.appendingPathComponent("plain.png")).rgb,
                           "the LoRAs must change the image")
         let refused = try sdctl(["generate", "--steps", "1", "--lora", "../tiny-sd/unet/diffusion_pytorch_model", "x"])
-        XCTAssertEqual(refused.status, 1, refused.output)
+        XCTAssertEqual(refused.status, 2, "the daemon refuses the name (400): \(refused.output)")
         XCTAssertTrue(refused.output.contains("loras[0].name"), refused.output)
     }
 
@@ -570,14 +570,35 @@ final class SdctlTests: XCTestCase {
     }
 
     func testAPIErrorsArePrintedWithTheirCode() throws {
+        // A submission the daemon refuses as invalid (400) is a usage error: exit status 2.
         let bad = try sdctl(["generate", "--steps", "0", "x"])
-        XCTAssertEqual(bad.status, 1)
+        XCTAssertEqual(bad.status, 2, bad.output)
         XCTAssertTrue(bad.stderr.hasPrefix("sdctl: error: "), bad.stderr)
         XCTAssertTrue(bad.stderr.contains("(invalid_value)"), bad.stderr)
 
         let unknown = try sdctl(["status", "0123456789abcdef"])
         XCTAssertEqual(unknown.status, 1)
         XCTAssertTrue(unknown.stderr.contains("(not_found)"), unknown.stderr)
+    }
+
+    func testAJobOverTheDaemonsMemoryBudgetIsRefusedWithItsReasonAndExitStatus2() throws {
+        let small = try TestDaemon(arguments: ["--memory-budget", "64M"])
+        defer { small.stop() }
+        let out = path("big.png")
+        let refused = try Self.sdctl(["generate", "--width", "2048", "--height", "2048", "--count", "4", "--steps", "1",
+                                      "-o", out, "a cat"], socket: small.socket, in: workDir)
+        XCTAssertEqual(refused.status, 2, refused.output)
+        XCTAssertTrue(refused.stderr.hasPrefix("sdctl: error: the daemon refused the job: "), refused.stderr)
+        XCTAssertTrue(refused.stderr.contains("(exceeds_memory_budget)"), refused.stderr)
+        XCTAssertTrue(refused.stderr.contains("64 MiB"), "the daemon's numbers: \(refused.stderr)")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("big-1.png")))
+        let jobs = try Self.sdctl(["jobs"], socket: small.socket)
+        XCTAssertEqual(jobs.status, 0, jobs.output)
+        XCTAssertFalse(jobs.stdout.contains("a cat"), "nothing was queued: \(jobs.stdout)")
+        // The model's own size fits the same budget: the refusal is the planner's, not a blanket one.
+        let fits = try Self.sdctl(["generate", "--steps", "1", "-o", path("small.png"), "a cat"], socket: small.socket,
+                                  in: workDir)
+        XCTAssertEqual(fits.status, 0, fits.output)
     }
 
     func testModelsAndHealthDescribeTheDaemon() throws {

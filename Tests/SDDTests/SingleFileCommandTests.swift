@@ -71,8 +71,9 @@ final class SingleFileCommandTests: XCTestCase {
     func testPredictionMustBeEpsilonOrV() throws {
         let run = try GenerateCommandTests.runSDD(["generate", "--model", GenerateCommandTests.tinyModel,
                                                    "--prediction", "x0", "a cat"])
-        XCTAssertNotEqual(run.status, 0)
-        XCTAssertTrue(run.stderr.contains("--prediction x0: choose epsilon or v"), run.stderr)
+        XCTAssertEqual(run.status, 64, "a usage error: \(run.stderr)")
+        XCTAssertTrue(run.stderr.contains("'x0' is invalid for '--prediction"), run.stderr)
+        XCTAssertTrue(run.stderr.contains("'epsilon' and 'v'"), "lists the choices: \(run.stderr)")
     }
 
     func testConvertSingleFileToCompVisNamesThenInspectAndGenerate() throws {
@@ -114,7 +115,8 @@ final class SingleFileCommandTests: XCTestCase {
     func testConvertRefusesAnUnknownNaming() throws {
         let run = try GenerateCommandTests.runSDD(["convert", "--model", GenerateCommandTests.tinyModel, "--type", "f16",
                                                    "--names", "ldm", "-o", workDir.appendingPathComponent("x.gguf").path])
-        XCTAssertNotEqual(run.status, 0)
-        XCTAssertTrue(run.stderr.contains("--names ldm: choose sdd or compvis"), run.stderr)
+        XCTAssertEqual(run.status, 64, "a usage error: \(run.stderr)")
+        XCTAssertTrue(run.stderr.contains("'ldm' is invalid for '--names"), run.stderr)
+        XCTAssertTrue(run.stderr.contains("'sdd' and 'compvis'"), "lists the choices: \(run.stderr)")
     }
 }

@@ -54,12 +54,6 @@ final class WeightStreamer: @unchecked Sendable {
     /// Bytes of the largest group.
     var largestGroupBytes: Int { order.map { $0.reduce(0) { $0 + $1.bytes.count } }.max() ?? 0 }
 
-    /// Releases every group (e.g. once a component is done for this generation).
-    func releaseAll() {
-        guard residency != .resident else { return }
-        for group in order { WeightStreamer.release(group, dropPageCache: residency == .strict) }
-    }
-
     /// The file and byte range each mapped weight occupies.
     static func mappedRanges(_ weights: [Weight]) -> [(MappedFile, Range<Int>)] {
         weights.compactMap { w in
