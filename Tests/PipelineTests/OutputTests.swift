@@ -113,6 +113,18 @@ final class OutputTests: XCTestCase {
         }
     }
 
+    func testAReplaceThatFailsAtTheRenameLeavesTheTargetAndNoTempFile() throws {
+        // A non-empty folder in the target's place makes rename(2) fail (EISDIR/ENOTEMPTY) even for root.
+        let target = dir.appendingPathComponent("taken")
+        try FileManager.default.createDirectory(at: target.appendingPathComponent("inside"), withIntermediateDirectories: true)
+        XCTAssertThrowsError(try OutputFiles.writeAtomically([1, 2, 3], to: target)) { e in
+            XCTAssertTrue("\(e)".hasPrefix(target.path), "\(e)")
+            XCTAssertTrue("\(e)".contains("cannot rename the temporary file into place"), "\(e)")
+        }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir.path), ["taken"])
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: target.path), ["inside"])
+    }
+
     func testPNGReaderRejectsCorruptFilesWithAnError() throws {
         let good = try PNGWriter.encode(rgb: gradient(8, 8), width: 8, height: 8, text: [("k", "v")])
         var corrupt: [[UInt8]] = [

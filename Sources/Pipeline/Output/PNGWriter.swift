@@ -1,5 +1,5 @@
 // PNGWriter / PNGReader: 8-bit RGB PNGs with text chunks (tEXt, or iTXt for non-Latin-1 text),
-// written atomically (temp file in the same folder, fsync, rename). Encoding uses libpng.
+// written atomically through DurableFile (temp file in the same folder, fsync, rename). Encoding uses libpng.
 
 import CPNG
 import Foundation
@@ -295,62 +295,5 @@ enum CRC32 {
         var c: UInt32 = 0xFFFF_FFFF
         for b in bytes { c = table[Int((c ^ UInt32(b)) & 0xFF)] ^ (c >> 8) }
         return c ^ 0xFFFF_FFFF
-    }
-}
-
-/// Writing result files so a reader never sees a partial one (images, latents, the daemon's spool).
-public enum OutputFiles {
-    /// Writes `data` to a temp file in `url`'s folder, fsyncs it, renames it over `url`, and fsyncs
-    /// the folder (best effort). On failure the temp file is removed and `url` is untouched.
-    public static func writeAtomically(_ data: Data, to url: URL, mode: mode_t = 0o666) throws {
-        try writeAtomically([UInt8](data), to: url, mode: mode)
-    }
-
-    /// As above, for bytes; `mode` is filtered by the umask.
-    public static func writeAtomically(_ bytes: [UInt8], to url: URL, mode: mode_t = 0o666) throws {
-        let dir = url.deletingLastPathComponent()
-        let tmp = dir.appendingPathComponent(
-            ".\(url.lastPathComponent).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).tmp")
-        func fail(_ what: String, _ err: Int32) -> OutputFileError {
-            OutputFileError(path: url.path, "\(what): \(String(cString: strerror(err)))")
-        }
-        let fd = open(tmp.path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
-        guard fd >= 0 else { throw fail("cannot create a temporary file in \(dir.path)", errno) }
-        var ok = false
-        defer { if !ok { unlink(tmp.path) } }
-        var written = 0
-        let writeError: Int32? = bytes.withUnsafeBytes { raw in
-            while written < raw.count {
-                guard let base = raw.baseAddress else { return nil }
-                let n = Glibc.write(fd, base + written, raw.count - written)
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    return errno
-                }
-                written += n
-            }
-            return nil
-        }
-        if let e = writeError {
-            close(fd)
-            throw fail("write failed", e)
-        }
-        if fsync(fd) != 0 {
-            let e = errno
-            close(fd)
-            throw fail("fsync failed", e)
-        }
-        if close(fd) != 0 { throw fail("close failed", errno) }
-        if rename(tmp.path, url.path) != 0 { throw fail("cannot rename the temporary file into place", errno) }
-        ok = true
-        syncDirectory(dir)
-    }
-
-    /// fsync a folder so a rename or unlink in it is durable (best effort).
-    public static func syncDirectory(_ dir: URL) {
-        let fd = open(dir.path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0 else { return }
-        _ = fsync(fd)
-        close(fd)
     }
 }
