@@ -7,6 +7,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import ServiceLifecycle
+import Synchronization
 import SDDAPI
 
 /// Where the API listens.
@@ -22,7 +23,7 @@ public struct ListenError: Error, CustomStringConvertible {
     public var description: String { message }
 }
 
-public final class APIServer: Service, @unchecked Sendable {
+public final class APIServer: Service, Sendable {
     let address: ListenAddress
     let router: APIRouter
     let limits: ConnectionLimits
@@ -35,8 +36,8 @@ public final class APIServer: Service, @unchecked Sendable {
     /// Called first on graceful shutdown (STOPPING=1, stop accepting jobs).
     let onStopping: @Sendable () -> Void
 
-    private let lock = NSLock()
-    private var connections: [ObjectIdentifier: Channel] = [:]
+    /// Accepted connections not yet closed.
+    private let connections = Mutex<[ObjectIdentifier: Channel]>([:])
 
     public init(address: ListenAddress, router: APIRouter, limits: ConnectionLimits = ConnectionLimits(),
                 notifier: SystemdNotifier = SystemdNotifier(), logger: Logger,
@@ -97,13 +98,9 @@ public final class APIServer: Service, @unchecked Sendable {
 
     private func configure(_ channel: Channel, peer: PeerCredentials) throws {
         let id = ObjectIdentifier(channel)
-        lock.lock()
-        connections[id] = channel
-        lock.unlock()
+        connections.withLock { $0[id] = channel }
         channel.closeFuture.whenComplete { [self] _ in
-            lock.lock()
-            connections[id] = nil
-            lock.unlock()
+            connections.withLock { $0[id] = nil }
         }
         let sync = channel.pipeline.syncOperations
         // Parse errors are answered by HTTPHandler (a JSON 400, then close), not NIO's empty 400 that leaves the
@@ -147,9 +144,7 @@ public final class APIServer: Service, @unchecked Sendable {
     }
 
     private func openConnections() -> [Channel] {
-        lock.lock()
-        defer { lock.unlock() }
-        return Array(connections.values)
+        connections.withLock { Array($0.values) }
     }
 
     public func run() async throws {

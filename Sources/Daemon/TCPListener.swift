@@ -7,6 +7,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import ServiceLifecycle
+import Synchronization
 
 /// `--listen HOST:PORT`: an IPv4 address, `[IPv6]`, or `localhost`, and a port 1…65535.
 public struct TCPAddress: Sendable, Equatable, CustomStringConvertible {
@@ -78,15 +79,15 @@ public struct TCPListenConfiguration: Sendable {
     }
 }
 
-public final class TCPListener: Service, @unchecked Sendable {
+public final class TCPListener: Service, Sendable {
     let config: TCPListenConfiguration
     let router: APIRouter
     let limits: ConnectionLimits
     let logger: Logger
     let group: MultiThreadedEventLoopGroup
     let threadPool: NIOThreadPool
-    private let lock = NSLock()
-    private var connections: [ObjectIdentifier: Channel] = [:]
+    /// Accepted connections not yet closed.
+    private let connections = Mutex<[ObjectIdentifier: Channel]>([:])
 
     /// Requests on TCP carry no peer credentials: this stands in, and every request's owner is its token's NAME.
     static let noPeer = PeerCredentials(pid: 0, uid: JobOwner.tokenJobUID, gid: JobOwner.tokenJobUID)
@@ -131,20 +132,14 @@ public final class TCPListener: Service, @unchecked Sendable {
 
     private func track(_ channel: Channel) {
         let id = ObjectIdentifier(channel)
-        lock.lock()
-        connections[id] = channel
-        lock.unlock()
+        connections.withLock { $0[id] = channel }
         channel.closeFuture.whenComplete { [self] _ in
-            lock.lock()
-            connections[id] = nil
-            lock.unlock()
+            connections.withLock { $0[id] = nil }
         }
     }
 
     private func openConnections() -> [Channel] {
-        lock.lock()
-        defer { lock.unlock() }
-        return Array(connections.values)
+        connections.withLock { Array($0.values) }
     }
 
     public func run() async throws {
