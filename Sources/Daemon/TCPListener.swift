@@ -7,7 +7,6 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import ServiceLifecycle
-import Synchronization
 
 /// `--listen HOST:PORT`: an IPv4 address, `[IPv6]`, or `localhost`, and a port 1…65535.
 public struct TCPAddress: Sendable, Equatable, CustomStringConvertible {
@@ -86,8 +85,7 @@ public final class TCPListener: Service, Sendable {
     let logger: Logger
     let group: MultiThreadedEventLoopGroup
     let threadPool: NIOThreadPool
-    /// Accepted connections not yet closed.
-    private let connections = Mutex<[ObjectIdentifier: Channel]>([:])
+    private let connections = OpenConnections()
 
     /// Requests on TCP carry no peer credentials: this stands in, and every request's owner is its token's NAME.
     static let noPeer = PeerCredentials(pid: 0, uid: JobOwner.tokenJobUID, gid: JobOwner.tokenJobUID)
@@ -106,21 +104,14 @@ public final class TCPListener: Service, Sendable {
     public func start() async throws -> Channel {
         threadPool.start()
         let tokens = config.tokens
-        let bootstrap = ServerBootstrap(group: group)
-            .serverChannelOption(ChannelOptions.backlog, value: 256)
-            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
-            .childChannelInitializer { [self] channel in
-                channel.eventLoop.makeCompletedFuture {
-                    track(channel)
-                    let sync = channel.pipeline.syncOperations
-                    // Parse errors: HTTPHandler answers a JSON 400 and closes (as on the Unix socket).
-                    try sync.configureHTTPServerPipeline(withErrorHandling: false)
-                    try sync.addHandler(IdleStateHandler(readTimeout: .milliseconds(Int64(limits.idleTimeout * 1000))))
-                    try sync.addHandler(HTTPHandler(router: router, peer: Self.noPeer, threadPool: threadPool,
-                                                    limits: limits, tokens: tokens))
-                }
+        let bootstrap = HTTPServerChannels.bootstrap(group: group, reuseAddress: true) { [self] channel in
+            channel.eventLoop.makeCompletedFuture {
+                try HTTPServerChannels.configure(
+                    channel, connections: connections, limits: limits,
+                    handler: HTTPHandler(router: router, peer: Self.noPeer, threadPool: threadPool, limits: limits,
+                                         tokens: tokens))
             }
+        }
         do {
             let channel = try await bootstrap.bind(host: config.address.host, port: config.address.port).get()
             logger.info("listening", metadata: ["tcp": "\(config.address)", "token_names": "\(Set(tokens.names).count)"])
@@ -128,18 +119,6 @@ public final class TCPListener: Service, Sendable {
         } catch {
             throw ListenError(message: "cannot listen on \(config.address): \(error)")
         }
-    }
-
-    private func track(_ channel: Channel) {
-        let id = ObjectIdentifier(channel)
-        connections.withLock { $0[id] = channel }
-        channel.closeFuture.whenComplete { [self] _ in
-            connections.withLock { $0[id] = nil }
-        }
-    }
-
-    private func openConnections() -> [Channel] {
-        connections.withLock { Array($0.values) }
     }
 
     public func run() async throws {
@@ -151,7 +130,7 @@ public final class TCPListener: Service, Sendable {
     /// Stops accepting and closes open connections (a waiting client's job stays queued and resumes later).
     public func stop(_ channel: Channel) async {
         try? await channel.close()
-        for c in openConnections() { c.close(promise: nil) }
+        for c in connections.all { c.close(promise: nil) }
         try? await threadPool.shutdownGracefully()
         try? await group.shutdownGracefully()
     }
