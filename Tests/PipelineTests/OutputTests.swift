@@ -5,6 +5,7 @@ import Foundation
 import XCTest
 
 @testable import Pipeline
+import TestSupport
 
 final class OutputTests: XCTestCase {
     var dir: URL!
