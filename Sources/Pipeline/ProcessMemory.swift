@@ -13,6 +13,8 @@ public enum ProcessMemory {
         public var rssAnon = 0
         public var rssFile = 0
         public var peakRSS = 0
+
+        public init() {}
     }
 
     /// Reads VmRSS, RssAnon, RssFile and VmHWM from /proc/self/status (nil where unavailable).
