@@ -52,10 +52,12 @@ let package = Package(
             "SDDAPI",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ] + nio),
+        // Readers only tests need (PNG, .npy), kept out of the shipped modules.
+        .target(name: "TestSupport", dependencies: ["Pipeline", "CPNG"], path: "Tests/TestSupport"),
         .testTarget(name: "MMapWeightsTests", dependencies: ["MMapWeights"]),
         .testTarget(name: "TiledKernelsTests", dependencies: ["TiledKernels"]),
-        .testTarget(name: "PipelineTests", dependencies: ["Pipeline"]),
-        .testTarget(name: "DaemonTests", dependencies: ["Daemon", "SDDAPI"] + nio),
-        .testTarget(name: "SDDTests", dependencies: ["sdd", "sdctl", "Pipeline", "MMapWeights"]),
+        .testTarget(name: "PipelineTests", dependencies: ["Pipeline", "TestSupport"]),
+        .testTarget(name: "DaemonTests", dependencies: ["Daemon", "SDDAPI", "TestSupport"] + nio),
+        .testTarget(name: "SDDTests", dependencies: ["sdd", "sdctl", "Pipeline", "MMapWeights", "TestSupport"]),
     ]
 )

@@ -22,7 +22,7 @@ public struct ListenError: Error, CustomStringConvertible {
     public var description: String { message }
 }
 
-public final class APIServer: Service, @unchecked Sendable {
+public final class APIServer: Service, Sendable {
     let address: ListenAddress
     let router: APIRouter
     let limits: ConnectionLimits
@@ -35,8 +35,7 @@ public final class APIServer: Service, @unchecked Sendable {
     /// Called first on graceful shutdown (STOPPING=1, stop accepting jobs).
     let onStopping: @Sendable () -> Void
 
-    private let lock = NSLock()
-    private var connections: [ObjectIdentifier: Channel] = [:]
+    private let connections = OpenConnections()
 
     public init(address: ListenAddress, router: APIRouter, limits: ConnectionLimits = ConnectionLimits(),
                 notifier: SystemdNotifier = SystemdNotifier(), logger: Logger,
@@ -55,19 +54,19 @@ public final class APIServer: Service, @unchecked Sendable {
     /// Binds (or adopts) the socket and starts accepting; returns the listening channel.
     public func start() async throws -> Channel {
         threadPool.start()
-        let bootstrap = ServerBootstrap(group: group)
-            .serverChannelOption(ChannelOptions.backlog, value: 256)
-            .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
-            .childChannelInitializer { [self] channel in
-                PeerCredentials.of(channel).flatMap { peer in
-                    channel.eventLoop.makeCompletedFuture {
-                        try self.configure(channel, peer: peer)
-                    }
-                }.flatMapErrorThrowing { error in
-                    self.logger.warning("connection refused: cannot read peer credentials", metadata: ["error": "\(error)"])
-                    throw error
+        let bootstrap = HTTPServerChannels.bootstrap(group: group) { [self] channel in
+            PeerCredentials.of(channel).flatMap { peer in
+                channel.eventLoop.makeCompletedFuture {
+                    try HTTPServerChannels.configure(
+                        channel, connections: self.connections, limits: self.limits,
+                        handler: HTTPHandler(router: self.router, peer: peer, threadPool: self.threadPool,
+                                             limits: self.limits))
                 }
+            }.flatMapErrorThrowing { error in
+                self.logger.warning("connection refused: cannot read peer credentials", metadata: ["error": "\(error)"])
+                throw error
             }
+        }
         switch address {
         case .inherited(let fd):
             logger.info("serving the socket systemd passed", metadata: ["fd": "\(fd)"])
@@ -93,24 +92,6 @@ public final class APIServer: Service, @unchecked Sendable {
             logger.info("listening", metadata: ["socket": "\(path)", "mode": "\(String(mode, radix: 8))"])
             return channel
         }
-    }
-
-    private func configure(_ channel: Channel, peer: PeerCredentials) throws {
-        let id = ObjectIdentifier(channel)
-        lock.lock()
-        connections[id] = channel
-        lock.unlock()
-        channel.closeFuture.whenComplete { [self] _ in
-            lock.lock()
-            connections[id] = nil
-            lock.unlock()
-        }
-        let sync = channel.pipeline.syncOperations
-        // Parse errors are answered by HTTPHandler (a JSON 400, then close), not NIO's empty 400 that leaves the
-        // connection open until the idle timeout.
-        try sync.configureHTTPServerPipeline(withErrorHandling: false)
-        try sync.addHandler(IdleStateHandler(readTimeout: .milliseconds(Int64(limits.idleTimeout * 1000))))
-        try sync.addHandler(HTTPHandler(router: router, peer: peer, threadPool: threadPool, limits: limits))
     }
 
     /// Removes a socket file left by a previous run — only if it is a socket and nothing answers on it.
@@ -146,12 +127,6 @@ public final class APIServer: Service, @unchecked Sendable {
         }
     }
 
-    private func openConnections() -> [Channel] {
-        lock.lock()
-        defer { lock.unlock() }
-        return Array(connections.values)
-    }
-
     public func run() async throws {
         let channel = try await start()
         onReady()
@@ -165,7 +140,7 @@ public final class APIServer: Service, @unchecked Sendable {
     public func stop(_ channel: Channel) async {
         try? await channel.close()
         if case .path(let path, _, _) = address { unlink(path) }
-        for c in openConnections() {
+        for c in connections.all {
             c.eventLoop.execute {
                 if let ctx = try? c.pipeline.syncOperations.context(handlerType: HTTPHandler.self),
                    let handler = try? c.pipeline.syncOperations.handler(type: HTTPHandler.self) {
@@ -178,10 +153,10 @@ public final class APIServer: Service, @unchecked Sendable {
         // Give in-flight answers a moment, then close what is left.
         let deadline = Date().addingTimeInterval(2)
         while Date() < deadline {
-            if openConnections().isEmpty { break }
+            if connections.isEmpty { break }
             try? await Task.sleep(for: .milliseconds(20))
         }
-        for c in openConnections() { c.close(promise: nil) }
+        for c in connections.all { c.close(promise: nil) }
         try? await threadPool.shutdownGracefully()
         try? await group.shutdownGracefully()
     }

@@ -2,43 +2,42 @@
 // as a FileRegion, sent with sendfile as the client reads) and the cap on how many run at once.
 
 import Foundation
+import Synchronization
 import NIOCore
 
 /// How many image downloads may be in flight at once; each holds an open file and a connection until the client
 /// has read the whole image.
-public final class DownloadSlots: @unchecked Sendable {
+public final class DownloadSlots: Sendable {
     /// Most downloads at once; one more gets 429 `too_many_downloads`.
     public let limit: Int
-    private let lock = NSLock()
-    private var inUse = 0
+    private let inUse = Mutex(0)
 
     public init(limit: Int) { self.limit = limit }
 
     /// Downloads in flight now.
-    public var active: Int { lock.withLock { inUse } }
+    public var active: Int { inUse.withLock { $0 } }
 
     /// Takes a slot; false when all `limit` are taken.
     func acquire() -> Bool {
-        lock.withLock {
+        inUse.withLock { inUse in
             guard inUse < limit else { return false }
             inUse += 1
             return true
         }
     }
 
-    func release() { lock.withLock { inUse -= 1 } }
+    func release() { inUse.withLock { $0 -= 1 } }
 }
 
 /// An open image file that a response streams, holding one download slot until `close()`.
 /// Closing is idempotent and also happens when the response is dropped unsent.
-public final class ResponseFile: @unchecked Sendable {
+public final class ResponseFile: Sendable {
     /// The open file (read-only, opened without following a symlink).
     let handle: NIOFileHandle
     /// Bytes to send: the file's size when it was opened.
     public let size: Int
     private let slots: DownloadSlots
-    private let lock = NSLock()
-    private var isOpen = true
+    private let isOpen = Mutex(true)
 
     private init(handle: NIOFileHandle, size: Int, slots: DownloadSlots) {
         self.handle = handle
@@ -76,7 +75,7 @@ public final class ResponseFile: @unchecked Sendable {
 
     /// Closes the file and frees the download slot (once; later calls do nothing).
     public func close() {
-        let wasOpen = lock.withLock {
+        let wasOpen = isOpen.withLock { isOpen in
             defer { isOpen = false }
             return isOpen
         }

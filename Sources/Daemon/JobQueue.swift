@@ -1,35 +1,12 @@
-// JobQueue: every job the daemon knows, the priority queue the worker takes from, per-job event subscribers,
-// and the counters /metrics reports. Thread-safe; each state change is written to the spool.
+// JobQueue: the daemon's jobs as clients and the worker use them — submit, view, cancel, subscribe, take the next
+// job, report progress, complete. Thread-safe: one lock (a condition the worker waits on) over the job table
+// (JobTable), the subscribers (JobSubscribers) and the counters (QueueStatus); each state change is written to the
+// spool. Start-up recovery is JobRecovery, the retention sweep's choice JobRetention.
 
 import Foundation
 import Logging
 import SDDAPI
-
-/// Step-time statistics for sdd_step_seconds (a Prometheus histogram).
-public struct StepStats: Sendable, Equatable {
-    /// Upper bounds of the histogram buckets, seconds.
-    public static let bounds: [Double] = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
-    /// Cumulative counts per bound (Prometheus `le` semantics).
-    public var buckets = [UInt64](repeating: 0, count: bounds.count)
-    public var count: UInt64 = 0
-    public var sum: Double = 0
-
-    mutating func add(_ seconds: Double) {
-        count += 1
-        sum += seconds
-        for (i, b) in Self.bounds.enumerated() where seconds <= b { buckets[i] += 1 }
-    }
-}
-
-/// A point-in-time view for /metrics and /v1/health.
-public struct QueueSnapshot: Sendable {
-    public var queueDepth: Int
-    public var jobsByState: [JobState: Int]
-    public var running: String?
-    public var steps: StepStats
-    public var submittedTotal: UInt64
-    public var rejectedTotal: UInt64
-}
+import Synchronization
 
 public final class JobQueue: @unchecked Sendable {
     /// What the worker gets when it asks for work.
@@ -41,34 +18,20 @@ public final class JobQueue: @unchecked Sendable {
 
     public typealias Subscriber = @Sendable (JobEvent) -> Void
 
-    struct Entry {
-        var record: JobRecord
-        var cancelRequested = false
-        /// It was running when the daemon stopped: it goes first, to resume from its checkpoint.
-        var resumeFirst = false
-        /// Its outcome could not be written (disk full): it waits, queued as the disk says it is, until there is
-        /// room again (checked at `retryAfter` at the earliest), then runs again.
-        var deferred = false
-        var retryAfter = Date.distantPast
-        var subscribers: [UInt64: Subscriber] = [:]
-        /// The latest preview of a running job (PNG bytes and the step it shows); kept in memory only.
-        var preview: (png: [UInt8], step: Int, total: Int)?
-    }
-
+    // Everything below up to `spool` is guarded by `cond` (a condition, as the worker waits on it in `next`).
     private let cond = NSCondition()
-    private let writeLock = NSLock()
-    private var entries: [String: Entry] = [:]
+    private var table = JobTable()
+    private var subscribers = JobSubscribers()
+    private var counters = QueueCounters()
     private var reservedIDs: Set<String> = []
     /// "owner:request_id" of submissions being saved, so a concurrent retry waits for them instead of duplicating.
     private var reservedRequests: Set<String> = []
     private var nextSeq: UInt64 = 1
-    private var nextToken: UInt64 = 1
     private var accepting = true
     private var stopping = false
     private var runningID: String?
-    private var steps = StepStats()
-    private var submittedTotal: UInt64 = 0
-    private var rejectedTotal: UInt64 = 0
+    /// Serializes spool writes so the last state written wins.
+    private let writeLock = Mutex(())
 
     public let spool: Spool
     /// Most jobs waiting at once; more submissions get 429.
@@ -95,34 +58,16 @@ public final class JobQueue: @unchecked Sendable {
         self.statusListener = statusListener
         let loaded = spool.loadJobs()
         for problem in loaded.problems { logger.error("\(problem)") }
-        var crashed: [JobRecord] = []
-        for record in loaded.records {
-            var entry = Entry(record: record)
-            let runs = record.unfinishedRuns ?? 0
-            if record.job.state == .running && runs >= self.maxCrashes {
-                entry.record.job.state = .failed
-                entry.record.job.finishedAt = Self.now()
-                entry.record.job.error = APIError(.crashedRepeatedly, "the daemon stopped \(runs) times while running "
-                    + "this job (killed, for example for lack of memory); it is not run again")
-                crashed.append(entry.record)
-                logger.error("job failed: its runs ended with the daemon \(runs) times",
-                             metadata: ["job": "\(record.job.id)"])
-            } else if record.job.state == .running {
-                entry.resumeFirst = true
-                entry.record.job.state = .queued
-                logger.info("job will resume", metadata: ["job": "\(record.job.id)", "step": "\(record.job.progress?.step ?? 0)"])
-            }
-            entries[record.job.id] = entry
-            nextSeq = max(nextSeq, record.seq + 1)
-        }
-        for record in crashed {
+        let rebuilt = JobRecovery.rebuild(loaded.records, maxCrashes: self.maxCrashes, now: Self.now(), logger: logger)
+        table = rebuilt.table
+        nextSeq = rebuilt.nextSeq
+        for record in rebuilt.crashed {
             do { try spool.save(record) } catch {
                 logger.error("cannot save job state", metadata: ["job": "\(record.job.id)", "error": "\(error)"])
             }
         }
-        if !entries.isEmpty {
-            let queued = entries.values.filter { $0.record.job.state == .queued }.count
-            logger.info("spool loaded", metadata: ["jobs": "\(entries.count)", "queued": "\(queued)"])
+        if !table.isEmpty {
+            logger.info("spool loaded", metadata: ["jobs": "\(table.count)", "queued": "\(table.queuedCount)"])
         }
     }
 
@@ -154,12 +99,12 @@ public final class JobQueue: @unchecked Sendable {
             while reservedRequests.contains(requestKey) { cond.wait() }
             // The owner's own jobs only (root's too: seeing every job is not owning it).
             let recorded = owner.recorded
-            let same = entries.values.first {
+            let same = table.values.first {
                 $0.record.job.owner == recorded.uid && $0.record.job.ownerName == recorded.name
                     && $0.record.job.settings.requestId == request.requestId
             }
             if let e = same {
-                let job = view(e)
+                let job = table.view(e)
                 cond.unlock()
                 guard isSameRequest(job.settings) else {
                     throw APIError(.conflict, "request_id \"\(request.requestId ?? "")\" was already used for job "
@@ -170,18 +115,18 @@ public final class JobQueue: @unchecked Sendable {
             }
         }
         guard accepting else {
-            rejectedTotal += 1
+            counters.rejectedTotal += 1
             cond.unlock()
             throw APIError(.shuttingDown, "the daemon is shutting down; submit again once it is back")
         }
-        let queued = entries.values.reduce(0) { $0 + ($1.record.job.state == .queued ? 1 : 0) } + reservedIDs.count
+        let queued = table.queuedCount + reservedIDs.count
         guard queued < maxQueued else {
-            rejectedTotal += 1
+            counters.rejectedTotal += 1
             cond.unlock()
             throw APIError(.queueFull, "the queue is full (\(maxQueued) jobs waiting); try again later")
         }
         var id = Self.newID()
-        while entries[id] != nil || reservedIDs.contains(id) { id = Self.newID() }
+        while table.contains(id) || reservedIDs.contains(id) { id = Self.newID() }
         reservedIDs.insert(id)
         if let requestKey { reservedRequests.insert(requestKey) }
         let seq = nextSeq
@@ -204,10 +149,11 @@ public final class JobQueue: @unchecked Sendable {
         cond.lock()
         reservedIDs.remove(id)
         if let requestKey { reservedRequests.remove(requestKey) }
-        entries[id] = Entry(record: record)
-        submittedTotal += 1
-        let job = view(entries[id]!)
-        emit(JobEvent(event: .queued, job: id, time: Self.now(), position: job.position))
+        let entry = JobEntry(record: record)
+        table.set(entry)
+        counters.submittedTotal += 1
+        let job = table.view(entry)
+        subscribers.emit(JobEvent(event: .queued, job: id, time: Self.now(), position: job.position))
         cond.broadcast()
         let status = statusLineLocked()
         cond.unlock()
@@ -223,8 +169,8 @@ public final class JobQueue: @unchecked Sendable {
     public func job(_ id: String, owner: JobOwner) -> Job? {
         cond.lock()
         defer { cond.unlock() }
-        guard let e = entries[id], Self.visible(e, to: owner) else { return nil }
-        return view(e)
+        guard let e = table[id], Self.visible(e, to: owner) else { return nil }
+        return table.view(e)
     }
 
     /// The jobs `uid` may see, oldest first.
@@ -234,9 +180,8 @@ public final class JobQueue: @unchecked Sendable {
     public func list(owner: JobOwner) -> [Job] {
         cond.lock()
         defer { cond.unlock() }
-        let order = queuedOrder()
-        return entries.values.filter { Self.visible($0, to: owner) }.sorted { $0.record.seq < $1.record.seq }
-            .map { view($0, order: order) }
+        return table.values.filter { Self.visible($0, to: owner) }.sorted { $0.record.seq < $1.record.seq }
+            .map { table.view($0) }
     }
 
     /// Cancels a queued job at once (state canceled) or asks the worker to stop a running one between steps
@@ -246,7 +191,7 @@ public final class JobQueue: @unchecked Sendable {
     /// `cancel(_:uid:)` for any owner.
     public func cancel(_ id: String, owner: JobOwner) throws(APIError) -> Job {
         cond.lock()
-        guard var e = entries[id], Self.visible(e, to: owner) else {
+        guard var e = table[id], Self.visible(e, to: owner) else {
             cond.unlock()
             throw APIError(.notFound, "no job \(id)")
         }
@@ -256,8 +201,8 @@ public final class JobQueue: @unchecked Sendable {
             throw APIError(.conflict, "job \(id) is already \(e.record.job.state.rawValue)")
         case .running:
             e.cancelRequested = true
-            entries[id] = e
-            let job = view(e)
+            table.set(e)
+            let job = table.view(e)
             cond.unlock()
             logger.info("cancel requested", metadata: ["job": "\(id)"])
             return job
@@ -265,9 +210,9 @@ public final class JobQueue: @unchecked Sendable {
             e.record.job.state = .canceled
             e.record.job.finishedAt = Self.now()
             e.record.job.error = APIError(.canceled, "canceled while queued")
-            entries[id] = e
-            emit(JobEvent(event: .canceled, job: id, time: Self.now()))
-            let job = view(e)
+            table.set(e)
+            subscribers.emit(JobEvent(event: .canceled, job: id, time: Self.now()))
+            let job = table.view(e)
             let status = statusLineLocked()
             cond.unlock()
             persist(id)
@@ -291,35 +236,16 @@ public final class JobQueue: @unchecked Sendable {
         -> (initial: [JobEvent], token: UInt64?)? {
         cond.lock()
         defer { cond.unlock() }
-        guard var e = entries[id], Self.visible(e, to: owner) else { return nil }
-        let job = view(e)
-        let now = Self.now()
-        var initial: [JobEvent] = []
-        switch job.state {
-        case .queued:
-            initial.append(JobEvent(event: .queued, job: id, time: now, position: job.position))
-        case .running:
-            initial.append(JobEvent(event: .started, job: id, time: job.startedAt ?? now, step: job.progress?.step,
-                                    total: job.progress?.total))
-            if let p = job.progress, p.step > 0 {
-                initial.append(JobEvent(event: .step, job: id, time: now, step: p.step, total: p.total, etaSeconds: p.etaSeconds))
-            }
-            if let preview = e.preview {
-                initial.append(Self.previewEvent(id, preview.png, step: preview.step, total: preview.total, time: now))
-            }
-        case .finished, .failed, .canceled:
-            return ([finalEvent(job)], nil)
-        }
-        let token = nextToken
-        nextToken += 1
-        e.subscribers[token] = subscriber
-        entries[id] = e
-        return (initial, token)
+        guard let e = table[id], Self.visible(e, to: owner) else { return nil }
+        let job = table.view(e)
+        let initial = JobEvents.current(job, preview: e.preview, now: Self.now())
+        if job.state.isFinal { return (initial, nil) }
+        return (initial, subscribers.add(id, subscriber))
     }
 
     public func unsubscribe(_ id: String, token: UInt64) {
         cond.lock()
-        entries[id]?.subscribers[token] = nil
+        subscribers.remove(id, token: token)
         cond.unlock()
     }
 
@@ -346,27 +272,27 @@ public final class JobQueue: @unchecked Sendable {
                 cond.unlock()
                 return .stopping
             }
-            let order = queuedOrder()
-            let roomToRetry = order.contains { entries[$0]?.deferred == true } ? roomForResults() : false
-            if let id = order.first(where: { entries[$0].map { !$0.deferred || (roomToRetry && Date() >= $0.retryAfter) } ?? false }),
-               var e = entries[id] {
+            let order = table.order.ids
+            let waitingForRoom = order.contains { table[$0]?.deferred == true }
+            let roomToRetry = waitingForRoom ? roomForResults() : false
+            if let id = order.first(where: { table[$0].map { !$0.deferred || (roomToRetry && Date() >= $0.retryAfter) } ?? false }),
+               var e = table[id] {
                 e.record.job.state = .running
                 e.record.job.startedAt = Self.now()
                 e.resumeFirst = false
                 e.deferred = false
                 // Counted on disk before the run begins: if the run takes the process down, the next start knows.
                 e.record.unfinishedRuns = (e.record.unfinishedRuns ?? 0) + 1
-                entries[id] = e
+                table.set(e)
                 runningID = id
                 // Others moved up one place.
-                for other in queuedOrder() { emitPosition(other) }
+                for other in table.order.ids { emitPosition(other) }
                 let record = e.record
                 cond.unlock()
                 persist(id)
                 return .job(record)
             }
             // Jobs waiting for room on disk are looked at again every few seconds.
-            let waitingForRoom = order.contains { entries[$0]?.deferred == true }
             let recheck = Date().addingTimeInterval(Self.deferredRetryInterval)
             if waitingForRoom, deadline.map({ recheck < $0 }) ?? true {
                 _ = cond.wait(until: recheck)
@@ -388,8 +314,8 @@ public final class JobQueue: @unchecked Sendable {
     /// The worker began (or resumed) generating: `step` of `total` done already.
     public func markStarted(_ id: String, step: Int, total: Int) {
         cond.lock()
-        entries[id]?.record.job.progress = JobProgress(step: step, total: total)
-        emit(JobEvent(event: .started, job: id, time: Self.now(), step: step, total: total))
+        table.update(id) { $0.record.job.progress = JobProgress(step: step, total: total) }
+        subscribers.emit(JobEvent(event: .started, job: id, time: Self.now(), step: step, total: total))
         let status = statusLineLocked()
         cond.unlock()
         statusListener?(status)
@@ -398,9 +324,9 @@ public final class JobQueue: @unchecked Sendable {
     /// One denoising step done, which took `seconds`; `eta` seconds are left.
     public func reportStep(_ id: String, step: Int, total: Int, seconds: Double, eta: Double?) {
         cond.lock()
-        entries[id]?.record.job.progress = JobProgress(step: step, total: total, etaSeconds: eta)
-        steps.add(seconds)
-        emit(JobEvent(event: .step, job: id, time: Self.now(), step: step, total: total, etaSeconds: eta))
+        table.update(id) { $0.record.job.progress = JobProgress(step: step, total: total, etaSeconds: eta) }
+        counters.steps.add(seconds)
+        subscribers.emit(JobEvent(event: .step, job: id, time: Self.now(), step: step, total: total, etaSeconds: eta))
         let status = statusLineLocked()
         cond.unlock()
         statusListener?(status)
@@ -410,28 +336,23 @@ public final class JobQueue: @unchecked Sendable {
     public func reportPreview(_ id: String, png: [UInt8], step: Int, total: Int) {
         cond.lock()
         defer { cond.unlock() }
-        guard entries[id] != nil else { return }
-        entries[id]?.preview = (png, step, total)
-        emit(Self.previewEvent(id, png, step: step, total: total, time: Self.now()))
+        guard table.contains(id) else { return }
+        table.update(id) { $0.preview = (png, step, total) }
+        subscribers.emit(JobEvents.preview(id, png, step: step, total: total, time: Self.now()))
     }
 
     /// The latest preview of job `id` (PNG bytes, step, total), if `owner` may see the job and one was drawn.
     public func preview(_ id: String, owner: JobOwner) -> (png: [UInt8], step: Int, total: Int)? {
         cond.lock()
         defer { cond.unlock() }
-        guard let e = entries[id], Self.visible(e, to: owner) else { return nil }
+        guard let e = table[id], Self.visible(e, to: owner) else { return nil }
         return e.preview
-    }
-
-    static func previewEvent(_ id: String, _ png: [UInt8], step: Int, total: Int, time: Double) -> JobEvent {
-        JobEvent(event: .preview, job: id, time: time, step: step, total: total,
-                 previewPNG: Data(png).base64EncodedString())
     }
 
     public func isCancelRequested(_ id: String) -> Bool {
         cond.lock()
         defer { cond.unlock() }
-        return entries[id]?.cancelRequested ?? false
+        return table[id]?.cancelRequested ?? false
     }
 
     /// The running job reached a final state (its images, if any, are already on disk). Returns false when that
@@ -442,7 +363,7 @@ public final class JobQueue: @unchecked Sendable {
     public func complete(_ id: String, state: JobState, images: Int = 0, error: APIError? = nil,
                          at time: Double = JobQueue.now()) -> Bool {
         cond.lock()
-        guard var e = entries[id] else {
+        guard var e = table[id] else {
             cond.unlock()
             return true
         }
@@ -454,22 +375,22 @@ public final class JobQueue: @unchecked Sendable {
         if state == .finished, let p = e.record.job.progress {
             e.record.job.progress = JobProgress(step: p.total, total: p.total, etaSeconds: 0)
         }
-        entries[id] = e
+        table.set(e)
         if runningID == id { runningID = nil }
         cond.unlock()
         // On disk before anyone hears it is done.
         let saved = persist(id)
         cond.lock()
         if saved {
-            if let e = entries[id] { emit(finalEvent(view(e))) }
-        } else if entries[id] != nil {
+            if let e = table[id] { subscribers.emit(JobEvents.final(table.view(e))) }
+        } else if table.contains(id) {
             var back = before
             back.record.job.state = .queued
             back.resumeFirst = true
             back.deferred = true
             back.retryAfter = Date().addingTimeInterval(Self.deferredRetryInterval)
-            entries[id] = back
-            emit(JobEvent(event: .queued, job: id, time: Self.now(), position: view(back).position))
+            table.set(back)
+            subscribers.emit(JobEvent(event: .queued, job: id, time: Self.now(), position: table.view(back).position))
             logger.error("the job's outcome could not be written; it stays queued and runs again when there is room",
                          metadata: ["job": "\(id)", "outcome": "\(state.rawValue)"])
         }
@@ -484,10 +405,7 @@ public final class JobQueue: @unchecked Sendable {
     public func release(_ id: String) {
         cond.lock()
         if runningID == id { runningID = nil }
-        if var e = entries[id] {
-            e.record.unfinishedRuns = max(0, (e.record.unfinishedRuns ?? 1) - 1)
-            entries[id] = e
-        }
+        table.update(id) { $0.record.unfinishedRuns = max(0, ($0.record.unfinishedRuns ?? 1) - 1) }
         cond.unlock()
         persist(id)
     }
@@ -507,43 +425,27 @@ public final class JobQueue: @unchecked Sendable {
     @discardableResult
     public func sweep(maxAge: Double?, maxBytes: Int?, now: Double = JobQueue.now()) -> [String] {
         cond.lock()
-        let final = entries.values.filter { $0.record.job.state.isFinal }
-            .sorted { ($0.record.job.finishedAt ?? 0) < ($1.record.job.finishedAt ?? 0) }
+        let final = table.values.filter { $0.record.job.state.isFinal }.map(\.record.job)
         cond.unlock()
-        var doomed: [(String, Int)] = []
-        var kept: [(String, Int, Int)] = []  // id, images, bytes
-        for e in final {
-            let j = e.record.job
-            if let age = maxAge, now - (j.finishedAt ?? now) >= age {
-                doomed.append((j.id, j.images))
-            } else {
-                kept.append((j.id, j.images, maxBytes == nil ? 0 : spool.bytesUsed(j.id, images: j.images)))
-            }
-        }
-        if let limit = maxBytes {
-            var total = kept.reduce(0) { $0 + $1.2 }
-            for (id, images, bytes) in kept where total > limit {
-                doomed.append((id, images))
-                total -= bytes
-            }
+        let doomed = JobRetention.plan(final: final, maxAge: maxAge, maxBytes: maxBytes, now: now) {
+            spool.bytesUsed($0.id, images: $0.images)
         }
         guard !doomed.isEmpty else { return [] }
         cond.lock()
-        for (id, _) in doomed { entries[id] = nil }
+        for (id, _) in doomed {
+            table.remove(id)
+            subscribers.removeAll(id)
+        }
         cond.unlock()
         for (id, images) in doomed { spool.remove(id, images: images) }
         logger.info("retention removed jobs", metadata: ["count": "\(doomed.count)"])
-        return doomed.map(\.0)
+        return doomed.map(\.id)
     }
 
     public func snapshot() -> QueueSnapshot {
         cond.lock()
         defer { cond.unlock() }
-        var byState: [JobState: Int] = [:]
-        for s in JobState.allCases { byState[s] = 0 }
-        for e in entries.values { byState[e.record.job.state, default: 0] += 1 }
-        return QueueSnapshot(queueDepth: byState[.queued] ?? 0, jobsByState: byState, running: runningID, steps: steps,
-                             submittedTotal: submittedTotal, rejectedTotal: rejectedTotal)
+        return counters.snapshot(table, running: runningID)
     }
 
     /// "idle", or "job 3f2a: step 12/50, 2 queued".
@@ -556,58 +458,15 @@ public final class JobQueue: @unchecked Sendable {
     // MARK: internals (the lock is held)
 
     private func statusLineLocked() -> String {
-        let queued = entries.values.reduce(0) { $0 + ($1.record.job.state == .queued ? 1 : 0) }
-        guard let id = runningID, let e = entries[id] else {
-            return queued == 0 ? "idle" : "idle, \(queued) queued"
-        }
-        let p = e.record.job.progress
-        return "job \(JobID.short(id)): step \(p?.step ?? 0)/\(p?.total ?? e.record.job.settings.steps ?? 0), \(queued) queued"
-    }
-
-    /// Queued ids in the order they will run: resumed first, then higher priority, then arrival.
-    private func queuedOrder() -> [String] {
-        entries.values.filter { $0.record.job.state == .queued }.sorted { a, b in
-            if a.resumeFirst != b.resumeFirst { return a.resumeFirst }
-            let pa = a.record.job.settings.priority ?? 0, pb = b.record.job.settings.priority ?? 0
-            if pa != pb { return pa > pb }
-            return a.record.seq < b.record.seq
-        }.map(\.record.job.id)
-    }
-
-    private func view(_ e: Entry, order: [String]? = nil) -> Job {
-        var job = e.record.job
-        if job.state == .queued, let index = (order ?? queuedOrder()).firstIndex(of: job.id) {
-            job.position = index + 1
-        } else {
-            job.position = nil
-        }
-        return job
+        QueueCounters.statusLine(table, running: runningID)
     }
 
     private func emitPosition(_ id: String) {
-        guard let e = entries[id], !e.subscribers.isEmpty else { return }
-        emit(JobEvent(event: .queued, job: id, time: Self.now(), position: view(e).position))
+        guard subscribers.hasSubscribers(id), let e = table[id] else { return }
+        subscribers.emit(JobEvent(event: .queued, job: id, time: Self.now(), position: table.view(e).position))
     }
 
-    private func emit(_ event: JobEvent) {
-        guard var e = entries[event.job], !e.subscribers.isEmpty else { return }
-        for s in e.subscribers.values { s(event) }
-        if event.isFinal {
-            e.subscribers = [:]
-            entries[event.job] = e
-        }
-    }
-
-    private func finalEvent(_ job: Job) -> JobEvent {
-        let time = job.finishedAt ?? Self.now()
-        switch job.state {
-        case .finished: return JobEvent(event: .finished, job: job.id, time: time, images: job.images)
-        case .canceled: return JobEvent(event: .canceled, job: job.id, time: time)
-        default: return JobEvent(event: .failed, job: job.id, time: time, error: job.error)
-        }
-    }
-
-    static func visible(_ e: Entry, to owner: JobOwner) -> Bool { owner.canSee(e.record.job) }
+    static func visible(_ e: JobEntry, to owner: JobOwner) -> Bool { owner.canSee(e.record.job) }
 
     static func newID() -> String {
         let n = UInt64.random(in: 0...UInt64.max)
@@ -625,16 +484,16 @@ public final class JobQueue: @unchecked Sendable {
     /// it is on disk.
     @discardableResult
     private func persist(_ id: String) -> Bool {
-        writeLock.lock()
-        defer { writeLock.unlock() }
-        cond.lock()
-        let record = entries[id]?.record
-        cond.unlock()
-        guard let record else { return true }
-        do { try spool.save(record) } catch {
-            logger.error("cannot save job state", metadata: ["job": "\(id)", "error": "\(error)"])
-            return false
+        writeLock.withLock { _ in
+            cond.lock()
+            let record = table[id]?.record
+            cond.unlock()
+            guard let record else { return true }
+            do { try spool.save(record) } catch {
+                logger.error("cannot save job state", metadata: ["job": "\(id)", "error": "\(error)"])
+                return false
+            }
+            return true
         }
-        return true
     }
 }

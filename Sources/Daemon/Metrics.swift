@@ -1,6 +1,7 @@
 // Metrics: GET /metrics in the Prometheus text exposition format (version 0.0.4), written by hand.
 
 import Foundation
+import Pipeline
 import SDDAPI
 
 public enum Metrics {
@@ -24,30 +25,13 @@ public enum Metrics {
         out += "# TYPE sdd_step_seconds histogram\n"
         for (labels, value) in buckets { out += "sdd_step_seconds_bucket\(labels) \(value)\n" }
         out += "sdd_step_seconds_sum \(num(s.steps.sum))\nsdd_step_seconds_count \(s.steps.count)\n"
-        let memory = ProcessStatus.read()
+        // Zeros where /proc/self/status cannot be read (not Linux).
+        let memory = ProcessMemory.snapshot() ?? ProcessMemory.Snapshot()
         metric("sdd_peak_rss_bytes", "gauge", "Peak resident set size of the daemon (VmHWM).", [("", "\(memory.peakRSS)")])
         metric("sdd_rss_bytes", "gauge", "Resident set size of the daemon (VmRSS).", [("", "\(memory.rss)")])
         metric("sdd_model_loaded", "gauge", "1 while the model's weights are mapped.", [("", modelLoaded ? "1" : "0")])
         metric("sdd_image_downloads", "gauge", "Image downloads in progress.", [("", "\(downloads)")])
         metric("sdd_uptime_seconds", "gauge", "Seconds since the daemon started.", [("", num(uptime))])
         return out
-    }
-}
-
-/// The process's memory from /proc/self/status, in bytes.
-public struct ProcessStatus: Sendable {
-    public var rss = 0
-    public var peakRSS = 0
-
-    public static func read() -> ProcessStatus {
-        var s = ProcessStatus()
-        guard let text = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return s }
-        for line in text.split(separator: "\n") {
-            let parts = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
-            guard parts.count >= 2, let kb = Int(parts[1]) else { continue }
-            if parts[0] == "VmRSS:" { s.rss = kb * 1024 }
-            if parts[0] == "VmHWM:" { s.peakRSS = kb * 1024 }
-        }
-        return s
     }
 }

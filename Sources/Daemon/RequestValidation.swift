@@ -114,22 +114,18 @@ public enum RequestValidation {
             throw APIError(.invalidValue, "\(field) contains a NUL character (U+0000), which cannot be stored with the image")
         }
         let steps = r.steps ?? defaults?.steps ?? JobRequest.defaultSteps
-        guard (1...GenerationSettings.maxSteps).contains(steps) else {
-            throw APIError(.invalidValue, "steps \(steps) is out of range (1…\(GenerationSettings.maxSteps))")
-        }
+        try invalidValue { () throws(PipelineError) in try GenerationSettings.checkSteps(steps) }
         out.steps = steps
         let guidance = r.guidance ?? defaults?.guidance ?? JobRequest.defaultGuidance
         guard guidance.isFinite, (0...100).contains(guidance) else {
             throw APIError(.invalidValue, "guidance \(guidance) is out of range (0…100)")
         }
         out.guidance = guidance
-        let multiple = max(8, defaults?.sizeMultiple ?? 8)
         for (name, value) in [("width", r.width), ("height", r.height)] {
             guard let v = value else { continue }
-            guard (multiple...GenerationSettings.maxSide).contains(v) else {
-                throw APIError(.invalidValue, "\(name) \(v) is out of range (\(multiple)…\(GenerationSettings.maxSide))")
+            try invalidValue { () throws(PipelineError) in
+                try GenerationSettings.checkSide(name, v, scaleFactor: defaults?.sizeMultiple ?? 8)
             }
-            guard v % multiple == 0 else { throw APIError(.invalidValue, "\(name) \(v) is not a multiple of \(multiple)") }
         }
         out.width = r.width ?? defaults?.width
         out.height = r.height ?? defaults?.height
@@ -144,9 +140,7 @@ public enum RequestValidation {
         out.scheduler = name
         try resolveSchedulerOptions(r, scheduler: name)
         let count = r.count ?? JobRequest.defaultCount
-        guard (1...GenerationSettings.maxCount).contains(count) else {
-            throw APIError(.invalidValue, "count \(count) is out of range (1…\(GenerationSettings.maxCount))")
-        }
+        try invalidValue { () throws(PipelineError) in try GenerationSettings.checkCount(count) }
         out.count = count
         let priority = r.priority ?? 0
         guard JobRequest.priorityRange.contains(priority) else {
@@ -185,8 +179,7 @@ public enum RequestValidation {
                              memoryBudget: Int?) throws(APIError) {
         let s = settings(r)
         do {
-            let config = try model.scheduler.overriding(timestepSpacing: s.timestepSpacing, for: s.scheduler)
-            _ = try makeScheduler(s.scheduler, config: config, steps: s.steps, eta: s.eta)
+            _ = try model.scheduler(for: s)
         } catch {
             throw APIError(.invalidValue, "steps \(s.steps) cannot run with scheduler \(s.scheduler.rawValue) on this model "
                 + "(its schedule has \(model.scheduler.numTrainTimesteps ?? 1000) training timesteps): \(error)")
@@ -198,6 +191,11 @@ public enum RequestValidation {
         } catch {
             throw APIError(.exceedsMemoryBudget, "\(error)")
         }
+    }
+
+    /// Runs one of Pipeline's settings checks; its message becomes a 400 `invalid_value`.
+    static func invalidValue(_ check: () throws(PipelineError) -> Void) throws(APIError) {
+        do { try check() } catch { throw APIError(.invalidValue, error.description) }
     }
 
     /// Whether `request` (as the client sent it, unresolved) asks for what `stored` (a job's resolved settings)

@@ -188,41 +188,14 @@ public final class Spool: Sendable {
     /// failure the temp file is removed and `name` is untouched.
     private func write(_ bytes: [UInt8], _ dirFD: Int32, _ name: String, folder: URL, mode: mode_t) throws {
         let path = folder.appendingPathComponent(name).path
-        func fail(_ what: String, _ err: Int32) -> SpoolError {
-            SpoolError(path: path, reason: "\(what): \(String(cString: strerror(err)))")
+        if let e = faults?.errorFor(name) {
+            throw SpoolError(path: path, reason: "write failed: \(String(cString: strerror(e)))")
         }
-        if let e = faults?.errorFor(name) { throw fail("write failed", e) }
-        let tmp = ".\(name).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).tmp"
-        let fd = openat(dirFD, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode)
-        guard fd >= 0 else { throw fail("cannot create a temporary file in \(folder.path)", errno) }
-        var ok = false
-        defer { if !ok { unlinkat(dirFD, tmp, 0) } }
-        var written = 0
-        let writeError: Int32? = bytes.withUnsafeBytes { raw in
-            while written < raw.count {
-                guard let base = raw.baseAddress else { return nil }
-                let n = Glibc.write(fd, base + written, raw.count - written)
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    return errno
-                }
-                written += n
-            }
-            return nil
+        do {
+            try DurableFile.replace(bytes, named: name, inDirectory: dirFD, folderPath: folder.path, mode: mode)
+        } catch {
+            throw SpoolError(path: path, reason: error.reason)
         }
-        if let e = writeError {
-            close(fd)
-            throw fail("write failed", e)
-        }
-        if fsync(fd) != 0 {
-            let e = errno
-            close(fd)
-            throw fail("fsync failed", e)
-        }
-        if close(fd) != 0 { throw fail("close failed", errno) }
-        if renameat(dirFD, tmp, dirFD, name) != 0 { throw fail("cannot rename the temporary file into place", errno) }
-        ok = true
-        fsync(dirFD)
     }
 
     /// The whole of regular file `name` in the folder; a link or anything but a regular file is an error.

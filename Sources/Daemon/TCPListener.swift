@@ -78,15 +78,14 @@ public struct TCPListenConfiguration: Sendable {
     }
 }
 
-public final class TCPListener: Service, @unchecked Sendable {
+public final class TCPListener: Service, Sendable {
     let config: TCPListenConfiguration
     let router: APIRouter
     let limits: ConnectionLimits
     let logger: Logger
     let group: MultiThreadedEventLoopGroup
     let threadPool: NIOThreadPool
-    private let lock = NSLock()
-    private var connections: [ObjectIdentifier: Channel] = [:]
+    private let connections = OpenConnections()
 
     /// Requests on TCP carry no peer credentials: this stands in, and every request's owner is its token's NAME.
     static let noPeer = PeerCredentials(pid: 0, uid: JobOwner.tokenJobUID, gid: JobOwner.tokenJobUID)
@@ -105,21 +104,14 @@ public final class TCPListener: Service, @unchecked Sendable {
     public func start() async throws -> Channel {
         threadPool.start()
         let tokens = config.tokens
-        let bootstrap = ServerBootstrap(group: group)
-            .serverChannelOption(ChannelOptions.backlog, value: 256)
-            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
-            .childChannelInitializer { [self] channel in
-                channel.eventLoop.makeCompletedFuture {
-                    track(channel)
-                    let sync = channel.pipeline.syncOperations
-                    // Parse errors: HTTPHandler answers a JSON 400 and closes (as on the Unix socket).
-                    try sync.configureHTTPServerPipeline(withErrorHandling: false)
-                    try sync.addHandler(IdleStateHandler(readTimeout: .milliseconds(Int64(limits.idleTimeout * 1000))))
-                    try sync.addHandler(HTTPHandler(router: router, peer: Self.noPeer, threadPool: threadPool,
-                                                    limits: limits, tokens: tokens))
-                }
+        let bootstrap = HTTPServerChannels.bootstrap(group: group, reuseAddress: true) { [self] channel in
+            channel.eventLoop.makeCompletedFuture {
+                try HTTPServerChannels.configure(
+                    channel, connections: connections, limits: limits,
+                    handler: HTTPHandler(router: router, peer: Self.noPeer, threadPool: threadPool, limits: limits,
+                                         tokens: tokens))
             }
+        }
         do {
             let channel = try await bootstrap.bind(host: config.address.host, port: config.address.port).get()
             logger.info("listening", metadata: ["tcp": "\(config.address)", "token_names": "\(Set(tokens.names).count)"])
@@ -127,24 +119,6 @@ public final class TCPListener: Service, @unchecked Sendable {
         } catch {
             throw ListenError(message: "cannot listen on \(config.address): \(error)")
         }
-    }
-
-    private func track(_ channel: Channel) {
-        let id = ObjectIdentifier(channel)
-        lock.lock()
-        connections[id] = channel
-        lock.unlock()
-        channel.closeFuture.whenComplete { [self] _ in
-            lock.lock()
-            connections[id] = nil
-            lock.unlock()
-        }
-    }
-
-    private func openConnections() -> [Channel] {
-        lock.lock()
-        defer { lock.unlock() }
-        return Array(connections.values)
     }
 
     public func run() async throws {
@@ -156,7 +130,7 @@ public final class TCPListener: Service, @unchecked Sendable {
     /// Stops accepting and closes open connections (a waiting client's job stays queued and resumes later).
     public func stop(_ channel: Channel) async {
         try? await channel.close()
-        for c in openConnections() { c.close(promise: nil) }
+        for c in connections.all { c.close(promise: nil) }
         try? await threadPool.shutdownGracefully()
         try? await group.shutdownGracefully()
     }

@@ -3,11 +3,14 @@
 // releases the model after the keep-alive idle time.
 
 import Foundation
+import Synchronization
 import Logging
 import Pipeline
 import SDDAPI
 import TiledKernels
 
+/// @unchecked: the state other threads touch is in `shared` (a Mutex); `pipeline` is only touched on the worker
+/// thread, and the configuration vars are set before `start()`.
 public final class Worker: @unchecked Sendable {
     public let queue: JobQueue
     public let modelURL: URL?
@@ -17,13 +20,16 @@ public final class Worker: @unchecked Sendable {
     public let checkpointEvery: Int
     let logger: Logger
 
-    private let lock = NSLock()
-    private var stopRequested = false
-    private var busy = false
-    private var lastProgress = Date()
-    private var loaded = false
-    private var finished: [CheckedContinuation<Void, Never>] = []
-    private var exited = false
+    /// What other threads ask about or set (stop requests, health, whether the model is loaded).
+    private struct Shared {
+        var stopRequested = false
+        var busy = false
+        var lastProgress = Date()
+        var loaded = false
+        var finished: [CheckedContinuation<Void, Never>] = []
+        var exited = false
+    }
+    private let shared = Mutex(Shared())
 
     /// Only touched on the worker thread.
     private var pipeline: StableDiffusionPipeline?
@@ -53,11 +59,11 @@ public final class Worker: @unchecked Sendable {
     public func start() {
         let thread = Thread { [self] in
             loop()
-            lock.lock()
-            exited = true
-            let waiters = finished
-            finished = []
-            lock.unlock()
+            let waiters = shared.withLock { s in
+                s.exited = true
+                defer { s.finished = [] }
+                return s.finished
+            }
             for w in waiters { w.resume() }
         }
         thread.name = "sdd-worker"
@@ -74,60 +80,41 @@ public final class Worker: @unchecked Sendable {
     /// Makes the running job pause after its current step (checkpointed), without waking an idle worker.
     /// Safe to call from a queue subscriber; `stop()` finishes the job.
     public func requestStopSoon() {
-        lock.lock()
-        stopRequested = true
-        lock.unlock()
+        shared.withLock { $0.stopRequested = true }
     }
 
     private func requestStop() {
-        lock.lock()
-        stopRequested = true
-        lock.unlock()
+        shared.withLock { $0.stopRequested = true }
         queue.stopWorker()
     }
 
     private func whenExited(_ c: CheckedContinuation<Void, Never>) {
-        lock.lock()
-        if exited {
-            lock.unlock()
-            c.resume()
-        } else {
-            finished.append(c)
-            lock.unlock()
+        let exited = shared.withLock { s in
+            if !s.exited { s.finished.append(c) }
+            return s.exited
         }
+        if exited { c.resume() }
     }
 
     /// Whether the worker is making progress: idle, or its last step (or load) ended within `interval` seconds.
     public func isHealthy(within interval: Double, now: Date = Date()) -> Bool {
-        lock.lock()
-        defer { lock.unlock() }
-        return !busy || now.timeIntervalSince(lastProgress) < interval
+        shared.withLock { !$0.busy || now.timeIntervalSince($0.lastProgress) < interval }
     }
 
     /// Whether the model's weights are mapped now.
-    public var modelLoaded: Bool {
-        lock.lock()
-        defer { lock.unlock() }
-        return loaded
-    }
+    public var modelLoaded: Bool { shared.withLock { $0.loaded } }
 
-    private var shouldStop: Bool {
-        lock.lock()
-        defer { lock.unlock() }
-        return stopRequested
-    }
+    private var shouldStop: Bool { shared.withLock { $0.stopRequested } }
 
     private func heartbeat(busy: Bool? = nil) {
-        lock.lock()
-        lastProgress = Date()
-        if let b = busy { self.busy = b }
-        lock.unlock()
+        shared.withLock { s in
+            s.lastProgress = Date()
+            if let busy { s.busy = busy }
+        }
     }
 
     private func setLoaded(_ value: Bool) {
-        lock.lock()
-        loaded = value
-        lock.unlock()
+        shared.withLock { $0.loaded = value }
     }
 
     // MARK: the worker thread

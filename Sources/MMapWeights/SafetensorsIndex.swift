@@ -2,11 +2,11 @@
 // weight_map names the shard of each tensor); shards are mapped and validated on first use.
 
 import Foundation
+import Synchronization
 
 /// A sharded safetensors checkpoint. Looks like one `TensorSource`; each shard is opened (mapped
 /// and fully validated) the first time a tensor in it is asked for.
-public final class SafetensorsIndex: TensorSource, @unchecked Sendable {
-    // @unchecked: the only mutable state is `shards`, guarded by `lock`.
+public final class SafetensorsIndex: TensorSource, Sendable {
 
     /// The index file.
     public let url: URL
@@ -19,8 +19,8 @@ public final class SafetensorsIndex: TensorSource, @unchecked Sendable {
     /// Distinct shard file names, sorted.
     public let shardNames: [String]
 
-    private let lock = NSLock()
-    private var shards: [String: SafetensorsFile] = [:]
+    /// Shards opened so far, by file name.
+    private let shards = Mutex<[String: SafetensorsFile]>([:])
 
     public var displayPath: String { url.path }
 
@@ -103,13 +103,13 @@ public final class SafetensorsIndex: TensorSource, @unchecked Sendable {
 
     /// The shard `shardName` (a value of `weightMap`), mapped and validated on first use.
     public func shard(named shardName: String) throws(WeightsError) -> SafetensorsFile {
-        lock.lock()
-        defer { lock.unlock() }
-        if let s = shards[shardName] { return s }
         let shardURL = url.deletingLastPathComponent().appendingPathComponent(shardName)
-        let s = try SafetensorsFile(url: shardURL)
-        shards[shardName] = s
-        return s
+        return try shards.withLock { (shards) throws(WeightsError) -> SafetensorsFile in
+            if let s = shards[shardName] { return s }
+            let s = try SafetensorsFile(url: shardURL)
+            shards[shardName] = s
+            return s
+        }
     }
 
     /// Opens and validates every shard now (e.g. at model load, to fail early).

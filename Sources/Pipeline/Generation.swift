@@ -33,6 +33,41 @@ public struct GenerationSettings: Sendable, Codable, Equatable {
     public static let maxSteps = 1000
     public static let maxCount = 16
     public static let maxSide = 4096
+
+    // The range checks every front end (sdd generate, the daemon's requests) applies; each error names the field.
+
+    /// `steps` in 1…maxSteps.
+    public static func checkSteps(_ steps: Int) throws(PipelineError) {
+        guard (1...maxSteps).contains(steps) else {
+            throw .invalidRequest("steps \(steps) is out of range (1…\(maxSteps))")
+        }
+    }
+
+    /// `count` in 1…maxCount.
+    public static func checkCount(_ count: Int) throws(PipelineError) {
+        guard (1...maxCount).contains(count) else {
+            throw .invalidRequest("count \(count) is out of range (1…\(maxCount))")
+        }
+    }
+
+    /// A side (`name`: "width" or "height") in multiple…maxSide and a multiple of `multiple`: 8 and the VAE's
+    /// scale factor (`scaleFactor`), whichever is larger.
+    public static func checkSide(_ name: String, _ value: Int, scaleFactor: Int) throws(PipelineError) {
+        let multiple = max(8, scaleFactor)
+        guard (multiple...maxSide).contains(value) else {
+            throw .invalidRequest("\(name) \(value) is out of range (\(multiple)…\(maxSide))")
+        }
+        guard value % multiple == 0 else { throw .invalidRequest("\(name) \(value) is not a multiple of \(multiple)") }
+    }
+}
+
+extension StableDiffusionModel {
+    /// The scheduler a generation with `s` runs: the model's scheduler config with the request's overrides, for
+    /// `s.steps` steps. Throws when the scheduler cannot place every step in the training range (PNDM at 1000).
+    public func scheduler(for s: GenerationSettings) throws -> any Scheduler {
+        let config = try scheduler.overriding(timestepSpacing: s.timestepSpacing, for: s.scheduler)
+        return try makeScheduler(s.scheduler, config: config, steps: s.steps, eta: s.eta)
+    }
 }
 
 /// Progress of one denoising step; return false from the handler to cancel.
@@ -239,19 +274,10 @@ public final class StableDiffusionPipeline {
         let width = s.width ?? model.defaultSize.width
         let height = s.height ?? model.defaultSize.height
         for (name, value) in [("width", width), ("height", height)] {
-            guard value > 0, value <= GenerationSettings.maxSide else {
-                throw PipelineError.invalidRequest("\(name) \(value) is out of range (\(f)…\(GenerationSettings.maxSide))")
-            }
-            guard value % 8 == 0, value % f == 0 else {
-                throw PipelineError.invalidRequest("\(name) \(value) is not a multiple of \(max(8, f))")
-            }
+            try GenerationSettings.checkSide(name, value, scaleFactor: f)
         }
-        guard (1...GenerationSettings.maxSteps).contains(s.steps) else {
-            throw PipelineError.invalidRequest("steps \(s.steps) is out of range (1…\(GenerationSettings.maxSteps))")
-        }
-        guard (1...GenerationSettings.maxCount).contains(s.count) else {
-            throw PipelineError.invalidRequest("count \(s.count) is out of range (1…\(GenerationSettings.maxCount))")
-        }
+        try GenerationSettings.checkSteps(s.steps)
+        try GenerationSettings.checkCount(s.count)
         guard s.guidance.isFinite else { throw PipelineError.invalidRequest("guidance must be a finite number") }
         do {
             // The scheduler must be able to place every step in the training range (e.g. PNDM at 1000 steps cannot).
@@ -263,10 +289,7 @@ public final class StableDiffusionPipeline {
     }
 
     /// The request's scheduler, built from the model's scheduler config with the request's overrides.
-    func scheduler(for s: GenerationSettings) throws -> any Scheduler {
-        let config = try model.scheduler.overriding(timestepSpacing: s.timestepSpacing, for: s.scheduler)
-        return try makeScheduler(s.scheduler, config: config, steps: s.steps, eta: s.eta)
-    }
+    func scheduler(for s: GenerationSettings) throws -> any Scheduler { try model.scheduler(for: s) }
 
     /// Prompt embeddings as diffusers' encode_prompt: [uncond ×count, cond ×count] with guidance, else cond ×count.
     func encodePrompts(_ s: GenerationSettings, guided: Bool, encoder: CLIPTextEncoder)

@@ -2,6 +2,7 @@
 // that records the anonymous / file-backed split at the moment of peak resident set size.
 
 import Foundation
+import Synchronization
 import CKernels
 import TiledKernels
 
@@ -12,6 +13,8 @@ public enum ProcessMemory {
         public var rssAnon = 0
         public var rssFile = 0
         public var peakRSS = 0
+
+        public init() {}
     }
 
     /// Reads VmRSS, RssAnon, RssFile and VmHWM from /proc/self/status (nil where unavailable).
@@ -52,11 +55,9 @@ public enum ProcessMemory {
 
 /// Polls /proc/self/status on a background thread and keeps the snapshot with the largest VmRSS, so
 /// a benchmark can say how much of its peak was anonymous memory and how much mapped file pages.
-public final class PeakMemorySampler: @unchecked Sendable {
-    // @unchecked: `peak` is guarded by `lock`; the thread stops when `running` is cleared.
-    private let lock = NSLock()
-    private var peak = ProcessMemory.Snapshot()
-    private var running = true
+public final class PeakMemorySampler: Sendable {
+    /// The largest snapshot so far, and whether the thread should go on; the thread stops when `running` is cleared.
+    private let state = Mutex<(peak: ProcessMemory.Snapshot, running: Bool)>((ProcessMemory.Snapshot(), true))
     private let interval: TimeInterval
 
     public init(interval: TimeInterval = 0.02) {
@@ -70,32 +71,24 @@ public final class PeakMemorySampler: @unchecked Sendable {
         thread.start()
     }
 
-    private var isRunning: Bool {
-        lock.lock()
-        defer { lock.unlock() }
-        return running
-    }
+    private var isRunning: Bool { state.withLock { $0.running } }
 
     public func sample() {
         guard let s = ProcessMemory.snapshot() else { return }
-        lock.lock()
-        if s.rss > peak.rss { peak = s }
-        peak.peakRSS = max(peak.peakRSS, s.peakRSS)
-        lock.unlock()
+        state.withLock { state in
+            if s.rss > state.peak.rss { state.peak = s }
+            state.peak.peakRSS = max(state.peak.peakRSS, s.peakRSS)
+        }
     }
 
     /// The snapshot taken at the highest VmRSS seen so far (peakRSS is the kernel's VmHWM).
     public var peakSnapshot: ProcessMemory.Snapshot {
         sample()
-        lock.lock()
-        defer { lock.unlock() }
-        return peak
+        return state.withLock { $0.peak }
     }
 
     public func stop() {
-        lock.lock()
-        running = false
-        lock.unlock()
+        state.withLock { $0.running = false }
     }
 }
 

@@ -1,6 +1,7 @@
 // KernelProfile: optional wall-clock totals per kernel (SDD_KERNEL_PROFILE=1), printed to stderr at exit,
 // so a whole-model run shows where its time goes (conv 3×3 vs 1×1, linear, attention, norms …).
 // SDD_KERNEL_PROFILE=shapes also splits kernels that report a shape (convolutions) by that shape.
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -22,9 +23,8 @@ enum KernelProfile {
         return String(cString: v) == "shapes"
     }()
 
-    nonisolated(unsafe) private static var totals: [String: (seconds: Double, calls: Int, flops: Double)] = [:]
-    nonisolated(unsafe) private static var mutex = pthread_mutex_t()
-    private static let mutexReady: Void = { pthread_mutex_init(&mutex, nil) }()
+    /// Seconds, calls and flops per kernel name.
+    private static let totals = Mutex<[String: (seconds: Double, calls: Int, flops: Double)]>([:])
 
     /// Runs `body`, adding its wall time (and `flops`, if known) to `name`'s total when profiling is on.
     @inline(__always)
@@ -34,17 +34,17 @@ enum KernelProfile {
         let t0 = monotonicSeconds()
         let r = body()
         let dt = monotonicSeconds() - t0
-        _ = mutexReady
         let key = name(), f = flops()
-        pthread_mutex_lock(&mutex)
-        let old = totals[key] ?? (0, 0, 0)
-        totals[key] = (old.seconds + dt, old.calls + 1, old.flops + f)
-        pthread_mutex_unlock(&mutex)
+        totals.withLock { totals in
+            let old = totals[key] ?? (0, 0, 0)
+            totals[key] = (old.seconds + dt, old.calls + 1, old.flops + f)
+        }
         return r
     }
 
+    /// Prints the totals to stderr; reads them under the lock, as a kernel on another thread may still be adding.
     static func report() {
-        let all = totals.sorted { $0.value.seconds > $1.value.seconds }
+        let all = totals.withLock { $0 }.sorted { $0.value.seconds > $1.value.seconds }
         let sum = all.reduce(0) { $0 + $1.value.seconds }
         func fixed(_ v: Double, _ digits: Int) -> String {
             var p = 1.0

@@ -1,6 +1,7 @@
 // ScratchArena: reusable F32 scratch buffers for kernels (im2col bands, dequantized weight panels).
 // Buffers grow to the largest request and are kept, so a steady-state model run allocates no scratch;
 // under a memory budget the pool can be told to keep at most so many bytes once they are idle.
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -68,72 +69,65 @@ public final class ScratchArena: @unchecked Sendable {
 
 /// The process-wide set of arenas. Its size is the largest number ever in use at once (about the core
 /// count plus one for a caller-held buffer).
-private final class ArenaPool: @unchecked Sendable {
-    // @unchecked: every field is accessed under `mutex`.
-    private var mutex = pthread_mutex_t()
-    private var idle: [ScratchArena] = []
-    /// Floats held by all arenas.
-    private var held = 0
-    private var retainLimit: Int?
+private final class ArenaPool: Sendable {
+    private struct State {
+        var idle: [ScratchArena] = []
+        /// Floats held by all arenas.
+        var held = 0
+        var retainLimit: Int?
 
-    init() { pthread_mutex_init(&mutex, nil) }
+        /// Frees `arena`'s buffer.
+        mutating func drop(_ arena: ScratchArena) {
+            free(arena.pointer)
+            arena.pointer = nil
+            held -= arena.capacity
+            arena.capacity = 0
+        }
+    }
+
+    private let state = Mutex(State())
 
     func checkOut() -> ScratchArena {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
-        if let a = idle.popLast() { return a }
-        return ScratchArena()
+        state.withLock { $0.idle.popLast() } ?? ScratchArena()
     }
 
     func checkIn(_ a: ScratchArena) {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
-        idle.append(a)
-        guard let limit = retainLimit, held * MemoryLayout<Float>.stride > limit else { return }
-        for arena in idle.sorted(by: { $0.capacity > $1.capacity }) {
-            if held * MemoryLayout<Float>.stride <= limit { break }
-            drop(arena)
+        state.withLock { state in
+            state.idle.append(a)
+            guard let limit = state.retainLimit, state.held * MemoryLayout<Float>.stride > limit else { return }
+            for arena in state.idle.sorted(by: { $0.capacity > $1.capacity }) {
+                if state.held * MemoryLayout<Float>.stride <= limit { break }
+                state.drop(arena)
+            }
         }
     }
 
     /// Gives `arena` (checked out by the caller) a new buffer of at least `count` floats.
     func grow(_ arena: ScratchArena, toFloats count: Int) {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
-        drop(arena)
-        let rounded = ScratchArena.rounded(count)
-        var raw: UnsafeMutableRawPointer?
-        // (Not inside precondition: -Ounchecked builds do not evaluate its condition.)
-        let status = posix_memalign(&raw, 64, rounded * MemoryLayout<Float>.stride)
-        guard status == 0, let raw else { fatalError("ScratchArena: cannot allocate \(rounded) floats") }
-        arena.pointer = raw.bindMemory(to: Float.self, capacity: rounded)
-        arena.capacity = rounded
-        held += rounded
-    }
-
-    /// Frees `arena`'s buffer (mutex held).
-    private func drop(_ arena: ScratchArena) {
-        free(arena.pointer)
-        arena.pointer = nil
-        held -= arena.capacity
-        arena.capacity = 0
+        state.withLock { state in
+            state.drop(arena)
+            let rounded = ScratchArena.rounded(count)
+            var raw: UnsafeMutableRawPointer?
+            // (Not inside precondition: -Ounchecked builds do not evaluate its condition.)
+            let status = posix_memalign(&raw, 64, rounded * MemoryLayout<Float>.stride)
+            guard status == 0, let raw else { fatalError("ScratchArena: cannot allocate \(rounded) floats") }
+            arena.pointer = raw.bindMemory(to: Float.self, capacity: rounded)
+            arena.capacity = rounded
+            state.held += rounded
+        }
     }
 
     func totalBytes() -> Int {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
-        return held * MemoryLayout<Float>.stride
+        state.withLock { $0.held * MemoryLayout<Float>.stride }
     }
 
     func releaseIdle() {
-        pthread_mutex_lock(&mutex)
-        for a in idle { drop(a) }
-        pthread_mutex_unlock(&mutex)
+        state.withLock { state in
+            for a in state.idle { state.drop(a) }
+        }
     }
 
     func setRetainLimit(_ bytes: Int?) {
-        pthread_mutex_lock(&mutex)
-        retainLimit = bytes
-        pthread_mutex_unlock(&mutex)
+        state.withLock { $0.retainLimit = bytes }
     }
 }

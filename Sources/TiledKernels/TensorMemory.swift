@@ -1,6 +1,7 @@
 // TensorMemory: where tensor values live. Large tensors take page-aligned blocks from a process-wide pool
 // that keeps freed blocks for the next tensor of the same size, so a model run's activations stop costing
 // fresh page faults on every op; a retention limit bounds what the pool keeps idle.
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -73,38 +74,70 @@ public enum TensorMemory {
 /// Page-aligned anonymous mappings keyed by their size. A freed block goes to the idle list of its size; a
 /// request takes the most recently freed block of its exact size, else the smallest idle block up to a
 /// quarter larger, else maps a new one.
-private final class BlockPool: @unchecked Sendable {
-    // @unchecked: every field is accessed under `mutex`.
-    private var mutex = pthread_mutex_t()
-    /// Idle blocks by size in bytes, most recently freed last.
-    private var idle: [Int: [UnsafeMutableRawPointer]] = [:]
-    /// Every idle block's size in the order they were freed (oldest first), for eviction.
-    private var idleOrder: [(pointer: UnsafeMutableRawPointer, bytes: Int)] = []
-    private var idleBytes = 0
-    private var liveBytes = 0
-    private var mappedCount = 0
-    private var limit: Int?
+private final class BlockPool: Sendable {
+    /// @unchecked: raw pointers are not Sendable; the idle blocks they address belong to the pool and are only
+    /// reached through `state`'s lock.
+    private struct State: @unchecked Sendable {
+        /// Idle blocks by size in bytes, most recently freed last.
+        var idle: [Int: [UnsafeMutableRawPointer]] = [:]
+        /// Every idle block's size in the order they were freed (oldest first), for eviction.
+        var idleOrder: [(pointer: UnsafeMutableRawPointer, bytes: Int)] = []
+        var idleBytes = 0
+        var liveBytes = 0
+        var mappedCount = 0
+        var limit: Int?
 
-    init() { pthread_mutex_init(&mutex, nil) }
+        /// The idle size to reuse for a request of `bytes`: exact, else the smallest at most 25% larger.
+        func bestIdleSize(for bytes: Int) -> Int? {
+            if idle[bytes] != nil { return bytes }
+            var best: Int?
+            for size in idle.keys where size > bytes && size <= bytes + bytes / 4 && size < (best ?? .max) {
+                best = size
+            }
+            return best
+        }
+
+        /// Unmaps idle blocks, oldest first, until at most `target` idle bytes remain.
+        mutating func evict(downTo target: Int) {
+            var dropped = 0
+            while idleBytes > target, dropped < idleOrder.count {
+                let (pointer, bytes) = idleOrder[dropped]
+                dropped += 1
+                if var list = idle[bytes], let i = list.firstIndex(of: pointer) {
+                    list.remove(at: i)
+                    idle[bytes] = list.isEmpty ? nil : list
+                }
+                idleBytes -= bytes
+                munmap(pointer, bytes)
+            }
+            idleOrder.removeFirst(dropped)
+        }
+    }
+
+    private let state = Mutex(State())
 
     private static let page = Int(sysconf(Int32(_SC_PAGESIZE)))
 
     func take(bytes requested: Int) -> (pointer: UnsafeMutableRawPointer, bytes: Int) {
         let bytes = (requested + Self.page - 1) / Self.page * Self.page
-        pthread_mutex_lock(&mutex)
-        if let size = bestIdleSize(for: bytes), let block = idle[size]?.popLast() {
-            if idle[size]?.isEmpty == true { idle[size] = nil }
-            if let i = idleOrder.lastIndex(where: { $0.pointer == block }) { idleOrder.remove(at: i) }
-            idleBytes -= size
-            liveBytes += size
-            pthread_mutex_unlock(&mutex)
-            return (block, size)
+        let reused: UnsafeMutableRawPointer?, size: Int
+        (reused, size) = state.withLock { box in
+            if let size = box.bestIdleSize(for: bytes), let block = box.idle[size]?.popLast() {
+                if box.idle[size]?.isEmpty == true { box.idle[size] = nil }
+                if let i = box.idleOrder.lastIndex(where: { $0.pointer == block }) {
+                    box.idleOrder.remove(at: i)
+                }
+                box.idleBytes -= size
+                box.liveBytes += size
+                return (block, size)
+            }
+            box.liveBytes += bytes
+            box.mappedCount += 1
+            // Make room first, so the new block and the idle ones stay within the limit.
+            if let limit = box.limit { box.evict(downTo: max(limit - box.liveBytes, 0)) }
+            return (nil, bytes)
         }
-        liveBytes += bytes
-        mappedCount += 1
-        // Make room first, so the new block and the idle ones stay within the limit.
-        if let limit { evict(downTo: max(limit - liveBytes, 0)) }
-        pthread_mutex_unlock(&mutex)
+        if let reused { return (reused, size) }
         guard let raw = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
               raw != MAP_FAILED else {
             fatalError("TensorMemory: cannot map \(bytes) bytes for a tensor")
@@ -114,63 +147,31 @@ private final class BlockPool: @unchecked Sendable {
     }
 
     func give(_ pointer: UnsafeMutableRawPointer, bytes: Int) {
-        pthread_mutex_lock(&mutex)
-        liveBytes -= bytes
-        if let limit, liveBytes + bytes > limit {
-            pthread_mutex_unlock(&mutex)
-            munmap(pointer, bytes)
-            return
+        let kept = state.withLock { box in
+            box.liveBytes -= bytes
+            if let limit = box.limit, box.liveBytes + bytes > limit { return false }
+            box.idle[bytes, default: []].append(pointer)
+            box.idleOrder.append((pointer, bytes))
+            box.idleBytes += bytes
+            if let limit = box.limit { box.evict(downTo: max(limit - box.liveBytes, 0)) }
+            return true
         }
-        idle[bytes, default: []].append(pointer)
-        idleOrder.append((pointer, bytes))
-        idleBytes += bytes
-        if let limit { evict(downTo: max(limit - liveBytes, 0)) }
-        pthread_mutex_unlock(&mutex)
-    }
-
-    /// The idle size to reuse for a request of `bytes`: exact, else the smallest at most 25% larger.
-    private func bestIdleSize(for bytes: Int) -> Int? {
-        if idle[bytes] != nil { return bytes }
-        var best: Int?
-        for size in idle.keys where size > bytes && size <= bytes + bytes / 4 && size < (best ?? .max) {
-            best = size
-        }
-        return best
-    }
-
-    /// Unmaps idle blocks, oldest first, until at most `target` idle bytes remain (mutex held).
-    private func evict(downTo target: Int) {
-        var dropped = 0
-        while idleBytes > target, dropped < idleOrder.count {
-            let (pointer, bytes) = idleOrder[dropped]
-            dropped += 1
-            if var list = idle[bytes], let i = list.firstIndex(of: pointer) {
-                list.remove(at: i)
-                idle[bytes] = list.isEmpty ? nil : list
-            }
-            idleBytes -= bytes
-            munmap(pointer, bytes)
-        }
-        idleOrder.removeFirst(dropped)
+        if !kept { munmap(pointer, bytes) }
     }
 
     func trim(to target: Int) {
-        pthread_mutex_lock(&mutex)
-        evict(downTo: target)
-        pthread_mutex_unlock(&mutex)
+        state.withLock { $0.evict(downTo: target) }
     }
 
     func setLimit(_ bytes: Int?) {
-        pthread_mutex_lock(&mutex)
-        limit = bytes
-        if let bytes { evict(downTo: max(bytes - liveBytes, 0)) }
-        pthread_mutex_unlock(&mutex)
+        state.withLock { box in
+            box.limit = bytes
+            if let bytes { box.evict(downTo: max(bytes - box.liveBytes, 0)) }
+        }
     }
 
     func counters() -> (live: Int, idle: Int, mapped: Int) {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
-        return (liveBytes, idleBytes, mappedCount)
+        state.withLock { ($0.liveBytes, $0.idleBytes, $0.mappedCount) }
     }
 }
 

@@ -8,6 +8,7 @@ import NIOCore
 import Pipeline
 import SDDAPI
 import XCTest
+import TestSupport
 
 final class ServerTests: XCTestCase {
     static let tinyModel = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()

@@ -8,6 +8,7 @@ import NIOCore
 import Pipeline
 import SDDAPI
 import XCTest
+import TestSupport
 
 /// A blocking one-request HTTP client over TCP to 127.0.0.1 (reads with UnixHTTPClient's helpers).
 enum TCPHTTPClient {

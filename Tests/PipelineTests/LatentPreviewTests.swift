@@ -3,6 +3,7 @@ import Foundation
 import Pipeline
 import TiledKernels
 import XCTest
+import TestSupport
 
 final class LatentPreviewTests: XCTestCase {
     func testEachCellIsTheFactorWeightedSumMappedFromMinusOneToOne() throws {

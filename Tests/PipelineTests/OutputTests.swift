@@ -5,6 +5,7 @@ import Foundation
 import XCTest
 
 @testable import Pipeline
+import TestSupport
 
 final class OutputTests: XCTestCase {
     var dir: URL!
@@ -111,6 +112,18 @@ final class OutputTests: XCTestCase {
         XCTAssertThrowsError(try PNGWriter.write(rgb: [0, 0, 0], width: 1, height: 1, text: [], to: url)) { e in
             XCTAssertTrue("\(e)".hasPrefix(url.path), "\(e)")
         }
+    }
+
+    func testAReplaceThatFailsAtTheRenameLeavesTheTargetAndNoTempFile() throws {
+        // A non-empty folder in the target's place makes rename(2) fail (EISDIR/ENOTEMPTY) even for root.
+        let target = dir.appendingPathComponent("taken")
+        try FileManager.default.createDirectory(at: target.appendingPathComponent("inside"), withIntermediateDirectories: true)
+        XCTAssertThrowsError(try OutputFiles.writeAtomically([1, 2, 3], to: target)) { e in
+            XCTAssertTrue("\(e)".hasPrefix(target.path), "\(e)")
+            XCTAssertTrue("\(e)".contains("cannot rename the temporary file into place"), "\(e)")
+        }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir.path), ["taken"])
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: target.path), ["inside"])
     }
 
     func testPNGReaderRejectsCorruptFilesWithAnError() throws {

@@ -4,6 +4,7 @@
 import Foundation
 import Pipeline
 import XCTest
+import TestSupport
 
 /// Runs the sdd binary SwiftPM built, capturing its output (GenerateCommandTests' runner).
 struct SDDProcess {

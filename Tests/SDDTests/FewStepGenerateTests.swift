@@ -5,6 +5,7 @@ import Foundation
 import MMapWeights
 import Pipeline
 import XCTest
+import TestSupport
 
 final class FewStepGenerateTests: XCTestCase {
     static let reference = GenerateCommandTests.fixtures.appendingPathComponent("reference/fewstep")

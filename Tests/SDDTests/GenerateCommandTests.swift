@@ -3,6 +3,7 @@
 import Foundation
 import Pipeline
 import XCTest
+import TestSupport
 
 final class GenerateCommandTests: XCTestCase {
     static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()

@@ -5,6 +5,7 @@ import Foundation
 import MMapWeights
 import Pipeline
 import XCTest
+import TestSupport
 
 final class LoRACommandTests: XCTestCase {
     static let loraDir = GenerateCommandTests.fixtures.appendingPathComponent("lora")

@@ -4,6 +4,7 @@
 import Foundation
 import Pipeline
 import XCTest
+import TestSupport
 
 final class ModelDefaultsCommandTests: XCTestCase {
     var dir: URL!

@@ -7,6 +7,7 @@ import Foundation
 import MMapWeights
 import Pipeline
 import XCTest
+import TestSupport
 
 final class ModelFamilyParityTests: XCTestCase {
     static let fixtures = GenerateCommandTests.fixtures

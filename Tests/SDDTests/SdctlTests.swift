@@ -4,6 +4,7 @@
 import Foundation
 import Pipeline
 import XCTest
+import TestSupport
 
 /// One `sdd serve` process on a temporary socket and state directory.
 final class TestDaemon: @unchecked Sendable {

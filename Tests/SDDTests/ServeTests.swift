@@ -4,6 +4,7 @@
 import Foundation
 import Pipeline
 import XCTest
+import TestSupport
 
 final class ServeTests: XCTestCase {
     static let tinyModel = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()

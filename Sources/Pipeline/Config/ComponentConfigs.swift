@@ -55,6 +55,40 @@ public enum ConfigLimits {
     static func check(_ values: [Int], _ range: ClosedRange<Int>, field: String, file: String) throws {
         for v in values { try check(v, range, field: field, file: file) }
     }
+
+    /// Checks every bound of `config` in table order, so the first field out of range is the one named.
+    static func check<Config>(_ config: Config, _ bounds: [ConfigBound<Config>], file: String) throws {
+        for b in bounds {
+            switch b.value {
+            case .one(let path): try check(config[keyPath: path], b.range, field: b.field, file: file)
+            case .each(let path): try check(config[keyPath: path], b.range, field: b.field, file: file)
+            }
+        }
+    }
+}
+
+/// One bounded config number: its config.json key, where the decoded config holds it (a number, or a list whose
+/// every entry is bounded), and the values sdd supports.
+struct ConfigBound<Config> {
+    enum Value {
+        case one(KeyPath<Config, Int>)
+        case each(KeyPath<Config, [Int]>)
+    }
+    let field: String
+    let value: Value
+    let range: ClosedRange<Int>
+
+    init(_ field: String, _ path: KeyPath<Config, Int>, _ range: ClosedRange<Int>) {
+        self.field = field
+        value = .one(path)
+        self.range = range
+    }
+
+    init(_ field: String, each path: KeyPath<Config, [Int]>, _ range: ClosedRange<Int>) {
+        self.field = field
+        value = .each(path)
+        self.range = range
+    }
 }
 
 /// diffusers' UNet2DConditionModel config (the fields SD 1.x / 2.x checkpoints use).
@@ -173,6 +207,21 @@ public struct UNetConfig: Decodable, Sendable {
         reverseTransformerLayersPerBlock = try c.decodeIfPresent([[Int]].self, forKey: .reverseTransformerLayersPerBlock)
     }
 
+    /// The plain numbers' bounds (per-level lists are expanded and checked in `validate`).
+    static var bounds: [ConfigBound<Self>] {
+        [
+            ConfigBound("block_out_channels (levels)", \.blockOutChannels.count, 1...ConfigLimits.levels),
+            ConfigBound("block_out_channels", each: \.blockOutChannels, 1...ConfigLimits.channels),
+            ConfigBound("in_channels", \.inChannels, 1...ConfigLimits.imageChannels),
+            ConfigBound("out_channels", \.outChannels, 1...ConfigLimits.imageChannels),
+            ConfigBound("norm_num_groups", \.normNumGroups, 1...ConfigLimits.channels),
+            ConfigBound("conv_in_kernel", \.convInKernel, 1...ConfigLimits.kernel),
+            ConfigBound("conv_out_kernel", \.convOutKernel, 1...ConfigLimits.kernel),
+            ConfigBound("downsample_padding", \.downsamplePadding, 0...ConfigLimits.kernel),
+            ConfigBound("freq_shift", \.freqShift, 0...1),
+        ]
+    }
+
     /// Rejects the UNet variants this engine does not implement, naming the field.
     public func validate(file: String) throws {
         func reject(_ field: String, _ reason: String) throws {
@@ -180,15 +229,7 @@ public struct UNetConfig: Decodable, Sendable {
         }
         let levels = blockOutChannels.count
         if levels == 0 { try reject("block_out_channels", "is empty") }
-        try ConfigLimits.check(levels, 1...ConfigLimits.levels, field: "block_out_channels (levels)", file: file)
-        try ConfigLimits.check(blockOutChannels, 1...ConfigLimits.channels, field: "block_out_channels", file: file)
-        try ConfigLimits.check(inChannels, 1...ConfigLimits.imageChannels, field: "in_channels", file: file)
-        try ConfigLimits.check(outChannels, 1...ConfigLimits.imageChannels, field: "out_channels", file: file)
-        try ConfigLimits.check(normNumGroups, 1...ConfigLimits.channels, field: "norm_num_groups", file: file)
-        try ConfigLimits.check(convInKernel, 1...ConfigLimits.kernel, field: "conv_in_kernel", file: file)
-        try ConfigLimits.check(convOutKernel, 1...ConfigLimits.kernel, field: "conv_out_kernel", file: file)
-        try ConfigLimits.check(downsamplePadding, 0...ConfigLimits.kernel, field: "downsample_padding", file: file)
-        try ConfigLimits.check(freqShift, 0...1, field: "freq_shift", file: file)
+        try ConfigLimits.check(self, Self.bounds, file: file)
         if let size = sampleSize {
             try ConfigLimits.check([size.width, size.height], 1...ConfigLimits.sampleSize, field: "sample_size", file: file)
         }
@@ -353,15 +394,21 @@ public struct CLIPTextConfig: Decodable, Sendable {
         architectures = try c.decodeIfPresent([String].self, forKey: .architectures)
     }
 
+    static var bounds: [ConfigBound<Self>] {
+        [
+            ConfigBound("vocab_size", \.vocabSize, 1...ConfigLimits.vocabulary),
+            ConfigBound("hidden_size", \.hiddenSize, 1...ConfigLimits.textHidden),
+            ConfigBound("intermediate_size", \.intermediateSize, 1...ConfigLimits.textIntermediate),
+            ConfigBound("num_hidden_layers", \.numHiddenLayers, 0...ConfigLimits.textLayers),
+            ConfigBound("max_position_embeddings", \.maxPositionEmbeddings, 2...ConfigLimits.positions),
+        ]
+    }
+
     public func validate(file: String) throws {
         func reject(_ field: String, _ reason: String) throws {
             throw PipelineError.badConfig(file: file, field: field, reason: reason)
         }
-        try ConfigLimits.check(vocabSize, 1...ConfigLimits.vocabulary, field: "vocab_size", file: file)
-        try ConfigLimits.check(hiddenSize, 1...ConfigLimits.textHidden, field: "hidden_size", file: file)
-        try ConfigLimits.check(intermediateSize, 1...ConfigLimits.textIntermediate, field: "intermediate_size", file: file)
-        try ConfigLimits.check(numHiddenLayers, 0...ConfigLimits.textLayers, field: "num_hidden_layers", file: file)
-        try ConfigLimits.check(maxPositionEmbeddings, 2...ConfigLimits.positions, field: "max_position_embeddings", file: file)
+        try ConfigLimits.check(self, Self.bounds, file: file)
         if !(layerNormEps.isFinite && layerNormEps > 0) { try reject("layer_norm_eps", "must be a positive number") }
         if hiddenSize <= 0 || numAttentionHeads <= 0 || hiddenSize % numAttentionHeads != 0 {
             try reject("num_attention_heads", "(\(numAttentionHeads)) must divide hidden_size (\(hiddenSize))")

@@ -1,6 +1,7 @@
 // CLIP byte-level BPE tokenizer: same ids as transformers' CLIPTokenizer (tokenizers-backed,
 // transformers 5.x) for a folder with vocab.json + merges.txt (+ tokenizer_config.json).
 import Foundation
+import Synchronization
 
 /// Why a tokenizer folder could not be loaded. Every case names the file.
 public enum TokenizerError: Error, Equatable, CustomStringConvertible {
@@ -493,21 +494,18 @@ public struct CLIPTokenizer: Sendable {
 }
 
 /// Memo of BPE results per pre-tokenized piece (bounded; cleared when full).
-final class BPECache: @unchecked Sendable {
-    private var entries = [String: [Int32]]()
-    private let lock = NSLock()
+final class BPECache: Sendable {
+    private let entries = Mutex<[String: [Int32]]>([:])
     private let capacity = 50_000
 
     func get(_ key: String) -> [Int32]? {
-        lock.lock()
-        defer { lock.unlock() }
-        return entries[key]
+        entries.withLock { $0[key] }
     }
 
     func set(_ key: String, _ value: [Int32]) {
-        lock.lock()
-        defer { lock.unlock() }
-        if entries.count >= capacity { entries.removeAll(keepingCapacity: true) }
-        entries[key] = value
+        entries.withLock { entries in
+            if entries.count >= capacity { entries.removeAll(keepingCapacity: true) }
+            entries[key] = value
+        }
     }
 }
