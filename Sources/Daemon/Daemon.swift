@@ -13,6 +13,8 @@ public struct DaemonConfiguration: Sendable {
     public var model: URL?
     /// Another VAE for the model (--vae: an AutoencoderKL or AutoencoderTiny folder); nil = the model's own.
     public var vae: URL?
+    /// The AutoencoderKL config of a single-file `vae` (--vae-config); nil = the model's own VAE config.
+    public var vaeConfig: URL?
     /// Socket path to bind when systemd passes none.
     public var socketPath: String = APIVersion.defaultSocketPath
     public var socketMode: mode_t = 0o660
@@ -65,7 +67,8 @@ public enum Daemon {
         if let explanation = config.memoryBudgetExplanation { logger.info("\(explanation)") }
         // Opened and checked now, so that a broken model is reported (health "degraded", jobs refused with 503 and
         // the reason) instead of every job failing later.
-        var described = ModelDescription.check(config.model, vae: config.vae, products: config.products)
+        var described = ModelDescription.check(config.model, vae: config.vae, vaeConfig: config.vaeConfig,
+                                               products: config.products)
         described.loraDirectory = config.loraDirectory
         let model = described
         if let problem = model.problem {
@@ -76,6 +79,7 @@ public enum Daemon {
         let worker = Worker(queue: queue, modelURL: config.model, keepAlive: config.keepAlive,
                             checkpointEvery: config.checkpointEvery, logger: logger)
         worker.vaeURL = config.vae
+        worker.vaeConfigURL = config.vaeConfig
         worker.memoryBudget = config.memoryBudget
         worker.products = config.products
         worker.previewEvery = config.previewEvery

@@ -33,6 +33,8 @@ public final class Worker: @unchecked Sendable {
     public var memoryBudget: Int?
     /// Another VAE for the model (`StableDiffusionModel.replacingVAE(with:)`); read when the model loads.
     public var vaeURL: URL?
+    /// The config of a single-file `vaeURL` (nil: the model's own VAE config).
+    public var vaeConfigURL: URL?
     /// How the pipeline's UNet and VAE multiply (nil: automatic); read when the model loads.
     public var products: ProductPrecision?
     /// A latent preview after every this many steps (nil: about ten per job, see `LatentPreview.isPreviewStep`;
@@ -165,7 +167,7 @@ public final class Worker: @unchecked Sendable {
         }
         let clock = Date()
         var model = try StableDiffusionModel(url: url)
-        if let vae = vaeURL { model = try model.replacingVAE(with: vae) }
+        if let vae = vaeURL { model = try model.replacingVAE(with: vae, config: vaeConfigURL) }
         let p = try StableDiffusionPipeline(model: model, products: products)
         pipeline = p
         setLoaded(true)

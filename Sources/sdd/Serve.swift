@@ -22,8 +22,11 @@ struct Serve: ParsableCommand {
     @Option(help: "Model: a diffusers folder or .gguf file. Default: $SDD_MODEL, else the bundled demo model.")
     var model: String?
 
-    @Option(help: "Another VAE for the model: a diffusers AutoencoderKL or AutoencoderTiny (TAESD) folder.")
+    @Option(help: "Another VAE for the model: a diffusers AutoencoderKL or AutoencoderTiny (TAESD) folder, or a single-file AutoencoderKL .safetensors (CompVis names). Default: $SDD_VAE, else the model's own.")
     var vae: String?
+
+    @Option(help: "For a single-file --vae: the AutoencoderKL config.json (or a folder holding it) its tensors follow. Default: the model's own VAE config.")
+    var vaeConfig: String?
 
     @Option(help: "Unix socket to listen on (ignored under socket activation).")
     var socket: String = APIVersion.defaultSocketPath
@@ -100,7 +103,12 @@ struct Serve: ParsableCommand {
     func makeConfiguration() throws -> DaemonConfiguration {
         var config = DaemonConfiguration()
         config.model = URL(fileURLWithPath: try ModelLocation.resolve(model))
-        config.vae = vae.map { URL(fileURLWithPath: $0) }
+        let vaePath = vae ?? ProcessInfo.processInfo.environment["SDD_VAE"].flatMap { $0.isEmpty ? nil : $0 }
+        config.vae = vaePath.map { URL(fileURLWithPath: $0) }
+        if let vaeConfig {
+            guard config.vae != nil else { throw OptionError("--vae-config \(vaeConfig): give the VAE file with --vae or SDD_VAE") }
+            config.vaeConfig = URL(fileURLWithPath: vaeConfig)
+        }
         config.socketPath = socket
         config.socketMode = try FileModeOption.parse(socketMode)
         config.socketGroup = try socketGroup.map { try GroupOption.resolve($0) }
