@@ -47,6 +47,8 @@ public struct DaemonConfiguration: Sendable {
     public var checkpointEvery: Int = 5
     /// A latent preview every this many steps (nil: about ten per job; 0: none).
     public var previewEvery: Int?
+    /// Previews decoded by this AutoencoderTiny (TAESD) folder (--preview-vae); nil: the linear approximation.
+    public var previewVAE: URL?
     public var limits = ConnectionLimits()
     /// Most image downloads in flight at once; more get 429.
     public var maxDownloads: Int = APIRouter.defaultMaxDownloads
@@ -83,6 +85,7 @@ public enum Daemon {
         worker.memoryBudget = config.memoryBudget
         worker.products = config.products
         worker.previewEvery = config.previewEvery
+        worker.previewVAE = config.previewVAE
         worker.loraDirectory = config.loraDirectory
         let router = APIRouter(queue: queue, worker: worker, model: model, keepAlive: config.keepAlive,
                                memoryBudget: config.memoryBudget, minFreeBytes: config.minFreeBytes,

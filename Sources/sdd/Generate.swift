@@ -76,6 +76,9 @@ struct Generate: ParsableCommand {
     @Option(help: "Keep this PNG replaced (atomically) by a latent preview of the first image, about ten times per run.")
     var preview: String?
 
+    @Option(help: "Draw --preview with this AutoencoderTiny (TAESD) folder (e.g. madebyollin/taesd) instead of the linear latent→RGB approximation; the decode stays within 32 MiB (larger latents are averaged down first).")
+    var previewVAE: String?
+
     @OptionGroup var lora: LoRAOptions
 
     @Flag(help: "Print stage timings and peak memory as one JSON line on stderr.")
@@ -132,6 +135,12 @@ struct Generate: ParsableCommand {
         }
         let modelPath = try ModelLocation.resolve(model)
         let folder = try source.open(modelPath)
+        let taesdPreview = try previewVAE.map { path -> TAESDPreview in
+            guard preview != nil else { throw PipelineError.invalidRequest("--preview-vae \(path): give the preview file with --preview FILE") }
+            let p = try TAESDPreview(folder: URL(fileURLWithPath: path))
+            try p.check(latentChannels: folder.unet.inChannels)
+            return p
+        }
         guard let residencyMode = WeightResidency(rawValue: residency) else {
             throw PipelineError.invalidRequest("unknown --residency \(residency); choose streamed, resident or strict")
         }
@@ -203,7 +212,7 @@ struct Generate: ParsableCommand {
                 results.append(try pipeline.generate(s) { step in
                     progress.update(step)
                     if let path = preview, LatentPreview.isPreviewStep(step.step, total: step.totalSteps),
-                       let png = LatentPreview.png(step.latents) {
+                       let png = taesdPreview != nil ? taesdPreview?.png(step.latents) : LatentPreview.png(step.latents) {
                         do { try OutputFiles.writeAtomically(png, to: URL(fileURLWithPath: path)) } catch {
                             previewError = error  // stops the run: the user asked for a file that cannot be written
                             return false

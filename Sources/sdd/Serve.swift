@@ -88,6 +88,9 @@ struct Serve: ParsableCommand {
     @Option(help: "Draw a latent preview (GET /v1/jobs/ID/preview, and a preview event) every this many steps; 0: none. Default: about ten per job.")
     var previewEvery: Int?
 
+    @Option(help: "Decode previews with this AutoencoderTiny (TAESD) folder (e.g. madebyollin/taesd) instead of the linear latent→RGB approximation; each decode stays within 32 MiB.")
+    var previewVAE: String?
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
@@ -139,6 +142,14 @@ struct Serve: ParsableCommand {
         config.maxQueued = queueLimit
         if let n = previewEvery, n < 0 { throw OptionError("--preview-every \(n): give a number of steps, or 0 for no previews") }
         config.previewEvery = previewEvery
+        if let previewVAE {
+            do {  // opened now so a bad folder stops the daemon at start, naming it
+                _ = try TAESDPreview(folder: URL(fileURLWithPath: previewVAE))
+            } catch {
+                throw OptionError("--preview-vae \(previewVAE): \(error)")
+            }
+            config.previewVAE = URL(fileURLWithPath: previewVAE)
+        }
         config.retention = try DurationOption.parse(retention, option: "--retention")
         config.retentionBytes = try retentionSize.map { try ByteSizeOption.parse($0, option: "--retention-size") }
         config.checkpointEvery = checkpointEvery
