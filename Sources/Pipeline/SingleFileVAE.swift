@@ -29,7 +29,8 @@ public struct SingleFileVAE: Sendable {
         let file = try ComponentWeights(file: url)  // refuses pickle files, saying how to convert them
         var shapes = [String: [Int]]()
         for name in file.source.tensorNames { shapes[name] = try file.info(name)?.shape }
-        let (prefix, map) = try Self.diffusersNames(shapes: shapes, config: config, file: path, configSource: configSource)
+        let (prefix, map) = try Self.diffusersNames(shapes: shapes, config: config, file: path,
+                                                    configSource: configSource)
         self.prefix = prefix
         weights = RenamedWeights(map: map.mapValues { RenamedTensor(source: prefix + $0) }, base: file, path: path)
     }
@@ -154,7 +155,9 @@ extension VAEConfig {
         var object: [String: Any] = [
             "_class_name": "AutoencoderKL", "in_channels": inChannels, "out_channels": outChannels,
             "block_out_channels": blockOutChannels, "layers_per_block": layersPerBlock, "act_fn": actFn,
-            "latent_channels": latentChannels, "norm_num_groups": normNumGroups, "scaling_factor": Double("\(scalingFactor)") ?? Double(scalingFactor),
+            "latent_channels": latentChannels, "norm_num_groups": normNumGroups,
+            // Through its shortest decimal text, so 0.13025 is written as 0.13025, not 0.13025000691413879.
+            "scaling_factor": Double("\(scalingFactor)") ?? Double(scalingFactor),
             "down_block_types": Array(repeating: "DownEncoderBlock2D", count: blockOutChannels.count),
             "up_block_types": upBlockTypes, "use_post_quant_conv": usePostQuantConv, "use_quant_conv": true,
             "mid_block_add_attention": midBlockAddAttention,

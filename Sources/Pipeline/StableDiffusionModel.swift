@@ -219,8 +219,8 @@ public struct StableDiffusionModel: Sendable {
             }
             let className = try decodeConfig(VAEClassName.self, at: configURL).className ?? "AutoencoderKL"
             guard className == "AutoencoderKL" else {
-                throw PipelineError.unsupported(file: configURL.path, feature: "VAE class \(className) for a single-file "
-                    + "VAE (supported: AutoencoderKL)")
+                throw PipelineError.unsupported(
+                    file: configURL.path, feature: "VAE class \(className) for a single-file VAE (supported: AutoencoderKL)")
             }
             config = try decodeConfig(VAEConfig.self, at: configURL)
             try config.validate(file: configURL.path)
@@ -228,8 +228,9 @@ public struct StableDiffusionModel: Sendable {
             configSource = configURL.path
         }
         guard config.latentChannels == unet.inChannels else {
-            throw PipelineError.badConfig(file: configSource, field: "latent_channels",
-                                          reason: "is \(config.latentChannels) but the UNet takes \(unet.inChannels) channels")
+            throw PipelineError.badConfig(
+                file: configSource, field: "latent_channels",
+                reason: "is \(config.latentChannels) but the UNet takes \(unet.inChannels) channels")
         }
         let single = try SingleFileVAE(url: url, config: config, configSource: configSource)
         var copy = self

@@ -136,7 +136,9 @@ struct Generate: ParsableCommand {
         let modelPath = try ModelLocation.resolve(model)
         let folder = try source.open(modelPath)
         let taesdPreview = try previewVAE.map { path -> TAESDPreview in
-            guard preview != nil else { throw PipelineError.invalidRequest("--preview-vae \(path): give the preview file with --preview FILE") }
+            guard preview != nil else {
+                throw PipelineError.invalidRequest("--preview-vae \(path): give the preview file with --preview FILE")
+            }
             let p = try TAESDPreview(folder: URL(fileURLWithPath: path))
             try p.check(latentChannels: folder.unet.inChannels)
             return p
@@ -212,7 +214,7 @@ struct Generate: ParsableCommand {
                 results.append(try pipeline.generate(s) { step in
                     progress.update(step)
                     if let path = preview, LatentPreview.isPreviewStep(step.step, total: step.totalSteps),
-                       let png = taesdPreview != nil ? taesdPreview?.png(step.latents) : LatentPreview.png(step.latents) {
+                       let png = taesdPreview.map({ $0.png(step.latents) }) ?? LatentPreview.png(step.latents) {
                         do { try OutputFiles.writeAtomically(png, to: URL(fileURLWithPath: path)) } catch {
                             previewError = error  // stops the run: the user asked for a file that cannot be written
                             return false

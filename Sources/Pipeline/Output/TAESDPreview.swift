@@ -42,8 +42,8 @@ public final class TAESDPreview: @unchecked Sendable {
                 + "(--preview-vae takes an AutoencoderTiny (TAESD) folder)")
         }
         config = try decodeConfig(TinyAutoencoderConfig.self, at: configURL)
-        decoder = try TinyAutoencoderDecoder(config: config, weights: try ComponentWeights(directory: folder, component: ""),
-                                             residency: .resident, file: configURL.path)
+        let weights = try ComponentWeights(directory: folder, component: "")
+        decoder = try TinyAutoencoderDecoder(config: config, weights: weights, residency: .resident, file: configURL.path)
         self.folder = folder
         self.budgetBytes = budgetBytes
     }
@@ -51,8 +51,9 @@ public final class TAESDPreview: @unchecked Sendable {
     /// Throws unless the TAESD decodes latents of `latentChannels` channels (the model's UNet's).
     public func check(latentChannels: Int) throws {
         guard config.latentChannels == latentChannels else {
-            throw PipelineError.badConfig(file: folder.appendingPathComponent("config.json").path, field: "latent_channels",
-                                          reason: "is \(config.latentChannels) but the model's latents have \(latentChannels)")
+            throw PipelineError.badConfig(
+                file: folder.appendingPathComponent("config.json").path, field: "latent_channels",
+                reason: "is \(config.latentChannels) but the model's latents have \(latentChannels)")
         }
     }
 
@@ -63,13 +64,12 @@ public final class TAESDPreview: @unchecked Sendable {
         var k = 1
         while h > k || w > k {
             let ph = (h + k - 1) / k, pw = (w + k - 1) / k
-            let band = TinyAutoencoderDecoder.bandLatentRows(config: config, haloLatentRows: decoder.haloLatentRows,
-                                                             forBudgetBytes: budgetBytes, latentHeight: ph, latentWidth: pw,
-                                                             batch: 1)
-            let rows = band.map { min(ph, $0 + 2 * decoder.haloLatentRows) } ?? ph
-            if TinyAutoencoderDecoder.tensorBytes(config: config, latentRows: rows, latentWidth: pw, batch: 1) <= budgetBytes {
-                break
-            }
+            let halo = decoder.haloLatentRows
+            let band = TinyAutoencoderDecoder.bandLatentRows(config: config, haloLatentRows: halo, forBudgetBytes: budgetBytes,
+                                                             latentHeight: ph, latentWidth: pw, batch: 1)
+            let rows = band.map { min(ph, $0 + 2 * halo) } ?? ph
+            let bytes = TinyAutoencoderDecoder.tensorBytes(config: config, latentRows: rows, latentWidth: pw, batch: 1)
+            if bytes <= budgetBytes { break }
             k *= 2
         }
         return k
