@@ -76,7 +76,7 @@ struct Generate: ParsableCommand {
     @Option(help: "Keep this PNG replaced (atomically) by a latent preview of the first image, about ten times per run.")
     var preview: String?
 
-    @Option(help: "Draw --preview with this AutoencoderTiny (TAESD) folder (e.g. madebyollin/taesd) instead of the linear latent→RGB approximation; the decode stays within 32 MiB (larger latents are averaged down first).")
+    @Option(help: "Draw --preview with this AutoencoderTiny (TAESD) folder (e.g. madebyollin/taesd) instead of the linear latent→RGB approximation; the decode stays within 32 MiB (larger latents are averaged down first), kept aside from --memory-budget.")
     var previewVAE: String?
 
     @OptionGroup var lora: LoRAOptions
@@ -183,11 +183,14 @@ struct Generate: ParsableCommand {
         pipeline.vaeTiling = chosenTiling
         let budget = try MemoryBudgetOption.resolve(memoryBudget)
         if let bytes = budget.bytes {
-            let plan = try MemoryPlanner.apply(budget: bytes, to: pipeline, width: size.width, height: size.height,
-                                               count: count, guided: settings.guidance > 1)
+            // TAESD previews run beside the steps: their share comes off the budget the generation is planned under.
+            let reserved = taesdPreview?.reservedBytes ?? 0
+            let plan = try MemoryPlanner.apply(budget: bytes - reserved, to: pipeline, width: size.width,
+                                               height: size.height, count: count, guided: settings.guidance > 1)
             // Tiles given by hand win over the plan's; --vae-tiling alone tiles where the plan would not.
             if vaeTileSize != nil || (vaeTiling && plan.vaeTiling == nil) { pipeline.vaeTiling = chosenTiling }
-            printError("sdd: \(budget.explanation): \(plan)")
+            let kept = reserved > 0 ? ", less \(reserved >> 20) MiB kept for TAESD previews" : ""
+            printError("sdd: \(budget.explanation)\(kept): \(plan)")
         }
 
         for p in prompts {

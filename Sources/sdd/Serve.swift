@@ -88,7 +88,7 @@ struct Serve: ParsableCommand {
     @Option(help: "Draw a latent preview (GET /v1/jobs/ID/preview, and a preview event) every this many steps; 0: none. Default: about ten per job.")
     var previewEvery: Int?
 
-    @Option(help: "Decode previews with this AutoencoderTiny (TAESD) folder (e.g. madebyollin/taesd) instead of the linear latent→RGB approximation; each decode stays within 32 MiB.")
+    @Option(help: "Decode previews with this AutoencoderTiny (TAESD) folder (e.g. madebyollin/taesd) instead of the linear latent→RGB approximation; each decode stays within 32 MiB (larger latents are averaged down first), kept aside from --memory-budget.")
     var previewVAE: String?
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
@@ -143,12 +143,23 @@ struct Serve: ParsableCommand {
         if let n = previewEvery, n < 0 { throw OptionError("--preview-every \(n): give a number of steps, or 0 for no previews") }
         config.previewEvery = previewEvery
         if let previewVAE {
+            let preview: TAESDPreview
             do {  // opened now so a bad folder stops the daemon at start, naming it
-                _ = try TAESDPreview(folder: URL(fileURLWithPath: previewVAE))
+                preview = try TAESDPreview(folder: URL(fileURLWithPath: previewVAE))
             } catch {
                 throw OptionError("--preview-vae \(previewVAE): \(error)")
             }
             config.previewVAE = URL(fileURLWithPath: previewVAE)
+            // Previews run beside the steps: their share comes off the budget jobs are planned and admitted under.
+            if let bytes = config.memoryBudget {
+                guard bytes > preview.reservedBytes else {
+                    throw OptionError("--preview-vae \(previewVAE): its previews need \(preview.reservedBytes >> 20) MiB, "
+                        + "more than the memory budget of \(bytes >> 20) MiB")
+                }
+                config.memoryBudget = bytes - preview.reservedBytes
+                config.memoryBudgetExplanation = (config.memoryBudgetExplanation ?? "memory budget")
+                    + ", less \(preview.reservedBytes >> 20) MiB kept for TAESD previews"
+            }
         }
         config.retention = try DurationOption.parse(retention, option: "--retention")
         config.retentionBytes = try retentionSize.map { try ByteSizeOption.parse($0, option: "--retention-size") }

@@ -67,6 +67,9 @@ final class TAESDPreviewTests: XCTestCase {
         let tiny = try TinyAutoencoderDecoder(config: preview.config,
                                               weights: try ComponentWeights(directory: Self.taesd, component: ""))
         XCTAssertEqual(image.rgb, StableDiffusionPipeline.rgb8(tiny(z))[0])
+        // What a memory plan keeps aside: the decode's budget, the weights, 18 B for each of at most 200 KiB / (16 · 8)
+        // preview pixels.
+        XCTAssertEqual(preview.reservedBytes, budget + tiny.totalWeightBytes + budget / (16 * 8) * 18)
     }
 
     func testOnlyATAESDWithTheModelsLatentChannelsIsTaken() throws {

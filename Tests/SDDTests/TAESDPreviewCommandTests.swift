@@ -54,6 +54,15 @@ final class TAESDPreviewCommandTests: XCTestCase {
         print("generate --preview-vae: preview of step 8/9 against diffusers' AutoencoderTiny: \(db.isInfinite ? "inf" : String(format: "%.1f dB", db))")
     }
 
+    func testUnderAMemoryBudgetThePreviewsShareIsKeptAside() throws {
+        let run = try GenerateCommandTests.runSDD(["generate", "--model", GenerateCommandTests.tinyModel, "--steps", "2",
+                                                   "--memory-budget", "512M", "--preview", workDir.appendingPathComponent("p.png").path,
+                                                   "--preview-vae", Self.taesd, "-o", workDir.appendingPathComponent("x.png").path, "x"])
+        XCTAssertEqual(run.status, 0, run.stderr)
+        let reserved = try TAESDPreview(folder: URL(fileURLWithPath: Self.taesd)).reservedBytes >> 20
+        XCTAssertTrue(run.stderr.contains("less \(reserved) MiB kept for TAESD previews: planned peak"), run.stderr)
+    }
+
     func testPreviewVAEIsRefusedWithoutAPreviewFileOrWhenNotATAESD() throws {
         let png = workDir.appendingPathComponent("x.png").path
         let alone = try GenerateCommandTests.runSDD(["generate", "--model", GenerateCommandTests.tinyModel, "--steps", "1",
@@ -67,6 +76,12 @@ final class TAESDPreviewCommandTests: XCTestCase {
         XCTAssertNotEqual(kl.status, 0)
         XCTAssertTrue(kl.stderr.contains("AutoencoderKL") && kl.stderr.contains("AutoencoderTiny"), kl.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: png))
+        let small = try GenerateCommandTests.runSDD(["serve", "--model", GenerateCommandTests.tinyModel,
+                                                     "--socket", workDir.appendingPathComponent("s.sock").path,
+                                                     "--state-dir", workDir.appendingPathComponent("state").path,
+                                                     "--memory-budget", "16M", "--preview-vae", Self.taesd])
+        XCTAssertEqual(small.status, 2, small.stderr)
+        XCTAssertTrue(small.stderr.contains("more than the memory budget"), small.stderr)
         let serve = try GenerateCommandTests.runSDD(["serve", "--model", GenerateCommandTests.tinyModel,
                                                      "--socket", workDir.appendingPathComponent("s.sock").path,
                                                      "--state-dir", workDir.appendingPathComponent("state").path,

@@ -1,5 +1,5 @@
 // TAESDPreview: previews decoded by a TAESD (diffusers' AutoencoderTiny) instead of the linear latent→RGB
-// approximation, as A1111's "TAESD" live preview does; the decode stays within a small activation budget.
+// approximation, as A1111's "TAESD" live preview does, at a size whose decode stays within a small activation budget.
 
 import Foundation
 import MMapWeights
@@ -48,6 +48,16 @@ public final class TAESDPreview: @unchecked Sendable {
         self.budgetBytes = budgetBytes
     }
 
+    /// Bytes previews take beside a generation, which a memory plan keeps aside: the decode's activations
+    /// (`budgetBytes`), the decoder's weights, and per preview pixel 18 bytes (the F32 image, its RGB8 copy and at
+    /// most as much PNG). A decode within the budget has at most budgetBytes / (16 · width) pixels, or one cell's
+    /// (`TinyAutoencoderDecoder.tensorBytes`: 4 maps of `width` F32 channels).
+    public var reservedBytes: Int {
+        let width = max(1, config.decoderBlockOutChannels.max() ?? 1)
+        let pixels = max(budgetBytes / (16 * width), config.scaleFactor * config.scaleFactor)
+        return budgetBytes + decoder.totalWeightBytes + pixels * 18
+    }
+
     /// Throws unless the TAESD decodes latents of `latentChannels` channels (the model's UNet's).
     public func check(latentChannels: Int) throws {
         guard config.latentChannels == latentChannels else {
@@ -57,19 +67,16 @@ public final class TAESDPreview: @unchecked Sendable {
         }
     }
 
-    /// Latent cells per side averaged into one before decoding: 1 when decoding the whole h×w latent (in bands of
-    /// latent rows, each with the decoder's halo) fits `budgetBytes`, else the smallest power of two that does
-    /// (or that leaves one cell).
+    /// Latent cells per side averaged into one before decoding: 1 when decoding the whole h×w latent fits
+    /// `budgetBytes`, else the smallest power of two that does (or that leaves one cell). Bands of latent rows would
+    /// not help: each needs the decoder's halo (19 rows for TAESD) on both sides, most of a 512×512 image's 64.
     public func poolFactor(latentHeight h: Int, latentWidth w: Int) -> Int {
         var k = 1
         while h > k || w > k {
             let ph = (h + k - 1) / k, pw = (w + k - 1) / k
-            let halo = decoder.haloLatentRows
-            let band = TinyAutoencoderDecoder.bandLatentRows(config: config, haloLatentRows: halo, forBudgetBytes: budgetBytes,
-                                                             latentHeight: ph, latentWidth: pw, batch: 1)
-            let rows = band.map { min(ph, $0 + 2 * halo) } ?? ph
-            let bytes = TinyAutoencoderDecoder.tensorBytes(config: config, latentRows: rows, latentWidth: pw, batch: 1)
-            if bytes <= budgetBytes { break }
+            if TinyAutoencoderDecoder.tensorBytes(config: config, latentRows: ph, latentWidth: pw, batch: 1) <= budgetBytes {
+                break
+            }
             k *= 2
         }
         return k
@@ -105,13 +112,11 @@ public final class TAESDPreview: @unchecked Sendable {
         return Tensor(shape: [1, c, ph, pw], data: out)
     }
 
-    /// The preview of item `item` as an RGB8 image (row-major, 3 bytes per pixel), decoded in bands of latent rows
-    /// within `budgetBytes`; nil for latents the TAESD does not take.
+    /// The preview of item `item` as an RGB8 image (row-major, 3 bytes per pixel), decoded within `budgetBytes`;
+    /// nil for latents the TAESD does not take.
     public func rgb(_ latents: Tensor, item: Int = 0) -> (width: Int, height: Int, rgb: [UInt8])? {
         guard let z = decoderInput(latents, item: item) else { return nil }
-        let h = z.shape[2], w = z.shape[3]
-        let band = decoder.bandLatentRows(forBudgetBytes: budgetBytes, latentHeight: h, latentWidth: w, batch: 1)
-        guard let image = try? decoder.decode(z, bandLatentRows: band) else { return nil }
+        let image = decoder(z)
         return (image.shape[3], image.shape[2], StableDiffusionPipeline.rgb8(image)[0])
     }
 
