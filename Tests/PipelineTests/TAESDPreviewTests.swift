@@ -32,7 +32,7 @@ final class TAESDPreviewTests: XCTestCase {
         let steps = try XCTUnwrap(try ModelFixtures.tensors("pipeline_pndm_default.safetensors")["step_latents"])
         let file = try SafetensorsFile(url: ModelFixtures.reference.appendingPathComponent(
             "taesd-preview/pndm_default_previews.safetensors"))
-        let info = try XCTUnwrap(try file.info("previews"))
+        let info = try XCTUnwrap(file.info("previews"))
         let previews = Array(info.rawBytes)
         let n = steps.shape[0], each = steps.count / n, pixels = 64 * 64 * 3
         XCTAssertEqual(info.shape, [n, 64, 64, 3])

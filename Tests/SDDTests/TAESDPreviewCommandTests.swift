@@ -45,7 +45,7 @@ final class TAESDPreviewCommandTests: XCTestCase {
         XCTAssertEqual([image.width, image.height], [64, 64], "the TAESD's full size, not one pixel per latent cell")
         let file = try SafetensorsFile(url: GenerateCommandTests.fixtures.appendingPathComponent(
             "reference/taesd-preview/pndm_default_previews.safetensors"))
-        let previews = Array(try XCTUnwrap(try file.info("previews")).rawBytes)
+        let previews = Array(try XCTUnwrap(file.info("previews")).rawBytes)
         let pixels = 64 * 64 * 3
         let db = psnr(image.rgb, Array(previews[(7 * pixels)..<(8 * pixels)]))
         // The parity bar for images (issue #2): ≥ 45 dB against diffusers.
