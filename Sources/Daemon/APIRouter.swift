@@ -101,7 +101,8 @@ public struct ModelDescription: Sendable {
     /// header and ranges, every tensor's shape against the configs, and the replacement VAE — without running it.
     /// Never throws: a model that fails is described with its `problem`.
     /// - products: how the worker will multiply (`--precision`; nil: automatic), so the planner sees its weights.
-    public static func check(_ url: URL?, vae: URL? = nil, residency: WeightResidency = .streamed,
+    /// - vaeConfig: the config of a single-file `vae` (--vae-config; nil: the model's own VAE config).
+    public static func check(_ url: URL?, vae: URL? = nil, vaeConfig: URL? = nil, residency: WeightResidency = .streamed,
                              products: ProductPrecision? = nil) -> ModelDescription {
         guard let url else {
             return ModelDescription(url: nil, name: "", defaults: nil, vae: vae,
@@ -109,7 +110,7 @@ public struct ModelDescription: Sendable {
         }
         do {
             var model = try StableDiffusionModel(url: url)
-            if let vae { model = try model.replacingVAE(with: vae) }
+            if let vae { model = try model.replacingVAE(with: vae, config: vaeConfig) }
             let weights = try StableDiffusionPipeline(model: model, residency: residency, products: products)
                 .weightFigures()
             return ModelDescription(url: url, name: model.name, defaults: ModelDefaults(model: model), vae: vae,
@@ -121,10 +122,10 @@ public struct ModelDescription: Sendable {
     }
 
     /// Reads the model's configs (no weights) for its name and defaults; `vae` replaces its VAE (--vae).
-    public static func read(_ url: URL?, vae: URL? = nil) throws -> ModelDescription {
+    public static func read(_ url: URL?, vae: URL? = nil, vaeConfig: URL? = nil) throws -> ModelDescription {
         guard let url else { return ModelDescription(url: nil, name: "", defaults: nil) }
         var model = try StableDiffusionModel(url: url)
-        if let vae { model = try model.replacingVAE(with: vae) }
+        if let vae { model = try model.replacingVAE(with: vae, config: vaeConfig) }
         return ModelDescription(url: url, name: model.name, defaults: ModelDefaults(model: model), vae: vae)
     }
 }

@@ -15,6 +15,8 @@ public struct DaemonConfiguration: Sendable {
     public var model: URL?
     /// Another VAE for the model (--vae: an AutoencoderKL or AutoencoderTiny folder); nil = the model's own.
     public var vae: URL?
+    /// The AutoencoderKL config of a single-file `vae` (--vae-config); nil = the model's own VAE config.
+    public var vaeConfig: URL?
     /// Socket path to bind when systemd passes none.
     public var socketPath: String = APIVersion.defaultSocketPath
     /// Permissions and group of the bound socket file; nil group: the daemon's own.
@@ -48,6 +50,8 @@ public struct DaemonConfiguration: Sendable {
     public var checkpointEvery: Int = 5
     /// A latent preview every this many steps (nil: about ten per job; 0: none).
     public var previewEvery: Int?
+    /// Previews decoded by this AutoencoderTiny (TAESD) folder (--preview-vae); nil: the linear approximation.
+    public var previewVAE: URL?
     /// Per-connection limits: timeouts, the largest body, the event stream's heartbeat.
     public var limits = ConnectionLimits()
     /// Most image downloads in flight at once; more get 429.
@@ -69,7 +73,8 @@ public enum Daemon {
         if let explanation = config.memoryBudgetExplanation { logger.info("\(explanation)") }
         // Opened and checked now, so that a broken model is reported (health "degraded", jobs refused with 503 and
         // the reason) instead of every job failing later.
-        var described = ModelDescription.check(config.model, vae: config.vae, products: config.products)
+        var described = ModelDescription.check(config.model, vae: config.vae, vaeConfig: config.vaeConfig,
+                                               products: config.products)
         described.loraDirectory = config.loraDirectory
         let model = described
         if let problem = model.problem {
@@ -80,9 +85,11 @@ public enum Daemon {
         let worker = Worker(queue: queue, modelURL: config.model, keepAlive: config.keepAlive,
                             checkpointEvery: config.checkpointEvery, logger: logger)
         worker.vaeURL = config.vae
+        worker.vaeConfigURL = config.vaeConfig
         worker.memoryBudget = config.memoryBudget
         worker.products = config.products
         worker.previewEvery = config.previewEvery
+        worker.previewVAE = config.previewVAE
         worker.loraDirectory = config.loraDirectory
         let router = APIRouter(queue: queue, worker: worker, model: model, keepAlive: config.keepAlive,
                                memoryBudget: config.memoryBudget, minFreeBytes: config.minFreeBytes,

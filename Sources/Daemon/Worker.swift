@@ -39,11 +39,18 @@ public final class Worker: @unchecked Sendable {
     public var memoryBudget: Int?
     /// Another VAE for the model (`StableDiffusionModel.replacingVAE(with:)`); read when the model loads.
     public var vaeURL: URL?
+    /// The config of a single-file `vaeURL` (nil: the model's own VAE config).
+    public var vaeConfigURL: URL?
     /// How the pipeline's UNet and VAE multiply (nil: automatic); read when the model loads.
     public var products: ProductPrecision?
     /// A latent preview after every this many steps (nil: about ten per job, see `LatentPreview.isPreviewStep`;
     /// 0: none). Previews only read the latents: the images are the same with or without them.
     public var previewEvery: Int?
+    /// Previews decoded by this AutoencoderTiny (TAESD) folder instead of the linear approximation (`--preview-vae`);
+    /// opened when the model loads.
+    public var previewVAE: URL?
+    /// The open `previewVAE`; only touched on the worker thread.
+    private var taesdPreview: TAESDPreview?
     /// Where jobs' LoRA names are looked up (`--lora-dir`); nil: a job naming one fails.
     public var loraDirectory: URL?
 
@@ -141,6 +148,7 @@ public final class Worker: @unchecked Sendable {
     private func unloadModel() {
         guard pipeline != nil else { return }
         pipeline = nil
+        taesdPreview = nil
         setLoaded(false)
         logger.info("model released after keep-alive")
     }
@@ -152,8 +160,13 @@ public final class Worker: @unchecked Sendable {
         }
         let clock = Date()
         var model = try StableDiffusionModel(url: url)
-        if let vae = vaeURL { model = try model.replacingVAE(with: vae) }
+        if let vae = vaeURL { model = try model.replacingVAE(with: vae, config: vaeConfigURL) }
         let p = try StableDiffusionPipeline(model: model, products: products)
+        if let url = previewVAE {
+            let preview = try TAESDPreview(folder: url)
+            try preview.check(latentChannels: model.unet.inChannels)
+            taesdPreview = preview
+        }
         pipeline = p
         setLoaded(true)
         logger.info("model loaded", metadata: ["model": "\(url.path)", "seconds": "\(Date().timeIntervalSince(clock))"])
@@ -194,7 +207,7 @@ public final class Worker: @unchecked Sendable {
                 queue.reportStep(id, step: p.step, total: p.totalSteps, seconds: Date().timeIntervalSince(stepClock),
                                  eta: mean * Double(p.totalSteps - p.step))
                 if LatentPreview.isPreviewStep(p.step, total: p.totalSteps, every: previewEvery),
-                   let png = LatentPreview.png(p.latents) {
+                   let png = taesdPreview != nil ? taesdPreview?.png(p.latents) : LatentPreview.png(p.latents) {
                     queue.reportPreview(id, png: png, step: p.step, total: p.totalSteps)
                 }
                 if p.step - lastCheckpoint >= checkpointEvery, p.step < p.totalSteps {

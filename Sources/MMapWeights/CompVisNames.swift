@@ -125,6 +125,28 @@ public enum CompVisNames {
         return ups.count
     }
 
+    /// A VAE's names (without `first_stage_model.`) under diffusers' AutoencoderKL names: `map` is diffusers name →
+    /// stored name. CompVis names are converted (`vaeName`); names already in diffusers' layout
+    /// (`sd-cli --convert-name`, a diffusers state dict saved as one file) are kept. `unmapped` lists the
+    /// `encoder.`/`decoder.` names that have no diffusers counterpart (other names, such as a training loss's or
+    /// EMA bookkeeping, are not the VAE's and are left out of both).
+    public static func vaeMap(_ names: [String]) -> (map: [String: String], unmapped: [String]) {
+        let levels = vaeLevels(names)
+        var map = [String: String](), unmapped = [String]()
+        for n in names {
+            if n.hasPrefix("encoder.down_blocks.") || n.hasPrefix("decoder.up_blocks.") || n.contains(".mid_block.")
+                || n.contains("conv_norm_out.")
+            {
+                map[n] = n
+            } else if let d = vaeName(n, levels: levels) {
+                map[d] = n
+            } else if n.hasPrefix("encoder.") || n.hasPrefix("decoder.") {
+                unmapped.append(n)
+            }
+        }
+        return (map, unmapped.sorted())
+    }
+
     /// The diffusers AutoencoderKL name of a CompVis VAE name (without `first_stage_model.`). The decoder's
     /// `up.k` is diffusers' `up_blocks.(levels−1−k)`; the mid attention's q/k/v/proj_out are 1×1 convs in
     /// CompVis files (diffusers squeezes them to linear weights).

@@ -132,8 +132,10 @@ public enum ModelConverter {
     /// file, fsynced, renamed). Streams tensor by tensor: memory use is about one tensor, not the model.
     /// `progress` receives one line per component.
     @discardableResult
-    /// `vae` (a diffusers AutoencoderKL folder, as `--vae`) replaces the model's VAE in the written file.
+    /// `vae` (a diffusers AutoencoderKL folder or a single-file VAE with its `vaeConfig`, as `--vae`/`--vae-config`)
+    /// replaces the model's VAE in the written file, with the config it was opened with.
     public static func convert(model source: URL, openOptions: ModelOpenOptions = ModelOpenOptions(), vae: URL? = nil,
+                               vaeConfig: URL? = nil,
                                to output: URL, options: ConversionOptions,
                                progress: ((String) -> Void)? = nil) throws -> ConversionSummary {
         // Opening the model checks every config and the tokenizer before anything is written.
@@ -188,12 +190,12 @@ public enum ModelConverter {
             for component in SDDGGUFKey.components { providers[component] = try model.weights(component) }
         }
         if let vae {
-            model = try model.replacingVAE(with: vae)
-            guard model.tinyAutoencoder == nil, let folder = model.vaeURL else {
+            model = try model.replacingVAE(with: vae, config: vaeConfig)
+            guard model.tinyAutoencoder == nil, let text = model.vaeConfigText else {
                 throw PipelineError.unsupported(file: vae.path, feature: "an AutoencoderTiny (TAESD) VAE in a converted "
                     + "file (pass it to generate or serve with --vae instead)")
             }
-            texts[SDDGGUFKey.vaeConfig] = try readText(folder.appendingPathComponent("config.json"), optional: false)
+            texts[SDDGGUFKey.vaeConfig] = text  // the config the VAE's tensors were checked against
             providers["vae"] = try model.weights("vae")
         }
         var writer = GGUFWriter()

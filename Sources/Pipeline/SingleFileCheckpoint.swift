@@ -160,17 +160,7 @@ public struct SingleFileCheckpoint: Sendable {
         guard !vaeNames.isEmpty else {
             throw PipelineError.unsupported(file: file, feature: "a checkpoint without a VAE (no \"\(CompVisNames.vaePrefix)*\" tensors)")
         }
-        var vaeMap = [String: RenamedTensor]()
-        let vaeLevels = CompVisNames.vaeLevels(vaeNames)
-        for n in vaeNames {
-            if n.hasPrefix("encoder.down_blocks.") || n.hasPrefix("decoder.up_blocks.") || n.contains(".mid_block.")
-                || n.contains("conv_norm_out.")
-            {
-                vaeMap[n] = RenamedTensor(source: CompVisNames.vaePrefix + n)  // diffusers names already
-            } else if let d = CompVisNames.vaeName(n, levels: vaeLevels) {
-                vaeMap[d] = RenamedTensor(source: CompVisNames.vaePrefix + n)
-            }
-        }
+        let vaeMap = CompVisNames.vaeMap(vaeNames).map.mapValues { RenamedTensor(source: CompVisNames.vaePrefix + $0) }
 
         // Text encoder.
         var textMap = [String: RenamedTensor]()

@@ -20,6 +20,9 @@ public struct StableDiffusionModel: Sendable {
     public private(set) var tinyAutoencoder: TinyAutoencoderConfig?
     /// Where a replacement VAE came from (`replacingVAE(with:)`); nil for the model's own.
     public private(set) var vaeURL: URL?
+    /// The config.json text of a replacement AutoencoderKL as used (its folder's, `--vae-config`'s, or the model's
+    /// own VAE config for a single-file VAE); nil for the model's own VAE.
+    public private(set) var vaeConfigText: String?
     /// Opens one component's weights ("unet", "vae", "text_encoder").
     private var openWeights: @Sendable (String) throws -> WeightProvider
 
@@ -140,16 +143,20 @@ public struct StableDiffusionModel: Sendable {
     }
 
     /// This model with another VAE, as diffusers' `from_pretrained(..., vae=...)`: a diffusers AutoencoderKL or
-    /// AutoencoderTiny (TAESD) folder (config.json + weights), or a pipeline folder whose vae/ holds one. Its
-    /// scaling factor comes from its own config. The latent channels must match the UNet's.
-    public func replacingVAE(with url: URL) throws -> StableDiffusionModel {
+    /// AutoencoderTiny (TAESD) folder (config.json + weights), a pipeline folder whose vae/ holds one, or a
+    /// single-file AutoencoderKL (`.safetensors` with CompVis names, bare or under `first_stage_model.`, as
+    /// `AutoencoderKL.from_single_file`). A file's config is `config` (a config.json, or a folder holding one or
+    /// vae/config.json) when given, else the model's own VAE config (an ft-MSE VAE has SD's), and its tensors
+    /// must fit it. The scaling factor comes from the VAE's config. The latent channels must match the UNet's.
+    public func replacingVAE(with url: URL, config: URL? = nil) throws -> StableDiffusionModel {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory) else {
-            throw PipelineError.missingFile(path: url.path, what: "VAE folder (--vae)")
+            throw PipelineError.missingFile(path: url.path, what: "VAE folder or .safetensors file (--vae)")
         }
-        guard isDirectory.boolValue else {
-            throw PipelineError.unsupported(file: url.path, feature: "a VAE that is not a diffusers folder (config.json + "
-                + "diffusion_pytorch_model.safetensors)")
+        guard isDirectory.boolValue else { return try replacingVAE(file: url, config: config) }
+        if let config {
+            throw PipelineError.invalidRequest("--vae-config \(config.path): only for a single-file VAE; the folder "
+                + "\(url.path) carries its own config.json")
         }
         var folder = URL(fileURLWithPath: url.path, isDirectory: true)
         if !FileManager.default.fileExists(atPath: folder.appendingPathComponent("config.json").path),
@@ -187,6 +194,52 @@ public struct StableDiffusionModel: Sendable {
             component == "vae" ? try ComponentWeights(directory: vaeFolder, component: "") : try base(component)
         }
         copy.vaeURL = folder
+        copy.vaeConfigText = className == "AutoencoderKL"
+            ? String(decoding: try Data(contentsOf: configURL), as: UTF8.self) : nil
+        try copy.defaults.validate(scaleFactor: copy.vaeScaleFactor, file: url.path)
+        return copy
+    }
+
+    /// `replacingVAE(with:config:)` for a single `.safetensors` file (see `SingleFileVAE`).
+    private func replacingVAE(file url: URL, config configLocation: URL?) throws -> StableDiffusionModel {
+        var config = vae
+        var configText = config.diffusersJSON
+        var configSource = "the model's own VAE config (pass --vae-config for another)"
+        if let location = configLocation {
+            var isDirectory: ObjCBool = false
+            var configURL = location
+            if FileManager.default.fileExists(atPath: location.path, isDirectory: &isDirectory), isDirectory.boolValue {
+                configURL = location.appendingPathComponent("config.json")
+                if !FileManager.default.fileExists(atPath: configURL.path) {
+                    configURL = location.appendingPathComponent("vae/config.json")
+                }
+            }
+            guard let data = FileManager.default.contents(atPath: configURL.path) else {
+                throw PipelineError.missingFile(path: configURL.path, what: "AutoencoderKL config.json (--vae-config)")
+            }
+            let className = try decodeConfig(VAEClassName.self, at: configURL).className ?? "AutoencoderKL"
+            guard className == "AutoencoderKL" else {
+                throw PipelineError.unsupported(
+                    file: configURL.path, feature: "VAE class \(className) for a single-file VAE (supported: AutoencoderKL)")
+            }
+            config = try decodeConfig(VAEConfig.self, at: configURL)
+            try config.validate(file: configURL.path)
+            configText = String(decoding: data, as: UTF8.self)
+            configSource = configURL.path
+        }
+        guard config.latentChannels == unet.inChannels else {
+            throw PipelineError.badConfig(
+                file: configSource, field: "latent_channels",
+                reason: "is \(config.latentChannels) but the UNet takes \(unet.inChannels) channels")
+        }
+        let single = try SingleFileVAE(url: url, config: config, configSource: configSource)
+        var copy = self
+        copy.vae = config
+        copy.tinyAutoencoder = nil
+        let base = openWeights, weights = single.weights
+        copy.openWeights = { component in component == "vae" ? weights : try base(component) }
+        copy.vaeURL = url
+        copy.vaeConfigText = configText
         try copy.defaults.validate(scaleFactor: copy.vaeScaleFactor, file: url.path)
         return copy
     }

@@ -62,7 +62,8 @@ struct Convert: ParsableCommand {
         let start = Date()
         let summary = try ModelConverter.convert(
             model: URL(fileURLWithPath: path), openOptions: try source.openOptions(for: path),
-            vae: source.vae.map { URL(fileURLWithPath: $0) }, to: URL(fileURLWithPath: output),
+            vae: source.vae.map { URL(fileURLWithPath: $0) }, vaeConfig: try source.vaeConfigURL(),
+            to: URL(fileURLWithPath: output),
             options: ConversionOptions(type: main, vaeType: vae, naming: naming,
                                       loras: try loras.map { try LoRASpec.parse($0) })
         ) { printError("sdd: convert: \($0)") }

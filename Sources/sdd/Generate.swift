@@ -70,6 +70,9 @@ struct Generate: ParsableCommand {
     @Option(help: "Keep this PNG replaced (atomically) by a latent preview of the first image, about ten times per run.")
     var preview: String?
 
+    @Option(help: "Draw --preview with this AutoencoderTiny (TAESD) folder (e.g. madebyollin/taesd) instead of the linear latent→RGB approximation; the decode stays within 32 MiB (larger latents are averaged down first), kept aside from --memory-budget.")
+    var previewVAE: String?
+
     @OptionGroup var lora: LoRAOptions
 
     @Flag(help: "Print stage timings and peak memory as one JSON line on stderr.")
@@ -118,6 +121,14 @@ struct Generate: ParsableCommand {
             throw PipelineError.invalidRequest("--output \(output): the file name must end in .png")
         }
         let folder = try source.open(try model.path())
+        let taesdPreview = try previewVAE.map { path -> TAESDPreview in
+            guard preview != nil else {
+                throw PipelineError.invalidRequest("--preview-vae \(path): give the preview file with --preview FILE")
+            }
+            let p = try TAESDPreview(folder: URL(fileURLWithPath: path))
+            try p.check(latentChannels: folder.unet.inChannels)
+            return p
+        }
         let pipeline = try StableDiffusionPipeline(model: folder, residency: weights.residency,
                                                    products: try compute.products())
         // Every weight's shape against the configs, before any prompt is tokenized or tensor allocated.
@@ -149,11 +160,14 @@ struct Generate: ParsableCommand {
         pipeline.vaeTiling = chosenTiling
         let budget = compute.budget()
         if let bytes = budget.bytes {
-            let plan = try MemoryPlanner.apply(budget: bytes, to: pipeline, width: size.width, height: size.height,
-                                               count: count, guided: settings.guidance > 1)
+            // TAESD previews run beside the steps: their share comes off the budget the generation is planned under.
+            let reserved = taesdPreview?.reservedBytes ?? 0
+            let plan = try MemoryPlanner.apply(budget: bytes - reserved, to: pipeline, width: size.width,
+                                               height: size.height, count: count, guided: settings.guidance > 1)
             // Tiles given by hand win over the plan's; --vae-tiling alone tiles where the plan would not.
             if vaeTileSize != nil || (vaeTiling && plan.vaeTiling == nil) { pipeline.vaeTiling = chosenTiling }
-            printError("sdd: \(budget.explanation): \(plan)")
+            let kept = reserved > 0 ? ", less \(reserved >> 20) MiB kept for TAESD previews" : ""
+            printError("sdd: \(budget.explanation)\(kept): \(plan)")
         }
 
         for p in prompts {
@@ -180,7 +194,7 @@ struct Generate: ParsableCommand {
                 results.append(try pipeline.generate(s) { step in
                     progress.update(step)
                     if let path = preview, LatentPreview.isPreviewStep(step.step, total: step.totalSteps),
-                       let png = LatentPreview.png(step.latents) {
+                       let png = taesdPreview.map({ $0.png(step.latents) }) ?? LatentPreview.png(step.latents) {
                         do { try OutputFiles.writeAtomically(png, to: URL(fileURLWithPath: path)) } catch {
                             previewError = error  // stops the run: the user asked for a file that cannot be written
                             return false

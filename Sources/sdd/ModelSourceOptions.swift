@@ -12,8 +12,11 @@ struct ModelSourceOptions: ParsableArguments {
     @Option(help: "What the model predicts, for files that cannot say: epsilon or v (also v_prediction).")
     var prediction: ModelPrediction?
 
-    @Option(help: "Another VAE: a diffusers AutoencoderKL or AutoencoderTiny (TAESD) folder (its own scaling factor).")
+    @Option(help: "Another VAE: a diffusers AutoencoderKL or AutoencoderTiny (TAESD) folder (its own scaling factor), or a single-file AutoencoderKL .safetensors with CompVis names, bare or under first_stage_model. (e.g. vae-ft-mse-840000-ema-pruned.safetensors), configured as the model's own VAE unless --vae-config says otherwise.")
     var vae: String?
+
+    @Option(help: "For a single-file --vae: the AutoencoderKL config.json (or a folder holding it, or vae/config.json) its tensors follow, as diffusers' from_single_file(config=). Default: the model's own VAE config.")
+    var vaeConfig: String?
 
     /// The options for `StableDiffusionModel(url:options:)`.
     func openOptions() throws -> ModelOpenOptions {
@@ -32,7 +35,18 @@ struct ModelSourceOptions: ParsableArguments {
     /// Opens `path` with these options; a diffusers folder carries its own configs, so it takes neither.
     func open(_ path: String) throws -> StableDiffusionModel {
         let model = try StableDiffusionModel(url: URL(fileURLWithPath: path), options: try openOptions(for: path))
-        return try vae.map { try model.replacingVAE(with: URL(fileURLWithPath: $0)) } ?? model
+        guard let vae else {
+            _ = try vaeConfigURL()
+            return model
+        }
+        return try model.replacingVAE(with: URL(fileURLWithPath: vae), config: try vaeConfigURL())
+    }
+
+    /// `--vae-config` as a URL; refused without `--vae`.
+    func vaeConfigURL() throws -> URL? {
+        guard let vaeConfig else { return nil }
+        guard vae != nil else { throw PipelineError.invalidRequest("--vae-config \(vaeConfig): give the VAE file with --vae") }
+        return URL(fileURLWithPath: vaeConfig)
     }
 
     /// `openOptions()`, refused for a diffusers folder, which carries its own configs.

@@ -20,8 +20,11 @@ struct Serve: AsyncParsableCommand {
 
     @OptionGroup var model: ModelOption
 
-    @Option(help: "Another VAE for the model: a diffusers AutoencoderKL or AutoencoderTiny (TAESD) folder.")
+    @Option(help: "Another VAE for the model: a diffusers AutoencoderKL or AutoencoderTiny (TAESD) folder, or a single-file AutoencoderKL .safetensors (CompVis names). Default: $SDD_VAE, else the model's own.")
     var vae: String?
+
+    @Option(help: "For a single-file --vae: the AutoencoderKL config.json (or a folder holding it) its tensors follow. Default: the model's own VAE config.")
+    var vaeConfig: String?
 
     @Option(help: "Unix socket to listen on (ignored under socket activation).")
     var socket: String = APIVersion.defaultSocketPath
@@ -84,6 +87,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Draw a latent preview (GET /v1/jobs/ID/preview, and a preview event) every this many steps; 0: none. Default: about ten per job.")
     var previewEvery: Int?
 
+    @Option(help: "Decode previews with this AutoencoderTiny (TAESD) folder (e.g. madebyollin/taesd) instead of the linear latent→RGB approximation; each decode stays within 32 MiB (larger latents are averaged down first), kept aside from --memory-budget.")
+    var previewVAE: String?
+
     @Option(help: "Log level.")
     var logLevel: Logger.Level = .info
 
@@ -98,7 +104,12 @@ struct Serve: AsyncParsableCommand {
     func makeConfiguration() throws -> DaemonConfiguration {
         var config = DaemonConfiguration()
         config.model = URL(fileURLWithPath: try model.path())
-        config.vae = vae.map { URL(fileURLWithPath: $0) }
+        let vaePath = vae ?? ProcessInfo.processInfo.environment["SDD_VAE"].flatMap { $0.isEmpty ? nil : $0 }
+        config.vae = vaePath.map { URL(fileURLWithPath: $0) }
+        if let vaeConfig {
+            guard config.vae != nil else { throw OptionError("--vae-config \(vaeConfig): give the VAE file with --vae or SDD_VAE") }
+            config.vaeConfig = URL(fileURLWithPath: vaeConfig)
+        }
         config.socketPath = socket
         config.socketMode = try FileModeOption.parse(socketMode)
         config.socketGroup = try socketGroup.map { try GroupOption.resolve($0) }
@@ -124,6 +135,25 @@ struct Serve: AsyncParsableCommand {
         config.maxQueued = queueLimit
         if let n = previewEvery, n < 0 { throw OptionError("--preview-every \(n): give a number of steps, or 0 for no previews") }
         config.previewEvery = previewEvery
+        if let previewVAE {
+            let preview: TAESDPreview
+            do {  // opened now so a bad folder stops the daemon at start, naming it
+                preview = try TAESDPreview(folder: URL(fileURLWithPath: previewVAE))
+            } catch {
+                throw OptionError("--preview-vae \(previewVAE): \(error)")
+            }
+            config.previewVAE = URL(fileURLWithPath: previewVAE)
+            // Previews run beside the steps: their share comes off the budget jobs are planned and admitted under.
+            if let bytes = config.memoryBudget {
+                guard bytes > preview.reservedBytes else {
+                    throw OptionError("--preview-vae \(previewVAE): its previews need \(preview.reservedBytes >> 20) MiB, "
+                        + "more than the memory budget of \(bytes >> 20) MiB")
+                }
+                config.memoryBudget = bytes - preview.reservedBytes
+                config.memoryBudgetExplanation = (config.memoryBudgetExplanation ?? "memory budget")
+                    + ", less \(preview.reservedBytes >> 20) MiB kept for TAESD previews"
+            }
+        }
         config.retention = try DurationOption.parse(retention, option: "--retention")
         config.retentionBytes = retentionSize
         config.checkpointEvery = checkpointEvery

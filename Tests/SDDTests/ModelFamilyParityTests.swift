@@ -59,7 +59,8 @@ final class ModelFamilyParityTests: XCTestCase {
             let name = try XCTUnwrap(c["name"] as? String)
             let png = workDir.appendingPathComponent("\(name).png")
             let npy = workDir.appendingPathComponent("\(name).npy")
-            let args = try Self.arguments(for: c, model: Self.fixtures.appendingPathComponent(model).path) + extra
+            let modelPath = model.hasPrefix("/") ? model : Self.fixtures.appendingPathComponent(model).path
+            let args = try Self.arguments(for: c, model: modelPath) + extra
                 + ["-o", png.path, "--save-latents", npy.path, try XCTUnwrap(c["prompt"] as? String)]
             let run = try GenerateCommandTests.runSDD(args)
             XCTAssertEqual(run.status, 0, "\(name): \(run.stderr)", file: file, line: line)
@@ -107,6 +108,50 @@ final class ModelFamilyParityTests: XCTestCase {
     func testASecondAutoencoderKLGivenWithVAEDecodesWithItsOwnScalingFactor() throws {
         try assertCasesMatch(model: "tiny-sd", reference: "vae-kl",
                              extra: ["--vae", Self.fixtures.appendingPathComponent("tiny-vae-kl").path])
+    }
+
+    /// tiny-vae-kl as one CompVis-named file, bare and under first_stage_model. (tools/reference/
+    /// make_single_file_vae.py checked both with diffusers' AutoencoderKL.from_single_file and replayed
+    /// reference/vae-kl with them), configured by --vae-config as from_single_file(config=).
+    func testASingleFileVAEWithCompVisNamesMatchesDiffusersFromSingleFile() throws {
+        for file in ["tiny-vae-kl-compvis.safetensors", "tiny-vae-kl-first-stage.safetensors"] {
+            try assertCasesMatch(model: "tiny-sd", reference: "vae-kl",
+                                 extra: ["--vae", Self.fixtures.appendingPathComponent("single-file/\(file)").path,
+                                         "--vae-config", Self.fixtures.appendingPathComponent("tiny-vae-kl").path])
+        }
+    }
+
+    func testASingleFileVAEThatDoesNotFitTheModelsVAEConfigIsAClearError() throws {
+        let run = try GenerateCommandTests.runSDD([
+            "generate", "--model", GenerateCommandTests.tinyModel, "--steps", "1",
+            "--vae", Self.fixtures.appendingPathComponent("single-file/tiny-vae-kl-compvis.safetensors").path,
+            "-o", workDir.appendingPathComponent("x.png").path, "p"])
+        XCTAssertNotEqual(run.status, 0)
+        XCTAssertTrue(run.stderr.contains("\"decoder.conv_in.bias\" has shape [16], expected [32]")
+                      && run.stderr.contains("--vae-config"), run.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: workDir.appendingPathComponent("x.png").path))
+        let alone = try GenerateCommandTests.runSDD(["generate", "--model", GenerateCommandTests.tinyModel,
+                                                     "--vae-config", Self.fixtures.appendingPathComponent("tiny-vae-kl").path,
+                                                     "-o", workDir.appendingPathComponent("y.png").path, "p"])
+        XCTAssertNotEqual(alone.status, 0)
+        XCTAssertTrue(alone.stderr.contains("give the VAE file with --vae"), alone.stderr)
+    }
+
+    /// `sdd convert --vae FILE --vae-config DIR` bakes the single-file VAE and the config it was checked against
+    /// into the GGUF, which then generates diffusers' image on its own.
+    func testConvertWithASingleFileVAEWritesTheVAEAndTheConfigItUsed() throws {
+        let gguf = workDir.appendingPathComponent("tiny-sd-vae-kl.gguf")
+        let convert = try GenerateCommandTests.runSDD([
+            "convert", "--model", GenerateCommandTests.tinyModel, "--type", "f32", "-o", gguf.path,
+            "--vae", Self.fixtures.appendingPathComponent("single-file/tiny-vae-kl-first-stage.safetensors").path,
+            "--vae-config", Self.fixtures.appendingPathComponent("tiny-vae-kl").path])
+        XCTAssertEqual(convert.status, 0, convert.stderr)
+        let file = try GGUFFile(url: gguf)
+        let text = try XCTUnwrap(file.metadata.first { $0.key == "sdd.vae.config" }?.value.stringValue)
+        let config = try JSONDecoder().decode(VAEConfig.self, from: Data(text.utf8))
+        XCTAssertEqual(config.scalingFactor, 0.13025)
+        XCTAssertEqual(config.normNumGroups, 4)
+        try assertCasesMatch(model: gguf.path, reference: "vae-kl")
     }
 
     func testATAESDGivenWithVAEMatchesDiffusersAutoencoderTiny() throws {

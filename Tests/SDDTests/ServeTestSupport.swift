@@ -22,7 +22,7 @@ final class ServeProcess {
 
     /// Variables a test's daemon must not inherit from the test process (the model, and systemd's own protocol
     /// variables, which a test sets itself when it is about them); everything else is inherited.
-    static let clearedVariables: Set<String> = ["SDD_MODEL", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
+    static let clearedVariables: Set<String> = ["SDD_MODEL", "SDD_VAE", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
                                                 "LISTEN_FDS", "LISTEN_PID"]
 
     init(executable: URL = ServeProcess.sddBinary, _ arguments: [String], environment: [String: String] = [:], log: URL) throws {
