@@ -76,6 +76,8 @@ final class CommandLineOptionsTests: XCTestCase {
             (["serve", "--precision", "f64"], "--precision", "f64", "auto"),
             (["serve", "--log-level", "loud"], "--log-level", "loud", "critical"),
             (convert + ["--type", "q3_k"], "--type", "q3_k", "q5_1"),
+            // A type the table reads but has no encoder for is not a choice.
+            (convert + ["--type", "q6_k"], "--type", "q6_k", "q8_0"),
             (convert + ["--type", "f16", "--vae-type", "q8_0"], "--vae-type", "q8_0", "same"),
         ]
         for c in cases {
