@@ -1,6 +1,6 @@
 // swift-tools-version:6.0
 // sdd: a Stable Diffusion text-to-image daemon for modest hardware.
-// Dependencies point one way (see DESIGN.md): sdd → Daemon → Pipeline → TiledKernels → MMapWeights;
+// Dependencies point one way (see DESIGN.md): sdd → Daemon → Pipeline → TiledKernels → MMapWeights → CKernels;
 // sdctl → SDDAPI only, so the client builds and starts fast.
 import PackageDescription
 
@@ -34,7 +34,8 @@ let package = Package(
                        providers: [.apt(["libpng-dev"])]),
         .systemLibrary(name: "CSystemd", path: "Sources/CSystemd", pkgConfig: "libsystemd",
                        providers: [.apt(["libsystemd-dev"])]),
-        .target(name: "MMapWeights"),
+        // MMapWeights reads its block types from CKernels' type table (TypeTraits.c), shared with the kernels.
+        .target(name: "MMapWeights", dependencies: ["CKernels"]),
         .target(name: "CKernels", path: "Sources/CKernels", cSettings: [.unsafeFlags(["-O3"])]),
         .target(name: "TiledKernels", dependencies: ["CBLAS", "CKernels", "MMapWeights"], swiftSettings: uncheckedKernels),
         .target(name: "Pipeline", dependencies: ["MMapWeights", "TiledKernels", "CKernels", "CPNG"]),

@@ -1,7 +1,9 @@
-// Dequantize: ggml block formats (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1; k-quants Q4_K, Q5_K, Q6_K) and F16/BF16 → F32,
-// vectorized (the k-quants, read only from other tools' files, in portable C).
-// Values equal the scalar reference in MMapWeights/TensorType.swift bit for bit: no fused multiply-adds.
+// Dequantize: the to_float rows of the type table (TypeTraits.c) — ggml block formats (Q8_0, Q4_0, Q4_1, Q5_0,
+// Q5_1; k-quants Q4_K, Q5_K, Q6_K) and F16/BF16 → F32, portable and vectorized (the k-quants, read only from
+// other tools' files, in portable C) — and the dispatcher that picks a row's path for this CPU.
+// Every path gives ggml's dequantize_row_* values bit for bit: no fused multiply-adds.
 #include "CKernels.h"
+#include "TypeKernels.h"
 #include <string.h>
 
 #pragma clang fp contract(off)
@@ -90,7 +92,14 @@ ATTR static void ck_q5_##SUFFIX(const uint8_t *s, int64_t n, float *y, int has_m
             }                                                                                          \
         }                                                                                              \
     }                                                                                                  \
-}
+}                                                                                                      \
+ATTR void ck_to_float_f16_##SUFFIX(const void *s, int64_t n, float *y) { ck_f16_##SUFFIX(s, n, y); }         \
+ATTR void ck_to_float_bf16_##SUFFIX(const void *s, int64_t n, float *y) { ck_bf16_##SUFFIX(s, n, y); }       \
+ATTR void ck_to_float_q8_0_##SUFFIX(const void *s, int64_t n, float *y) { ck_q8_0_##SUFFIX(s, n, y); }       \
+ATTR void ck_to_float_q4_0_##SUFFIX(const void *s, int64_t n, float *y) { ck_q4_##SUFFIX(s, n, y, 0); }      \
+ATTR void ck_to_float_q4_1_##SUFFIX(const void *s, int64_t n, float *y) { ck_q4_##SUFFIX(s, n, y, 1); }      \
+ATTR void ck_to_float_q5_0_##SUFFIX(const void *s, int64_t n, float *y) { ck_q5_##SUFFIX(s, n, y, 0); }      \
+ATTR void ck_to_float_q5_1_##SUFFIX(const void *s, int64_t n, float *y) { ck_q5_##SUFFIX(s, n, y, 1); }
 
 CK_GENERIC_BODIES(portable, )
 #if CK_X86
@@ -174,6 +183,14 @@ CK_AVX512 static void ck_q5_avx512(const uint8_t *s, int64_t n, float *y, int ha
         }
     }
 }
+
+CK_AVX512 void ck_to_float_f16_avx512(const void *s, int64_t n, float *y) { ck_f16_avx512(s, n, y); }
+CK_AVX512 void ck_to_float_bf16_avx512(const void *s, int64_t n, float *y) { ck_bf16_avx512(s, n, y); }
+CK_AVX512 void ck_to_float_q8_0_avx512(const void *s, int64_t n, float *y) { ck_q8_0_avx512(s, n, y); }
+CK_AVX512 void ck_to_float_q4_0_avx512(const void *s, int64_t n, float *y) { ck_q4_avx512(s, n, y, 0); }
+CK_AVX512 void ck_to_float_q4_1_avx512(const void *s, int64_t n, float *y) { ck_q4_avx512(s, n, y, 1); }
+CK_AVX512 void ck_to_float_q5_0_avx512(const void *s, int64_t n, float *y) { ck_q5_avx512(s, n, y, 0); }
+CK_AVX512 void ck_to_float_q5_1_avx512(const void *s, int64_t n, float *y) { ck_q5_avx512(s, n, y, 1); }
 #endif
 
 // ---- k-quants: ggml's dequantize_row_q4_K / q5_K / q6_K (reference C, super-blocks of 256) ----------
@@ -187,7 +204,8 @@ static inline void ck_scale_min_k4(int j, const uint8_t *q, uint8_t *d, uint8_t 
     }
 }
 
-static void ck_q45_k(const uint8_t *s, int64_t n, float *y, int five) {
+static void ck_q45_k(const void *src, int64_t n, float *y, int five) {
+    const uint8_t *s = (const uint8_t *)src;
     const int bytes = five ? 176 : 144;
     for (int64_t b = 0; b < n / 256; b++, s += bytes) {
         const float d = ck_half_to_float(ck_load16(s)), dmin = ck_half_to_float(ck_load16(s + 2));
@@ -206,7 +224,8 @@ static void ck_q45_k(const uint8_t *s, int64_t n, float *y, int five) {
     }
 }
 
-static void ck_q6_k(const uint8_t *s, int64_t n, float *y) {
+void ck_to_float_q6_k(const void *src, int64_t n, float *y) {
+    const uint8_t *s = (const uint8_t *)src;
     for (int64_t b = 0; b < n / 256; b++, s += 210) {
         const float d = ck_half_to_float(ck_load16(s + 208));
         const uint8_t *ql = s, *qh = s + 128;
@@ -226,6 +245,11 @@ static void ck_q6_k(const uint8_t *s, int64_t n, float *y) {
         }
     }
 }
+
+void ck_to_float_q4_k(const void *s, int64_t n, float *y) { ck_q45_k(s, n, y, 0); }
+void ck_to_float_q5_k(const void *s, int64_t n, float *y) { ck_q45_k(s, n, y, 1); }
+
+void ck_to_float_f32(const void *s, int64_t n, float *y) { memcpy(y, s, (size_t)n * 4); }
 
 // ---- dispatch ----------------------------------------------------------------------------------
 
@@ -257,32 +281,14 @@ int ck_dequantize_level(void) {
 
 void ck_force_dequantize_level(int level) { ck_forced_level = level; }
 
-#define CK_DISPATCH(LEVEL_SUFFIX)                                                                      \
-    switch (type) {                                                                                    \
-    case 1: ck_f16_##LEVEL_SUFFIX(s, count, dst); return 0;                                            \
-    case 30: ck_bf16_##LEVEL_SUFFIX(s, count, dst); return 0;                                          \
-    case 8: ck_q8_0_##LEVEL_SUFFIX(s, count, dst); return 0;                                           \
-    case 2: ck_q4_##LEVEL_SUFFIX(s, count, dst, 0); return 0;                                          \
-    case 3: ck_q4_##LEVEL_SUFFIX(s, count, dst, 1); return 0;                                          \
-    case 6: ck_q5_##LEVEL_SUFFIX(s, count, dst, 0); return 0;                                          \
-    case 7: ck_q5_##LEVEL_SUFFIX(s, count, dst, 1); return 0;                                          \
-    case 12: ck_q45_k(s, count, dst, 0); return 0;                                                     \
-    case 13: ck_q45_k(s, count, dst, 1); return 0;                                                     \
-    case 14: ck_q6_k(s, count, dst); return 0;                                                         \
-    default: return -1;                                                                                \
-    }
-
 int ck_dequantize(uint32_t type, const void *src, int64_t count, float *dst) {
-    const uint8_t *s = (const uint8_t *)src;
-    if (count <= 0) return (type == 0 || type == 1 || type == 2 || type == 3 || type == 6 || type == 7
-                            || type == 8 || type == 12 || type == 13 || type == 14 || type == 30) ? 0 : -1;
-    if (type == 0) { memcpy(dst, src, (size_t)count * 4); return 0; }
-#if CK_X86
-    switch (ck_dequantize_level()) {
-    case 2: CK_DISPATCH(avx512)
-    case 1: CK_DISPATCH(avx2)
-    default: break;
-    }
-#endif
-    CK_DISPATCH(portable)
+    const ck_type_traits *t = ck_type_traits_of(type);
+    if (t == NULL) return -1;
+    if (count <= 0) return 0;
+    ck_to_float_fn to_float = t->to_float;
+    const int level = ck_dequantize_level();
+    if (level >= 2 && t->to_float_avx512 != NULL) to_float = t->to_float_avx512;
+    else if (level >= 1 && t->to_float_avx2 != NULL) to_float = t->to_float_avx2;
+    to_float(src, count, dst);
+    return 0;
 }

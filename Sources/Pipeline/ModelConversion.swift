@@ -103,22 +103,8 @@ public enum ModelConverter {
         return s
     }
 
-    /// llama.cpp's LLAMA_FTYPE for a file whose main type is `type`.
-    public static func fileType(_ type: TensorType) -> UInt32 {
-        switch type {
-        case .f32: return 0
-        case .f16: return 1
-        case .q4_0: return 2
-        case .q4_1: return 3
-        case .q8_0: return 7
-        case .q5_0: return 8
-        case .q5_1: return 9
-        case .bf16: return 32
-        case .q4_K: return 15  // LLAMA_FTYPE_MOSTLY_Q4_K_M
-        case .q5_K: return 17  // LLAMA_FTYPE_MOSTLY_Q5_K_M
-        case .q6_K: return 18
-        }
-    }
+    /// llama.cpp's LLAMA_FTYPE for a file whose main type is `type` (the type table's file_type).
+    public static func fileType(_ type: TensorType) -> UInt32 { type.llamaFileType }
 
     /// Converts the diffusers folder at `folder` into one GGUF file at `output` (see `convert(model:…)`).
     @discardableResult

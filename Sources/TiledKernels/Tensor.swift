@@ -1,7 +1,6 @@
 // Tensor: the dense F32 activation type every kernel reads and writes.
 // Row-major; images are NCHW, token sequences are [batch, tokens, channels].
 
-import CKernels
 import MMapWeights
 
 /// A dense, row-major F32 tensor with value semantics: copies share storage until one of them writes
@@ -175,17 +174,15 @@ public struct Weight: @unchecked Sendable {
         return w
     }
 
-    /// Decodes rows `range` (each `rowLength` elements) to F32 into `destination`, with the vectorized
-    /// decoders of CKernels (values identical to `TensorType.dequantize`, the scalar reference).
+    /// Decodes rows `range` (each `rowLength` elements) to F32 into `destination` with the type table's
+    /// decoder (`TensorType.dequantize`: vectorized where the CPU allows, ggml's values bit for bit).
     public func dequantizeRows(_ range: Range<Int>, into destination: UnsafeMutablePointer<Float>) {
         precondition(range.lowerBound >= 0 && range.upperBound <= rows)
         guard let base = bytes.baseAddress, !range.isEmpty else { return }
         let rowBytes = (rowLength / type.blockSize) * type.blockBytes
         let source = base + range.lowerBound * rowBytes
         let count = range.count * rowLength
-        if ck_dequantize(type.rawValue, source, Int64(count), destination) != 0 {
-            type.dequantize(source, count: count, into: destination)
-        }
+        type.dequantize(source, count: count, into: destination)
     }
 
     /// All values as F32 (a copy), for small weights and tests.

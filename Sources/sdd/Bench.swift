@@ -9,7 +9,7 @@ import TiledKernels
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Measure one generation: per-stage seconds, GFLOP/s and peak memory.",
+        abstract: "Measure one generation: per-stage seconds, GFLOP/s, and its measured peak memory beside the planner's.",
         discussion: "Medians over the denoising steps; run on a quiet machine and compare runs from the same session.")
 
     @OptionGroup var model: ModelOption
@@ -73,10 +73,15 @@ struct Bench: ParsableCommand {
                                                    products: try compute.products())
         let products = pipeline.products
         let budget = compute.budget()
+        // The planner's peak for this run, printed beside the measured one.
+        var planned: (peak: Int, budget: Int)?
         if let bytes = budget.bytes {
             let plan = try MemoryPlanner.apply(budget: bytes, to: pipeline, width: width, height: height,
                                                guided: guidance > 1)
             printError("sdd: \(budget.explanation): \(plan)")
+            planned = (plan.peak, bytes)
+        } else {
+            printError("sdd: \(budget.explanation)")
         }
         let adapted = try lora.resolve(prompt: "a photograph of an astronaut riding a horse")
         // Binding with LoRAs (a merge's whole cost) is timed apart from the generation.
@@ -126,6 +131,8 @@ struct Bench: ParsableCommand {
             "blas_threads": MachineInfo.blasThreads(),
             "openblas_coretype_env": ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] ?? "",
             "peak_rss_bytes": peak.peakRSS,
+            "planned_peak_bytes": planned.map { $0.peak as Any } ?? NSNull(),
+            "memory_budget_bytes": planned.map { $0.budget as Any } ?? NSNull(),
             "loras": adapted.specs.map { "\($0.path):\($0.scale)" },
             "lora_apply": pipeline.loraApplication.rawValue,
             "lora_bind_seconds": loraBindSeconds,
@@ -152,7 +159,10 @@ struct Bench: ParsableCommand {
                      report["vae_gflops_per_second"] as? Double ?? 0))
         print(String(format: "machine GEMM     %.1f GFLOP/s (sgemm 4096×1280×1280, %@, %d threads)", gemm,
                      MachineInfo.blasCoreName(), MachineInfo.blasThreads()))
-        print("peak memory      \(mib(peak.peakRSS)) VmHWM; at peak RssAnon \(mib(peak.rssAnon)), RssFile \(mib(peak.rssFile))")
+        let plannedText = planned.map { "planned \(mib($0.peak)) under a \(mib($0.budget)) budget" }
+            ?? "not planned (no memory budget)"
+        print("peak memory      \(mib(peak.peakRSS)) VmHWM measured, \(plannedText); at peak RssAnon \(mib(peak.rssAnon)), "
+              + "RssFile \(mib(peak.rssFile))")
     }
 }
 

@@ -78,24 +78,18 @@ struct Convert: ParsableCommand {
     }
 }
 
-/// `--type`: the tensor types sdd writes (the k-quants are read only).
-enum WritableType: String, CaseIterable, ExpressibleByArgument {
-    case q8_0, q4_0, q4_1, q5_0, q5_1, f16, bf16, f32
+/// `--type`: the tensor types sdd writes — those the type table has an encoder for (the k-quants are read only).
+struct WritableType: ExpressibleByArgument {
+    let tensorType: TensorType
 
-    init?(argument: String) { self.init(rawValue: argument.lowercased()) }
-
-    var tensorType: TensorType {
-        switch self {
-        case .q8_0: return .q8_0
-        case .q4_0: return .q4_0
-        case .q4_1: return .q4_1
-        case .q5_0: return .q5_0
-        case .q5_1: return .q5_1
-        case .f16: return .f16
-        case .bf16: return .bf16
-        case .f32: return .f32
-        }
+    init?(argument: String) {
+        guard let type = TensorType(name: argument), type.isWritable else { return nil }
+        tensorType = type
     }
+
+    static var allValueStrings: [String] { TensorType.allCases.filter(\.isWritable).map(\.name) }
+
+    var defaultValueDescription: String { tensorType.name }
 }
 
 /// `--vae-type`: f16, f32, or the same as `--type`.

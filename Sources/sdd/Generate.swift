@@ -168,6 +168,8 @@ struct Generate: ParsableCommand {
             if vaeTileSize != nil || (vaeTiling && plan.vaeTiling == nil) { pipeline.vaeTiling = chosenTiling }
             let kept = reserved > 0 ? ", less \(reserved >> 20) MiB kept for TAESD previews" : ""
             printError("sdd: \(budget.explanation)\(kept): \(plan)")
+        } else {
+            printError("sdd: \(budget.explanation)")
         }
 
         for p in prompts {

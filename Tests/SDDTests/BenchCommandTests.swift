@@ -1,6 +1,6 @@
 // BenchCommandTests: `sdd bench --stage vae` under a memory budget decodes with the tiles a generation
-// under that budget would use (the planner's, after the UNet's share), and says which products ran and which
-// weight types the model stores.
+// under that budget would use (the planner's, after the UNet's share), says which products ran and which
+// weight types the model stores, and reports the run's measured peak beside the planner's.
 import Foundation
 import Pipeline
 import XCTest
@@ -53,5 +53,42 @@ final class BenchCommandTests: XCTestCase {
         // The fixture mixes F32, F16 and BF16 tensors; the conversion adds Q8_0 (norms, biases stay F32, VAE F16).
         XCTAssertEqual(reported[GenerateCommandTests.tinyModel], ["f32", "f16", "bf16"])
         XCTAssertEqual(reported[q8], ["q8_0", "f32", "f16"])
+    }
+
+    func testTheReportPutsTheMeasuredPeakBesideThePlannedOne() throws {
+        let budget = "1G"
+        let args = ["bench", "--model", GenerateCommandTests.tinyModel, "--steps", "1", "--width", "128", "--height", "128",
+                    "--memory-budget", budget]
+        let run = try GenerateCommandTests.runSDD(args + ["--json"])
+        XCTAssertEqual(run.status, 0, run.stderr)
+        let report = try XCTUnwrap(
+            JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any], run.stdout)
+        let measured = try XCTUnwrap(report["peak_rss_bytes"] as? Int, run.stdout)
+        XCTAssertGreaterThan(measured, 1 << 20, "a process's VmHWM is at least a MiB")
+        // The planned peak is the planner's own number for this run.
+        let pipeline = try StableDiffusionPipeline(
+            model: try StableDiffusionModel(url: URL(fileURLWithPath: GenerateCommandTests.tinyModel)))
+        let plan = try MemoryPlanner.plan(budget: try MemorySize.parse(budget), pipeline: pipeline, width: 128,
+                                          height: 128)
+        XCTAssertEqual(report["planned_peak_bytes"] as? Int, plan.peak, run.stdout)
+        XCTAssertEqual(report["memory_budget_bytes"] as? Int, 1 << 30, run.stdout)
+        XCTAssertTrue(run.stderr.contains("planned peak"), run.stderr)
+
+        let text = try GenerateCommandTests.runSDD(args)
+        XCTAssertEqual(text.status, 0, text.stderr)
+        let line = try XCTUnwrap(text.stdout.split(separator: "\n").first { $0.hasPrefix("peak memory") }, text.stdout)
+        XCTAssertTrue(line.contains("VmHWM measured, planned "), String(line))
+        XCTAssertTrue(line.contains("under a 1024.0 MiB budget"), String(line))
+
+        // Without planning there is no planned peak, and both forms say so.
+        let unplanned = try GenerateCommandTests.runSDD(["bench", "--model", GenerateCommandTests.tinyModel, "--steps", "1",
+                                                         "--width", "64", "--height", "64", "--memory-budget", "none",
+                                                         "--json"])
+        XCTAssertEqual(unplanned.status, 0, unplanned.stderr)
+        let object = try XCTUnwrap(
+            JSONSerialization.jsonObject(with: Data(unplanned.stdout.utf8)) as? [String: Any], unplanned.stdout)
+        XCTAssertTrue(object["planned_peak_bytes"] is NSNull, unplanned.stdout)
+        XCTAssertGreaterThan(object["peak_rss_bytes"] as? Int ?? 0, 0, unplanned.stdout)
+        XCTAssertTrue(unplanned.stderr.contains("no memory budget (--memory-budget none)"), unplanned.stderr)
     }
 }

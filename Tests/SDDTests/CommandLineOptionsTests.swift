@@ -2,6 +2,7 @@
 // named choices refused as usage errors (exit 64) that list the choices, matched in any case.
 
 import Foundation
+import Pipeline
 import XCTest
 
 final class CommandLineOptionsTests: XCTestCase {
@@ -75,6 +76,8 @@ final class CommandLineOptionsTests: XCTestCase {
             (["serve", "--precision", "f64"], "--precision", "f64", "auto"),
             (["serve", "--log-level", "loud"], "--log-level", "loud", "critical"),
             (convert + ["--type", "q3_k"], "--type", "q3_k", "q5_1"),
+            // A type the table reads but has no encoder for is not a choice.
+            (convert + ["--type", "q6_k"], "--type", "q6_k", "q8_0"),
             (convert + ["--type", "f16", "--vae-type", "q8_0"], "--vae-type", "q8_0", "same"),
         ]
         for c in cases {
@@ -96,5 +99,41 @@ final class CommandLineOptionsTests: XCTestCase {
                                                    "-o", out, "p"])
         XCTAssertEqual(run.status, 0, run.stderr)
         XCTAssertTrue(run.stderr.contains(", ddim, 1 steps"), run.stderr)
+    }
+
+    func testWithoutABudgetGenerateAndServePlanWithinTheLimitTheyRunUnderAndSayWhich() throws {
+        // The limit this test process runs under is the children's too (same cgroup, same /proc/meminfo).
+        let limit = try XCTUnwrap(MemoryLimit.detect(), "no cgroup limit and no /proc/meminfo here")
+        let out = workDir.appendingPathComponent("d.png").path
+        let run = try GenerateCommandTests.runSDD(["generate", "--model", Self.tinyModel, "--steps", "1", "-o", out, "p"])
+        XCTAssertEqual(run.status, 0, run.stderr)
+        // "sdd: memory budget 20.1 GiB (MemAvailable 23.0 GiB, less 2.9 GiB headroom): planned peak …"
+        XCTAssertTrue(run.stderr.contains("sdd: memory budget "), run.stderr)
+        XCTAssertTrue(run.stderr.contains("(\(limit.source) "), "names \(limit.source): \(run.stderr)")
+        XCTAssertTrue(run.stderr.contains("headroom): planned peak "), run.stderr)
+
+        let socket = workDir.appendingPathComponent("s.sock").path
+        let d = try ServeProcess(["serve", "--model", Self.tinyModel, "--socket", socket,
+                                  "--state-dir", workDir.appendingPathComponent("state").path],
+                                 log: workDir.appendingPathComponent("daemon.log"))
+        defer { d.stop() }
+        let up = ServeHTTP.waitUntil(timeout: 60) {
+            (try? ServeHTTP.request(socket, "GET", "/v1/health", timeout: 10))?.status == 200
+        }
+        XCTAssertTrue(up, "daemon did not come up:\n\(d.stderr)")
+        XCTAssertTrue(d.stderr.contains("memory budget "), d.stderr)
+        XCTAssertTrue(d.stderr.contains("(\(limit.source) "), "names \(limit.source): \(d.stderr)")
+        d.signal(SIGTERM)
+        XCTAssertEqual(d.waitExit(timeout: 30), 0, d.stderr)
+    }
+
+    func testMemoryBudgetNoneTurnsPlanningOffAndSaysSo() throws {
+        let out = workDir.appendingPathComponent("n.png").path
+        let run = try GenerateCommandTests.runSDD(["generate", "--model", Self.tinyModel, "--steps", "1",
+                                                   "--memory-budget", "none", "-o", out, "p"])
+        XCTAssertEqual(run.status, 0, run.stderr)
+        XCTAssertTrue(run.stderr.contains("sdd: no memory budget (--memory-budget none): runs are not planned"), run.stderr)
+        XCTAssertFalse(run.stderr.contains("planned peak"), "nothing is planned: \(run.stderr)")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: out))
     }
 }

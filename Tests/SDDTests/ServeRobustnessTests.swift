@@ -227,6 +227,20 @@ final class ServeRobustnessTests: XCTestCase {
         XCTAssertEqual(try post(["prompt": "a cat", "steps": 1000, "scheduler": "euler", "priority": -100]).status, 202)
     }
 
+    func testTheIssuesOversizedJobIs413WithItsReasonUnderA200MBudget() throws {
+        // Issue 13's case: 2048×2048, four images, under 200M was answered 202 and failed later.
+        try serve(["--memory-budget", "200M"])
+        let r = try post(["prompt": "a cat", "width": 2048, "height": 2048, "count": 4, "steps": 1])
+        XCTAssertEqual(r.status, 413, r.text)
+        XCTAssertEqual(errorCode(r), "exceeds_memory_budget")
+        // The reason is the planner's: the size, the stage that does not fit, and the budget it had (on the tiny
+        // model the VAE's share of the 200 MiB; on SD 1.5 the UNet's 3.86 GiB against 200 MiB).
+        XCTAssertTrue(errorMessage(r).contains("2048×2048"), "names the size that does not fit: \(r.text)")
+        XCTAssertTrue(errorMessage(r).contains("budget") && errorMessage(r).contains("MiB"), "with the numbers: \(r.text)")
+        let jobs = try ServeHTTP.request(socketPath, "GET", "/v1/jobs")
+        XCTAssertEqual((jobs.object["jobs"] as? [Any])?.count, 0, "nothing was queued: \(jobs.text)")
+    }
+
     func testASizeThatCannotFitTheMemoryBudgetIs413() throws {
         try serve(["--memory-budget", "64M"])
         let r = try post(["prompt": "a cat", "width": 2048, "height": 2048, "steps": 1])

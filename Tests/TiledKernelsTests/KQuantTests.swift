@@ -1,5 +1,5 @@
-// KQuantTests: the read-only k-quant decoders (Q4_K, Q5_K, Q6_K) — the scalar reference in TensorType and
-// CKernels' — against PyPI gguf's dequantize, on a file that package wrote (tools/gguf/make_kquant_fixtures.py).
+// KQuantTests: the read-only k-quant decoders (Q4_K, Q5_K, Q6_K) — the Swift scalar reference and the type
+// table's in CKernels — against PyPI gguf's dequantize, on a file that package wrote (tools/gguf/make_kquant_fixtures.py).
 import XCTest
 import MMapWeights
 @testable import TiledKernels
@@ -22,10 +22,10 @@ final class KQuantTests: XCTestCase {
             var reference = [Float](repeating: .nan, count: info.elementCount)
             reference.withUnsafeMutableBufferPointer { out in
                 if let base = gguf.bytes(of: info).baseAddress {
-                    type.dequantize(base, count: info.elementCount, into: out.baseAddress!)
+                    type.referenceDequantize(base, count: info.elementCount, into: out.baseAddress!)
                 }
             }
-            XCTAssertEqual(reference, values, "\(name): TensorType.dequantize")
+            XCTAssertEqual(reference, values, "\(name): Swift reference")
             let w = Weight(shape: info.shape, type: type, bytes: gguf.bytes(of: info), owner: gguf.file)
             XCTAssertEqual(w.dequantized(), values, "\(name): CKernels")
             XCTAssertEqual(Array(w.dequantized()[512..<1024]), Array(values[512..<1024]), "\(name): row 1")

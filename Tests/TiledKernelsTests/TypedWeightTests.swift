@@ -1,6 +1,6 @@
 // TypedWeightTests: linear, conv2d and row lookups over weights stored as F16, BF16 and ggml blocks, against
-// the naive Double references fed with the scalar reference dequantizer (TensorType.dequantize); and the
-// vectorized dequantizers of CKernels against that scalar reference, bit for bit, on every code path.
+// the naive Double references fed with the Swift scalar reference decoder (ReferenceDequantize.swift); and the
+// type table's decoders in CKernels against that reference, bit for bit, on every code path.
 import XCTest
 import CKernels
 import MMapWeights
@@ -11,7 +11,7 @@ private func referenceValues(_ w: Weight) -> [Double] {
     var out = [Float](repeating: 0, count: w.count)
     out.withUnsafeMutableBufferPointer { o in
         if let base = w.bytes.baseAddress, w.count > 0 {
-            w.type.dequantize(base, count: w.count, into: o.baseAddress!)
+            w.type.referenceDequantize(base, count: w.count, into: o.baseAddress!)
         }
     }
     return out.map(Double.init)
@@ -57,7 +57,7 @@ final class DequantizeTests: XCTestCase {
                 let bytes = randomBytes(type, elements: elements, seed: UInt64(level * 100) + UInt64(type.rawValue))
                 var want = [Float](repeating: 0, count: elements), got = want
                 bytes.withUnsafeBytes { src in
-                    want.withUnsafeMutableBufferPointer { type.dequantize(src.baseAddress!, count: elements, into: $0.baseAddress!) }
+                    want.withUnsafeMutableBufferPointer { type.referenceDequantize(src.baseAddress!, count: elements, into: $0.baseAddress!) }
                     got.withUnsafeMutableBufferPointer {
                         XCTAssertEqual(ck_dequantize(type.rawValue, src.baseAddress!, Int64(elements), $0.baseAddress!), 0)
                     }

@@ -1,5 +1,7 @@
-// CKernels: small C kernels TiledKernels calls where Swift cannot reach the instructions it needs
-// (AVX-512 conversions of ggml weight blocks), each with a runtime CPU check and a portable fallback.
+// CKernels: the table of weight storage types (ggml's block formats, with their encoders and decoders) that
+// MMapWeights and the kernels share, and small C kernels TiledKernels calls where Swift cannot reach the
+// instructions it needs (AVX-512 conversions of ggml weight blocks), each with a runtime CPU check and a portable
+// fallback.
 #ifndef CKERNELS_H
 #define CKERNELS_H
 
@@ -9,11 +11,52 @@
 extern "C" {
 #endif
 
-/// Decodes `count` elements (a multiple of the type's block size) of ggml type `type` (0 f32, 1 f16,
-/// 2 q4_0, 3 q4_1, 6 q5_0, 7 q5_1, 8 q8_0, 12 q4_K, 13 q5_K, 14 q6_K, 30 bf16) stored at `src` into `dst`, with exactly the values of
-/// ggml's dequantize_row_* (products and sums rounded separately, never fused). Returns 0, or -1 for an
-/// unknown type (nothing written).
+/// Decodes `count` elements of a row of a type's blocks into F32 (`count` a multiple of the block elements).
+typedef void (*ck_to_float_fn)(const void *src, int64_t count, float *dst);
+/// Encodes `count` F32 values (a multiple of the block elements) into the type's blocks.
+typedef void (*ck_from_float_fn)(const float *src, int64_t count, void *dst);
+
+/// One past the largest ggml type id the table has a row for.
+#define CK_TYPE_ID_LIMIT 31
+
+/// One weight storage type (TypeTraits.c): the one description Swift's TensorType and the dispatchers read.
+typedef struct ck_type_traits {
+    /// ggml's type id (GGML_TYPE_*), as GGUF files store it.
+    uint32_t type;
+    /// The lower-case name users type and ggml prints (q8_0, f16 …).
+    const char *name;
+    /// Elements per block (1 for the float types) and the bytes that block takes.
+    int32_t block_elements;
+    int32_t block_bytes;
+    /// 1 for the block quantizations (values share scales), 0 for the float types.
+    int32_t is_quantized;
+    /// llama.cpp's LLAMA_FTYPE for a file whose main type is this one (general.file_type).
+    uint32_t file_type;
+    /// Largest |x − to_float(from_float(x))| over a block, as a fraction of the block's largest |x| (for values
+    /// and scales in F16's normal range); meaningful only when from_float is set.
+    float round_trip_bound;
+    /// The portable decoder (the reference every path equals bit for bit), and the AVX2 + F16C and AVX-512 paths
+    /// (NULL: the next path down).
+    ck_to_float_fn to_float;
+    ck_to_float_fn to_float_avx2;
+    ck_to_float_fn to_float_avx512;
+    /// The encoder, ggml's quantize_row_*_ref; NULL for the types sdd only reads (the k-quants).
+    ck_from_float_fn from_float;
+} ck_type_traits;
+
+/// The table's row for ggml type id `type`, or NULL when sdd does not know the type.
+const ck_type_traits *ck_type_traits_of(uint32_t type);
+
+/// Decodes `count` elements (a multiple of the type's block size) of ggml type `type` stored at `src` into `dst`
+/// through the table's row, on the fastest path this CPU has, with exactly the values of ggml's
+/// dequantize_row_* (products and sums rounded separately, never fused). Returns 0, or -1 for an unknown
+/// type (nothing written).
 int ck_dequantize(uint32_t type, const void *src, int64_t count, float *dst);
+
+/// Encodes `count` F32 values (a multiple of the type's block size) at `src` into ggml type `type` at `dst` (the
+/// type's block bytes per block) with the row's from_float. Returns 0, or -1 (nothing written) for an unknown or
+/// read-only type or a count that is not whole blocks.
+int ck_quantize(uint32_t type, const float *src, int64_t count, void *dst);
 
 /// Which code path ck_dequantize takes on this CPU: 2 AVX-512, 1 AVX2+F16C, 0 portable C.
 int ck_dequantize_level(void);
