@@ -58,6 +58,9 @@ public enum TensorMemory {
     /// memory plan, or from the same activation models when it has none.
     public static func limitFootprint(_ bytes: Int?) { pool.setLimit(bytes) }
 
+    /// The limit `limitFootprint` set last (nil: none).
+    public static var footprintLimit: Int? { pool.limit() }
+
     /// Unmaps every idle block (between pipeline stages, whose tensor sizes differ).
     public static func releaseIdle() { pool.trim(to: 0) }
 
@@ -169,6 +172,8 @@ private final class BlockPool: Sendable {
             if let bytes { box.evict(downTo: max(bytes - box.liveBytes, 0)) }
         }
     }
+
+    func limit() -> Int? { state.withLock { $0.limit } }
 
     func counters() -> (live: Int, idle: Int, mapped: Int) {
         state.withLock { ($0.liveBytes, $0.idleBytes, $0.mappedCount) }
