@@ -54,8 +54,8 @@ public enum TensorMemory {
     /// Caps the bytes the pool keeps, live and idle together: a freed block is kept only while live plus
     /// idle blocks stay within `bytes`, otherwise idle blocks are unmapped, least recently freed first. Live
     /// tensors are never cut, so the pool's footprint is at most max(`bytes`, the live tensors). nil (the
-    /// default): keep every freed block until `releaseIdle`. The pipeline sets each stage's limit from its
-    /// memory plan, or from the same activation models when it has none.
+    /// default): keep every freed block until `releaseIdle`. The pipeline sets each stage's limit as the stage
+    /// starts, from the run's context (its memory plan, or the same activation models when it has none).
     public static func limitFootprint(_ bytes: Int?) { pool.setLimit(bytes) }
 
     /// The limit `limitFootprint` set last (nil: none).

@@ -66,5 +66,10 @@ final class RunContextTests: XCTestCase {
         XCTAssertNil(generation.runContext.memoryPlan)
         XCTAssertEqual(try pipeline.resume(generation.state).runContext.unetMemory, .fastest,
                        "a resumed run takes the context it is given, not the other run's")
+        let unplanned = try MemoryPlanner.runContext(budget: nil, pipeline: pipeline, width: 64, height: 64)
+        XCTAssertNil(unplanned.memoryPlan, "no budget: no plan")
+        XCTAssertEqual(unplanned.unetMemory, .fastest)
+        XCTAssertNil(unplanned.vaeTiling)
+        XCTAssertNil(unplanned.retainedScratchBytes)
     }
 }
