@@ -62,8 +62,9 @@ public final class Worker: @unchecked Sendable {
         self.logger = logger
     }
 
-    /// Starts the worker thread.
+    /// Starts the worker thread. With a memory budget, the process's allocator setting is made here, once.
     public func start() {
+        if memoryBudget != nil { ProcessMemory.preferCompactHeap() }
         let thread = Thread { [self] in
             loop()
             let waiters = shared.withLock { s in
@@ -255,15 +256,11 @@ public final class Worker: @unchecked Sendable {
         settings.prompt = prompt
         try pipeline.setLoRAs(loras)
         if !loras.isEmpty { log.info("LoRAs", metadata: ["loras": "\(loras.map { "\($0.path):\($0.scale)" })"]) }
-        if let budget = memoryBudget {
-            let plan = try MemoryPlanner.apply(budget: budget, to: pipeline, width: settings.width, height: settings.height,
-                                               count: settings.count, guided: settings.guidance > 1)
-            log.info("memory plan", metadata: ["plan": "\(plan)"])
-        } else {
-            pipeline.vaeTiling = nil
-            pipeline.unetMemory = .fastest
-            pipeline.memoryPlan = nil
-        }
+        // Each job plans its own run; nothing of the previous job's stays on the pipeline.
+        let context = try MemoryPlanner.runContext(budget: memoryBudget, pipeline: pipeline, width: settings.width,
+                                                   height: settings.height, count: settings.count,
+                                                   guided: settings.guidance > 1)
+        if let plan = context.memoryPlan { log.info("memory plan", metadata: ["plan": "\(plan)"]) }
         if let data = queue.spool.loadCheckpoint(record.job.id) {
             do {
                 let state = try JSONDecoder().decode(GenerationState.self, from: data)
@@ -271,12 +268,12 @@ public final class Worker: @unchecked Sendable {
                       state.settings.steps == settings.steps else {
                     throw PipelineError.invalidRequest("the checkpoint belongs to other settings")
                 }
-                return try pipeline.resume(state)
+                return try pipeline.resume(state, context: context)
             } catch {
                 log.warning("checkpoint unusable, starting over", metadata: ["error": "\(error)"])
             }
         }
-        return try pipeline.begin(settings)
+        return try pipeline.begin(settings, context: context)
     }
 
     /// Saves the generation state; a failure (disk full) is logged, not fatal: the job goes on without it.

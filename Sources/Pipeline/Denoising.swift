@@ -57,6 +57,8 @@ extension GenerationState: Codable {
 public final class Generation {
     public private(set) var state: GenerationState
     private let pipeline: StableDiffusionPipeline
+    /// The run's memory settings, read by every stage.
+    public let runContext: RunContext
     private let context: Tensor
     private var timings = StageTimings()
     private let promptTruncated: Bool
@@ -64,9 +66,15 @@ public final class Generation {
     private let started = Date()
 
     /// Encodes the prompts (recomputed on resume: they are a pure function of the settings).
-    init(pipeline: StableDiffusionPipeline, state: GenerationState) throws {
+    init(pipeline: StableDiffusionPipeline, state: GenerationState, run: RunContext) throws {
         self.pipeline = pipeline
         self.state = state
+        runContext = run
+        // The process-wide pools take this run's limits as it starts (see `RunContext`): the scratch arenas keep
+        // what the run allows; the text encoder's tensors (77 tokens) are not planned, so the pool is unbounded
+        // until the UNet's first step sets its own limit.
+        ScratchArena.limitRetainedBytes(run.retainedScratchBytes)
+        TensorMemory.limitFootprint(nil)
         let clock = Date()
         let prompts = try pipeline.encodePrompts(state.settings, guided: state.settings.guidance > 1,
                                                  encoder: try pipeline.textEncoder())
@@ -81,7 +89,7 @@ public final class Generation {
         guard !state.isDenoised else { return nil }
         let clock = Date()
         let t = state.scheduler.timesteps[state.stepIndex]
-        try pipeline.denoise(&state, context: context)
+        try pipeline.denoise(&state, context: context, run: runContext)
         timings.steps.append(Date().timeIntervalSince(clock))
         return StepProgress(step: state.stepIndex, totalSteps: state.totalSteps, timestep: t,
                             elapsed: Date().timeIntervalSince(started), latents: state.latents)
@@ -93,7 +101,7 @@ public final class Generation {
     public func finish(shouldContinue: () -> Bool = { true }) throws -> GenerationResult {
         while try next() != nil {}
         let clock = Date()
-        let images = try pipeline.decode(state.latents, shouldContinue: shouldContinue)
+        let images = try pipeline.decode(state.latents, run: runContext, shouldContinue: shouldContinue)
         timings.vaeDecode = Date().timeIntervalSince(clock)
         let s = state.settings
         return GenerationResult(settings: s, seed: s.seed ?? 0, width: s.width ?? 0, height: s.height ?? 0,

@@ -152,13 +152,7 @@ public final class StableDiffusionPipeline {
     private var unetModel: UNet?
     private var vaeModel: VAEDecoder?
     private var tinyVAEModel: TinyAutoencoderDecoder?
-    /// Tiled VAE decode (diffusers' enable_tiling semantics, see VAETiling.swift); nil decodes the whole latent at once.
-    public var vaeTiling: VAETiling?
-    /// How the UNet trades speed for memory (the memory planner picks `.compact` when a budget needs it).
-    public var unetMemory: UNetMemoryMode = .fastest
-    /// The memory plan this pipeline runs under (nil: no budget). Each stage keeps its tensors within the
-    /// plan's activations for that stage (see `TensorMemory.limitFootprint`).
-    public var memoryPlan: MemoryPlan?
+    // A run's memory plan, UNet memory mode and VAE tiling are not kept here: each run carries its `RunContext`.
 
     func textEncoder() throws -> CLIPTextEncoder {
         if let m = textEncoderModel { return m }
@@ -311,7 +305,8 @@ public final class StableDiffusionPipeline {
     }
 
     /// Starts a generation: validates, resolves size and seed, draws the initial latents. No model runs yet.
-    public func begin(_ s: GenerationSettings) throws -> Generation {
+    /// `context`: the run's memory settings (default: no plan, the fastest UNet, no tiling).
+    public func begin(_ s: GenerationSettings, context: RunContext = RunContext()) throws -> Generation {
         let (width, height) = try validate(s)
         var resolved = s
         resolved.width = width
@@ -324,24 +319,24 @@ public final class StableDiffusionPipeline {
         let latents = scale(random.randn(latentShape), by: scheduler.initNoiseSigma)
         let state = GenerationState(settings: resolved, latents: latents, scheduler: scheduler, random: random,
                                     stepIndex: 0)
-        return try Generation(pipeline: self, state: state)
+        return try Generation(pipeline: self, state: state, run: context)
     }
 
     /// Continues a generation from a checkpoint (`Generation.state`), giving the same result as an uninterrupted run.
-    public func resume(_ state: GenerationState) throws -> Generation {
+    public func resume(_ state: GenerationState, context: RunContext = RunContext()) throws -> Generation {
         let (width, height) = try validate(state.settings)
         let f = model.vaeScaleFactor
         let expected = [state.settings.count, model.unet.inChannels, height / f, width / f]
         guard state.latents.shape == expected, state.stepIndex <= state.scheduler.timesteps.count else {
             throw PipelineError.invalidRequest("checkpoint does not fit this model or request (latents \(state.latents.shape), expected \(expected))")
         }
-        return try Generation(pipeline: self, state: state)
+        return try Generation(pipeline: self, state: state, run: context)
     }
 
     /// Runs the whole generation. `progress` is called after every step; returning false cancels.
-    public func generate(_ s: GenerationSettings,
+    public func generate(_ s: GenerationSettings, context: RunContext = RunContext(),
                          progress: (StepProgress) -> Bool = { _ in true }) throws -> GenerationResult {
-        let generation = try begin(s)
+        let generation = try begin(s, context: context)
         while let p = try generation.next() {
             if !progress(p) { throw PipelineError.cancelled }
         }
@@ -349,7 +344,7 @@ public final class StableDiffusionPipeline {
     }
 
     /// One guided UNet evaluation and scheduler step on `state`.
-    func denoise(_ state: inout GenerationState, context: Tensor) throws {
+    func denoise(_ state: inout GenerationState, context: Tensor, run: RunContext) throws {
         let s = state.settings
         let guided = s.guidance > 1
         let unet = try unet()
@@ -357,11 +352,11 @@ public final class StableDiffusionPipeline {
         let t = state.scheduler.timesteps[i]
         let input = guided ? Tensor.stack(batches: [state.latents, state.latents]) : state.latents
         // The pool keeps what the plan gives the UNet's tensors; without a plan, what they are modelled to need.
-        TensorMemory.limitFootprint(memoryPlan?.unetTensorBytes ?? MemoryPlanner.unetActivationBytes(
+        TensorMemory.limitFootprint(run.unetTensorBytes ?? MemoryPlanner.unetActivationBytes(
             model.unet, latentHeight: input.shape[2], latentWidth: input.shape[3], batch: input.shape[0],
-            memory: unetMemory))
+            memory: run.unetMemory))
         let scaled = state.scheduler.scaleModelInput(input, stepIndex: i)
-        var eps = unet(scaled, timestep: t, context: context, memory: unetMemory)
+        var eps = unet(scaled, timestep: t, context: context, memory: run.unetMemory)
         if guided {
             let uncond = eps.slice(batch: 0..<s.count)
             let text = eps.slice(batch: s.count..<(2 * s.count))
@@ -372,7 +367,7 @@ public final class StableDiffusionPipeline {
     }
 
     /// Latents → images through the VAE decoder (diffusers divides by scaling_factor only; shift_factor is SD3's).
-    func decode(_ latents: Tensor, shouldContinue: () -> Bool = { true }) throws -> [[UInt8]] {
+    func decode(_ latents: Tensor, run: RunContext, shouldContinue: () -> Bool = { true }) throws -> [[UInt8]] {
         // The UNet's idle tensor blocks have the UNet's sizes; the decoder's are others.
         TensorMemory.releaseIdle()
         defer { TensorMemory.releaseIdle() }
@@ -381,7 +376,7 @@ public final class StableDiffusionPipeline {
         if let tiny = try tinyVAEDecoder() {
             // TAESD decodes exactly in bands of latent rows; a plan's (or --vae-tiling's) activation budget sets
             // their height, else the whole latent decodes at once (diffusers' default for AutoencoderTiny).
-            let budget = memoryPlan?.vaeTensorBytes ?? (vaeTiling == nil ? nil : VAETiling.defaultActivationBudgetBytes)
+            let budget = run.vaeTensorBytes ?? (run.vaeTiling == nil ? nil : VAETiling.defaultActivationBudgetBytes)
             let band = budget.flatMap { tiny.bandLatentRows(forBudgetBytes: $0, latentHeight: h, latentWidth: w, batch: n) }
             TensorMemory.limitFootprint(TinyAutoencoderDecoder.tensorBytes(
                 config: tiny.config, latentRows: band.map { min(h, $0 + 2 * tiny.haloLatentRows) } ?? h,
@@ -391,9 +386,9 @@ public final class StableDiffusionPipeline {
             })
         }
         let vae = try vaeDecoder()
-        TensorMemory.limitFootprint(memoryPlan?.vaeTensorBytes ?? VAEDecoder.tensorBytes(
-            config: model.vae, tiling: vaeTiling, latentHeight: h, latentWidth: w, batch: n))
-        if let tiling = vaeTiling {
+        TensorMemory.limitFootprint(run.vaeTensorBytes ?? VAEDecoder.tensorBytes(
+            config: model.vae, tiling: run.vaeTiling, latentHeight: h, latentWidth: w, batch: n))
+        if let tiling = run.vaeTiling {
             guard tiling.preservesSize(scaleFactor: model.vaeScaleFactor) else {
                 throw PipelineError.invalidRequest("VAE tiles of \(tiling.tileLatentSize) latent cells with overlap "
                     + "\(tiling.overlapFactor) would not give a \(latents.shape[3] * model.vaeScaleFactor)×"

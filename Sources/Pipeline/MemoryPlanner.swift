@@ -321,15 +321,12 @@ public enum MemoryPlanner {
         return plan
     }
 
-    /// Plans and applies the plan's VAE tiling and UNet memory mode to `pipeline`; returns the plan.
-    @discardableResult
-    public static func apply(budget: Int, to pipeline: StableDiffusionPipeline, width: Int?, height: Int?,
-                             count: Int = 1, guided: Bool = true) throws -> MemoryPlan {
-        let plan = try plan(budget: budget, pipeline: pipeline, width: width, height: height, count: count, guided: guided)
-        pipeline.vaeTiling = plan.vaeTiling
-        pipeline.unetMemory = plan.unetMemory
-        pipeline.memoryPlan = plan
-        ProcessMemory.preferCompactHeap(plan: plan)
-        return plan
+    /// The run context of a generation under `budget` bytes (its plan's VAE tiling, UNet memory mode and limits);
+    /// nil: no plan, `RunContext()`. The pipeline is left as it was: the run takes the context.
+    public static func runContext(budget: Int?, pipeline: StableDiffusionPipeline, width: Int?, height: Int?,
+                                  count: Int = 1, guided: Bool = true) throws -> RunContext {
+        guard let budget else { return RunContext() }
+        return RunContext(plan: try plan(budget: budget, pipeline: pipeline, width: width, height: height,
+                                         count: count, guided: guided))
     }
 }

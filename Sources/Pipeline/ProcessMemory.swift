@@ -38,16 +38,17 @@ public enum ProcessMemory {
     /// VmHWM: the peak resident set size, in bytes.
     public static func peakResidentBytes() -> Int? { snapshot()?.peakRSS }
 
-    /// Settings for a run under a memory budget, within `plan`'s figures. glibc serves every allocation of
-    /// 1 MiB or more with its own mapping, returned to the kernel on free (glibc otherwise raises that
-    /// threshold as large blocks are freed and keeps them in its heaps, which fragments). Tensors come from
-    /// `TensorMemory`'s pool, which reuses their pages without new faults (the pipeline bounds it by the plan's
-    /// activations, stage by stage); the kernels' idle scratch arenas keep at most the plan's scratch
-    /// (returning it after every kernel cost ~10 M page faults per 512×512 image).
-    public static func preferCompactHeap(plan: MemoryPlan) {
-        _ = ck_set_malloc_mmap_threshold(1 << 20)
-        ScratchArena.limitRetainedBytes(max(plan.scratch, retainedScratchBytes))
+    /// The allocator setting of a process that runs under a memory budget, set once at start (by `sdd generate`,
+    /// `bench` and the daemon's worker), never per run. glibc serves every allocation of 1 MiB or more with its
+    /// own mapping, returned to the kernel on free (glibc otherwise raises that threshold as large blocks are
+    /// freed and keeps them in its heaps, which fragments). Tensors come from `TensorMemory`'s pool, which reuses
+    /// their pages without new faults; each run bounds it, and the kernels' idle scratch (returning it after every
+    /// kernel cost ~10 M page faults per 512×512 image), by its `RunContext`, stage by stage.
+    public static func preferCompactHeap() {
+        _ = compactHeap
     }
+
+    private static let compactHeap: Void = { _ = ck_set_malloc_mmap_threshold(1 << 20) }()
 
     /// Idle scratch kept under a budget at least: one 16 MiB buffer (a whole dequantized weight, or two bands).
     public static let retainedScratchBytes = 16 << 20

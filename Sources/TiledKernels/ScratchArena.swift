@@ -53,6 +53,9 @@ public final class ScratchArena: @unchecked Sendable {
     /// never cut, so a kernel still gets all the scratch it asks for; the cap bounds what stays behind.
     public static func limitRetainedBytes(_ bytes: Int?) { pool.setRetainLimit(bytes) }
 
+    /// The cap `limitRetainedBytes` set last (nil: none).
+    public static var retainedBytesLimit: Int? { pool.retainLimit() }
+
     /// The most scratch the products hold at once with the standard limits, for a model whose largest weight
     /// has `largestWeightFloats` values and whose largest im2col band (input channels · kh · kw · output
     /// pixels of one image) has `largestBandFloats`: a whole dequantized weight held by the calling thread plus
@@ -126,6 +129,8 @@ private final class ArenaPool: Sendable {
             for a in state.idle { state.drop(a) }
         }
     }
+
+    func retainLimit() -> Int? { state.withLock { $0.retainLimit } }
 
     func setRetainLimit(_ bytes: Int?) {
         state.withLock { $0.retainLimit = bytes }

@@ -54,9 +54,12 @@ public enum TensorMemory {
     /// Caps the bytes the pool keeps, live and idle together: a freed block is kept only while live plus
     /// idle blocks stay within `bytes`, otherwise idle blocks are unmapped, least recently freed first. Live
     /// tensors are never cut, so the pool's footprint is at most max(`bytes`, the live tensors). nil (the
-    /// default): keep every freed block until `releaseIdle`. The pipeline sets each stage's limit from its
-    /// memory plan, or from the same activation models when it has none.
+    /// default): keep every freed block until `releaseIdle`. The pipeline sets each stage's limit as the stage
+    /// starts, from the run's context (its memory plan, or the same activation models when it has none).
     public static func limitFootprint(_ bytes: Int?) { pool.setLimit(bytes) }
+
+    /// The limit `limitFootprint` set last (nil: none).
+    public static var footprintLimit: Int? { pool.limit() }
 
     /// Unmaps every idle block (between pipeline stages, whose tensor sizes differ).
     public static func releaseIdle() { pool.trim(to: 0) }
@@ -169,6 +172,8 @@ private final class BlockPool: Sendable {
             if let bytes { box.evict(downTo: max(bytes - box.liveBytes, 0)) }
         }
     }
+
+    func limit() -> Int? { state.withLock { $0.limit } }
 
     func counters() -> (live: Int, idle: Int, mapped: Int) {
         state.withLock { ($0.liveBytes, $0.idleBytes, $0.mappedCount) }

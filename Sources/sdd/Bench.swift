@@ -75,9 +75,12 @@ struct Bench: ParsableCommand {
         let budget = compute.budget()
         // The planner's peak for this run, printed beside the measured one.
         var planned: (peak: Int, budget: Int)?
+        var context = RunContext()
         if let bytes = budget.bytes {
-            let plan = try MemoryPlanner.apply(budget: bytes, to: pipeline, width: width, height: height,
-                                               guided: guidance > 1)
+            ProcessMemory.preferCompactHeap()
+            let plan = try MemoryPlanner.plan(budget: bytes, pipeline: pipeline, width: width, height: height,
+                                              guided: guidance > 1)
+            context = RunContext(plan: plan)
             printError("sdd: \(budget.explanation): \(plan)")
             planned = (plan.peak, bytes)
         } else {
@@ -97,7 +100,7 @@ struct Bench: ParsableCommand {
         settings.seed = 0
 
         ComputeCounter.reset()
-        let generation = try pipeline.begin(settings)
+        let generation = try pipeline.begin(settings, context: context)
         let textFlops = ComputeCounter.total
         var stepFlops: [Int] = []
         while try generation.next() != nil {

@@ -157,15 +157,17 @@ struct Generate: ParsableCommand {
             size = try pipeline.validate(other)
         }
         let chosenTiling = try chooseVAETiling(folder, width: size.width, height: size.height)
-        pipeline.vaeTiling = chosenTiling
+        var context = RunContext(vaeTiling: chosenTiling)
         let budget = compute.budget()
         if let bytes = budget.bytes {
+            ProcessMemory.preferCompactHeap()
             // TAESD previews run beside the steps: their share comes off the budget the generation is planned under.
             let reserved = taesdPreview?.reservedBytes ?? 0
-            let plan = try MemoryPlanner.apply(budget: bytes - reserved, to: pipeline, width: size.width,
-                                               height: size.height, count: count, guided: settings.guidance > 1)
+            let plan = try MemoryPlanner.plan(budget: bytes - reserved, pipeline: pipeline, width: size.width,
+                                              height: size.height, count: count, guided: settings.guidance > 1)
+            context = RunContext(plan: plan)
             // Tiles given by hand win over the plan's; --vae-tiling alone tiles where the plan would not.
-            if vaeTileSize != nil || (vaeTiling && plan.vaeTiling == nil) { pipeline.vaeTiling = chosenTiling }
+            if vaeTileSize != nil || (vaeTiling && plan.vaeTiling == nil) { context.vaeTiling = chosenTiling }
             let kept = reserved > 0 ? ", less \(reserved >> 20) MiB kept for TAESD previews" : ""
             printError("sdd: \(budget.explanation)\(kept): \(plan)")
         } else {
@@ -193,7 +195,7 @@ struct Generate: ParsableCommand {
             let progress = ProgressLine(enabled: isatty(STDERR_FILENO) != 0)
             var previewError: Error?
             do {
-                results.append(try pipeline.generate(s) { step in
+                results.append(try pipeline.generate(s, context: context) { step in
                     progress.update(step)
                     if let path = preview, LatentPreview.isPreviewStep(step.step, total: step.totalSteps),
                        let png = taesdPreview.map({ $0.png(step.latents) }) ?? LatentPreview.png(step.latents) {

@@ -39,12 +39,13 @@ final class ServerTests: XCTestCase {
 
     @discardableResult
     func startDaemon(limits: ConnectionLimits = ConnectionLimits(), checkpointEvery: Int = 5,
-                     mode: mode_t = 0o660, previewEvery: Int? = nil) async throws -> Daemon {
+                     mode: mode_t = 0o660, previewEvery: Int? = nil, memoryBudget: Int? = nil) async throws -> Daemon {
         let queue = JobQueue(spool: try Spool(root: dir.appendingPathComponent("state")), maxQueued: 100,
                              logger: .init(label: "test"))
         let worker = Worker(queue: queue, modelURL: Self.tinyModel, keepAlive: 60, checkpointEvery: checkpointEvery,
                             logger: .init(label: "test"))
         worker.previewEvery = previewEvery
+        worker.memoryBudget = memoryBudget
         let router = APIRouter(queue: queue, worker: worker, model: try ModelDescription.read(Self.tinyModel), keepAlive: 60)
         let server = APIServer(address: .path(socketPath, mode: mode, group: nil), router: router, limits: limits,
                                logger: .init(label: "test"))

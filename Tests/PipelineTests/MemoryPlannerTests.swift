@@ -84,12 +84,12 @@ final class MemoryPlannerTests: XCTestCase {
         let pipeline = try StableDiffusionPipeline(model: StableDiffusionModel(url: ModelFixtures.tinyModel))
         let open = try MemoryPlanner.plan(budget: nil, pipeline: pipeline, width: 256, height: 256)
         let budget = open.unetPeak + (open.vaePeak - open.unetPeak) / 2
-        let plan = try MemoryPlanner.apply(budget: budget, to: pipeline, width: 256, height: 256)
-        defer {  // apply() set process-wide limits; later tests run without them
+        let context = try MemoryPlanner.runContext(budget: budget, pipeline: pipeline, width: 256, height: 256)
+        defer {  // the run set the process-wide pools' limits; later tests run without them
             TensorMemory.limitFootprint(nil)
             ScratchArena.limitRetainedBytes(nil)
         }
-        XCTAssertNotNil(pipeline.memoryPlan)
+        let plan = try XCTUnwrap(context.memoryPlan)
         XCTAssertNotNil(plan.vaeTiling)
         XCTAssertLessThan(plan.vaeTensorBytes, plan.vaeActivations, "kernel scratch and the margin are left out")
         var s = GenerationSettings(prompt: "a red circle")
@@ -97,7 +97,7 @@ final class MemoryPlannerTests: XCTestCase {
         s.seed = 3
         s.width = 256
         s.height = 256
-        let generation = try pipeline.begin(s)
+        let generation = try pipeline.begin(s, context: context)
         while try generation.next() != nil {
             XCTAssertLessThanOrEqual(TensorMemory.liveBytes + TensorMemory.idleBytes,
                                      max(plan.unetTensorBytes, TensorMemory.liveBytes))

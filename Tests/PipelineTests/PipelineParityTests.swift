@@ -55,11 +55,11 @@ final class PipelineParityTests: XCTestCase {
 
     func testACancelDuringATiledDecodeStopsBetweenTilesAndTheGenerationCanStillFinish() throws {
         let pipeline = try StableDiffusionPipeline(model: try StableDiffusionModel(url: ModelFixtures.tinyModel))
-        pipeline.vaeTiling = VAETiling(tileLatentSize: 4, scaleFactor: pipeline.model.vaeScaleFactor)
+        let tiled = RunContext(vaeTiling: VAETiling(tileLatentSize: 4, scaleFactor: pipeline.model.vaeScaleFactor))
         var s = GenerationSettings(prompt: "a blue square")
         s.steps = 2
         s.seed = 1
-        let generation = try pipeline.begin(s)
+        let generation = try pipeline.begin(s, context: tiled)
         var asked = 0
         XCTAssertThrowsError(try generation.finish { asked += 1; return asked < 2 }) {
             XCTAssertEqual($0 as? PipelineError, .cancelled)
@@ -67,7 +67,7 @@ final class PipelineParityTests: XCTestCase {
         XCTAssertEqual(asked, 2, "stopped after the second tile, not at the end")
         XCTAssertEqual(generation.state.stepIndex, generation.state.totalSteps, "the denoised latents are kept")
         let finished = try generation.finish()
-        XCTAssertEqual(finished.images, try pipeline.generate(s).images)
+        XCTAssertEqual(finished.images, try pipeline.generate(s, context: tiled).images)
     }
 
     func testAStepCountTheSchedulerCannotPlaceIsRefusedBeforeAnyWork() throws {

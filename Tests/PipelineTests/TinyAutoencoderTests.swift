@@ -68,7 +68,8 @@ final class TinyAutoencoderTests: XCTestCase {
         s.steps = 2
         s.seed = 4
         let whole = try pipeline.generate(s)
-        try MemoryPlanner.apply(budget: 1 << 30, to: pipeline, width: nil, height: nil)
-        XCTAssertEqual(try pipeline.generate(s).images, whole.images)
+        let planned = try MemoryPlanner.runContext(budget: 1 << 30, pipeline: pipeline, width: nil, height: nil)
+        XCTAssertNotNil(planned.memoryPlan)
+        XCTAssertEqual(try pipeline.generate(s, context: planned).images, whole.images)
     }
 }

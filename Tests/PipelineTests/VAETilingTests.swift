@@ -112,13 +112,11 @@ final class VAETilingTests: XCTestCase {
         s.height = 56
         s.seed = 7
         let untiled = try pipeline.generate(s)
-        pipeline.vaeTiling = VAETiling(tileLatentSize: 4)
-        let tiled = try pipeline.generate(s)
+        let tiled = try pipeline.generate(s, context: RunContext(vaeTiling: VAETiling(tileLatentSize: 4)))
         XCTAssertEqual(tiled.latents.data, untiled.latents.data)
         XCTAssertEqual(tiled.images[0].count, 80 * 56 * 3)
         XCTAssertNotEqual(tiled.images[0], untiled.images[0])
-        pipeline.vaeTiling = VAETiling(tileLatentSize: 6)
-        XCTAssertThrowsError(try pipeline.generate(s), "a tile that would change the image size is refused")
+        XCTAssertThrowsError(try pipeline.generate(s, context: RunContext(vaeTiling: VAETiling(tileLatentSize: 6))), "a tile that would change the image size is refused")
     }
 
     // MARK: memory
