@@ -9,30 +9,10 @@ import TiledKernels
 public struct UNet {
     public let config: UNetConfig
 
-    /// One resolution level going down: resnets (each optionally followed by a transformer), then a downsampler.
-    struct DownLevel {
-        let resnets: [ResnetBlock]
-        let transformers: [SpatialTransformer?]
-        let downsample: Downsample?
-    }
-
-    /// One level going up: each resnet takes the current map concatenated with one skip connection.
-    struct UpLevel {
-        let resnets: [ResnetBlock]
-        let transformers: [SpatialTransformer?]
-        let upsample: Upsample?
-    }
-
-    private let timeLinear1: Linear
-    private let timeLinear2: Linear
-    private let convIn: Conv2d
-    private let down: [DownLevel]
-    private let midResnets: [ResnetBlock]
-    private let midTransformer: SpatialTransformer?
-    private let up: [UpLevel]
-    private let normOut: GroupNormLayer
-    private let convOut: Conv2d
-    private let streamer: WeightStreamer
+    /// The network as one list of blocks in execution order: the forward pass walks it, the weight streamer
+    /// streams its groups, and the memory planner sums its declared bytes (see `UNetBlock`).
+    let blocks: [UNetBlock]
+    let streamer: WeightStreamer
 
     /// residency: how weights stay in memory; `.streamed` keeps about one resnet or transformer resident.
     public init(config: UNetConfig, weights w: WeightProvider, residency: WeightResidency = .resident,
@@ -51,9 +31,12 @@ public struct UNet {
         let eps = config.normEps
         let timeDim = channels[0] * 4
 
-        timeLinear1 = try Linear(w, "time_embedding.linear_1", in: channels[0], out: timeDim)
-        timeLinear2 = try Linear(w, "time_embedding.linear_2", in: timeDim, out: timeDim)
-        convIn = try Conv2d(w, "conv_in", in: config.inChannels, out: channels[0], kernel: config.convInKernel)
+        var blocks: [UNetBlock] = [
+            UNetBlock(.timeEmbedding(try Linear(w, "time_embedding.linear_1", in: channels[0], out: timeDim),
+                                     try Linear(w, "time_embedding.linear_2", in: timeDim, out: timeDim))),
+            UNetBlock(.convIn(try Conv2d(w, "conv_in", in: config.inChannels, out: channels[0],
+                                         kernel: config.convInKernel)), keepsSkip: true),
+        ]
 
         func transformer(_ p: String, _ c: Int, level: Int) throws -> SpatialTransformer {
             try SpatialTransformer(w, p, channels: c, heads: heads[level], layers: transformerLayers[level],
@@ -61,41 +44,42 @@ public struct UNet {
                                    linearProjection: config.useLinearProjection)
         }
 
-        var down: [DownLevel] = []
         var outC = channels[0]
         for (i, type) in config.downBlockTypes.enumerated() {
             let inC = outC
             outC = channels[i]
             let p = "down_blocks.\(i)"
             let hasAttention = type == "CrossAttnDownBlock2D"
-            var resnets: [ResnetBlock] = []
-            var transformers: [SpatialTransformer?] = []
             for j in 0..<layersPerBlock[i] {
-                resnets.append(try ResnetBlock(w, "\(p).resnets.\(j)", in: j == 0 ? inC : outC, out: outC,
-                                               timeChannels: timeDim, groups: groups, eps: eps))
-                transformers.append(hasAttention ? try transformer("\(p).attentions.\(j)", outC, level: i) : nil)
+                let resnet = try ResnetBlock(w, "\(p).resnets.\(j)", in: j == 0 ? inC : outC, out: outC,
+                                             timeChannels: timeDim, groups: groups, eps: eps)
+                // The skip connection is the output of the resnet, or of the transformer after it.
+                blocks.append(UNetBlock(.resnet(resnet, takesSkip: false), keepsSkip: !hasAttention))
+                if hasAttention {
+                    blocks.append(UNetBlock(.transformer(try transformer("\(p).attentions.\(j)", outC, level: i)),
+                                            keepsSkip: true))
+                }
             }
-            let isFinal = i == levels - 1
-            let downsample = isFinal ? nil
-                : try Downsample(w, "\(p).downsamplers.0", channels: outC, padding: config.downsamplePadding)
-            down.append(DownLevel(resnets: resnets, transformers: transformers, downsample: downsample))
+            if i < levels - 1 {
+                blocks.append(UNetBlock(.downsample(try Downsample(w, "\(p).downsamplers.0", channels: outC,
+                                                                   padding: config.downsamplePadding)),
+                                        keepsSkip: true))
+            }
         }
-        self.down = down
 
         let midC = channels[levels - 1]
         if config.midBlockType != nil {
-            midResnets = try (0..<2).map {
-                try ResnetBlock(w, "mid_block.resnets.\($0)", in: midC, out: midC, timeChannels: timeDim,
-                                groups: groups, eps: eps, outputScale: config.midBlockScaleFactor)
+            func midResnet(_ k: Int) throws -> UNetBlock {
+                UNetBlock(.resnet(try ResnetBlock(w, "mid_block.resnets.\(k)", in: midC, out: midC,
+                                                  timeChannels: timeDim, groups: groups, eps: eps,
+                                                  outputScale: config.midBlockScaleFactor), takesSkip: false))
             }
-            midTransformer = try transformer("mid_block.attentions.0", midC, level: levels - 1)
-        } else {
-            midResnets = []
-            midTransformer = nil
+            blocks.append(try midResnet(0))
+            blocks.append(UNetBlock(.transformer(try transformer("mid_block.attentions.0", midC, level: levels - 1))))
+            blocks.append(try midResnet(1))
         }
 
         let reversedChannels = Array(channels.reversed())
-        var up: [UpLevel] = []
         var upOut = reversedChannels[0]
         for (i, type) in config.upBlockTypes.enumerated() {
             let prevC = upOut
@@ -105,44 +89,26 @@ public struct UNet {
             let layers = layersPerBlock[level] + 1
             let p = "up_blocks.\(i)"
             let hasAttention = type == "CrossAttnUpBlock2D"
-            var resnets: [ResnetBlock] = []
-            var transformers: [SpatialTransformer?] = []
             for j in 0..<layers {
                 let skipC = j == layers - 1 ? inC : upOut
                 let resIn = j == 0 ? prevC : upOut
-                resnets.append(try ResnetBlock(w, "\(p).resnets.\(j)", in: resIn + skipC, out: upOut,
-                                               timeChannels: timeDim, groups: groups, eps: eps))
-                transformers.append(hasAttention ? try transformer("\(p).attentions.\(j)", upOut, level: level) : nil)
+                blocks.append(UNetBlock(.resnet(try ResnetBlock(w, "\(p).resnets.\(j)", in: resIn + skipC, out: upOut,
+                                                                timeChannels: timeDim, groups: groups, eps: eps),
+                                                takesSkip: true)))
+                if hasAttention {
+                    blocks.append(UNetBlock(.transformer(try transformer("\(p).attentions.\(j)", upOut, level: level))))
+                }
             }
-            let upsample = i == levels - 1 ? nil : try Upsample(w, "\(p).upsamplers.0", channels: upOut)
-            up.append(UpLevel(resnets: resnets, transformers: transformers, upsample: upsample))
+            if i < levels - 1 {
+                blocks.append(UNetBlock(.upsample(try Upsample(w, "\(p).upsamplers.0", channels: upOut))))
+            }
         }
-        self.up = up
 
-        normOut = try GroupNormLayer(w, "conv_norm_out", channels: channels[0], groups: groups, eps: eps)
-        convOut = try Conv2d(w, "conv_out", in: channels[0], out: config.outChannels, kernel: config.convOutKernel)
-
-        // The execution order of weight groups, exactly as callAsFunction visits them.
-        var order: [[Weight]] = [timeLinear1.weights + timeLinear2.weights, convIn.weights]
-        for level in down {
-            for (resnet, transformer) in zip(level.resnets, level.transformers) {
-                order += resnet.groups
-                if let t = transformer { order += t.groups }
-            }
-            if let d = level.downsample { order.append(d.weights) }
-        }
-        if let midT = midTransformer {
-            order += midResnets[0].groups + midT.groups + midResnets[1].groups
-        }
-        for level in up {
-            for (resnet, transformer) in zip(level.resnets, level.transformers) {
-                order += resnet.groups
-                if let t = transformer { order += t.groups }
-            }
-            if let u = level.upsample { order.append(u.weights) }
-        }
-        order.append(normOut.weights + convOut.weights)
-        streamer = WeightStreamer(order: order, residency: residency)
+        blocks.append(UNetBlock(.out(try GroupNormLayer(w, "conv_norm_out", channels: channels[0], groups: groups, eps: eps),
+                                     try Conv2d(w, "conv_out", in: channels[0], out: config.outChannels,
+                                                kernel: config.convOutKernel))))
+        self.blocks = blocks
+        streamer = WeightStreamer(blocks: blocks.map(\.groups), residency: residency)
     }
 
     /// Bytes of the largest weight group: what `.streamed` keeps resident at a time (plus the next one).
@@ -179,71 +145,157 @@ public struct UNet {
     /// item at a time through each module and keeps skip connections as F16 (see `UNetMemoryMode`).
     public func callAsFunction(_ sample: Tensor, timestep: Float, context: Tensor,
                                memory: UNetMemoryMode = .fastest) -> Tensor {
-        let n = sample.shape[0]
-        let c0 = config.blockOutChannels[0]
-        let feats = UNet.timestepFeatures(timestep, dim: c0, flipSinToCos: config.flipSinToCos,
-                                          freqShift: Float(config.freqShift))
-        let tFeatures = Tensor(shape: [n, c0], data: Array([[Float]](repeating: feats, count: n).joined()))
-        let siluTemb = streamer.run { silu(timeLinear2(silu(timeLinear1(tFeatures)))) }
+        forward(sample, timestep: timestep, context: context, memory: memory)
+    }
 
-        // Lanes: the whole batch as one, or one per batch item (each module then runs them in turn) at the
-        // resolutions where `memory` asks for it. The lane count follows the maps' size, so a skip connection is
-        // taken on the way up with the lanes it was stored with.
-        let itemLanes = memory.itemByItem && n > 1 ? n : 1
-        func laneCount(_ t: Tensor) -> Int { t.shape[2] * t.shape[3] >= memory.itemByItemMinimumPixels ? itemLanes : 1 }
-        func lanes(_ t: Tensor, _ count: Int) -> [Tensor] {
-            count == 1 ? [t] : (0..<n).map { t.slice(batch: $0..<($0 + 1)) }
+    /// The forward pass: walks `blocks` in order, each running its weight groups through the streamer by
+    /// identity; a block that keeps a skip connection stores its output. `afterBlock(i)` is called once block i
+    /// is done (the planner-invariant tests read the tensor pool's high-water mark there).
+    func forward(_ sample: Tensor, timestep: Float, context: Tensor, memory: UNetMemoryMode,
+                 afterBlock: (Int) -> Void = { _ in }) -> Tensor {
+        var state = UNetRunState(sample: sample, timestep: timestep, context: context, memory: memory, config: config)
+        for (index, block) in blocks.enumerated() {
+            block.forward(&state, run: GroupRunner(streamer: streamer, block: index))
+            if block.keepsSkip { state.skips.append(SkipConnection(state.x, halfPrecision: memory.halfPrecisionSkips)) }
+            afterBlock(index)
         }
-        /// The same maps as `count` lanes: split the batch or stack the items.
-        func relane(_ x: inout [Tensor], _ count: Int) {
-            if x.count == count { return }
-            x = count == 1 ? [Tensor.stack(batches: x)] : lanes(take(&x[0]), count)
-        }
-        let tembs = [lanes(siluTemb, 1), lanes(siluTemb, itemLanes)]
-        let contexts = [lanes(context, 1), lanes(context, itemLanes)]
-        func perLane(_ both: [[Tensor]], _ x: [Tensor]) -> [Tensor] { x.count == 1 ? both[0] : both[1] }
-        let input = config.centerInputSample ? Tensor(shape: sample.shape, data: sample.data.map { 2 * $0 - 1 }) : sample
-        var x = lanes(input, laneCount(input))
-        streamer.run { for i in x.indices { x[i] = convIn(take(&x[i])) } }
+        return state.x.count == 1 ? state.x[0] : Tensor.stack(batches: state.x)
+    }
+}
 
-        var skips: [SkipConnection] = [SkipConnection(x, halfPrecision: memory.halfPrecisionSkips)]
-        for level in down {
-            for (resnet, transformer) in zip(level.resnets, level.transformers) {
-                x = resnet.forward(lanes: x.count, input: { take(&x[$0]) }, siluTimeEmbedding: perLane(tembs, x),
-                                   streamer: streamer)
-                transformer?.forward(&x, contexts: perLane(contexts, x), streamer: streamer)
-                skips.append(SkipConnection(x, halfPrecision: memory.halfPrecisionSkips))
-            }
-            if let ds = level.downsample {
-                streamer.run { for i in x.indices { x[i] = ds(take(&x[i])) } }
-                relane(&x, laneCount(x[0]))
-                skips.append(SkipConnection(x, halfPrecision: memory.halfPrecisionSkips))
-            }
+/// What lives across the UNet's blocks during one evaluation: the current maps (one per lane), the skip
+/// connections, and the per-lane time embedding and context.
+struct UNetRunState {
+    let memory: UNetMemoryMode
+    let config: UNetConfig
+    let sample: Tensor
+    let timestep: Float
+    /// Batch items.
+    let n: Int
+    /// Lanes where `memory` runs item by item: one per batch item (else the whole batch is one lane).
+    let itemLanes: Int
+    /// The current maps, one per lane.
+    var x: [Tensor] = []
+    var skips: [SkipConnection] = []
+    /// silu(time embedding) and the context, as one lane ([0]) and as `itemLanes` lanes ([1]).
+    var tembs: [[Tensor]] = [[], []]
+    let contexts: [[Tensor]]
+
+    init(sample: Tensor, timestep: Float, context: Tensor, memory: UNetMemoryMode, config: UNetConfig) {
+        self.sample = sample
+        self.timestep = timestep
+        self.memory = memory
+        self.config = config
+        n = sample.shape[0]
+        itemLanes = memory.itemByItem && n > 1 ? n : 1
+        contexts = [UNetRunState.lanes(context, 1, n), UNetRunState.lanes(context, itemLanes, n)]
+    }
+
+    /// Lanes a map of this size runs in: the lane count follows the maps' size, so a skip connection is
+    /// taken on the way up with the lanes it was stored with.
+    func laneCount(_ t: Tensor) -> Int {
+        t.shape[2] * t.shape[3] >= memory.itemByItemMinimumPixels ? itemLanes : 1
+    }
+
+    /// `t` as `count` lanes: itself, or one slice per batch item.
+    static func lanes(_ t: Tensor, _ count: Int, _ n: Int) -> [Tensor] {
+        count == 1 ? [t] : (0..<n).map { t.slice(batch: $0..<($0 + 1)) }
+    }
+
+    /// The current maps as the lanes their size asks for: split the batch or stack the items.
+    mutating func relane() {
+        let count = laneCount(x[0])
+        if x.count == count { return }
+        x = count == 1 ? [Tensor.stack(batches: x)] : UNetRunState.lanes(take(&x[0]), count, n)
+    }
+
+    /// The time embedding for the current lanes.
+    var laneTembs: [Tensor] { x.count == 1 ? tembs[0] : tembs[1] }
+    /// The context for the current lanes.
+    var laneContexts: [Tensor] { x.count == 1 ? contexts[0] : contexts[1] }
+}
+
+/// One block of the UNet's list: what it computes, its weight groups, and whether its output is kept as a skip
+/// connection for the up path.
+struct UNetBlock {
+    enum Kind {
+        /// Sinusoidal timestep features → linear → SiLU → linear, then the SiLU every resnet adds.
+        case timeEmbedding(Linear, Linear)
+        case convIn(Conv2d)
+        /// takesSkip: the input is the current map concatenated with the last skip connection (the up path).
+        case resnet(ResnetBlock, takesSkip: Bool)
+        case transformer(SpatialTransformer)
+        case downsample(Downsample)
+        /// Nearest resize to the size of the next skip connection to be taken, then conv.
+        case upsample(Upsample)
+        /// conv_norm_out + SiLU, conv_out; the lanes are stacked back into one batch.
+        case out(GroupNormLayer, Conv2d)
+    }
+
+    let kind: Kind
+    /// Whether the block's output is stored as a skip connection.
+    let keepsSkip: Bool
+
+    init(_ kind: Kind, keepsSkip: Bool = false) {
+        self.kind = kind
+        self.keepsSkip = keepsSkip
+    }
+
+    /// The block's weight groups, in the order its forward runs them (the streaming unit).
+    var groups: [[Weight]] {
+        switch kind {
+        case .timeEmbedding(let l1, let l2): [l1.weights + l2.weights]
+        case .convIn(let conv): [conv.weights]
+        case .resnet(let r, _): r.groups
+        case .transformer(let t): t.groups
+        case .downsample(let d): [d.weights]
+        case .upsample(let u): [u.weights]
+        case .out(let norm, let conv): [norm.weights + conv.weights]
         }
-        if let midT = midTransformer {
-            x = midResnets[0].forward(lanes: x.count, input: { take(&x[$0]) }, siluTimeEmbedding: perLane(tembs, x),
-                                      streamer: streamer)
-            midT.forward(&x, contexts: perLane(contexts, x), streamer: streamer)
-            x = midResnets[1].forward(lanes: x.count, input: { take(&x[$0]) }, siluTimeEmbedding: perLane(tembs, x),
-                                      streamer: streamer)
-        }
-        for level in up {
-            for (resnet, transformer) in zip(level.resnets, level.transformers) {
+    }
+
+    /// Runs the block on `state`; `run(part)` streams the block's group `part` of `groups`.
+    func forward(_ state: inout UNetRunState, run: GroupRunner) {
+        switch kind {
+        case .timeEmbedding(let linear1, let linear2):
+            let c0 = state.config.blockOutChannels[0]
+            let feats = UNet.timestepFeatures(state.timestep, dim: c0, flipSinToCos: state.config.flipSinToCos,
+                                              freqShift: Float(state.config.freqShift))
+            let tFeatures = Tensor(shape: [state.n, c0], data: Array([[Float]](repeating: feats, count: state.n).joined()))
+            let siluTemb = run(0) { silu(linear2(silu(linear1(tFeatures)))) }
+            state.tembs = [UNetRunState.lanes(siluTemb, 1, state.n), UNetRunState.lanes(siluTemb, state.itemLanes, state.n)]
+        case .convIn(let conv):
+            let sample = state.sample
+            let input = state.config.centerInputSample
+                ? Tensor(shape: sample.shape, data: sample.data.map { 2 * $0 - 1 }) : sample
+            var x = UNetRunState.lanes(input, state.laneCount(input), state.n)
+            run(0) { for i in x.indices { x[i] = conv(take(&x[i])) } }
+            state.x = x
+        case .resnet(let resnet, let takesSkip):
+            var x = state.x
+            state.x = []
+            let tembs = x.count == 1 ? state.tembs[0] : state.tembs[1]
+            if takesSkip {
                 // Each lane's map and skip meet in a concatenation built when the resnet reaches that lane, and
                 // neither outlives it (the peak of the up path).
-                var skip = skips.removeLast()
-                x = resnet.forward(lanes: x.count, input: { concatChannels(take(&x[$0]), skip.take(lane: $0)) },
-                                   siluTimeEmbedding: perLane(tembs, x), streamer: streamer)
-                transformer?.forward(&x, contexts: perLane(contexts, x), streamer: streamer)
+                var skip = state.skips.removeLast()
+                state.x = resnet.forward(lanes: x.count, input: { concatChannels(take(&x[$0]), skip.take(lane: $0)) },
+                                         siluTimeEmbedding: tembs, run: run)
+            } else {
+                state.x = resnet.forward(lanes: x.count, input: { take(&x[$0]) }, siluTimeEmbedding: tembs, run: run)
             }
-            if let us = level.upsample, let next = skips.last {
-                streamer.run { for i in x.indices { x[i] = us(take(&x[i]), size: next.spatialSize) } }
-                relane(&x, laneCount(x[0]))
-            }
-        }
-        return streamer.run {
-            let out = x.map { convOut(normOut($0, silu: true)) }
-            return out.count == 1 ? out[0] : Tensor.stack(batches: out)
+        case .transformer(let transformer):
+            let contexts = state.laneContexts
+            transformer.forward(&state.x, contexts: contexts, run: run)
+        case .downsample(let ds):
+            run(0) { for i in state.x.indices { state.x[i] = ds(take(&state.x[i])) } }
+            state.relane()
+        case .upsample(let us):
+            guard let next = state.skips.last else { return }
+            run(0) { for i in state.x.indices { state.x[i] = us(take(&state.x[i]), size: next.spatialSize) } }
+            state.relane()
+        case .out(let norm, let conv):
+            run(0) { for i in state.x.indices { state.x[i] = conv(norm(take(&state.x[i]), silu: true)) } }
         }
     }
 }

@@ -88,7 +88,7 @@ public struct VAEDecoder {
     /// z: [N, latent_channels, h, w] (already divided by scaling_factor) → image [N, 3, h·f, w·f] in about [-1, 1].
     public func callAsFunction(_ z: Tensor) -> Tensor {
         var x = streamer.run { convIn(postQuantConv.map { $0(z) } ?? z) }
-        x = streamer.run { midResnets[0](x, siluTimeEmbedding: nil) }
+        x = streamer.run { Self.resnet(midResnets[0], &x) }
         if let norm = midNorm, let attn = midAttention {
             x = streamer.run {
                 let h = x.shape[2], w = x.shape[3]
@@ -96,12 +96,17 @@ public struct VAEDecoder {
                 return TiledKernels.add(x, tokensToNCHW(attn(tokens), height: h, width: w))
             }
         }
-        x = streamer.run { midResnets[1](x, siluTimeEmbedding: nil) }
+        x = streamer.run { Self.resnet(midResnets[1], &x) }
         for level in up {
-            for resnet in level.resnets { x = streamer.run { resnet(x, siluTimeEmbedding: nil) } }
+            for resnet in level.resnets { x = streamer.run { Self.resnet(resnet, &x) } }
             if let us = level.upsample { x = streamer.run { us(x) } }
         }
         return streamer.run { convOut(normOut(x, silu: true)) }
+    }
+
+    /// Runs `resnet` on `x`, handing it over (the shortcut reads it first, then it is freed after norm1).
+    private static func resnet(_ resnet: ResnetBlock, _ x: inout Tensor) -> Tensor {
+        resnet.forward(lanes: 1, input: { _ in take(&x) }, siluTimeEmbedding: nil, run: .unstreamed)[0]
     }
 
     /// Bytes of the largest weight group (what `.streamed` keeps resident at a time, plus the next).
