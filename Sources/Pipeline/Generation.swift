@@ -357,9 +357,9 @@ public final class StableDiffusionPipeline {
         let t = state.scheduler.timesteps[i]
         let input = guided ? Tensor.stack(batches: [state.latents, state.latents]) : state.latents
         // The pool keeps what the plan gives the UNet's tensors; without a plan, what they are modelled to need.
-        TensorMemory.limitFootprint(memoryPlan?.unetTensorBytes ?? MemoryPlanner.unetActivationBytes(
+        TensorMemory.limitFootprint(try memoryPlan?.unetTensorBytes ?? MemoryPlanner.unetActivationBytes(
             model.unet, latentHeight: input.shape[2], latentWidth: input.shape[3], batch: input.shape[0],
-            memory: unetMemory))
+            memory: unetMemory, contextTokens: context.shape[1]))
         let scaled = state.scheduler.scaleModelInput(input, stepIndex: i)
         var eps = unet(scaled, timestep: t, context: context, memory: unetMemory)
         if guided {

@@ -17,8 +17,15 @@ public struct UNet {
     /// residency: how weights stay in memory; `.streamed` keeps about one resnet or transformer resident.
     public init(config: UNetConfig, weights w: WeightProvider, residency: WeightResidency = .resident,
                 file: String = "unet/config.json") throws {
-        try config.validate(file: file)
         self.config = config
+        blocks = try UNet.layout(config, file: file).map { try UNetBlock(binding: $0, weights: w, config: config) }
+        streamer = WeightStreamer(blocks: blocks.map(\.groups), residency: residency)
+    }
+
+    /// The UNet's list of blocks as its config describes it, in execution order: what `init` binds to weights
+    /// (one `UNetBlock` per entry) and what the memory planner walks without weights.
+    static func layout(_ config: UNetConfig, file: String = "unet/config.json") throws -> [UNetBlockLayout] {
+        try config.validate(file: file)
         let levels = config.blockOutChannels.count
         let channels = config.blockOutChannels
         let heads = try (config.numAttentionHeads ?? config.attentionHeadDim)
@@ -27,21 +34,15 @@ public struct UNet {
         let layersPerBlock = try config.layersPerBlock.expanded(levels: levels, field: "layers_per_block", file: file)
         let transformerLayers = try config.transformerLayersPerBlock
             .expanded(levels: levels, field: "transformer_layers_per_block", file: file)
-        let groups = config.normNumGroups
-        let eps = config.normEps
         let timeDim = channels[0] * 4
 
-        var blocks: [UNetBlock] = [
-            UNetBlock(.timeEmbedding(try Linear(w, "time_embedding.linear_1", in: channels[0], out: timeDim),
-                                     try Linear(w, "time_embedding.linear_2", in: timeDim, out: timeDim))),
-            UNetBlock(.convIn(try Conv2d(w, "conv_in", in: config.inChannels, out: channels[0],
-                                         kernel: config.convInKernel)), keepsSkip: true),
+        var blocks: [UNetBlockLayout] = [
+            UNetBlockLayout(.timeEmbedding(channels: channels[0], timeDim: timeDim)),
+            UNetBlockLayout(.convIn(in: config.inChannels, out: channels[0], kernel: config.convInKernel), keepsSkip: true),
         ]
-
-        func transformer(_ p: String, _ c: Int, level: Int) throws -> SpatialTransformer {
-            try SpatialTransformer(w, p, channels: c, heads: heads[level], layers: transformerLayers[level],
-                                   contextDim: contextDims[level], groups: groups,
-                                   linearProjection: config.useLinearProjection)
+        func transformer(_ p: String, _ c: Int, level: Int) -> UNetBlockLayout.Kind {
+            .transformer(prefix: p, channels: c, heads: heads[level], layers: transformerLayers[level],
+                         contextDim: contextDims[level])
         }
 
         var outC = channels[0]
@@ -51,32 +52,29 @@ public struct UNet {
             let p = "down_blocks.\(i)"
             let hasAttention = type == "CrossAttnDownBlock2D"
             for j in 0..<layersPerBlock[i] {
-                let resnet = try ResnetBlock(w, "\(p).resnets.\(j)", in: j == 0 ? inC : outC, out: outC,
-                                             timeChannels: timeDim, groups: groups, eps: eps)
                 // The skip connection is the output of the resnet, or of the transformer after it.
-                blocks.append(UNetBlock(.resnet(resnet, takesSkip: false), keepsSkip: !hasAttention))
+                blocks.append(UNetBlockLayout(.resnet(prefix: "\(p).resnets.\(j)", in: j == 0 ? inC : outC, out: outC,
+                                                      timeDim: timeDim, outputScale: 1, skipChannels: nil),
+                                              keepsSkip: !hasAttention))
                 if hasAttention {
-                    blocks.append(UNetBlock(.transformer(try transformer("\(p).attentions.\(j)", outC, level: i)),
-                                            keepsSkip: true))
+                    blocks.append(UNetBlockLayout(transformer("\(p).attentions.\(j)", outC, level: i), keepsSkip: true))
                 }
             }
             if i < levels - 1 {
-                blocks.append(UNetBlock(.downsample(try Downsample(w, "\(p).downsamplers.0", channels: outC,
-                                                                   padding: config.downsamplePadding)),
-                                        keepsSkip: true))
+                blocks.append(UNetBlockLayout(.downsample(prefix: "\(p).downsamplers.0", channels: outC),
+                                              keepsSkip: true))
             }
         }
 
         let midC = channels[levels - 1]
         if config.midBlockType != nil {
-            func midResnet(_ k: Int) throws -> UNetBlock {
-                UNetBlock(.resnet(try ResnetBlock(w, "mid_block.resnets.\(k)", in: midC, out: midC,
-                                                  timeChannels: timeDim, groups: groups, eps: eps,
-                                                  outputScale: config.midBlockScaleFactor), takesSkip: false))
+            func midResnet(_ k: Int) -> UNetBlockLayout {
+                UNetBlockLayout(.resnet(prefix: "mid_block.resnets.\(k)", in: midC, out: midC, timeDim: timeDim,
+                                        outputScale: config.midBlockScaleFactor, skipChannels: nil))
             }
-            blocks.append(try midResnet(0))
-            blocks.append(UNetBlock(.transformer(try transformer("mid_block.attentions.0", midC, level: levels - 1))))
-            blocks.append(try midResnet(1))
+            blocks.append(midResnet(0))
+            blocks.append(UNetBlockLayout(transformer("mid_block.attentions.0", midC, level: levels - 1)))
+            blocks.append(midResnet(1))
         }
 
         let reversedChannels = Array(channels.reversed())
@@ -92,23 +90,18 @@ public struct UNet {
             for j in 0..<layers {
                 let skipC = j == layers - 1 ? inC : upOut
                 let resIn = j == 0 ? prevC : upOut
-                blocks.append(UNetBlock(.resnet(try ResnetBlock(w, "\(p).resnets.\(j)", in: resIn + skipC, out: upOut,
-                                                                timeChannels: timeDim, groups: groups, eps: eps),
-                                                takesSkip: true)))
+                blocks.append(UNetBlockLayout(.resnet(prefix: "\(p).resnets.\(j)", in: resIn + skipC, out: upOut,
+                                                      timeDim: timeDim, outputScale: 1, skipChannels: skipC)))
                 if hasAttention {
-                    blocks.append(UNetBlock(.transformer(try transformer("\(p).attentions.\(j)", upOut, level: level))))
+                    blocks.append(UNetBlockLayout(transformer("\(p).attentions.\(j)", upOut, level: level)))
                 }
             }
             if i < levels - 1 {
-                blocks.append(UNetBlock(.upsample(try Upsample(w, "\(p).upsamplers.0", channels: upOut))))
+                blocks.append(UNetBlockLayout(.upsample(prefix: "\(p).upsamplers.0", channels: upOut)))
             }
         }
-
-        blocks.append(UNetBlock(.out(try GroupNormLayer(w, "conv_norm_out", channels: channels[0], groups: groups, eps: eps),
-                                     try Conv2d(w, "conv_out", in: channels[0], out: config.outChannels,
-                                                kernel: config.convOutKernel))))
-        self.blocks = blocks
-        streamer = WeightStreamer(blocks: blocks.map(\.groups), residency: residency)
+        blocks.append(UNetBlockLayout(.out(in: channels[0], out: config.outChannels, kernel: config.convOutKernel)))
+        return blocks
     }
 
     /// Bytes of the largest weight group: what `.streamed` keeps resident at a time (plus the next one).
@@ -149,154 +142,20 @@ public struct UNet {
     }
 
     /// The forward pass: walks `blocks` in order, each running its weight groups through the streamer by
-    /// identity; a block that keeps a skip connection stores its output. `afterBlock(i)` is called once block i
-    /// is done (the planner-invariant tests read the tensor pool's high-water mark there).
+    /// identity; a block that keeps a skip connection stores its output. `beforeBlock(i)` and `afterBlock(i)`
+    /// bracket block i, its skip included (the planner-invariant tests read the tensors' high-water mark there).
     func forward(_ sample: Tensor, timestep: Float, context: Tensor, memory: UNetMemoryMode,
-                 afterBlock: (Int) -> Void = { _ in }) -> Tensor {
+                 beforeBlock: (Int) -> Void = { _ in }, afterBlock: (Int) -> Void = { _ in }) -> Tensor {
         var state = UNetRunState(sample: sample, timestep: timestep, context: context, memory: memory, config: config)
         for (index, block) in blocks.enumerated() {
+            beforeBlock(index)
             block.forward(&state, run: GroupRunner(streamer: streamer, block: index))
-            if block.keepsSkip { state.skips.append(SkipConnection(state.x, halfPrecision: memory.halfPrecisionSkips)) }
+            if block.layout.keepsSkip {
+                state.skips.append(SkipConnection(state.x, halfPrecision: memory.halfPrecisionSkips))
+            }
             afterBlock(index)
         }
-        return state.x.count == 1 ? state.x[0] : Tensor.stack(batches: state.x)
-    }
-}
-
-/// What lives across the UNet's blocks during one evaluation: the current maps (one per lane), the skip
-/// connections, and the per-lane time embedding and context.
-struct UNetRunState {
-    let memory: UNetMemoryMode
-    let config: UNetConfig
-    let sample: Tensor
-    let timestep: Float
-    /// Batch items.
-    let n: Int
-    /// Lanes where `memory` runs item by item: one per batch item (else the whole batch is one lane).
-    let itemLanes: Int
-    /// The current maps, one per lane.
-    var x: [Tensor] = []
-    var skips: [SkipConnection] = []
-    /// silu(time embedding) and the context, as one lane ([0]) and as `itemLanes` lanes ([1]).
-    var tembs: [[Tensor]] = [[], []]
-    let contexts: [[Tensor]]
-
-    init(sample: Tensor, timestep: Float, context: Tensor, memory: UNetMemoryMode, config: UNetConfig) {
-        self.sample = sample
-        self.timestep = timestep
-        self.memory = memory
-        self.config = config
-        n = sample.shape[0]
-        itemLanes = memory.itemByItem && n > 1 ? n : 1
-        contexts = [UNetRunState.lanes(context, 1, n), UNetRunState.lanes(context, itemLanes, n)]
-    }
-
-    /// Lanes a map of this size runs in: the lane count follows the maps' size, so a skip connection is
-    /// taken on the way up with the lanes it was stored with.
-    func laneCount(_ t: Tensor) -> Int {
-        t.shape[2] * t.shape[3] >= memory.itemByItemMinimumPixels ? itemLanes : 1
-    }
-
-    /// `t` as `count` lanes: itself, or one slice per batch item.
-    static func lanes(_ t: Tensor, _ count: Int, _ n: Int) -> [Tensor] {
-        count == 1 ? [t] : (0..<n).map { t.slice(batch: $0..<($0 + 1)) }
-    }
-
-    /// The current maps as the lanes their size asks for: split the batch or stack the items.
-    mutating func relane() {
-        let count = laneCount(x[0])
-        if x.count == count { return }
-        x = count == 1 ? [Tensor.stack(batches: x)] : UNetRunState.lanes(take(&x[0]), count, n)
-    }
-
-    /// The time embedding for the current lanes.
-    var laneTembs: [Tensor] { x.count == 1 ? tembs[0] : tembs[1] }
-    /// The context for the current lanes.
-    var laneContexts: [Tensor] { x.count == 1 ? contexts[0] : contexts[1] }
-}
-
-/// One block of the UNet's list: what it computes, its weight groups, and whether its output is kept as a skip
-/// connection for the up path.
-struct UNetBlock {
-    enum Kind {
-        /// Sinusoidal timestep features → linear → SiLU → linear, then the SiLU every resnet adds.
-        case timeEmbedding(Linear, Linear)
-        case convIn(Conv2d)
-        /// takesSkip: the input is the current map concatenated with the last skip connection (the up path).
-        case resnet(ResnetBlock, takesSkip: Bool)
-        case transformer(SpatialTransformer)
-        case downsample(Downsample)
-        /// Nearest resize to the size of the next skip connection to be taken, then conv.
-        case upsample(Upsample)
-        /// conv_norm_out + SiLU, conv_out; the lanes are stacked back into one batch.
-        case out(GroupNormLayer, Conv2d)
-    }
-
-    let kind: Kind
-    /// Whether the block's output is stored as a skip connection.
-    let keepsSkip: Bool
-
-    init(_ kind: Kind, keepsSkip: Bool = false) {
-        self.kind = kind
-        self.keepsSkip = keepsSkip
-    }
-
-    /// The block's weight groups, in the order its forward runs them (the streaming unit).
-    var groups: [[Weight]] {
-        switch kind {
-        case .timeEmbedding(let l1, let l2): [l1.weights + l2.weights]
-        case .convIn(let conv): [conv.weights]
-        case .resnet(let r, _): r.groups
-        case .transformer(let t): t.groups
-        case .downsample(let d): [d.weights]
-        case .upsample(let u): [u.weights]
-        case .out(let norm, let conv): [norm.weights + conv.weights]
-        }
-    }
-
-    /// Runs the block on `state`; `run(part)` streams the block's group `part` of `groups`.
-    func forward(_ state: inout UNetRunState, run: GroupRunner) {
-        switch kind {
-        case .timeEmbedding(let linear1, let linear2):
-            let c0 = state.config.blockOutChannels[0]
-            let feats = UNet.timestepFeatures(state.timestep, dim: c0, flipSinToCos: state.config.flipSinToCos,
-                                              freqShift: Float(state.config.freqShift))
-            let tFeatures = Tensor(shape: [state.n, c0], data: Array([[Float]](repeating: feats, count: state.n).joined()))
-            let siluTemb = run(0) { silu(linear2(silu(linear1(tFeatures)))) }
-            state.tembs = [UNetRunState.lanes(siluTemb, 1, state.n), UNetRunState.lanes(siluTemb, state.itemLanes, state.n)]
-        case .convIn(let conv):
-            let sample = state.sample
-            let input = state.config.centerInputSample
-                ? Tensor(shape: sample.shape, data: sample.data.map { 2 * $0 - 1 }) : sample
-            var x = UNetRunState.lanes(input, state.laneCount(input), state.n)
-            run(0) { for i in x.indices { x[i] = conv(take(&x[i])) } }
-            state.x = x
-        case .resnet(let resnet, let takesSkip):
-            var x = state.x
-            state.x = []
-            let tembs = x.count == 1 ? state.tembs[0] : state.tembs[1]
-            if takesSkip {
-                // Each lane's map and skip meet in a concatenation built when the resnet reaches that lane, and
-                // neither outlives it (the peak of the up path).
-                var skip = state.skips.removeLast()
-                state.x = resnet.forward(lanes: x.count, input: { concatChannels(take(&x[$0]), skip.take(lane: $0)) },
-                                         siluTimeEmbedding: tembs, run: run)
-            } else {
-                state.x = resnet.forward(lanes: x.count, input: { take(&x[$0]) }, siluTimeEmbedding: tembs, run: run)
-            }
-        case .transformer(let transformer):
-            let contexts = state.laneContexts
-            transformer.forward(&state.x, contexts: contexts, run: run)
-        case .downsample(let ds):
-            run(0) { for i in state.x.indices { state.x[i] = ds(take(&state.x[i])) } }
-            state.relane()
-        case .upsample(let us):
-            guard let next = state.skips.last else { return }
-            run(0) { for i in state.x.indices { state.x[i] = us(take(&state.x[i]), size: next.spatialSize) } }
-            state.relane()
-        case .out(let norm, let conv):
-            run(0) { for i in state.x.indices { state.x[i] = conv(norm(take(&state.x[i]), silu: true)) } }
-        }
+        return state.x[0]
     }
 }
 
