@@ -82,9 +82,10 @@ public struct MemoryPlan: Sendable, CustomStringConvertible {
     /// Weights resident at once: the largest streaming group (streamed; the next group's prefetch goes to
     /// the page cache, not this process's resident set, until it runs), or every weight (resident).
     public var unetWeights: Int
-    /// Skip connections plus the largest set of live activations in one UNet module.
+    /// The largest tensor bytes any block of the UNet's list declares for this shape and mode (skip
+    /// connections included; see `UNetBlockLayout.peakBytes`), plus the pipeline's tensors around the call.
     public var unetActivations: Int
-    /// The UNet's kernel scratch at its largest (a dequantized weight and one im2col band per core).
+    /// The UNet's kernel scratch at its largest block (a dequantized weight and one im2col band per core).
     public var scratch: Int = 0
     public var vaeWeights: Int
     /// The VAE decode's activations with the chosen tiling.
