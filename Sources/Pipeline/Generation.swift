@@ -352,9 +352,9 @@ public final class StableDiffusionPipeline {
         let t = state.scheduler.timesteps[i]
         let input = guided ? Tensor.stack(batches: [state.latents, state.latents]) : state.latents
         // The pool keeps what the plan gives the UNet's tensors; without a plan, what they are modelled to need.
-        TensorMemory.limitFootprint(run.unetTensorBytes ?? MemoryPlanner.unetActivationBytes(
+        TensorMemory.limitFootprint(try run.unetTensorBytes ?? MemoryPlanner.unetActivationBytes(
             model.unet, latentHeight: input.shape[2], latentWidth: input.shape[3], batch: input.shape[0],
-            memory: run.unetMemory))
+            memory: run.unetMemory, contextTokens: context.shape[1]))
         let scaled = state.scheduler.scaleModelInput(input, stepIndex: i)
         var eps = unet(scaled, timestep: t, context: context, memory: run.unetMemory)
         if guided {

@@ -82,9 +82,10 @@ public struct MemoryPlan: Sendable, CustomStringConvertible {
     /// Weights resident at once: the largest streaming group (streamed; the next group's prefetch goes to
     /// the page cache, not this process's resident set, until it runs), or every weight (resident).
     public var unetWeights: Int
-    /// Skip connections plus the largest set of live activations in one UNet module.
+    /// The largest tensor bytes any block of the UNet's list declares for this shape and mode (skip
+    /// connections included; see `UNetBlockLayout.peakBytes`), plus the pipeline's tensors around the call.
     public var unetActivations: Int
-    /// The UNet's kernel scratch at its largest (a dequantized weight and one im2col band per core).
+    /// The UNet's kernel scratch at its largest block (a dequantized weight and one im2col band per core).
     public var scratch: Int = 0
     public var vaeWeights: Int
     /// The VAE decode's activations with the chosen tiling.
@@ -132,88 +133,68 @@ public enum MemoryPlanner {
     /// The process floor before any model work (Swift runtime, OpenBLAS thread buffers, tokenizer tables).
     public static let baselineBytes = 48 << 20
 
-    /// Peak activation bytes of one UNet evaluation on [batch, in, h, w] latents, module by module in the
-    /// order the UNet runs them: the skip connections alive at that point plus the module's live tensors (a
-    /// resnet's input, shortcut, normed input and hidden maps; a transformer's residual and tokens with
-    /// normed, q, k, v, attention and projection outputs and one feed-forward tile). With `memory.itemByItem`
-    /// the temporaries exist for one batch item while the others hold their maps; F16 skips count 2 bytes.
-    /// Kernel scratch is not included (see `ScratchArena.peakDemandBytes`).
+    /// Peak tensor bytes of one UNet evaluation on [batch, in, h, w] latents with a context of `contextTokens`
+    /// tokens: the largest of the blocks' declared peaks, walking the UNet's own list of blocks (`UNet.layout`,
+    /// `UNetBlockLayout.peakBytes`), plus what the pipeline holds around the call (the context, the latents,
+    /// their guided stack and its scaled copy). Kernel scratch is apart (`unetScratchBytes`).
     public static func unetActivationBytes(_ config: UNetConfig, latentHeight: Int, latentWidth: Int, batch: Int,
-                                           memory: UNetMemoryMode = .fastest) -> Int {
-        let c = config.blockOutChannels
-        let levels = c.count
-        let layers = (try? config.layersPerBlock.expanded(levels: levels, field: "", file: "")) ?? Array(repeating: 2, count: levels)
-        let attention = config.downBlockTypes.map { $0 == "CrossAttnDownBlock2D" }
-        // Items per lane at a level of `pixels`: one where the mode runs item by item, else the whole batch.
-        func lane(_ pixels: Int) -> Int { memory.itemByItem && pixels >= memory.itemByItemMinimumPixels ? 1 : batch }
-        let skipBytes = memory.halfPrecisionSkips ? 2 : 4
-        var sizes: [Int] = []  // pixels per level
-        var h = latentHeight, w = latentWidth
-        for i in 0..<levels {
-            sizes.append(h * w)
-            if i + 1 < levels { h = (h + 1) / 2; w = (w + 1) / 2 }
-        }
-        var skips: [Int] = []  // bytes of each skip connection alive
-        var peak = 0
-        func resnet(_ inC: Int, _ outC: Int, _ pixels: Int) {
-            // Per item in turn: input, shortcut, normed input, hidden (and its successor); waiting items hold
-            // an input or a shortcut and hidden map each.
-            let lane = lane(pixels), waiting = batch - lane
-            let temps = lane * pixels * (2 * inC + 2 * outC) + waiting * pixels * max(inC, 2 * outC)
-            peak = max(peak, skips.reduce(0, +) + temps * 4)
-        }
-        func transformer(_ ch: Int, _ pixels: Int) {
-            let temps = batch * pixels * ch * 2 + lane(pixels) * pixels * ch * 6 + TransformerBlock.feedForwardTile * ch * 12
-            peak = max(peak, skips.reduce(0, +) + temps * 4)
-        }
-        skips.append(batch * c[0] * sizes[0] * skipBytes)
-        var ch = c[0]
-        for i in 0..<levels {
-            for j in 0..<layers[i] {
-                resnet(j == 0 ? ch : c[i], c[i], sizes[i])
-                ch = c[i]
-                if attention[i] { transformer(ch, sizes[i]) }
-                skips.append(batch * ch * sizes[i] * skipBytes)
-            }
-            if i + 1 < levels {
-                // Downsample: input and output maps.
-                peak = max(peak, skips.reduce(0, +) + batch * ch * (sizes[i] + sizes[i + 1]) * 4)
-                skips.append(batch * ch * sizes[i + 1] * skipBytes)
-            }
-        }
-        resnet(ch, ch, sizes[levels - 1])
-        transformer(ch, sizes[levels - 1])
-        resnet(ch, ch, sizes[levels - 1])
-        for i in (0..<levels).reversed() {
-            for j in 0...layers[i] {
-                let skipC = j == layers[i] ? (i > 0 ? c[i - 1] : c[0]) : c[i]
-                skips.removeLast()
-                resnet(ch + skipC, c[i], sizes[i])
-                ch = c[i]
-                if attention[i] { transformer(ch, sizes[i]) }
-            }
-            if i > 0 {
-                // Upsample: input, the 2× resized map and the conv output.
-                peak = max(peak, skips.reduce(0, +) + batch * ch * (sizes[i] + 2 * sizes[i - 1]) * 4)
-            }
-        }
-        return peak
+                                           memory: UNetMemoryMode = .fastest, contextTokens: Int = 77) throws -> Int {
+        let layout = try UNet.layout(config)
+        let walk = UNet.plannedBytes(layout, batch: batch, latentHeight: latentHeight, latentWidth: latentWidth,
+                                     contextTokens: contextTokens, memory: memory)
+        let contextDim = try config.crossAttentionDim.expanded(levels: config.blockOutChannels.count,
+                                                               field: "cross_attention_dim", file: "unet/config.json")
+            .max() ?? 0
+        let caller = (batch * contextTokens * contextDim + 3 * batch * config.inChannels * latentHeight * latentWidth) * 4
+        return walk.peak + caller
     }
 
-    /// The UNet's scratch bound: its largest weight, and its widest 3×3 input (a concatenation on the up
-    /// path) unfolded over one image at the largest level.
-    static func unetScratchBytes(_ config: UNetConfig, largestWeightElements: Int, latentHeight: Int,
-                                 latentWidth: Int) -> Int {
-        let c = config.blockOutChannels
-        var band = 0
-        var h = latentHeight, w = latentWidth
-        for (i, ch) in c.enumerated() {
-            let upIn = ch + (i + 1 < c.count ? c[i + 1] : ch)
-            band = max(band, upIn * 9 * h * w)
-            h = (h + 1) / 2
-            w = (w + 1) / 2
+    /// The UNet's kernel scratch at its largest: the largest of its blocks' (`UNetBlockLayout.scratchBytes`).
+    static func unetScratchBytes(_ config: UNetConfig, latentHeight: Int, latentWidth: Int) throws -> Int {
+        UNet.plannedBytes(try UNet.layout(config), batch: 1, latentHeight: latentHeight, latentWidth: latentWidth,
+                          contextTokens: 1, memory: .fastest).scratch
+    }
+
+    /// The UNet's part of a plan, shared by every VAE kind.
+    struct UNetPart {
+        var weights: Int
+        var activations: Int
+        var scratch: Int
+        var memory: UNetMemoryMode
+        var peak: Int { baselineBytes + weights + activations + scratch }
+    }
+
+    /// The UNet's part for [count (×2 guided), h, w] latents: weights (streamed: the largest group and any LoRA
+    /// merged into them; else all), activations and scratch from its block list, whole batch unless `budget`
+    /// needs item by item with F16 skips. Throws when even that does not fit.
+    static func planUNet(model: StableDiffusionModel, weights: WeightFigures, latentHeight h: Int, latentWidth w: Int,
+                         count: Int, guided: Bool, budget: Int?) throws -> UNetPart {
+        let batch = count * (guided ? 2 : 1)
+        let tokens = model.textEncoder.maxPositionEmbeddings
+        func activations(_ memory: UNetMemoryMode) throws -> Int {
+            try unetActivationBytes(model.unet, latentHeight: h, latentWidth: w, batch: batch, memory: memory,
+                                    contextTokens: tokens)
         }
-        return ScratchArena.peakDemandBytes(largestWeightFloats: largestWeightElements, largestBandFloats: band)
+        var part = UNetPart(
+            // Weights a LoRA was merged into stay resident whatever the residency.
+            weights: weights.streamed ? weights.unetLargestGroupBytes + weights.unetMergedLoRABytes
+                : weights.unetTotalBytes,
+            activations: try activations(.fastest),
+            scratch: try unetScratchBytes(model.unet, latentHeight: h, latentWidth: w),
+            memory: .fastest)
+        guard let budget, part.peak > budget else { return part }
+        // Item by item with F16 skips: slower and not bit-exact, so only when the budget needs it.
+        part.memory = .compact
+        part.activations = try activations(.compact)
+        if part.peak > budget {
+            let f = model.vaeScaleFactor
+            throw PipelineError.invalidRequest(
+                "memory budget \(MemorySize.describe(budget)) is too small for \(w * f)×\(h * f): the UNet needs about "
+                + "\(MemorySize.describe(part.peak)) (weights \(MemorySize.describe(part.weights)) "
+                + "\(weights.streamed ? "streamed" : "resident"), activations \(MemorySize.describe(part.activations)) "
+                + "\(part.memory), scratch \(MemorySize.describe(part.scratch)))")
+        }
+        return part
     }
 
     /// Plans a generation of `settings` on `pipeline` under `budget` bytes (nil: no limit, untiled VAE).
@@ -234,34 +215,18 @@ public enum MemoryPlanner {
             return try planWithTinyVAE(tiny, haloLatentRows: halo, budget: budget, model: model, weights: weights,
                                        latentHeight: h, latentWidth: w, count: count, guided: guided)
         }
+        let unet = try planUNet(model: model, weights: weights, latentHeight: h, latentWidth: w, count: count,
+                                guided: guided, budget: budget)
         let streamed = weights.streamed
         var plan = MemoryPlan(
-            baseline: baselineBytes,
-            // Weights a LoRA was merged into stay resident whatever the residency.
-            unetWeights: streamed ? weights.unetLargestGroupBytes + weights.unetMergedLoRABytes : weights.unetTotalBytes,
-            unetActivations: unetActivationBytes(model.unet, latentHeight: h, latentWidth: w,
-                                                 batch: count * (guided ? 2 : 1)),
+            baseline: baselineBytes, unetWeights: unet.weights, unetActivations: unet.activations,
+            scratch: unet.scratch,
             vaeWeights: streamed ? weights.vaeLargestGroupBytes : weights.vaeTotalBytes,
             vaeActivations: VAEDecoder.peakActivationBytes(config: model.vae, latentHeight: h, latentWidth: w, batch: count),
-            vaeTiling: nil,
+            vaeTiling: nil, unetMemory: unet.memory,
             vaeTensorBytes: VAEDecoder.tensorBytes(config: model.vae, tiling: nil, latentHeight: h, latentWidth: w,
                                                    batch: count))
-        plan.scratch = unetScratchBytes(model.unet, largestWeightElements: weights.unetLargestWeightElements,
-                                        latentHeight: h, latentWidth: w)
         guard let budget else { return plan }
-        if plan.unetPeak > budget {
-            // Item by item with F16 skips: slower and not bit-exact, so only when the budget needs it.
-            plan.unetMemory = .compact
-            plan.unetActivations = unetActivationBytes(model.unet, latentHeight: h, latentWidth: w,
-                                                       batch: count * (guided ? 2 : 1), memory: .compact)
-        }
-        if plan.unetPeak > budget {
-            throw PipelineError.invalidRequest(
-                "memory budget \(MemorySize.describe(budget)) is too small for \(w * f)×\(h * f): the UNet needs about "
-                + "\(MemorySize.describe(plan.unetPeak)) (weights \(MemorySize.describe(plan.unetWeights)) "
-                + "\(streamed ? "streamed" : "resident"), activations \(MemorySize.describe(plan.unetActivations)) "
-                + "\(plan.unetMemory))")
-        }
         // The VAE estimate ran ~20% under measured peaks (SD 1.5 Q8_0, 512×512, 32-cell tiles: 270 MB
         // measured against 229 MiB planned), so tiles are chosen with that margin.
         let vaeRoom = (budget - plan.baseline - plan.vaeWeights) * 4 / 5
@@ -282,27 +247,14 @@ public enum MemoryPlanner {
                                 model: StableDiffusionModel, weights: WeightFigures, latentHeight h: Int,
                                 latentWidth w: Int, count: Int, guided: Bool) throws -> MemoryPlan {
         let f = model.vaeScaleFactor
-        let streamed = weights.streamed
+        let unet = try planUNet(model: model, weights: weights, latentHeight: h, latentWidth: w, count: count,
+                                guided: guided, budget: budget)
         let whole = TinyAutoencoderDecoder.tensorBytes(config: tiny, latentRows: h, latentWidth: w, batch: count)
         var plan = MemoryPlan(
-            baseline: baselineBytes,
-            unetWeights: streamed ? weights.unetLargestGroupBytes + weights.unetMergedLoRABytes : weights.unetTotalBytes,
-            unetActivations: unetActivationBytes(model.unet, latentHeight: h, latentWidth: w,
-                                                 batch: count * (guided ? 2 : 1)),
-            vaeWeights: weights.vaeTotalBytes, vaeActivations: whole * 5 / 4, vaeTiling: nil, vaeTensorBytes: whole)
-        plan.scratch = unetScratchBytes(model.unet, largestWeightElements: weights.unetLargestWeightElements,
-                                        latentHeight: h, latentWidth: w)
+            baseline: baselineBytes, unetWeights: unet.weights, unetActivations: unet.activations,
+            scratch: unet.scratch, vaeWeights: weights.vaeTotalBytes, vaeActivations: whole * 5 / 4, vaeTiling: nil,
+            unetMemory: unet.memory, vaeTensorBytes: whole)
         guard let budget else { return plan }
-        if plan.unetPeak > budget {
-            plan.unetMemory = .compact
-            plan.unetActivations = unetActivationBytes(model.unet, latentHeight: h, latentWidth: w,
-                                                       batch: count * (guided ? 2 : 1), memory: .compact)
-        }
-        if plan.unetPeak > budget {
-            throw PipelineError.invalidRequest(
-                "memory budget \(MemorySize.describe(budget)) is too small for \(w * f)×\(h * f): the UNet needs about "
-                + "\(MemorySize.describe(plan.unetPeak))")
-        }
         // The same margin as the AutoencoderKL's tiles: a fifth of the room is left for what the model leaves out.
         let room = max(budget - plan.baseline - plan.vaeWeights, 0) * 4 / 5
         if let band = TinyAutoencoderDecoder.bandLatentRows(config: tiny, haloLatentRows: haloLatentRows,

@@ -19,6 +19,7 @@ public final class TensorStorage: @unchecked Sendable {
     /// Storage for `count` floats whose values are unspecified (a fresh block reads as zeros).
     init(uninitializedCount count: Int) {
         self.count = count
+        TensorMemory.count(bytes: count * MemoryLayout<Float>.stride)
         let bytes = max(count, 1) * MemoryLayout<Float>.stride
         if bytes >= TensorMemory.pooledMinimumBytes {
             let block = TensorMemory.pool.take(bytes: bytes)
@@ -35,6 +36,7 @@ public final class TensorStorage: @unchecked Sendable {
     }
 
     deinit {
+        TensorMemory.count(bytes: -count * MemoryLayout<Float>.stride)
         if blockBytes > 0 {
             TensorMemory.pool.give(UnsafeMutableRawPointer(pointer), bytes: blockBytes)
         } else {
@@ -72,6 +74,33 @@ public enum TensorMemory {
 
     /// Blocks mapped since the process started (a steady-state run maps none per step).
     public static var blocksMapped: Int { pool.counters().mapped }
+
+    private static let liveTensorBytes = Atomic<Int>(0)
+    private static let peakLiveTensorBytes = Atomic<Int>(0)
+
+    /// Bytes of the values of every live tensor, pooled or from malloc (4 × elements; an empty tensor counts 0):
+    /// what the memory planner's activation models add up, before pool or heap rounding.
+    public static var tensorBytes: Int { liveTensorBytes.load(ordering: .relaxed) }
+
+    /// The most `tensorBytes` reached since the last `resetPeakTensorBytes` (or the start).
+    public static var peakTensorBytes: Int { peakLiveTensorBytes.load(ordering: .relaxed) }
+
+    /// Starts a new high-water mark at the current `tensorBytes`.
+    public static func resetPeakTensorBytes() {
+        peakLiveTensorBytes.store(liveTensorBytes.load(ordering: .relaxed), ordering: .relaxed)
+    }
+
+    fileprivate static func count(bytes: Int) {
+        let now = liveTensorBytes.add(bytes, ordering: .relaxed).newValue
+        guard bytes > 0 else { return }
+        var seen = peakLiveTensorBytes.load(ordering: .relaxed)
+        while now > seen {
+            let (exchanged, original) = peakLiveTensorBytes.compareExchange(expected: seen, desired: now,
+                                                                           ordering: .relaxed)
+            if exchanged { break }
+            seen = original
+        }
+    }
 }
 
 /// Page-aligned anonymous mappings keyed by their size. A freed block goes to the idle list of its size; a

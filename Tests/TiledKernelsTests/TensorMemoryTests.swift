@@ -77,4 +77,19 @@ final class TensorMemoryTests: XCTestCase {
         XCTAssertEqual(stacked.shape, [2, 2])
         XCTAssertEqual(stacked.data, [5, 6, 1, 2])
     }
+
+    func testTensorBytesCountEveryLiveTensorAndThePeakHoldsUntilReset() {
+        let start = TensorMemory.tensorBytes
+        TensorMemory.resetPeakTensorBytes()
+        do {
+            let small = Tensor(zeros: [10])  // from malloc
+            let large = Tensor(zeros: pooled)  // from the pool
+            XCTAssertEqual(TensorMemory.tensorBytes - start, (10 + pooled[0]) * 4)
+            _ = (small, large)
+        }
+        XCTAssertEqual(TensorMemory.tensorBytes, start)
+        XCTAssertEqual(TensorMemory.peakTensorBytes - start, (10 + pooled[0]) * 4, "the peak outlives the tensors")
+        TensorMemory.resetPeakTensorBytes()
+        XCTAssertEqual(TensorMemory.peakTensorBytes, start)
+    }
 }

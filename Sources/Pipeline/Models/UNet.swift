@@ -9,36 +9,23 @@ import TiledKernels
 public struct UNet {
     public let config: UNetConfig
 
-    /// One resolution level going down: resnets (each optionally followed by a transformer), then a downsampler.
-    struct DownLevel {
-        let resnets: [ResnetBlock]
-        let transformers: [SpatialTransformer?]
-        let downsample: Downsample?
-    }
-
-    /// One level going up: each resnet takes the current map concatenated with one skip connection.
-    struct UpLevel {
-        let resnets: [ResnetBlock]
-        let transformers: [SpatialTransformer?]
-        let upsample: Upsample?
-    }
-
-    private let timeLinear1: Linear
-    private let timeLinear2: Linear
-    private let convIn: Conv2d
-    private let down: [DownLevel]
-    private let midResnets: [ResnetBlock]
-    private let midTransformer: SpatialTransformer?
-    private let up: [UpLevel]
-    private let normOut: GroupNormLayer
-    private let convOut: Conv2d
-    private let streamer: WeightStreamer
+    /// The network as one list of blocks in execution order: the forward pass walks it, the weight streamer
+    /// streams its groups, and the memory planner sums its declared bytes (see `UNetBlock`).
+    let blocks: [UNetBlock]
+    let streamer: WeightStreamer
 
     /// residency: how weights stay in memory; `.streamed` keeps about one resnet or transformer resident.
     public init(config: UNetConfig, weights w: WeightProvider, residency: WeightResidency = .resident,
                 file: String = "unet/config.json") throws {
-        try config.validate(file: file)
         self.config = config
+        blocks = try UNet.layout(config, file: file).map { try UNetBlock(binding: $0, weights: w, config: config) }
+        streamer = WeightStreamer(blocks: blocks.map(\.groups), residency: residency)
+    }
+
+    /// The UNet's list of blocks as its config describes it, in execution order: what `init` binds to weights
+    /// (one `UNetBlock` per entry) and what the memory planner walks without weights.
+    static func layout(_ config: UNetConfig, file: String = "unet/config.json") throws -> [UNetBlockLayout] {
+        try config.validate(file: file)
         let levels = config.blockOutChannels.count
         let channels = config.blockOutChannels
         let heads = try (config.numAttentionHeads ?? config.attentionHeadDim)
@@ -47,55 +34,50 @@ public struct UNet {
         let layersPerBlock = try config.layersPerBlock.expanded(levels: levels, field: "layers_per_block", file: file)
         let transformerLayers = try config.transformerLayersPerBlock
             .expanded(levels: levels, field: "transformer_layers_per_block", file: file)
-        let groups = config.normNumGroups
-        let eps = config.normEps
         let timeDim = channels[0] * 4
 
-        timeLinear1 = try Linear(w, "time_embedding.linear_1", in: channels[0], out: timeDim)
-        timeLinear2 = try Linear(w, "time_embedding.linear_2", in: timeDim, out: timeDim)
-        convIn = try Conv2d(w, "conv_in", in: config.inChannels, out: channels[0], kernel: config.convInKernel)
-
-        func transformer(_ p: String, _ c: Int, level: Int) throws -> SpatialTransformer {
-            try SpatialTransformer(w, p, channels: c, heads: heads[level], layers: transformerLayers[level],
-                                   contextDim: contextDims[level], groups: groups,
-                                   linearProjection: config.useLinearProjection)
+        var blocks: [UNetBlockLayout] = [
+            UNetBlockLayout(.timeEmbedding(channels: channels[0], timeDim: timeDim)),
+            UNetBlockLayout(.convIn(in: config.inChannels, out: channels[0], kernel: config.convInKernel), keepsSkip: true),
+        ]
+        func transformer(_ p: String, _ c: Int, level: Int) -> UNetBlockLayout.Kind {
+            .transformer(prefix: p, channels: c, heads: heads[level], layers: transformerLayers[level],
+                         contextDim: contextDims[level])
         }
 
-        var down: [DownLevel] = []
         var outC = channels[0]
         for (i, type) in config.downBlockTypes.enumerated() {
             let inC = outC
             outC = channels[i]
             let p = "down_blocks.\(i)"
             let hasAttention = type == "CrossAttnDownBlock2D"
-            var resnets: [ResnetBlock] = []
-            var transformers: [SpatialTransformer?] = []
             for j in 0..<layersPerBlock[i] {
-                resnets.append(try ResnetBlock(w, "\(p).resnets.\(j)", in: j == 0 ? inC : outC, out: outC,
-                                               timeChannels: timeDim, groups: groups, eps: eps))
-                transformers.append(hasAttention ? try transformer("\(p).attentions.\(j)", outC, level: i) : nil)
+                // The skip connection is the output of the resnet, or of the transformer after it.
+                blocks.append(UNetBlockLayout(.resnet(prefix: "\(p).resnets.\(j)", in: j == 0 ? inC : outC, out: outC,
+                                                      timeDim: timeDim, outputScale: 1, skipChannels: nil),
+                                              keepsSkip: !hasAttention))
+                if hasAttention {
+                    blocks.append(UNetBlockLayout(transformer("\(p).attentions.\(j)", outC, level: i), keepsSkip: true))
+                }
             }
-            let isFinal = i == levels - 1
-            let downsample = isFinal ? nil
-                : try Downsample(w, "\(p).downsamplers.0", channels: outC, padding: config.downsamplePadding)
-            down.append(DownLevel(resnets: resnets, transformers: transformers, downsample: downsample))
+            if i < levels - 1 {
+                blocks.append(UNetBlockLayout(.downsample(prefix: "\(p).downsamplers.0", channels: outC),
+                                              keepsSkip: true))
+            }
         }
-        self.down = down
 
         let midC = channels[levels - 1]
         if config.midBlockType != nil {
-            midResnets = try (0..<2).map {
-                try ResnetBlock(w, "mid_block.resnets.\($0)", in: midC, out: midC, timeChannels: timeDim,
-                                groups: groups, eps: eps, outputScale: config.midBlockScaleFactor)
+            func midResnet(_ k: Int) -> UNetBlockLayout {
+                UNetBlockLayout(.resnet(prefix: "mid_block.resnets.\(k)", in: midC, out: midC, timeDim: timeDim,
+                                        outputScale: config.midBlockScaleFactor, skipChannels: nil))
             }
-            midTransformer = try transformer("mid_block.attentions.0", midC, level: levels - 1)
-        } else {
-            midResnets = []
-            midTransformer = nil
+            blocks.append(midResnet(0))
+            blocks.append(UNetBlockLayout(transformer("mid_block.attentions.0", midC, level: levels - 1)))
+            blocks.append(midResnet(1))
         }
 
         let reversedChannels = Array(channels.reversed())
-        var up: [UpLevel] = []
         var upOut = reversedChannels[0]
         for (i, type) in config.upBlockTypes.enumerated() {
             let prevC = upOut
@@ -105,44 +87,21 @@ public struct UNet {
             let layers = layersPerBlock[level] + 1
             let p = "up_blocks.\(i)"
             let hasAttention = type == "CrossAttnUpBlock2D"
-            var resnets: [ResnetBlock] = []
-            var transformers: [SpatialTransformer?] = []
             for j in 0..<layers {
                 let skipC = j == layers - 1 ? inC : upOut
                 let resIn = j == 0 ? prevC : upOut
-                resnets.append(try ResnetBlock(w, "\(p).resnets.\(j)", in: resIn + skipC, out: upOut,
-                                               timeChannels: timeDim, groups: groups, eps: eps))
-                transformers.append(hasAttention ? try transformer("\(p).attentions.\(j)", upOut, level: level) : nil)
+                blocks.append(UNetBlockLayout(.resnet(prefix: "\(p).resnets.\(j)", in: resIn + skipC, out: upOut,
+                                                      timeDim: timeDim, outputScale: 1, skipChannels: skipC)))
+                if hasAttention {
+                    blocks.append(UNetBlockLayout(transformer("\(p).attentions.\(j)", upOut, level: level)))
+                }
             }
-            let upsample = i == levels - 1 ? nil : try Upsample(w, "\(p).upsamplers.0", channels: upOut)
-            up.append(UpLevel(resnets: resnets, transformers: transformers, upsample: upsample))
-        }
-        self.up = up
-
-        normOut = try GroupNormLayer(w, "conv_norm_out", channels: channels[0], groups: groups, eps: eps)
-        convOut = try Conv2d(w, "conv_out", in: channels[0], out: config.outChannels, kernel: config.convOutKernel)
-
-        // The execution order of weight groups, exactly as callAsFunction visits them.
-        var order: [[Weight]] = [timeLinear1.weights + timeLinear2.weights, convIn.weights]
-        for level in down {
-            for (resnet, transformer) in zip(level.resnets, level.transformers) {
-                order += resnet.groups
-                if let t = transformer { order += t.groups }
+            if i < levels - 1 {
+                blocks.append(UNetBlockLayout(.upsample(prefix: "\(p).upsamplers.0", channels: upOut)))
             }
-            if let d = level.downsample { order.append(d.weights) }
         }
-        if let midT = midTransformer {
-            order += midResnets[0].groups + midT.groups + midResnets[1].groups
-        }
-        for level in up {
-            for (resnet, transformer) in zip(level.resnets, level.transformers) {
-                order += resnet.groups
-                if let t = transformer { order += t.groups }
-            }
-            if let u = level.upsample { order.append(u.weights) }
-        }
-        order.append(normOut.weights + convOut.weights)
-        streamer = WeightStreamer(order: order, residency: residency)
+        blocks.append(UNetBlockLayout(.out(in: channels[0], out: config.outChannels, kernel: config.convOutKernel)))
+        return blocks
     }
 
     /// Bytes of the largest weight group: what `.streamed` keeps resident at a time (plus the next one).
@@ -179,72 +138,24 @@ public struct UNet {
     /// item at a time through each module and keeps skip connections as F16 (see `UNetMemoryMode`).
     public func callAsFunction(_ sample: Tensor, timestep: Float, context: Tensor,
                                memory: UNetMemoryMode = .fastest) -> Tensor {
-        let n = sample.shape[0]
-        let c0 = config.blockOutChannels[0]
-        let feats = UNet.timestepFeatures(timestep, dim: c0, flipSinToCos: config.flipSinToCos,
-                                          freqShift: Float(config.freqShift))
-        let tFeatures = Tensor(shape: [n, c0], data: Array([[Float]](repeating: feats, count: n).joined()))
-        let siluTemb = streamer.run { silu(timeLinear2(silu(timeLinear1(tFeatures)))) }
+        forward(sample, timestep: timestep, context: context, memory: memory)
+    }
 
-        // Lanes: the whole batch as one, or one per batch item (each module then runs them in turn) at the
-        // resolutions where `memory` asks for it. The lane count follows the maps' size, so a skip connection is
-        // taken on the way up with the lanes it was stored with.
-        let itemLanes = memory.itemByItem && n > 1 ? n : 1
-        func laneCount(_ t: Tensor) -> Int { t.shape[2] * t.shape[3] >= memory.itemByItemMinimumPixels ? itemLanes : 1 }
-        func lanes(_ t: Tensor, _ count: Int) -> [Tensor] {
-            count == 1 ? [t] : (0..<n).map { t.slice(batch: $0..<($0 + 1)) }
-        }
-        /// The same maps as `count` lanes: split the batch or stack the items.
-        func relane(_ x: inout [Tensor], _ count: Int) {
-            if x.count == count { return }
-            x = count == 1 ? [Tensor.stack(batches: x)] : lanes(take(&x[0]), count)
-        }
-        let tembs = [lanes(siluTemb, 1), lanes(siluTemb, itemLanes)]
-        let contexts = [lanes(context, 1), lanes(context, itemLanes)]
-        func perLane(_ both: [[Tensor]], _ x: [Tensor]) -> [Tensor] { x.count == 1 ? both[0] : both[1] }
-        let input = config.centerInputSample ? Tensor(shape: sample.shape, data: sample.data.map { 2 * $0 - 1 }) : sample
-        var x = lanes(input, laneCount(input))
-        streamer.run { for i in x.indices { x[i] = convIn(take(&x[i])) } }
-
-        var skips: [SkipConnection] = [SkipConnection(x, halfPrecision: memory.halfPrecisionSkips)]
-        for level in down {
-            for (resnet, transformer) in zip(level.resnets, level.transformers) {
-                x = resnet.forward(lanes: x.count, input: { take(&x[$0]) }, siluTimeEmbedding: perLane(tembs, x),
-                                   streamer: streamer)
-                transformer?.forward(&x, contexts: perLane(contexts, x), streamer: streamer)
-                skips.append(SkipConnection(x, halfPrecision: memory.halfPrecisionSkips))
+    /// The forward pass: walks `blocks` in order, each running its weight groups through the streamer by
+    /// identity; a block that keeps a skip connection stores its output. `beforeBlock(i)` and `afterBlock(i)`
+    /// bracket block i, its skip included (the planner-invariant tests read the tensors' high-water mark there).
+    func forward(_ sample: Tensor, timestep: Float, context: Tensor, memory: UNetMemoryMode,
+                 beforeBlock: (Int) -> Void = { _ in }, afterBlock: (Int) -> Void = { _ in }) -> Tensor {
+        var state = UNetRunState(sample: sample, timestep: timestep, context: context, memory: memory, config: config)
+        for (index, block) in blocks.enumerated() {
+            beforeBlock(index)
+            block.forward(&state, run: GroupRunner(streamer: streamer, block: index))
+            if block.layout.keepsSkip {
+                state.skips.append(SkipConnection(state.x, halfPrecision: memory.halfPrecisionSkips))
             }
-            if let ds = level.downsample {
-                streamer.run { for i in x.indices { x[i] = ds(take(&x[i])) } }
-                relane(&x, laneCount(x[0]))
-                skips.append(SkipConnection(x, halfPrecision: memory.halfPrecisionSkips))
-            }
+            afterBlock(index)
         }
-        if let midT = midTransformer {
-            x = midResnets[0].forward(lanes: x.count, input: { take(&x[$0]) }, siluTimeEmbedding: perLane(tembs, x),
-                                      streamer: streamer)
-            midT.forward(&x, contexts: perLane(contexts, x), streamer: streamer)
-            x = midResnets[1].forward(lanes: x.count, input: { take(&x[$0]) }, siluTimeEmbedding: perLane(tembs, x),
-                                      streamer: streamer)
-        }
-        for level in up {
-            for (resnet, transformer) in zip(level.resnets, level.transformers) {
-                // Each lane's map and skip meet in a concatenation built when the resnet reaches that lane, and
-                // neither outlives it (the peak of the up path).
-                var skip = skips.removeLast()
-                x = resnet.forward(lanes: x.count, input: { concatChannels(take(&x[$0]), skip.take(lane: $0)) },
-                                   siluTimeEmbedding: perLane(tembs, x), streamer: streamer)
-                transformer?.forward(&x, contexts: perLane(contexts, x), streamer: streamer)
-            }
-            if let us = level.upsample, let next = skips.last {
-                streamer.run { for i in x.indices { x[i] = us(take(&x[i]), size: next.spatialSize) } }
-                relane(&x, laneCount(x[0]))
-            }
-        }
-        return streamer.run {
-            let out = x.map { convOut(normOut($0, silu: true)) }
-            return out.count == 1 ? out[0] : Tensor.stack(batches: out)
-        }
+        return state.x[0]
     }
 }
 

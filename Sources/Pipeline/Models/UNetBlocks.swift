@@ -36,29 +36,17 @@ struct ResnetBlock: WeightGroup {
          norm2.weights + conv2.weights]
     }
 
-    /// x: [N, C, H, W]; siluTimeEmbedding: silu(temb) [N, T] (nil for the VAE). The caller keeps `x`, so the
-    /// shortcut reads it at the end, as diffusers does (the VAE's tile estimates assume this order).
-    func callAsFunction(_ x: Tensor, siluTimeEmbedding: Tensor?) -> Tensor {
-        var h = conv1(norm1(x, silu: true))
-        if let proj = timeProjection, let t = siluTimeEmbedding {
-            h = addChannelBias(h, proj(t))
-        }
-        h = conv2(norm2(h, silu: true))
-        var out = add(shortcut.map { $0(x) } ?? x, h)
-        if outputScale != 1 { out = scale(out, by: 1 / outputScale) }
-        return out
-    }
-
-    /// The UNet's form: runs `lanes` inputs (the whole batch as one lane, or one lane per batch item) through
-    /// each of `groups` in turn, so a group's weights stream in once for all lanes while the temporaries exist
-    /// for one lane at a time. `input(i)` hands over lane i's input [n, C, H, W] when its turn comes (so a
-    /// concatenation is built just in time) and the block owns it: the shortcut reads it first and it is freed
-    /// before conv1 runs. siluTimeEmbedding: one [n, T] per lane. Same values as `callAsFunction`.
+    /// The one forward pass (UNet and VAE): runs `lanes` inputs (the whole batch as one lane, or one lane per
+    /// batch item) through each of `groups` in turn, so a group's weights stream in once for all lanes while the
+    /// temporaries exist for one lane at a time. `input(i)` hands over lane i's input [n, C, H, W] when its turn
+    /// comes (so a concatenation is built just in time); the shortcut reads it first and, unless the caller
+    /// still holds it, it is freed before conv1 runs. siluTimeEmbedding: one silu(temb) [n, T] per lane (nil for
+    /// the VAE). `run(part)` streams group `part` of `groups`. Values as diffusers' ResnetBlock2D.
     func forward(lanes: Int, input: (Int) -> Tensor, siluTimeEmbedding: [Tensor]?,
-                 streamer: WeightStreamer) -> [Tensor] {
+                 run: GroupRunner) -> [Tensor] {
         var hidden = [Tensor](repeating: Tensor(zeros: [0]), count: lanes)
         var residual = [Tensor](repeating: Tensor(zeros: [0]), count: lanes)
-        streamer.run {
+        run(0) {
             for i in 0..<lanes {
                 var x = input(i)
                 residual[i] = shortcut.map { $0(x) } ?? x
@@ -70,7 +58,7 @@ struct ResnetBlock: WeightGroup {
                 hidden[i] = h
             }
         }
-        return streamer.run {
+        return run(1) {
             (0..<lanes).map { i in
                 var h = norm2(take(&hidden[i]), silu: true)
                 h = conv2(take(&h))
@@ -128,22 +116,23 @@ struct TransformerBlock: WeightGroup {
     /// x: [B, T, dim]; context: [B, S, contextDim].
     func callAsFunction(_ x: Tensor, context: Tensor) -> Tensor {
         var lanes = [x]
-        forward(&lanes, contexts: [context], streamer: .none)
+        forward(&lanes, contexts: [context], run: .unstreamed, firstPart: 0)
         return lanes[0]
     }
 
     /// Runs each lane's tokens [n, T, dim] (with its context [n, S, contextDim]) through self-attention,
     /// cross-attention and the feed-forward, one streaming group at a time, one lane at a time within it.
-    func forward(_ lanes: inout [Tensor], contexts: [Tensor], streamer: WeightStreamer) {
-        streamer.run {
+    /// `run(firstPart + k)` streams this block's group k (of `groups`) within the enclosing block's groups.
+    func forward(_ lanes: inout [Tensor], contexts: [Tensor], run: GroupRunner, firstPart: Int) {
+        run(firstPart) {
             for i in lanes.indices { lanes[i] = add(lanes[i], selfAttention(norm1(lanes[i]))) }
         }
-        streamer.run {
+        run(firstPart + 1) {
             for i in lanes.indices {
                 lanes[i] = add(lanes[i], crossAttention(norm2(lanes[i]), context: contexts[i]))
             }
         }
-        streamer.run {
+        run(firstPart + 2) {
             for i in lanes.indices { lanes[i] = feedForward(take(&lanes[i])) }
         }
     }
@@ -220,15 +209,16 @@ struct SpatialTransformer: WeightGroup {
     /// x: [N, C, H, W]; context: [N, S, contextDim].
     func callAsFunction(_ x: Tensor, context: Tensor) -> Tensor {
         var lanes = [x]
-        forward(&lanes, contexts: [context], streamer: .none)
+        forward(&lanes, contexts: [context], run: .unstreamed)
         return lanes[0]
     }
 
     /// Replaces each lane's map [n, C, H, W] by the transformer's output; contexts: one [n, S, contextDim]
-    /// per lane. Each streaming group runs every lane in turn (see ResnetBlock.forward).
-    func forward(_ lanes: inout [Tensor], contexts: [Tensor], streamer: WeightStreamer) {
+    /// per lane. Each streaming group runs every lane in turn (see ResnetBlock.forward); `run(part)` streams
+    /// group `part` of `groups`.
+    func forward(_ lanes: inout [Tensor], contexts: [Tensor], run: GroupRunner) {
         var tokens = [Tensor](repeating: Tensor(zeros: [0]), count: lanes.count)
-        streamer.run {
+        run(0) {
             for i in lanes.indices {
                 let normed = norm(lanes[i])
                 if let conv = projInConv {
@@ -240,8 +230,10 @@ struct SpatialTransformer: WeightGroup {
                 }
             }
         }
-        for block in blocks { block.forward(&tokens, contexts: contexts, streamer: streamer) }
-        streamer.run {
+        for (k, block) in blocks.enumerated() {
+            block.forward(&tokens, contexts: contexts, run: run, firstPart: 1 + 3 * k)
+        }
+        run(1 + 3 * blocks.count) {
             for i in lanes.indices {
                 let height = lanes[i].shape[2], width = lanes[i].shape[3]
                 var h = take(&tokens[i])

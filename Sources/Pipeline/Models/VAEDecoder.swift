@@ -6,102 +6,59 @@ import TiledKernels
 public struct VAEDecoder {
     public let config: VAEConfig
 
-    private struct UpLevel {
-        let resnets: [ResnetBlock]
-        let upsample: Upsample?
-    }
-
-    private let postQuantConv: Conv2d?
-    private let convIn: Conv2d
-    private let midResnets: [ResnetBlock]
-    private let midNorm: GroupNormLayer?
-    private let midAttention: MultiHeadAttention?
-    private let up: [UpLevel]
-    private let normOut: GroupNormLayer
-    private let convOut: Conv2d
-    private let streamer: WeightStreamer
+    /// The decoder as one list of blocks in execution order: the forward pass walks it, the weight streamer
+    /// streams its groups by identity, and the memory estimates sum its declared bytes (see `VAEBlockLayout`).
+    let blocks: [VAEBlock]
+    let streamer: WeightStreamer
 
     public init(config: VAEConfig, weights w: WeightProvider, residency: WeightResidency = .resident,
                 file: String = "vae/config.json") throws {
         try config.validate(file: file)
         self.config = config
+        blocks = try VAEDecoder.layout(config).map { try VAEBlock(binding: $0, weights: w, config: config) }
+        streamer = WeightStreamer(blocks: blocks.map { [$0.weights] }, residency: residency)
+    }
+
+    /// The decoder's list of blocks as its config describes it, in execution order (each block one weight group).
+    static func layout(_ config: VAEConfig) -> [VAEBlockLayout] {
         let channels = config.blockOutChannels
         let levels = channels.count
-        let groups = config.normNumGroups
-        let eps: Float = 1e-6
-        let latent = config.latentChannels
         let top = channels[levels - 1]
-
-        postQuantConv = config.usePostQuantConv
-            ? try Conv2d(w, "post_quant_conv", in: latent, out: latent, kernel: 1) : nil
-        convIn = try Conv2d(w, "decoder.conv_in", in: latent, out: top, kernel: 3)
-        midResnets = try (0..<2).map {
-            try ResnetBlock(w, "decoder.mid_block.resnets.\($0)", in: top, out: top, timeChannels: nil,
-                            groups: groups, eps: eps)
-        }
-        if config.midBlockAddAttention {
-            let p = "decoder.mid_block.attentions.0"
-            // Current diffusers names (to_q …); checkpoints saved before diffusers 0.14 use query/key/value/proj_attn.
-            let legacy = !w.has("\(p).to_q.weight") && w.has("\(p).query.weight")
-            midNorm = try GroupNormLayer(w, "\(p).group_norm", channels: top, groups: groups, eps: eps)
-            midAttention = MultiHeadAttention(
-                q: try Linear(w, "\(p).\(legacy ? "query" : "to_q")", in: top, out: top),
-                k: try Linear(w, "\(p).\(legacy ? "key" : "to_k")", in: top, out: top),
-                v: try Linear(w, "\(p).\(legacy ? "value" : "to_v")", in: top, out: top),
-                out: try Linear(w, "\(p).\(legacy ? "proj_attn" : "to_out.0")", in: top, out: top),
-                heads: 1)
-        } else {
-            midNorm = nil
-            midAttention = nil
-        }
-
+        var blocks: [VAEBlockLayout] = [
+            .convIn(latent: config.latentChannels, out: top, postQuant: config.usePostQuantConv),
+            .resnet(prefix: "decoder.mid_block.resnets.0", in: top, out: top),
+        ]
+        if config.midBlockAddAttention { blocks.append(.attention(channels: top)) }
+        blocks.append(.resnet(prefix: "decoder.mid_block.resnets.1", in: top, out: top))
         let reversed = Array(channels.reversed())
-        var up: [UpLevel] = []
         var outC = reversed[0]
         for i in 0..<levels {
             let prevC = outC
             outC = reversed[i]
-            let p = "decoder.up_blocks.\(i)"
-            let resnets = try (0...config.layersPerBlock).map { j in
-                try ResnetBlock(w, "\(p).resnets.\(j)", in: j == 0 ? prevC : outC, out: outC, timeChannels: nil,
-                                groups: groups, eps: eps)
+            for j in 0...config.layersPerBlock {
+                blocks.append(.resnet(prefix: "decoder.up_blocks.\(i).resnets.\(j)", in: j == 0 ? prevC : outC, out: outC))
             }
-            let upsample = i == levels - 1 ? nil : try Upsample(w, "\(p).upsamplers.0", channels: outC)
-            up.append(UpLevel(resnets: resnets, upsample: upsample))
+            if i < levels - 1 { blocks.append(.upsample(prefix: "decoder.up_blocks.\(i).upsamplers.0", channels: outC)) }
         }
-        self.up = up
-        normOut = try GroupNormLayer(w, "decoder.conv_norm_out", channels: channels[0], groups: groups, eps: eps)
-        convOut = try Conv2d(w, "decoder.conv_out", in: channels[0], out: config.outChannels, kernel: 3)
-
-        // Weight groups in the order callAsFunction visits them.
-        var order: [[Weight]] = [(postQuantConv?.weights ?? []) + convIn.weights, midResnets[0].weights]
-        if let norm = midNorm, let attn = midAttention { order.append(norm.weights + attn.weights) }
-        order.append(midResnets[1].weights)
-        for level in up {
-            order += level.resnets.map(\.weights)
-            if let u = level.upsample { order.append(u.weights) }
-        }
-        order.append(normOut.weights + convOut.weights)
-        streamer = WeightStreamer(order: order, residency: residency)
+        blocks.append(.out(in: channels[0], out: config.outChannels))
+        return blocks
     }
 
     /// z: [N, latent_channels, h, w] (already divided by scaling_factor) → image [N, 3, h·f, w·f] in about [-1, 1].
     public func callAsFunction(_ z: Tensor) -> Tensor {
-        var x = streamer.run { convIn(postQuantConv.map { $0(z) } ?? z) }
-        x = streamer.run { midResnets[0](x, siluTimeEmbedding: nil) }
-        if let norm = midNorm, let attn = midAttention {
-            x = streamer.run {
-                let h = x.shape[2], w = x.shape[3]
-                let tokens = nchwToTokens(norm(x))
-                return TiledKernels.add(x, tokensToNCHW(attn(tokens), height: h, width: w))
-            }
+        forward(z)
+    }
+
+    /// Walks `blocks`, each running its weight group through the streamer by identity; `beforeBlock(i)` and
+    /// `afterBlock(i)` bracket block i (the planner-invariant tests read the tensors' high-water mark there).
+    func forward(_ z: Tensor, beforeBlock: (Int) -> Void = { _ in }, afterBlock: (Int) -> Void = { _ in }) -> Tensor {
+        var x = z
+        for (index, block) in blocks.enumerated() {
+            beforeBlock(index)
+            streamer.run(WeightGroupID(block: index, part: 0)) { block.forward(&x) }
+            afterBlock(index)
         }
-        x = streamer.run { midResnets[1](x, siluTimeEmbedding: nil) }
-        for level in up {
-            for resnet in level.resnets { x = streamer.run { resnet(x, siluTimeEmbedding: nil) } }
-            if let us = level.upsample { x = streamer.run { us(x) } }
-        }
-        return streamer.run { convOut(normOut(x, silu: true)) }
+        return x
     }
 
     /// Bytes of the largest weight group (what `.streamed` keeps resident at a time, plus the next).
@@ -109,4 +66,130 @@ public struct VAEDecoder {
 
     /// Bytes of all weights as stored.
     public var totalWeightBytes: Int { streamer.totalBytes }
+
+    /// The most bytes of tensors alive at once in one decode of [batch, latent_channels, h, w] latents (the
+    /// caller's latents not included): the largest of the blocks' declared peaks (`VAEBlockLayout.peakBytes`).
+    static func plannedTensorBytes(_ layout: [VAEBlockLayout], batch: Int, latentHeight: Int, latentWidth: Int)
+        -> (peak: Int, perBlock: [Int]) {
+        var walk = (channels: 0, height: latentHeight, width: latentWidth)
+        let perBlock = layout.map { $0.peakBytes(batch: batch, &walk) }
+        return (perBlock.max() ?? 0, perBlock)
+    }
+}
+
+/// One block of the VAE decoder as its config describes it.
+enum VAEBlockLayout: Sendable, Equatable {
+    /// post_quant_conv (when the config has it) and decoder.conv_in.
+    case convIn(latent: Int, out: Int, postQuant: Bool)
+    case resnet(prefix: String, in: Int, out: Int)
+    /// The mid block's single-head self-attention with its group norm.
+    case attention(channels: Int)
+    /// Nearest 2× upsampling, then a 3×3 conv.
+    case upsample(prefix: String, channels: Int)
+    /// conv_norm_out + SiLU, conv_out.
+    case out(in: Int, out: Int)
+
+    /// The most bytes of tensors alive at once while this block runs on maps of `walk`'s size, the block's
+    /// input included, the caller's latents not; advances `walk`. Derived from `VAEBlock.forward` op by op, with
+    /// the lifetimes of `UNetBlockLayout.peakBytes` (the VAE hands each block its input; the input stays alive
+    /// until the block's result replaces it, except a resnet's, freed after norm1).
+    func peakBytes(batch n: Int, _ walk: inout (channels: Int, height: Int, width: Int)) -> Int {
+        let unit = n * walk.height * walk.width * 4  // one channel of the batch, in bytes
+        switch self {
+        case .convIn(let latent, let out, let postQuant):
+            walk.channels = out
+            return (postQuant ? latent : 0) * unit + out * unit
+        case .resnet(_, let inC, let outC):
+            let shortcut = inC != outC
+            let residual = shortcut ? outC : inC
+            walk.channels = outC
+            return max((inC + (shortcut ? outC : 0) + inC) * unit,  // shortcut(x), norm1(x)
+                       (residual + inC + outC) * unit,  // conv1(norm1(x))
+                       (residual + 2 * outC) * unit)  // norm2, conv2, residual add
+        case .attention(let c):
+            // x with norm(x) and its tokens, then the tokens with q, k, v and the attention output.
+            return max(3 * c * unit, 6 * c * unit)
+        case .upsample(_, let c):
+            walk.height *= 2
+            walk.width *= 2
+            return c * unit + 8 * c * unit  // x, its 2× copy, the conv output
+        case .out(let inC, let outC):
+            walk.channels = outC
+            return (2 * inC + outC) * unit  // x, norm(x), conv_out
+        }
+    }
+}
+
+/// A VAE block bound to its weights.
+struct VAEBlock {
+    enum Layers {
+        case convIn(Conv2d?, Conv2d)
+        case resnet(ResnetBlock)
+        case attention(GroupNormLayer, MultiHeadAttention)
+        case upsample(Upsample)
+        case out(GroupNormLayer, Conv2d)
+    }
+
+    let layout: VAEBlockLayout
+    let layers: Layers
+
+    init(binding layout: VAEBlockLayout, weights w: WeightProvider, config: VAEConfig) throws {
+        self.layout = layout
+        let groups = config.normNumGroups
+        let eps: Float = 1e-6
+        switch layout {
+        case .convIn(let latent, let out, let postQuant):
+            layers = .convIn(postQuant ? try Conv2d(w, "post_quant_conv", in: latent, out: latent, kernel: 1) : nil,
+                             try Conv2d(w, "decoder.conv_in", in: latent, out: out, kernel: 3))
+        case .resnet(let p, let inC, let outC):
+            layers = .resnet(try ResnetBlock(w, p, in: inC, out: outC, timeChannels: nil, groups: groups, eps: eps))
+        case .attention(let top):
+            let p = "decoder.mid_block.attentions.0"
+            // Current diffusers names (to_q …); checkpoints saved before diffusers 0.14 use query/key/value/proj_attn.
+            let legacy = !w.has("\(p).to_q.weight") && w.has("\(p).query.weight")
+            layers = .attention(
+                try GroupNormLayer(w, "\(p).group_norm", channels: top, groups: groups, eps: eps),
+                MultiHeadAttention(
+                    q: try Linear(w, "\(p).\(legacy ? "query" : "to_q")", in: top, out: top),
+                    k: try Linear(w, "\(p).\(legacy ? "key" : "to_k")", in: top, out: top),
+                    v: try Linear(w, "\(p).\(legacy ? "value" : "to_v")", in: top, out: top),
+                    out: try Linear(w, "\(p).\(legacy ? "proj_attn" : "to_out.0")", in: top, out: top),
+                    heads: 1))
+        case .upsample(let p, let c):
+            layers = .upsample(try Upsample(w, p, channels: c))
+        case .out(let inC, let outC):
+            layers = .out(try GroupNormLayer(w, "decoder.conv_norm_out", channels: inC, groups: groups, eps: eps),
+                          try Conv2d(w, "decoder.conv_out", in: inC, out: outC, kernel: 3))
+        }
+    }
+
+    /// The block's weights: one streaming group.
+    var weights: [Weight] {
+        switch layers {
+        case .convIn(let pq, let conv): (pq?.weights ?? []) + conv.weights
+        case .resnet(let r): r.weights
+        case .attention(let norm, let attn): norm.weights + attn.weights
+        case .upsample(let u): u.weights
+        case .out(let norm, let conv): norm.weights + conv.weights
+        }
+    }
+
+    /// Replaces `x` by the block's output.
+    func forward(_ x: inout Tensor) {
+        switch layers {
+        case .convIn(let postQuant, let conv):
+            x = conv(postQuant.map { $0(x) } ?? x)
+        case .resnet(let resnet):
+            // Handed over: the shortcut reads it first, then it is freed after norm1.
+            x = resnet.forward(lanes: 1, input: { _ in take(&x) }, siluTimeEmbedding: nil, run: .unstreamed)[0]
+        case .attention(let norm, let attn):
+            let h = x.shape[2], w = x.shape[3]
+            let tokens = nchwToTokens(norm(x))
+            x = TiledKernels.add(x, tokensToNCHW(attn(tokens), height: h, width: w))
+        case .upsample(let us):
+            x = us(x)
+        case .out(let norm, let conv):
+            x = conv(norm(x, silu: true))
+        }
+    }
 }

@@ -150,59 +150,41 @@ extension VAEDecoder {
         Self.peakActivationBytes(config: config, latentHeight: latentHeight, latentWidth: latentWidth, batch: batch)
     }
 
-    /// Peak bytes of F32 activations alive at once in the decoder's forward for a [batch, latent, h, w] input,
-    /// derived from `callAsFunction` and the layers it calls, op by op:
-    /// - ResnetBlock: conv1 holds x, norm1(x), h and its im2col band; conv2 holds x, h, norm2(h), the new h and
-    ///   its band; the residual holds x, h, shortcut(x) and the sum.
-    /// - Upsample: x, the 2× nearest copy, the conv output and its band.
-    /// - mid attention (tokens at latent size): x, tokens, q, k, v, the attention output, per-thread score tiles.
-    /// - conv_norm_out + conv_out: x, the normalized copy, the RGB output and its band.
-    /// For SD 1.5 the peak is up_blocks.3's first resnet (256 → 128 channels at full resolution): about
-    /// 640 floats per output pixel, 671 MB at 512×512.
-    /// `kernelScratch: false` leaves out the im2col bands: the tensors alone, as the tensor pool holds them.
+    /// Peak bytes of F32 activations alive at once in the decoder's forward for a [batch, latent, h, w] input:
+    /// the input latents plus the largest of the blocks' declared tensor peaks (`VAEBlockLayout.peakBytes`,
+    /// walking the decoder's own list), plus, with `kernelScratch`, the largest kernel scratch of a block: a
+    /// 3×3 conv's im2col band (whole output rows of C·9 columns, up to 2 Mi floats, TiledKernels'
+    /// conv2dDefaultScratchFloats) or the mid attention's per-thread score tiles.
+    /// For SD 1.5 the peak is up_blocks.3's first resnet (256 → 128 channels at full resolution).
+    /// `kernelScratch: false` leaves out the scratch: the tensors alone, as the tensor pool holds them.
     public static func peakActivationBytes(config: VAEConfig, latentHeight: Int, latentWidth: Int, batch: Int = 1,
                                            kernelScratch: Bool = true) -> Int {
         let n = max(batch, 1)
+        let layout = Self.layout(config)
+        let tensors = plannedTensorBytes(layout, batch: n, latentHeight: latentHeight, latentWidth: latentWidth).peak
+            + n * config.latentChannels * latentHeight * latentWidth * 4
+        guard kernelScratch else { return tensors }
         var h = latentHeight, w = latentWidth
-        func t(_ c: Int) -> Int { n * c * h * w }  // one NCHW tensor at the current size, in floats
-        // conv2d's im2col band: whole output rows of C·k·k columns, up to 2 Mi floats (TiledKernels'
-        // conv2dDefaultScratchFloats), at least one row.
-        func band(_ c: Int, _ k: Int) -> Int {
-            guard k > 1, kernelScratch else { return 0 }
-            let kdim = c * k * k
+        var scratch = 0
+        func band(_ c: Int) -> Int {
+            let kdim = c * 9
             return kdim * max(1, min(h, (2 * 1024 * 1024) / max(kdim * w, 1))) * w
         }
-        func resnet(_ inC: Int, _ outC: Int) -> Int {
-            let conv1 = t(inC) + t(inC) + t(outC) + band(inC, 3)
-            let conv2 = t(inC) + 3 * t(outC) + band(outC, 3)
-            let residual = t(inC) + (inC != outC ? 3 : 2) * t(outC)
-            return max(conv1, conv2, residual)
-        }
-        let channels = config.blockOutChannels
-        guard let top = channels.last, let bottom = channels.first else { return 0 }
-        let latent = config.latentChannels
-        var peak = 2 * t(latent)  // z and post_quant_conv(z)
-        peak = max(peak, t(latent) + t(top) + band(latent, 3))  // conv_in
-        peak = max(peak, resnet(top, top))
-        if config.midBlockAddAttention {
-            let threads = max(ProcessInfo.processInfo.activeProcessorCount, 1)
-            let scoreTiles = threads * (256 * 512 + 256 * top + 2 * 256)
-            peak = max(peak, 6 * t(top) + scoreTiles)
-        }
-        var inC = top
-        for (i, outC) in channels.reversed().enumerated() {
-            peak = max(peak, resnet(inC, outC))
-            for _ in 0..<config.layersPerBlock { peak = max(peak, resnet(outC, outC)) }
-            inC = outC
-            if i < channels.count - 1 {
-                let before = t(outC)
+        for block in layout {
+            switch block {
+            case .convIn(let latent, _, _): scratch = max(scratch, band(latent))
+            case .resnet(_, let inC, let outC): scratch = max(scratch, band(max(inC, outC)))
+            case .attention(let top):
+                let threads = max(ProcessInfo.processInfo.activeProcessorCount, 1)
+                scratch = max(scratch, threads * (256 * 512 + 256 * top + 2 * 256))
+            case .upsample(_, let c):
                 h *= 2
                 w *= 2
-                peak = max(peak, before + 2 * t(outC) + band(outC, 3))
+                scratch = max(scratch, band(c))
+            case .out(let inC, _): scratch = max(scratch, band(inC))
             }
         }
-        peak = max(peak, 2 * t(bottom) + t(config.outChannels) + band(bottom, 3))
-        return peak * MemoryLayout<Float>.size
+        return tensors + scratch * MemoryLayout<Float>.size
     }
 
     /// Peak bytes of a whole tiled decode with `tiling`: one tile's activations, the output image, the

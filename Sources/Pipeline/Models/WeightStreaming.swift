@@ -1,4 +1,4 @@
-// WeightStreaming: keeps resident weights near one module. Before a module runs, the next one's pages
+// WeightStreaming: keeps resident weights near one module. Before a weight group runs, the next one's pages
 // are requested (madvise WILLNEED); after it runs, its own pages are dropped (MADV_DONTNEED, and with
 // `dropPageCache` also posix_fadvise DONTNEED). Only weights that view a mapped file are affected.
 
@@ -15,44 +15,89 @@ public enum WeightResidency: String, Sendable, Codable, CaseIterable {
     case strict
 }
 
-/// Walks a fixed execution order of weight groups, prefetching the next and releasing the last.
+/// A weight group by identity: part `part` of block `block` in a network's list of blocks.
+struct WeightGroupID: Hashable, Sendable {
+    let block: Int
+    let part: Int
+}
+
+/// Streams a network's weight groups, block by block as the network's own list declares them: running a group
+/// prefetches the group after it in that list and releases the group itself.
 final class WeightStreamer: @unchecked Sendable {
     // @unchecked: used by the single thread that runs the model; `cursor` is only touched there.
     let residency: WeightResidency
-    private let order: [[Weight]]
+    /// Each block's weight groups, in the order of the network's list of blocks.
+    private let blocks: [[[Weight]]]
+    /// Every group's identity in list order (for `next(after:)` and the positional `run`).
+    private let ids: [WeightGroupID]
+    private let position: [WeightGroupID: Int]
+    /// Only for `run(_:)`, the positional form networks that are not yet one list of blocks use.
     private var cursor = 0
+    /// Called with each group as it runs (tests check the forward pass visits the list in order).
+    var onRun: ((WeightGroupID) -> Void)?
 
     /// A streamer that only runs bodies (for modules used without streaming).
-    static let none = WeightStreamer(order: [], residency: .resident)
+    static let none = WeightStreamer(blocks: [], residency: .resident)
 
-    init(order: [[Weight]], residency: WeightResidency) {
-        self.order = order
+    /// blocks: each block's weight groups, as the network's list of blocks declares them.
+    init(blocks: [[[Weight]]], residency: WeightResidency) {
+        self.blocks = blocks
         self.residency = residency
+        ids = blocks.indices.flatMap { b in blocks[b].indices.map { WeightGroupID(block: b, part: $0) } }
+        position = Dictionary(uniqueKeysWithValues: ids.enumerated().map { ($1, $0) })
     }
 
-    /// Runs the next group's work: prefetches the group after it, runs `body`, releases this group.
-    func run<T>(_ body: () throws -> T) rethrows -> T {
-        guard residency != .resident, !order.isEmpty else { return try body() }
-        let index = cursor % order.count
-        if index == 0 { WeightStreamer.prefetch(order[0]) }
-        if index + 1 < order.count { WeightStreamer.prefetch(order[index + 1]) }
+    /// A streamer over a flat order of groups, each its own block (for `run(_:)`).
+    convenience init(order: [[Weight]], residency: WeightResidency) {
+        self.init(blocks: order.map { [$0] }, residency: residency)
+    }
+
+    /// The weights of group `id`.
+    func weights(_ id: WeightGroupID) -> [Weight] { blocks[id.block][id.part] }
+
+    /// The group after `id` in the list (nil after the last).
+    func next(after id: WeightGroupID) -> WeightGroupID? {
+        guard let i = position[id], i + 1 < ids.count else { return nil }
+        return ids[i + 1]
+    }
+
+    /// Runs group `id`'s work: prefetches the group after it (and `id` itself when it is the first), runs
+    /// `body`, releases `id`'s pages.
+    func run<T>(_ id: WeightGroupID, _ body: () throws -> T) rethrows -> T {
+        onRun?(id)
+        guard residency != .resident, position[id] != nil else { return try body() }
+        if id == ids.first { WeightStreamer.prefetch(weights(id)) }
+        if let next = next(after: id) { WeightStreamer.prefetch(weights(next)) }
         let result = try body()
-        WeightStreamer.release(order[index], dropPageCache: residency == .strict)
-        cursor += 1
+        WeightStreamer.release(weights(id), dropPageCache: residency == .strict)
         return result
     }
 
+    /// Runs the next group in list order (a cursor that wraps): for networks whose forward pass is not yet
+    /// one walk over their list of blocks (the text encoder, TAESD).
+    func run<T>(_ body: () throws -> T) rethrows -> T {
+        guard residency != .resident, !ids.isEmpty else { return try body() }
+        let id = ids[cursor % ids.count]
+        cursor += 1
+        return try run(id, body)
+    }
+
+    /// Every group's identity, in list order.
+    var groupIDs: [WeightGroupID] { ids }
+
+    private var allGroups: [[Weight]] { blocks.flatMap { $0 } }
+
     /// Bytes of all groups.
-    var totalBytes: Int { order.reduce(0) { $0 + $1.reduce(0) { $0 + $1.bytes.count } } }
+    var totalBytes: Int { allGroups.reduce(0) { $0 + $1.reduce(0) { $0 + $1.bytes.count } } }
 
     /// Values in the largest single weight.
-    var largestWeightElements: Int { order.joined().map(\.count).max() ?? 0 }
+    var largestWeightElements: Int { allGroups.joined().map(\.count).max() ?? 0 }
 
     /// Bytes of LoRA-merged weights (`LoRAApplication.merge`): anonymous memory that streaming cannot release.
-    var mergedBytes: Int { order.joined().filter { $0.owner is MergedBytes }.reduce(0) { $0 + $1.bytes.count } }
+    var mergedBytes: Int { allGroups.joined().filter { $0.owner is MergedBytes }.reduce(0) { $0 + $1.bytes.count } }
 
     /// Bytes of the largest group.
-    var largestGroupBytes: Int { order.map { $0.reduce(0) { $0 + $1.bytes.count } }.max() ?? 0 }
+    var largestGroupBytes: Int { allGroups.map { $0.reduce(0) { $0 + $1.bytes.count } }.max() ?? 0 }
 
     /// The file and byte range each mapped weight occupies.
     static func mappedRanges(_ weights: [Weight]) -> [(MappedFile, Range<Int>)] {
@@ -71,5 +116,19 @@ final class WeightStreamer: @unchecked Sendable {
 
     static func release(_ weights: [Weight], dropPageCache: Bool) {
         for (file, range) in mappedRanges(weights) { file.release(range, dropPageCache: dropPageCache) }
+    }
+}
+
+/// Runs one block's weight groups by identity: `run(part) { … }` streams group `part` of the block the runner
+/// was made for. A block's forward names its own groups, in the order its `groups` declares them.
+struct GroupRunner {
+    let streamer: WeightStreamer
+    let block: Int
+
+    /// A runner that only runs bodies (a block used on its own, or inside a group its caller streams).
+    static let unstreamed = GroupRunner(streamer: .none, block: 0)
+
+    func callAsFunction<T>(_ part: Int, _ body: () throws -> T) rethrows -> T {
+        try streamer.run(WeightGroupID(block: block, part: part), body)
     }
 }
