@@ -1,5 +1,6 @@
 // MemoryPlanner: budgets parse as users write them, the plan accounts for SD 1.5's skip connections,
-// a tight budget tiles the VAE, and an impossible one is refused with the numbers.
+// a tight budget tiles the VAE, and an impossible one is refused with the numbers. What each block of a
+// network allocates against what the planner counts is UNetPlannedBytesTests' and VAEPlannedBytesTests' job.
 
 import Foundation
 import Pipeline
@@ -51,12 +52,6 @@ final class MemoryPlannerTests: XCTestCase {
                                                         memory: .compact)
         XCTAssertLessThan(compact, whole * 2 / 3)
         XCTAssertGreaterThan(compact, whole / 3)
-        // Measured on SD 1.5 Q8_0 512×512 guided (whole process, VmHWM): 186 MiB whole batch (256M budget),
-        // 133 MiB compact (200M budget). The plan must not promise less than that.
-        let scratch = ScratchArena.peakDemandBytes(largestWeightFloats: 1280 * 2560 * 9, largestBandFloats: 960 * 9 * 4096)
-        let overhead = MemoryPlanner.baselineBytes + 35 * (1 << 20) + scratch
-        XCTAssertGreaterThanOrEqual(overhead + whole, 186 << 20)
-        XCTAssertGreaterThanOrEqual(overhead + compact, 133 << 20)
     }
 
     func testABudgetTheWholeBatchFitsKeepsTheBitExactUNet() throws {
@@ -65,19 +60,6 @@ final class MemoryPlannerTests: XCTestCase {
         XCTAssertEqual(open.unetMemory, .fastest)
         let roomy = try MemoryPlanner.plan(budget: open.peak + (1 << 20), pipeline: pipeline, width: 256, height: 256)
         XCTAssertEqual(roomy.unetMemory, .fastest)
-    }
-
-    func testSD15At512Fits200MiBOnlyItemByItem() throws {
-        // SD 1.5 Q8_0: the largest streamed group is 35 MiB, the largest weight 1280×2560×3×3.
-        let sd15 = try JSONDecoder().decode(UNetConfig.self, from: Data("{}".utf8))
-        let scratch = ScratchArena.peakDemandBytes(largestWeightFloats: 1280 * 2560 * 9, largestBandFloats: 960 * 9 * 4096)
-        let overhead = MemoryPlanner.baselineBytes + 35 * (1 << 20) + scratch
-        func peak(_ mode: UNetMemoryMode) throws -> Int {
-            overhead + (try MemoryPlanner.unetActivationBytes(sd15, latentHeight: 64, latentWidth: 64, batch: 2, memory: mode))
-        }
-        XCTAssertGreaterThan(try peak(.fastest), 200 << 20)
-        XCTAssertLessThanOrEqual(try peak(.compact), 200 << 20)
-        XCTAssertLessThanOrEqual(try peak(.fastest), 256 << 20)
     }
 
     func testABudgetedGenerationKeepsItsTensorsWithinThePlanAndLeavesNoneIdle() throws {
