@@ -180,7 +180,8 @@ public final class StableDiffusionPipeline {
     public func tinyVAEDecoder() throws -> TinyAutoencoderDecoder? {
         guard let config = model.tinyAutoencoder else { return nil }
         if let m = tinyVAEModel { return m }
-        let m = try TinyAutoencoderDecoder(config: config, weights: vaeWeights, residency: residency,
+        // Resident whatever the residency: a few MB, read again by every band of a banded decode.
+        let m = try TinyAutoencoderDecoder(config: config, weights: vaeWeights,
                                            file: model.vaeURL?.appendingPathComponent("config.json").path ?? "vae/config.json")
         tinyVAEModel = m
         return m
@@ -374,15 +375,15 @@ public final class StableDiffusionPipeline {
         let h = latents.shape[2], w = latents.shape[3], n = latents.shape[0]
         let z = Tensor(shape: latents.shape, data: latents.data.map { $0 / model.latentScalingFactor })
         if let tiny = try tinyVAEDecoder() {
-            // TAESD decodes exactly in bands of latent rows; a plan's (or --vae-tiling's) activation budget sets
-            // their height, else the whole latent decodes at once (diffusers' default for AutoencoderTiny).
+            // TAESD decodes exactly in bands (its high-resolution steps band by band, with halos); a plan's (or
+            // --vae-tiling's) activation budget chooses them, else the whole latent decodes at once (diffusers'
+            // default for AutoencoderTiny).
             let budget = run.vaeTensorBytes ?? (run.vaeTiling == nil ? nil : VAETiling.defaultActivationBudgetBytes)
-            let band = budget.flatMap { tiny.bandLatentRows(forBudgetBytes: $0, latentHeight: h, latentWidth: w, batch: n) }
+            let bands = budget.flatMap { tiny.bands(forBudgetBytes: $0, latentHeight: h, latentWidth: w, batch: n) }
             TensorMemory.limitFootprint(TinyAutoencoderDecoder.tensorBytes(
-                config: tiny.config, latentRows: band.map { min(h, $0 + 2 * tiny.haloLatentRows) } ?? h,
-                latentWidth: w, batch: n))
+                config: tiny.config, bands: bands, latentHeight: h, latentWidth: w, batch: n))
             return StableDiffusionPipeline.rgb8(try withoutActuallyEscaping(shouldContinue) { ask in
-                try tiny.decode(z, bandLatentRows: band, shouldContinue: ask)
+                try tiny.decode(z, bands: bands, shouldContinue: ask)
             })
         }
         let vae = try vaeDecoder()

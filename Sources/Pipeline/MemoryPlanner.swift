@@ -257,15 +257,14 @@ public enum MemoryPlanner {
         guard let budget else { return plan }
         // The same margin as the AutoencoderKL's tiles: a fifth of the room is left for what the model leaves out.
         let room = max(budget - plan.baseline - plan.vaeWeights, 0) * 4 / 5
-        if let band = TinyAutoencoderDecoder.bandLatentRows(config: tiny, haloLatentRows: haloLatentRows,
-                                                            forBudgetBytes: room, latentHeight: h, latentWidth: w,
-                                                            batch: count) {
-            let bytes = TinyAutoencoderDecoder.tensorBytes(
-                config: tiny, latentRows: min(h, band + 2 * haloLatentRows), latentWidth: w, batch: count)
+        if let bands = TinyAutoencoderDecoder.bands(config: tiny, forBudgetBytes: room, latentHeight: h, latentWidth: w,
+                                                    batch: count) {
+            let bytes = TinyAutoencoderDecoder.tensorBytes(config: tiny, bands: bands, latentHeight: h, latentWidth: w,
+                                                           batch: count)
             guard bytes <= room else {
                 throw PipelineError.invalidRequest(
                     "memory budget \(MemorySize.describe(budget)) is too small for the TAESD decode of \(w * f)×\(h * f): "
-                    + "one latent row with its halo needs about \(MemorySize.describe(bytes)) of activations")
+                    + "its smallest bands need about \(MemorySize.describe(bytes)) of activations")
             }
             plan.vaeTensorBytes = bytes
             plan.vaeActivations = bytes * 5 / 4

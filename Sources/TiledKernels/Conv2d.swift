@@ -48,6 +48,7 @@ let conv2dDefaultScratchFloats = GemmLimits.standard.bandFloats
 /// A 3×3, stride-1, padding-1 conv with at least 32 input and output channels and 16×16 pixels runs as Winograd
 /// F(2×2, 3×3) or F(4×4, 3×3) instead (`winogradTile`, `WinogradProblem`), over chunks of output channels whose
 /// transformed weight (16·O·C or 36·O·C floats) fits the same 16 MB; results differ from im2col's by rounding only.
+/// One with at most `directConvMaximumOutputChannels` outputs (an RGB or latent conv_out) runs as a direct loop.
 /// Profile GFLOP/s count the direct convolution's multiply-adds either way.
 public func conv2d(_ x: Tensor, weight: Weight, bias: Weight?, stride: Int = 1, padding: Int = 0) -> Tensor {
     KernelProfile.measure(
@@ -90,6 +91,22 @@ func conv2d(_ x: Tensor, weight: Weight, bias: Weight?, stride: Int, padding: In
     if y.count == 0 { return y }
     let beta: Float = bias == nil ? 0 : 1
 
+    if kh == 3 && kw == 3 && stride == 1 && padding == 1 && o <= directConvMaximumOutputChannels {
+        y.withUnsafeMutableBufferPointer { yb in
+            x.withUnsafeBufferPointer { xb in
+                guard let yp = yb.baseAddress, let xp = xb.baseAddress else { return }
+                weight.withFloats { wp in
+                    if let bias {
+                        bias.withFloats { bp in directConv3x3(x: xp, n: n, c: c, h: h, w: w, weight: wp, o: o, bias: bp, y: yp) }
+                    } else {
+                        directConv3x3(x: xp, n: n, c: c, h: h, w: w, weight: wp, o: o, bias: nil, y: yp)
+                    }
+                }
+            }
+        }
+        return y
+    }
+
     if kh == 3 && kw == 3 && stride == 1 && padding == 1,
        let tile = winogradTile(channels: c, outChannels: o, pixels: h * w, limits: limits) {
         let problem = WinogradProblem(n: n, c: c, h: h, w: w, o: o, tile: tile, limits: limits)
@@ -125,6 +142,50 @@ func conv2d(_ x: Tensor, weight: Weight, bias: Weight?, stride: Int, padding: In
         }
     }
     return y
+}
+
+/// Output channels up to which a 3×3, stride-1, padding-1 conv runs as a direct loop (`directConv3x3`): with so
+/// few GEMM rows the im2col unfold (C·9 floats written and read per output pixel) costs more than the products —
+/// TAESD's 64 → 3 RGB conv at 512×512 ran at 1 GFLOP/s as im2col + GEMM.
+let directConvMaximumOutputChannels = 4
+
+/// y [N, O, H, W] = 3×3, stride-1, padding-1 convolution of x [N, C, H, W] with an F32 weight [O, C, 3, 3] (+ bias),
+/// summed in F32 directly: each unit of work is a band of output rows of one image, whose O output rows stay in
+/// cache while every input channel's three source rows pass once. Weights of any products precision run in F32.
+func directConv3x3(x: UnsafePointer<Float>, n: Int, c: Int, h: Int, w: Int, weight: UnsafePointer<Float>, o: Int,
+                   bias: UnsafePointer<Float>?, y: UnsafeMutablePointer<Float>) {
+    let rowsPerUnit = max(1, min(h, 8))
+    let unitsPerImage = (h + rowsPerUnit - 1) / rowsPerUnit
+    let plane = h * w
+    Parallel.forEachUnit(count: n * unitsPerImage) { u in
+        let b = u / unitsPerImage, r0 = (u % unitsPerImage) * rowsPerUnit
+        for r in r0..<min(h, r0 + rowsPerUnit) {
+            for oc in 0..<o { (y + (b * o + oc) * plane + r * w).initialize(repeating: bias?[oc] ?? 0, count: w) }
+            for ch in 0..<c {
+                for ki in 0..<3 {
+                    let sr = r + ki - 1
+                    if sr < 0 || sr >= h { continue }
+                    let src = x + (b * c + ch) * plane + sr * w
+                    for oc in 0..<o {
+                        let out = y + (b * o + oc) * plane + r * w
+                        let k = weight + ((oc * c + ch) * 3 + ki) * 3
+                        let w0 = k[0], w1 = k[1], w2 = k[2]
+                        if w == 1 {
+                            out[0] += w1 * src[0]
+                            continue
+                        }
+                        out[0] += w1 * src[0] + w2 * src[1]
+                        var j = 1
+                        while j < w - 1 {
+                            out[j] += w0 * src[j - 1] + w1 * src[j] + w2 * src[j + 1]
+                            j += 1
+                        }
+                        out[w - 1] += w0 * src[w - 2] + w1 * src[w - 1]
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// One convolution call's shapes and the loop orders that run it.

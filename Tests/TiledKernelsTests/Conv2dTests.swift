@@ -35,6 +35,14 @@ final class Conv2dTests: XCTestCase {
         check(n: 1, c: 4, o: 3, h: 6, w: 5, kh: 3, kw: 3, stride: 1, padding: 1, bias: false, seed: 40)
     }
 
+    func testFewOutputChannelsRunDirectlyAndMatchTheReference() {
+        // At most `directConvMaximumOutputChannels` outputs: the direct loop, on many rows (several units per
+        // image), one column, and without bias.
+        check(n: 2, c: 64, o: 3, h: 21, w: 17, kh: 3, kw: 3, stride: 1, padding: 1, seed: 45)
+        check(n: 1, c: 5, o: 4, h: 9, w: 1, kh: 3, kw: 3, stride: 1, padding: 1, seed: 46)
+        check(n: 1, c: 7, o: 1, h: 1, w: 6, kh: 3, kw: 3, stride: 1, padding: 1, bias: false, seed: 47)
+    }
+
     func testNonSquareKernelLargePaddingAndStride3MatchReference() {
         check(n: 1, c: 2, o: 3, h: 11, w: 8, kh: 4, kw: 2, stride: 3, padding: 2, seed: 50)
     }

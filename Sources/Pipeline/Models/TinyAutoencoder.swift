@@ -1,5 +1,5 @@
 // TinyAutoencoder: diffusers' AutoencoderTiny (TAESD) decoder — tanh clamp, conv + ReLU residual blocks with
-// nearest ×2 upsampling — latents → RGB in [-1, 1], decoded in bands of latent rows with an exact halo.
+// nearest ×2 upsampling — latents → RGB in [-1, 1], decoded whole or with its high-resolution steps in bands (exact halos).
 
 import Foundation
 import TiledKernels
@@ -59,12 +59,30 @@ public struct TinyAutoencoderConfig: Decodable, Sendable {
     }
 }
 
+/// How a TAESD decode is split to bound its memory: the first `wholeSteps` of the decoder's steps run once on the
+/// whole latent (their maps are small at low resolution); the rest run in bands of `bandRows` rows of that stage's
+/// output, each widened by the halo those steps' 3×3 convs reach, then cropped and stacked — the whole decode's values.
+public struct TinyAutoencoderBands: Sendable, Equatable, CustomStringConvertible {
+    /// Steps (convs, residual blocks, upsamplings, in the decoder's order) run on the whole latent first.
+    public var wholeSteps: Int
+    /// Rows per band at the resolution after `wholeSteps` (latent rows when it is 0).
+    public var bandRows: Int
+
+    public init(wholeSteps: Int, bandRows: Int) {
+        self.wholeSteps = wholeSteps
+        self.bandRows = bandRows
+    }
+
+    public var description: String { "bands of \(bandRows) rows after \(wholeSteps) whole steps" }
+}
+
 /// AutoencoderTiny's decoder (`decoder.layers.N`): conv, ReLU, then per level its AutoencoderTinyBlocks
 /// (three 3×3 convs with ReLUs, identity skip, ReLU after the sum), ×2 nearest upsampling and a 3×3 conv
-/// (without bias but the last, which maps to RGB with bias).
+/// (without bias but the last, which maps to RGB with bias). Its weights (a few MB) stay resident.
 public struct TinyAutoencoderDecoder {
     public let config: TinyAutoencoderConfig
 
+    /// One step of the decoder as bound: the same list `layout` describes, with its weights.
     private enum Step {
         case conv(Conv2d, relu: Bool)
         case block(Conv2d, Conv2d, Conv2d)
@@ -72,52 +90,68 @@ public struct TinyAutoencoderDecoder {
     }
 
     private let steps: [Step]
-    private let streamer: WeightStreamer
+    private let layout: [TinyAutoencoderStep]
+    public let totalWeightBytes: Int
 
-    public init(config: TinyAutoencoderConfig, weights w: WeightProvider, residency: WeightResidency = .resident,
-                file: String = "vae/config.json") throws {
+    public init(config: TinyAutoencoderConfig, weights w: WeightProvider, file: String = "vae/config.json") throws {
         try config.validate(file: file)
         self.config = config
+        let layout = Self.layout(config)
         var steps: [Step] = []
-        var groups: [[Weight]] = []
-        var index = 0
-        func conv(_ i: Int, _ inC: Int, _ outC: Int, bias: Bool = true) throws -> Conv2d {
-            try Conv2d(w, "decoder.layers.\(i)", in: inC, out: outC, kernel: 3, bias: bias)
-        }
-        let width = config.decoderBlockOutChannels[0]
-        let first = try conv(0, config.latentChannels, width)
-        steps.append(.conv(first, relu: true))
-        groups.append(first.weights)
-        index = 2  // conv, activation
-        for (level, count) in config.numDecoderBlocks.enumerated() {
-            let isLast = level == config.numDecoderBlocks.count - 1
-            for _ in 0..<count {
-                let p = "decoder.layers.\(index).conv"
+        var bytes = 0
+        for step in layout {
+            switch step {
+            case .conv(let layer, let inC, let outC, let bias, let relu):
+                let c = try Conv2d(w, "decoder.layers.\(layer)", in: inC, out: outC, kernel: 3, bias: bias)
+                bytes += c.weights.reduce(0) { $0 + $1.bytes.count }
+                steps.append(.conv(c, relu: relu))
+            case .block(let layer, let width):
+                let p = "decoder.layers.\(layer).conv"
                 let a = try Conv2d(w, "\(p).0", in: width, out: width, kernel: 3)
                 let b = try Conv2d(w, "\(p).2", in: width, out: width, kernel: 3)
                 let c = try Conv2d(w, "\(p).4", in: width, out: width, kernel: 3)
+                bytes += (a.weights + b.weights + c.weights).reduce(0) { $0 + $1.bytes.count }
                 steps.append(.block(a, b, c))
-                groups.append(a.weights + b.weights + c.weights)
+            case .upsample:
+                steps.append(.upsample)
+            }
+        }
+        self.steps = steps
+        self.layout = layout
+        totalWeightBytes = bytes
+    }
+
+    /// The decoder's steps from its config alone (what the memory planner reads without binding weights).
+    static func layout(_ config: TinyAutoencoderConfig) -> [TinyAutoencoderStep] {
+        let width = config.decoderBlockOutChannels.first ?? 64
+        var out: [TinyAutoencoderStep] = [.conv(layer: 0, inChannels: config.latentChannels, outChannels: width,
+                                                bias: true, relu: true)]
+        var index = 2  // conv, activation
+        for (level, count) in config.numDecoderBlocks.enumerated() {
+            let isLast = level == config.numDecoderBlocks.count - 1
+            for _ in 0..<count {
+                out.append(.block(layer: index, width: width))
                 index += 1
             }
             if !isLast {
-                steps.append(.upsample)
+                out.append(.upsample)
                 index += 1
             }
-            let out = try conv(index, width, isLast ? config.outChannels : width, bias: isLast)
-            steps.append(.conv(out, relu: false))
-            groups.append(out.weights)
+            out.append(.conv(layer: index, inChannels: width, outChannels: isLast ? config.outChannels : width,
+                             bias: isLast, relu: false))
             index += 1
         }
-        self.steps = steps
-        streamer = WeightStreamer(order: groups, residency: residency)
+        return out
     }
 
     /// Latent rows each side of a band that reach its output rows through the 3×3 convs (so a band decoded
     /// with this halo gives exactly the rows of the whole decode).
-    public var haloLatentRows: Int {
+    public var haloLatentRows: Int { Self.haloRows(layout, from: 0) }
+
+    /// Rows (at the resolution step `first` reads) each side of a band that steps `first...` reach.
+    static func haloRows(_ layout: [TinyAutoencoderStep], from first: Int) -> Int {
         var rows = 0
-        for step in steps.reversed() {
+        for step in layout[first...].reversed() {
             switch step {
             case .conv: rows += 1
             case .block: rows += 3
@@ -127,85 +161,223 @@ public struct TinyAutoencoderDecoder {
         return rows
     }
 
+    /// Pixels per latent cell of the map step `first` reads (1 for the latent itself).
+    static func scale(_ layout: [TinyAutoencoderStep], before first: Int) -> Int {
+        layout[..<first].reduce(1) { scale, step in step == .upsample ? scale * 2 : scale }
+    }
+
     /// z: [N, latent_channels, h, w] (already divided by scaling_factor) → image [N, 3, h·f, w·f] in [-1, 1].
     public func callAsFunction(_ z: Tensor) -> Tensor {
-        var x = Tensor(shape: z.shape, data: z.data.map { tanh($0 / 3) * 3 })
-        for step in steps {
+        Self.toImage(run(steps.indices, on: Self.clamp(z)))
+    }
+
+    /// Runs `range` of the steps on `x`.
+    private func run(_ range: Range<Int>, on input: Tensor) -> Tensor {
+        var x = input
+        for step in steps[range] {
             switch step {
             case .conv(let c, let relu):
-                x = streamer.run { relu ? Self.relu(c(x)) : c(x) }
+                x = relu ? Self.relu(c(x)) : c(x)
             case .block(let a, let b, let c):
-                x = streamer.run { Self.relu(TiledKernels.add(c(Self.relu(b(Self.relu(a(x))))), x)) }
+                x = Self.relu(TiledKernels.add(c(Self.relu(b(Self.relu(a(x))))), x))
             case .upsample:
                 x = upsampleNearest2x(x)
             }
         }
-        return Tensor(shape: x.shape, data: x.data.map { $0 * 2 - 1 })
+        return x
     }
 
-    /// The decode in bands of `bandLatentRows` latent rows (each with `haloLatentRows` more on each side,
-    /// clipped at the image edges), cropped and stacked: the same values as decoding the whole latent at once.
-    /// `shouldContinue` is asked after each band; false throws `PipelineError.cancelled`.
+    /// The decode in bands of `bandLatentRows` latent rows (each with `haloLatentRows` more on each side, clipped
+    /// at the image edges), cropped and stacked: the same values as decoding the whole latent at once.
     public func decode(_ z: Tensor, bandLatentRows: Int?, shouldContinue: () -> Bool = { true }) throws -> Tensor {
-        let n = z.shape[0], c = z.shape[1], h = z.shape[2], w = z.shape[3]
-        guard let band = bandLatentRows, band < h else { return self(z) }
-        let f = config.scaleFactor, halo = haloLatentRows
-        let outC = config.outChannels
-        var out = [Float](repeating: 0, count: n * outC * h * f * w * f)
-        var r0 = 0
-        while r0 < h {
-            let r1 = min(h, r0 + max(1, band))
-            let a = max(0, r0 - halo), b = min(h, r1 + halo)
-            var part = [Float](repeating: 0, count: n * c * (b - a) * w)
-            for i in 0..<(n * c) {
-                for y in a..<b {
-                    let src = (i * h + y) * w, dst = (i * (b - a) + (y - a)) * w
-                    for x in 0..<w { part[dst + x] = z.data[src + x] }
-                }
-            }
-            let decoded = self(Tensor(shape: [n, c, b - a, w], data: part))
-            let rows = (b - a) * f, width = w * f
-            for i in 0..<(n * outC) {
-                for y in (r0 * f)..<(r1 * f) {
-                    let src = (i * rows + (y - a * f)) * width, dst = (i * h * f + y) * width
-                    for x in 0..<width { out[dst + x] = decoded.data[src + x] }
-                }
-            }
-            r0 = r1
-            if r0 < h && !shouldContinue() { throw PipelineError.cancelled }
-        }
-        return Tensor(shape: [n, outC, h * f, w * f], data: out)
+        try decode(z, bands: bandLatentRows.map { TinyAutoencoderBands(wholeSteps: 0, bandRows: $0) },
+                   shouldContinue: shouldContinue)
     }
 
-    /// Bytes of the tensors alive while decoding `latentRows` rows (halo included) of a `latentWidth`-wide latent:
-    /// about four maps of the decoder's width at full resolution (a block's input, two intermediates, its sum).
+    /// The decode split as `bands` says (nil: whole): steps before `wholeSteps` on the whole latent, the rest band
+    /// by band with their halo. `shouldContinue` is asked after each band; false throws `PipelineError.cancelled`.
+    public func decode(_ z: Tensor, bands: TinyAutoencoderBands?, shouldContinue: () -> Bool = { true }) throws -> Tensor {
+        guard let bands, bands.wholeSteps >= 0, bands.wholeSteps < steps.count else { return self(z) }
+        let n = z.shape[0], h = z.shape[2], w = z.shape[3]
+        let k = bands.wholeSteps, f = config.scaleFactor
+        let x = run(0..<k, on: Self.clamp(z))
+        let rows = x.shape[2]
+        let perRow = f / Self.scale(layout, before: k)  // output rows per row of x
+        let halo = Self.haloRows(layout, from: k)
+        var out = Tensor(uninitialized: [n, config.outChannels, h * f, w * f])
+        var r0 = 0
+        while r0 < rows {
+            let r1 = min(rows, r0 + max(1, bands.bandRows))
+            let a = max(0, r0 - halo), b = min(rows, r1 + halo)
+            let decoded = run(k..<steps.count, on: Self.rows(a..<b, of: x))
+            Self.copyImageRows(from: decoded, firstRow: (r0 - a) * perRow, count: (r1 - r0) * perRow,
+                               into: &out, at: r0 * perRow)
+            r0 = r1
+            if r0 < rows && !shouldContinue() { throw PipelineError.cancelled }
+        }
+        return out
+    }
+
+    /// The bands for `budgetBytes` of tensors: nil when the whole decode fits; otherwise the split that fits and
+    /// runs the fewest convolution rows (halos recomputed by every band count), or the smallest if none fits.
+    public func bands(forBudgetBytes budgetBytes: Int, latentHeight: Int, latentWidth: Int, batch: Int) -> TinyAutoencoderBands? {
+        Self.bands(config: config, forBudgetBytes: budgetBytes, latentHeight: latentHeight, latentWidth: latentWidth,
+                   batch: batch)
+    }
+
+    /// The same from the config alone (what the memory planner keeps without binding the decoder).
+    public static func bands(config: TinyAutoencoderConfig, forBudgetBytes budgetBytes: Int, latentHeight h: Int,
+                             latentWidth w: Int, batch: Int) -> TinyAutoencoderBands? {
+        if tensorBytes(config: config, latentRows: h, latentWidth: w, batch: batch) <= budgetBytes { return nil }
+        let layout = layout(config)
+        var best: (bands: TinyAutoencoderBands, cost: Int, count: Int)?
+        var smallest: (bands: TinyAutoencoderBands, bytes: Int)?
+        for k in 0..<layout.count {
+            let rows = h * scale(layout, before: k)
+            func bytes(_ b: Int) -> Int {
+                tensorBytes(config: config, bands: TinyAutoencoderBands(wholeSteps: k, bandRows: b), latentHeight: h,
+                            latentWidth: w, batch: batch)
+            }
+            let least = bytes(1)
+            if least < smallest?.bytes ?? .max { smallest = (TinyAutoencoderBands(wholeSteps: k, bandRows: 1), least) }
+            guard least <= budgetBytes else { continue }
+            // Bytes grow with the band: the tallest band that fits, by bisection.
+            var lo = 1, hi = rows
+            while lo < hi {
+                let mid = (lo + hi + 1) / 2
+                if bytes(mid) <= budgetBytes { lo = mid } else { hi = mid - 1 }
+            }
+            let candidate = TinyAutoencoderBands(wholeSteps: k, bandRows: lo)
+            let cost = convolutionRows(layout, bands: candidate, latentHeight: h)
+            let count = (rows + lo - 1) / lo
+            if let b = best, (cost, count) >= (b.cost, b.count) { continue }
+            best = (candidate, cost, count)
+        }
+        return best?.bands ?? smallest?.bands
+    }
+
+    /// 3×3 convolution rows a decode runs (each at the decoder's width): its compute, halos included.
+    static func convolutionRows(_ layout: [TinyAutoencoderStep], bands: TinyAutoencoderBands?, latentHeight h: Int) -> Int {
+        func convs(_ step: TinyAutoencoderStep) -> Int {
+            switch step {
+            case .conv: return 1
+            case .block: return 3
+            case .upsample: return 0
+            }
+        }
+        let k = min(bands?.wholeSteps ?? layout.count, layout.count)
+        var total = 0
+        for i in 0..<k { total += convs(layout[i]) * h * scale(layout, before: i + 1) }
+        guard let bands, k < layout.count else { return total }
+        let s = scale(layout, before: k), rows = h * s, halo = haloRows(layout, from: k)
+        var r0 = 0
+        while r0 < rows {
+            let r1 = min(rows, r0 + max(1, bands.bandRows))
+            let extent = min(rows, r1 + halo) - max(0, r0 - halo)
+            for i in k..<layout.count { total += convs(layout[i]) * extent * scale(layout, before: i + 1) / s }
+            r0 = r1
+        }
+        return total
+    }
+
+    /// Bytes of the tensors alive while decoding `latentRows` rows (halo included) of a `latentWidth`-wide latent
+    /// whole: about four maps of the decoder's width at full resolution (a block's input, two intermediates, its sum).
     public static func tensorBytes(config: TinyAutoencoderConfig, latentRows: Int, latentWidth: Int, batch: Int) -> Int {
         let f = config.scaleFactor
         let width = config.decoderBlockOutChannels.max() ?? 64
         return 4 * width * latentRows * f * latentWidth * f * batch * MemoryLayout<Float>.size
     }
 
-    /// The largest band whose decode fits `budgetBytes`, or nil when the whole latent fits (no banding).
-    public func bandLatentRows(forBudgetBytes budgetBytes: Int, latentHeight: Int, latentWidth: Int, batch: Int) -> Int? {
-        Self.bandLatentRows(config: config, haloLatentRows: haloLatentRows, forBudgetBytes: budgetBytes,
-                            latentHeight: latentHeight, latentWidth: latentWidth, batch: batch)
-    }
-
-    /// The same from a config and its halo (what the memory planner keeps without binding the decoder).
-    public static func bandLatentRows(config: TinyAutoencoderConfig, haloLatentRows: Int, forBudgetBytes budgetBytes: Int,
-                                      latentHeight: Int, latentWidth: Int, batch: Int) -> Int? {
-        func bytes(_ rows: Int) -> Int {
-            tensorBytes(config: config, latentRows: min(latentHeight, rows + 2 * haloLatentRows),
-                        latentWidth: latentWidth, batch: batch)
+    /// Bytes of the tensors alive at once in a decode split as `bands` (nil: whole): the larger of the whole steps'
+    /// four maps at their largest resolution, and what the bands need — the whole steps' output, the image being
+    /// stacked, and four maps of a band (halo included) at each later resolution.
+    public static func tensorBytes(config: TinyAutoencoderConfig, bands: TinyAutoencoderBands?, latentHeight h: Int,
+                                   latentWidth w: Int, batch: Int) -> Int {
+        let layout = layout(config)
+        guard let bands, bands.wholeSteps >= 0, bands.wholeSteps < layout.count else {
+            return tensorBytes(config: config, latentRows: h, latentWidth: w, batch: batch)
         }
-        if tensorBytes(config: config, latentRows: latentHeight, latentWidth: latentWidth, batch: batch)
-            <= budgetBytes { return nil }
-        var rows = 1
-        while rows + 1 < latentHeight && bytes(rows + 1) <= budgetBytes { rows += 1 }
-        return rows
+        let k = bands.wholeSteps, f = config.scaleFactor
+        let width = config.decoderBlockOutChannels.max() ?? 64
+        let float = MemoryLayout<Float>.size
+        func maps(_ count: Int, rows: Int, scale: Int) -> Int { count * width * rows * w * scale * batch * float }
+        var whole = 0
+        for i in 0..<k {
+            let s = scale(layout, before: i + 1)
+            whole = max(whole, maps(4, rows: h * s, scale: s))
+        }
+        let s = scale(layout, before: k), rows = h * s
+        let extent = min(rows, max(1, bands.bandRows) + 2 * haloRows(layout, from: k))
+        let kept = (k == 0 ? config.latentChannels * h * w * batch * float : maps(1, rows: rows, scale: s))
+            + config.outChannels * h * f * w * f * batch * float
+        var band = 0
+        for i in k..<layout.count {
+            let t = scale(layout, before: i + 1)
+            band = max(band, maps(4, rows: extent * t / s, scale: t))
+        }
+        return max(whole, kept + band)
     }
 
-    private static func relu(_ x: Tensor) -> Tensor { Tensor(shape: x.shape, data: x.data.map { max($0, 0) }) }
+    /// tanh(z / 3) · 3: AutoencoderTiny's latent clamp.
+    private static func clamp(_ z: Tensor) -> Tensor {
+        var x = z
+        x.withUnsafeMutableBufferPointer { p in
+            for i in p.indices { p[i] = tanh(p[i] / 3) * 3 }
+        }
+        return x
+    }
 
-    public var totalWeightBytes: Int { streamer.totalBytes }
+    /// [0, 1] → [-1, 1], in place.
+    private static func toImage(_ y: consuming Tensor) -> Tensor {
+        var x = consume y
+        x.withUnsafeMutableBufferPointer { p in
+            for i in p.indices { p[i] = p[i] * 2 - 1 }
+        }
+        return x
+    }
+
+    private static func relu(_ y: consuming Tensor) -> Tensor {
+        var x = consume y
+        x.withUnsafeMutableBufferPointer { p in
+            for i in p.indices { p[i] = max(p[i], 0) }
+        }
+        return x
+    }
+
+    /// Rows `range` of every plane of x [N, C, H, W].
+    private static func rows(_ range: Range<Int>, of x: Tensor) -> Tensor {
+        let planes = x.shape[0] * x.shape[1], h = x.shape[2], w = x.shape[3]
+        var out = Tensor(uninitialized: [x.shape[0], x.shape[1], range.count, w])
+        out.withUnsafeMutableBufferPointer { o in
+            x.withUnsafeBufferPointer { s in
+                guard let op = o.baseAddress, let sp = s.baseAddress else { return }
+                for i in 0..<planes {
+                    (op + i * range.count * w).update(from: sp + (i * h + range.lowerBound) * w, count: range.count * w)
+                }
+            }
+        }
+        return out
+    }
+
+    /// Writes rows `firstRow..<firstRow+count` of every plane of `y` ([N, C, rows, W], in [0, 1]) as [-1, 1] values
+    /// into rows `at…` of `out` ([N, C, H, W]).
+    private static func copyImageRows(from y: Tensor, firstRow: Int, count: Int, into out: inout Tensor, at: Int) {
+        let planes = y.shape[0] * y.shape[1], rows = y.shape[2], w = y.shape[3], h = out.shape[2]
+        out.withUnsafeMutableBufferPointer { o in
+            y.withUnsafeBufferPointer { s in
+                guard let op = o.baseAddress, let sp = s.baseAddress else { return }
+                for i in 0..<planes {
+                    let dst = op + (i * h + at) * w, src = sp + (i * rows + firstRow) * w
+                    for j in 0..<(count * w) { dst[j] = src[j] * 2 - 1 }
+                }
+            }
+        }
+    }
+}
+
+/// One step of the TAESD decoder and the `decoder.layers` index that holds its weights.
+enum TinyAutoencoderStep: Equatable {
+    case conv(layer: Int, inChannels: Int, outChannels: Int, bias: Bool, relu: Bool)
+    case block(layer: Int, width: Int)
+    case upsample
 }

@@ -43,7 +43,7 @@ public final class TAESDPreview: @unchecked Sendable {
         }
         config = try decodeConfig(TinyAutoencoderConfig.self, at: configURL)
         let weights = try ComponentWeights(directory: folder, component: "")
-        decoder = try TinyAutoencoderDecoder(config: config, weights: weights, residency: .resident, file: configURL.path)
+        decoder = try TinyAutoencoderDecoder(config: config, weights: weights, file: configURL.path)
         self.folder = folder
         self.budgetBytes = budgetBytes
     }
