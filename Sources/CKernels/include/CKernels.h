@@ -108,6 +108,23 @@ void ck_winograd_f43_output(const float *m, int64_t outChannels, int64_t tileRow
 /// Whether ck_gemm_bf16 can run here: AVX-512 with AVX512_BF16 (vdpbf16ps). 1 or 0.
 int ck_gemm_bf16_available(void);
 
+/// The BF16 GEMM kernels: none, AVX512_BF16's vdpbf16ps on zmm accumulators, AMX-BF16's tdpbf16ps on tiles.
+enum { CK_BF16_NONE = 0, CK_BF16_AVX512 = 1, CK_BF16_AMX = 2 };
+
+/// Whether the AMX kernel can run here: AMX-TILE and AMX-BF16 in CPUID, tile state enabled by the OS, and
+/// the process granted tile data (Linux's arch_prctl(ARCH_REQ_XCOMP_PERM), asked once per process, on the
+/// first call, thread-safely), besides AVX512_BF16 (the packing uses it). 1 or 0.
+int ck_gemm_bf16_amx_available(void);
+
+/// The kernel ck_gemm_bf16 runs (a CK_BF16_ value): AMX where available, else AVX512_BF16, else none.
+/// SDD_BF16_KERNEL=avx512 (or avx512bf16) in the environment when first asked forces AVX512_BF16 (for A/B
+/// timing); other values are ignored. Decided once per process.
+int ck_gemm_bf16_kernel(void);
+
+/// ck_gemm_bf16 with the named kernel (CK_BF16_AVX512 or CK_BF16_AMX); -1 when it cannot run here.
+int ck_gemm_bf16_using(int kernel, int transB, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
+                       int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
+
 /// C[m, n] = alpha · A[m, k] · op(B)[k, n] + beta · C, all row-major F32 in memory (A with row stride lda;
 /// B stored [k, n] or, with transB, [n, k]), multiplied in BF16: A and B are rounded to BF16 (nearest even)
 /// and their products summed in F32. beta == 0 ignores C's old contents. Packs into a workspace kept per
