@@ -375,6 +375,54 @@ static void ck_amx_pack_rows(int64_t rows, int64_t kc, const float *x, int64_t l
     }
 }
 
+// r[0..15] (16 rows of 16 words) transposed into out[0..15]: out[c] word i = r[i] word c. Unpacking 32- then
+// 64-bit halves leaves r[4i + c]'s 128-bit lane L holding rows 4i..4i+3 of column 4L + c; two rounds of
+// 128-bit lane shuffles gather the four lanes of each column.
+CK_AMX_TARGET
+static inline void ck_transpose_16x16(const __m512i r[16], __m512i out[16]) {
+    __m512i t[16], u[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    for (int c = 0; c < 4; c++) {
+        const __m512i x0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x44), x1 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xEE);
+        const __m512i y0 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x44);
+        const __m512i y1 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xEE);
+        out[c] = _mm512_shuffle_i32x4(x0, y0, 0x88);
+        out[4 + c] = _mm512_shuffle_i32x4(x0, y0, 0xDD);
+        out[8 + c] = _mm512_shuffle_i32x4(x1, y1, 0x88);
+        out[12 + c] = _mm512_shuffle_i32x4(x1, y1, 0xDD);
+    }
+}
+
+// `rows` (≤ 32) rows contiguous along k (B stored [n, k]), kc deep, into one NR = 32-column panel of kpad pair
+// rows: word p of row j at panel[p · 32 + j]; pairs past kc and rows past `rows` are zero. Converts 16 rows ×
+// 16 pair words at a time and transposes them in registers: ck_pack_rows_bf16's word-by-word stores made
+// packing a 512 × 40 key tile cost about as much as its product with AMX.
+CK_AMX_TARGET
+static void ck_amx_pack_rows_transposed(int64_t rows, int64_t kc, const float *x, int64_t ldx, uint32_t *panel,
+                                        int64_t kpad) {
+    for (int h = 0; h < 2; h++) {
+        for (int64_t p0 = 0; p0 < kpad; p0 += 16) {
+            __m512i r[16], out[16];
+            for (int i = 0; i < 16; i++) {
+                const int64_t j = 16 * h + i;
+                r[i] = j < rows && 2 * p0 < kc ? ck_row_pairs(x + j * ldx + 2 * p0, kc - 2 * p0, 1)
+                                               : _mm512_setzero_si512();
+            }
+            ck_transpose_16x16(r, out);
+            for (int q = 0; q < 16; q++) _mm512_storeu_si512(panel + (p0 + q) * CK_NR + 16 * h, out[q]);
+        }
+    }
+}
+
 // C[mr × nr] (mr, nr ≤ 32) gets the sum over kpad pair words of A's panel (32 × kpad, row after row) times B's
 // panel (kpad × 32): C = sum on the first depth block with beta == 0, beta · C + sum on the first, C + sum after.
 // Only the tiles that hold real rows run (mr ≤ 16: the upper two).
@@ -444,9 +492,12 @@ static void ck_gemm_amx(int transB, int64_t m, int64_t n, int64_t k, float alpha
             for (int64_t jr = 0; jr < nc; jr += CK_NR) {
                 const int64_t nr = nc - jr < CK_NR ? nc - jr : CK_NR;
                 uint32_t *panel = bp + jr * kpad;
-                if (transB) ck_pack_rows_bf16(nr, kc, b + (jc + jr) * ldb + pc, ldb, 1, panel, CK_NR);
-                else ck_pack_columns_bf16(nr, kc, b + pc * ldb + jc + jr, ldb, panel);
-                memset(panel + kp * CK_NR, 0, (size_t)((kpad - kp) * CK_NR) * sizeof(uint32_t));
+                if (transB) {
+                    ck_amx_pack_rows_transposed(nr, kc, b + (jc + jr) * ldb + pc, ldb, panel, kpad);
+                } else {
+                    ck_pack_columns_bf16(nr, kc, b + pc * ldb + jc + jr, ldb, panel);
+                    memset(panel + kp * CK_NR, 0, (size_t)((kpad - kp) * CK_NR) * sizeof(uint32_t));
+                }
             }
             for (int64_t ic = 0; ic < m; ic += CK_AMX_MC) {
                 const int64_t mc = m - ic < CK_AMX_MC ? m - ic : CK_AMX_MC;
