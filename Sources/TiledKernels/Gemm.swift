@@ -90,7 +90,7 @@ func sgemm(
         }
         return
     }
-    // The BF16 kernel packs into a workspace of its own per thread (~0.6 MB): taking it from the scratch
+    // The BF16 kernels pack into workspaces of their own per thread (~0.6 MB): taking them from the scratch
     // arenas made them grow to every size in turn.
     if precision == .bf16, !transA, let kernel = ProductPrecision.bf16Kernel,
        bf16Pays(m: m, n: n, k: k, kernel: kernel),
