@@ -1,4 +1,5 @@
-// Gemm.c: a row-major GEMM that multiplies in BF16 and sums in F32 (AVX512_BF16's vdpbf16ps), for models
+// Gemm.c: a row-major GEMM that multiplies in BF16 and sums in F32 (AVX512_BF16's vdpbf16ps, or AMX-BF16's
+// tile products where the CPU and OS allow them: see the AMX section below), for models
 // run with BF16 products (ProductPrecision.bf16): on CPUs that have the instruction it does twice the
 // multiply-adds per cycle of an F32 FMA. Operands are rounded to BF16 (nearest even) while they are packed,
 // so callers pass F32 as to cblas_sgemm. Blocking after BLIS: B in NR-column panels of KC depth, A in MR-row
@@ -285,19 +286,302 @@ static void *ck_thread_workspace(void) {
     return w;
 }
 
+// ---- AMX-BF16 (Sapphire Rapids and later): tile products, 16 × 16 F32 accumulators in tile registers ----
+// Eight tiles of 16 rows × 64 bytes: C in tiles 0–3 (a 32 × 32 block), A in 4–5 (16 rows × 32 BF16 each),
+// B in 6–7 (16 pair rows × 16 columns of BF16 pairs each). TDPBF16PS sums the products of one pair word of
+// A and one of B into an F32 accumulator, like vdpbf16ps but 16 × 16 × 32 at a time; packing is the same
+// BF16 pair words as above, so B's NR = 32-column panels load as two tiles with a 128-byte stride and A is
+// packed row after row. Depth is zero-padded to whole tiles (16 pair words), rows and columns to 32 (A's
+// rows past m are zero; C is written through masks). The tile configuration is per thread and the
+// kernel's permission to use tile data (arch_prctl) per process: ck_gemm_bf16 asks once (pthread_once),
+// loads the configuration on every call and releases the tiles before it returns, so no thread keeps
+// tile state between products and nothing else sharing the thread (OpenBLAS's AMX kernels) is disturbed.
+enum {
+    // Measured one core, 4096 × 320 × 320 and 1024 × 640 × 640 (noisy: a shared VM): KC 768 over 384 and 1536,
+    // MC 64 over 32 and 128, NC 256 over 128 and 512 — none by more than the noise on every shape.
+    CK_AMX_KC = 768,  // depth of one packed block (a multiple of 32: whole tiles), 384 pair words
+    CK_AMX_MC = 64,   // rows of A packed at once: two 32-row panels (2 × 96 KB)
+    CK_AMX_NC = 256,  // columns of B packed at once: eight 32-column panels (768 KB: L2)
+};
+
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define CK_AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16,fma")))
+
+// CPUID leaf 7: EDX bit 22 AMX-BF16, bit 24 AMX-TILE; the OS enables the tile state in XCR0 bits 17–18.
+// Linux then grants tile data per process on request (ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA, 18).
+static int ck_amx_permitted = 0;
+static pthread_once_t ck_amx_once = PTHREAD_ONCE_INIT;
+
+static void ck_amx_request(void) {
+    unsigned eax, ebx, ecx, edx;
+    __asm__ volatile("cpuid" : "=a"(eax), "=b"(ebx), "=c"(ecx), "=d"(edx) : "a"(7), "c"(0));
+    if (!((edx >> 22) & 1) || !((edx >> 24) & 1)) return;
+    __asm__ volatile("cpuid" : "=a"(eax), "=b"(ebx), "=c"(ecx), "=d"(edx) : "a"(1), "c"(0));
+    if (!((ecx >> 27) & 1)) return;  // OSXSAVE: xgetbv is allowed
+    unsigned xlo, xhi;
+    __asm__ volatile("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
+    if ((xlo & (3u << 17)) != (3u << 17)) return;
+#if defined(SYS_arch_prctl)
+    const long ARCH_GET_XCOMP_PERM = 0x1022, ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
+    if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) != 0) return;
+    unsigned long granted = 0;
+    if (syscall(SYS_arch_prctl, ARCH_GET_XCOMP_PERM, &granted) != 0) return;
+    ck_amx_permitted = ((granted >> XFEATURE_XTILEDATA) & 1) && ck_gemm_bf16_available();
+#endif
+}
+
+int ck_gemm_bf16_amx_available(void) {
+    pthread_once(&ck_amx_once, ck_amx_request);
+    return ck_amx_permitted;
+}
+
+// Palette 1: rows and bytes per row of each of the eight tiles used; all 16 × 64.
+typedef struct {
+    uint8_t palette, startRow, reserved[14];
+    uint16_t bytesPerRow[16];
+    uint8_t rows[16];
+} ck_amx_config;
+
+CK_AMX_TARGET
+static void ck_amx_load_config(void) {
+    ck_amx_config config;
+    memset(&config, 0, sizeof config);
+    config.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        config.rows[t] = 16;
+        config.bytesPerRow[t] = 64;
+    }
+    _tile_loadconfig(&config);
+}
+
+// `rows` (≤ 32) rows contiguous along k, kc deep, into one panel of 32 rows × kpad pair words (kpad a multiple
+// of 16): word p of row i at panel[i · kpad + p]; pairs past kc and rows past `rows` are zero.
+CK_AMX_TARGET
+static void ck_amx_pack_rows(int64_t rows, int64_t kc, const float *x, int64_t ldx, float alpha, uint32_t *panel,
+                             int64_t kpad) {
+    for (int64_t i = 0; i < 32; i++) {
+        uint32_t *dst = panel + i * kpad;
+        if (i >= rows) {
+            memset(dst, 0, (size_t)kpad * sizeof(uint32_t));
+            continue;
+        }
+        const float *row = x + i * ldx;
+        for (int64_t p0 = 0; p0 < kpad; p0 += 16) {
+            const __m512i words = 2 * p0 < kc ? ck_row_pairs(row + 2 * p0, kc - 2 * p0, alpha) : _mm512_setzero_si512();
+            _mm512_storeu_si512(dst + p0, words);
+        }
+    }
+}
+
+// r[0..15] (16 rows of 16 words) transposed into out[0..15]: out[c] word i = r[i] word c. Unpacking 32- then
+// 64-bit halves leaves r[4i + c]'s 128-bit lane L holding rows 4i..4i+3 of column 4L + c; two rounds of
+// 128-bit lane shuffles gather the four lanes of each column.
+CK_AMX_TARGET
+static inline void ck_transpose_16x16(const __m512i r[16], __m512i out[16]) {
+    __m512i t[16], u[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    for (int c = 0; c < 4; c++) {
+        const __m512i x0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x44), x1 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xEE);
+        const __m512i y0 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x44);
+        const __m512i y1 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xEE);
+        out[c] = _mm512_shuffle_i32x4(x0, y0, 0x88);
+        out[4 + c] = _mm512_shuffle_i32x4(x0, y0, 0xDD);
+        out[8 + c] = _mm512_shuffle_i32x4(x1, y1, 0x88);
+        out[12 + c] = _mm512_shuffle_i32x4(x1, y1, 0xDD);
+    }
+}
+
+// `rows` (≤ 32) rows contiguous along k (B stored [n, k]), kc deep, into one NR = 32-column panel of kpad pair
+// rows: word p of row j at panel[p · 32 + j]; pairs past kc and rows past `rows` are zero. Converts 16 rows ×
+// 16 pair words at a time and transposes them in registers: ck_pack_rows_bf16's word-by-word stores made
+// packing a 512 × 40 key tile cost about as much as its product with AMX.
+CK_AMX_TARGET
+static void ck_amx_pack_rows_transposed(int64_t rows, int64_t kc, const float *x, int64_t ldx, uint32_t *panel,
+                                        int64_t kpad) {
+    for (int h = 0; h < 2; h++) {
+        for (int64_t p0 = 0; p0 < kpad; p0 += 16) {
+            __m512i r[16], out[16];
+            for (int i = 0; i < 16; i++) {
+                const int64_t j = 16 * h + i;
+                r[i] = j < rows && 2 * p0 < kc ? ck_row_pairs(x + j * ldx + 2 * p0, kc - 2 * p0, 1)
+                                               : _mm512_setzero_si512();
+            }
+            ck_transpose_16x16(r, out);
+            for (int q = 0; q < 16; q++) _mm512_storeu_si512(panel + (p0 + q) * CK_NR + 16 * h, out[q]);
+        }
+    }
+}
+
+// C[mr × nr] (mr, nr ≤ 32) gets the sum over kpad pair words of A's panel (32 × kpad, row after row) times B's
+// panel (kpad × 32): C = sum on the first depth block with beta == 0, beta · C + sum on the first, C + sum after.
+// Only the tiles that hold real rows run (mr ≤ 16: the upper two).
+CK_AMX_TARGET
+static void ck_amx_block(int64_t kpad, const uint32_t *ap, const uint32_t *bp, float *c, int64_t ldc, int first,
+                         float beta, int mr, int nr) {
+    float sums[32 * 32] __attribute__((aligned(64)));
+    const size_t aStride = (size_t)kpad * sizeof(uint32_t), bStride = 32 * sizeof(uint32_t);
+    _tile_zero(0);
+    _tile_zero(1);
+    if (mr > 16) {
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int64_t p = 0; p < kpad; p += 16) {
+            _tile_loadd(4, ap + p, aStride);
+            _tile_loadd(6, bp + p * 32, bStride);
+            _tile_loadd(7, bp + p * 32 + 16, bStride);
+            _tile_loadd(5, ap + 16 * kpad + p, aStride);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+        _tile_stored(2, sums + 16 * 32, 128);
+        _tile_stored(3, sums + 16 * 32 + 16, 128);
+    } else {
+        for (int64_t p = 0; p < kpad; p += 16) {
+            _tile_loadd(4, ap + p, aStride);
+            _tile_loadd(6, bp + p * 32, bStride);
+            _tile_loadd(7, bp + p * 32 + 16, bStride);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+        }
+    }
+    _tile_stored(0, sums, 128);
+    _tile_stored(1, sums + 16, 128);
+    const __mmask16 m0 = nr >= 16 ? 0xFFFF : (__mmask16)((1u << nr) - 1);
+    const __mmask16 m1 = nr <= 16 ? 0 : nr >= 32 ? 0xFFFF : (__mmask16)((1u << (nr - 16)) - 1);
+    const int scaled = !(first && beta == 0);
+    const __m512 bv = _mm512_set1_ps(first ? beta : 1);
+    for (int i = 0; i < mr; i++) {
+        float *row = c + i * ldc;
+        __m512 s0 = _mm512_load_ps(sums + 32 * i), s1 = _mm512_load_ps(sums + 32 * i + 16);
+        if (scaled) {
+            s0 = _mm512_fmadd_ps(bv, _mm512_maskz_loadu_ps(m0, row), s0);
+            s1 = _mm512_fmadd_ps(bv, _mm512_maskz_loadu_ps(m1, row + 16), s1);
+        }
+        _mm512_mask_storeu_ps(row, m0, s0);
+        _mm512_mask_storeu_ps(row + 16, m1, s1);
+    }
+}
+
+// The blocked product as ck_gemm_blocked, with 32 × 32 tile blocks: B packed per (NC columns, KC depth) block
+// into NR = 32-column panels zero-padded to kpad pair rows, A per MC rows into 32-row panels.
+CK_AMX_TARGET
+static void ck_gemm_amx(int transB, int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
+                        const float *b, int64_t ldb, float beta, float *c, int64_t ldc, void *workspace) {
+    uint32_t *ap = (uint32_t *)(((uintptr_t)workspace + 63) & ~(uintptr_t)63);
+    uint32_t *bp = ap + (CK_AMX_KC / 2) * CK_AMX_MC;
+    ck_amx_load_config();
+    for (int64_t jc = 0; jc < n; jc += CK_AMX_NC) {
+        const int64_t nc = n - jc < CK_AMX_NC ? n - jc : CK_AMX_NC;
+        for (int64_t pc = 0; pc < k; pc += CK_AMX_KC) {
+            const int64_t kc = k - pc < CK_AMX_KC ? k - pc : CK_AMX_KC;
+            const int64_t kp = (kc + 1) / 2, kpad = (kp + 15) / 16 * 16;
+            const int first = pc == 0;
+            for (int64_t jr = 0; jr < nc; jr += CK_NR) {
+                const int64_t nr = nc - jr < CK_NR ? nc - jr : CK_NR;
+                uint32_t *panel = bp + jr * kpad;
+                if (transB) {
+                    ck_amx_pack_rows_transposed(nr, kc, b + (jc + jr) * ldb + pc, ldb, panel, kpad);
+                } else {
+                    ck_pack_columns_bf16(nr, kc, b + pc * ldb + jc + jr, ldb, panel);
+                    memset(panel + kp * CK_NR, 0, (size_t)((kpad - kp) * CK_NR) * sizeof(uint32_t));
+                }
+            }
+            for (int64_t ic = 0; ic < m; ic += CK_AMX_MC) {
+                const int64_t mc = m - ic < CK_AMX_MC ? m - ic : CK_AMX_MC;
+                for (int64_t ir = 0; ir < mc; ir += 32) {
+                    const int64_t mr = mc - ir < 32 ? mc - ir : 32;
+                    ck_amx_pack_rows(mr, kc, a + (ic + ir) * lda + pc, lda, alpha, ap + ir * kpad, kpad);
+                }
+                for (int64_t jr = 0; jr < nc; jr += CK_NR) {
+                    const int nr = (int)(nc - jr < CK_NR ? nc - jr : CK_NR);
+                    for (int64_t ir = 0; ir < mc; ir += 32) {
+                        const int mr = (int)(mc - ir < 32 ? mc - ir : 32);
+                        ck_amx_block(kpad, ap + ir * kpad, bp + jr * kpad, c + (ic + ir) * ldc + jc + jr, ldc, first,
+                                     beta, mr, nr);
+                    }
+                }
+            }
+        }
+    }
+    _tile_release();
+}
+
+static int64_t ck_gemm_amx_workspace_bytes(void) {
+    return (int64_t)sizeof(uint32_t) * (CK_AMX_KC / 2) * (CK_AMX_MC + CK_AMX_NC) + 64;
+}
+
+static pthread_key_t ck_amx_workspace_key;
+static pthread_once_t ck_amx_workspace_once = PTHREAD_ONCE_INIT;
+static void ck_amx_workspace_make_key(void) { pthread_key_create(&ck_amx_workspace_key, free); }
+
+static void *ck_amx_thread_workspace(void) {
+    pthread_once(&ck_amx_workspace_once, ck_amx_workspace_make_key);
+    void *w = pthread_getspecific(ck_amx_workspace_key);
+    if (!w) {
+        w = malloc((size_t)ck_gemm_amx_workspace_bytes());
+        if (w && pthread_setspecific(ck_amx_workspace_key, w) != 0) { free(w); w = NULL; }
+    }
+    return w;
+}
+
+// SDD_BF16_KERNEL=avx512 (or avx512bf16) or amx forces a kernel where the CPU runs it; unset, "auto" or
+// anything else: AMX where it runs, else AVX512_BF16. Read once.
+static int ck_bf16_kernel_chosen = -1;
+static pthread_once_t ck_bf16_kernel_once = PTHREAD_ONCE_INIT;
+
+static void ck_bf16_kernel_choose(void) {
+    const char *v = getenv("SDD_BF16_KERNEL");
+    const int amx = ck_gemm_bf16_amx_available(), avx = ck_gemm_bf16_available();
+    if (v && (strcmp(v, "avx512") == 0 || strcmp(v, "avx512bf16") == 0)) ck_bf16_kernel_chosen = avx ? CK_BF16_AVX512 : CK_BF16_NONE;
+    else ck_bf16_kernel_chosen = amx ? CK_BF16_AMX : avx ? CK_BF16_AVX512 : CK_BF16_NONE;
+}
+
+int ck_gemm_bf16_kernel(void) {
+    pthread_once(&ck_bf16_kernel_once, ck_bf16_kernel_choose);
+    return ck_bf16_kernel_chosen;
+}
+
+int ck_gemm_bf16_using(int kernel, int transB, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
+                       int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc) {
+    if (kernel == CK_BF16_AMX ? !ck_gemm_bf16_amx_available()
+        : kernel == CK_BF16_AVX512 ? !ck_gemm_bf16_available() : 1) return -1;
+    if (ck_gemm_zero_depth(m, n, k, beta, c, ldc)) return 0;
+    void *workspace = kernel == CK_BF16_AMX ? ck_amx_thread_workspace() : ck_thread_workspace();
+    if (!workspace) return -1;
+    if (kernel == CK_BF16_AMX) ck_gemm_amx(transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, workspace);
+    else ck_gemm_blocked(transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, workspace);
+    return 0;
+}
+
 int ck_gemm_bf16(int transB, int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
                  const float *b, int64_t ldb, float beta, float *c, int64_t ldc) {
-    if (!ck_gemm_bf16_available()) return -1;
-    if (ck_gemm_zero_depth(m, n, k, beta, c, ldc)) return 0;
-    void *workspace = ck_thread_workspace();
-    if (!workspace) return -1;
-    ck_gemm_blocked(transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, workspace);
-    return 0;
+    return ck_gemm_bf16_using(ck_gemm_bf16_kernel(), transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 #else
 
 int ck_gemm_bf16_available(void) { return 0; }
+int ck_gemm_bf16_amx_available(void) { return 0; }
+int ck_gemm_bf16_kernel(void) { return CK_BF16_NONE; }
+
+int ck_gemm_bf16_using(int kernel, int transB, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
+                       int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc) {
+    (void)kernel;
+    return ck_gemm_bf16(transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
 
 int ck_gemm_bf16(int transB, int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
                  const float *b, int64_t ldb, float beta, float *c, int64_t ldc) {

@@ -1,5 +1,6 @@
 // Gemm: the one place TiledKernels runs a row-major GEMM: OpenBLAS's sgemm for F32 products, or CKernels'
-// BF16 GEMM (F32 sums) where a product asks for BF16 and the CPU has AVX512_BF16.
+// BF16 GEMM (F32 sums: AMX-BF16 tiles where the CPU and OS allow, else AVX512_BF16) where a product asks for
+// BF16 and the CPU has it.
 // Every product in the module (linear, conv bands, attention tiles) goes through `sgemm`.
 import CBLAS
 import CKernels
@@ -14,24 +15,56 @@ public enum ProductPrecision: String, Sendable, CaseIterable {
     /// F32 products and sums (OpenBLAS): diffusers' fp32 results to rounding.
     case f32
     /// Operands rounded to BF16, products summed in F32 (vdpbf16ps): twice the multiply-adds per cycle of
-    /// F32 on CPUs with AVX512_BF16, at about 2⁻⁹ relative error per operand. Without the instructions,
-    /// products asking for it run in F32.
+    /// F32 on CPUs with AVX512_BF16, several times that with AMX-BF16 tiles, at about 2⁻⁹ relative error per
+    /// operand. Without the instructions, products asking for it run in F32.
     case bf16
 
     /// Whether this CPU runs BF16 products (AVX-512 with AVX512_BF16).
     public static let bf16Available: Bool = ck_gemm_bf16_available() != 0
 
+    /// The kernel BF16 products run on here (nil: none, they run in F32).
+    public static let bf16Kernel: BF16Kernel? = BF16Kernel(ck_gemm_bf16_kernel())
+
     /// How kernel profiles name products of this precision after the weight type: "" or " bf16".
     var profileSuffix: String { self == .bf16 && ProductPrecision.bf16Available ? " bf16" : "" }
 }
 
-/// The BF16 kernel computes whole 14 × 32 register tiles; a product whose rows or columns would mostly be
-/// padding (e.g. attention's 40-wide P·V) runs faster in F32. BF16 does twice the work per cycle, so it
-/// pays while at least ~70% of the padded tiles' area is real.
+/// The instructions CKernels' BF16 GEMM runs on. AMX is chosen where it runs; SDD_BF16_KERNEL=avx512 in the
+/// environment forces AVX512_BF16 (for A/B timing; see `ck_gemm_bf16_kernel`).
+public enum BF16Kernel: String, Sendable {
+    /// vdpbf16ps on 14 × 32 tiles of zmm accumulators.
+    case avx512bf16
+    /// AMX-BF16's tdpbf16ps on 32 × 32 blocks of tile registers (Sapphire Rapids and later).
+    case amx
+
+    init?(_ kernel: Int32) {
+        switch Int(kernel) {
+        case Int(CK_BF16_AVX512): self = .avx512bf16
+        case Int(CK_BF16_AMX): self = .amx
+        default: return nil
+        }
+    }
+
+    var ckValue: Int32 { Int32(self == .amx ? CK_BF16_AMX : CK_BF16_AVX512) }
+}
+
+/// Whether a product pays in BF16 rather than F32 with `kernel`.
+/// AVX512_BF16 computes whole 14 × 32 register tiles; a product whose rows or columns would mostly be padding
+/// (e.g. attention's 40-wide P·V) runs faster in F32. It does twice the work per cycle, so it pays while at
+/// least ~70% of the padded tiles' area is real.
+/// AMX-BF16 does ~3–5× OpenBLAS's F32 on one core even with 40 of 64 columns real (256 × 40 × 512: 158 against
+/// 56 GFLOP/s; 77 × 40 × 77: 181 against 97), but each call loads a tile configuration and packs both
+/// operands: below 16 rows or 2¹⁷ multiply-adds F32 is faster (4 × 320 × 320: 68 against 33; 33³: 55
+/// against 28; 16 × 40 × 24: 42 against 25). Figures: best of 5, one core, Sapphire Rapids VM.
 @inline(__always)
-private func bf16Pays(m: Int, n: Int) -> Bool {
-    let paddedM = (m + 13) / 14 * 14, paddedN = (n + 31) / 32 * 32
-    return 10 * m * n >= 7 * paddedM * paddedN
+func bf16Pays(m: Int, n: Int, k: Int, kernel: BF16Kernel) -> Bool {
+    switch kernel {
+    case .amx:
+        return m >= 16 && m * n * k >= 1 << 17
+    case .avx512bf16:
+        let paddedM = (m + 13) / 14 * 14, paddedN = (n + 31) / 32 * 32
+        return 10 * m * n >= 7 * paddedM * paddedN
+    }
 }
 
 /// C[m, n] = alpha · op(A)[m, k] · op(B)[k, n] + beta · C, all row-major.
@@ -57,11 +90,12 @@ func sgemm(
         }
         return
     }
-    // The BF16 kernel packs into a workspace of its own per thread (~0.6 MB): taking it from the scratch
+    // The BF16 kernels pack into workspaces of their own per thread (~0.6 MB): taking them from the scratch
     // arenas made them grow to every size in turn.
-    if precision == .bf16, !transA, ProductPrecision.bf16Available, bf16Pays(m: m, n: n),
-       ck_gemm_bf16(transB ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha, a, Int64(lda), b, Int64(ldb),
-                    beta, c, Int64(ldc)) == 0 {
+    if precision == .bf16, !transA, let kernel = ProductPrecision.bf16Kernel,
+       bf16Pays(m: m, n: n, k: k, kernel: kernel),
+       ck_gemm_bf16_using(kernel.ckValue, transB ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha, a, Int64(lda), b,
+                          Int64(ldb), beta, c, Int64(ldc)) == 0 {
         return
     }
     BLASThreading.ensure()

@@ -1,6 +1,7 @@
-// KernelBenchmarks: what `sdd bench` reports about the machine — the BLAS core OpenBLAS picked, the
-// threads a GEMM runs on, and the F32 GEMM rate the kernels actually reach here.
+// KernelBenchmarks: what `sdd bench` reports about the machine — the BLAS core OpenBLAS picked, the BF16
+// kernel (AVX512_BF16 or AMX), the threads a GEMM runs on, and the GEMM rates the kernels actually reach here.
 import CBLAS
+import CKernels
 import MMapWeights
 #if canImport(Glibc)
 import Glibc
@@ -17,6 +18,9 @@ public enum MachineInfo {
         return String(cString: name)
     }
 
+    /// The kernel BF16 products run on here ("avx512bf16", "amx"), or "none" (they run in F32).
+    public static func bf16KernelName() -> String { ProductPrecision.bf16Kernel?.rawValue ?? "none" }
+
     /// Threads a large GEMM runs on: TiledKernels splits each product over this many cores and keeps
     /// OpenBLAS itself at one thread per call (see `BLASThreading`).
     public static func blasThreads() -> Int {
@@ -28,6 +32,13 @@ public enum MachineInfo {
 /// Median GFLOP/s of `repeats` timed F32 products C[m, n] = A[m, k] · B[k, n], run the way the kernels run
 /// them (split over the cores, OpenBLAS single-threaded per unit), after one untimed warm-up.
 public func measureGEMMGFLOPS(m: Int, n: Int, k: Int, repeats: Int) -> Double {
+    measureGEMMGFLOPS(m: m, n: n, k: k, transB: false, repeats: repeats, bf16: nil) ?? 0
+}
+
+/// Median GFLOP/s of `repeats` timed products C[m, n] = A[m, k] · op(B) (B stored [k, n], or [n, k] with
+/// `transB`), split over the cores as the kernels split them, after one untimed warm-up: F32 on OpenBLAS
+/// (`bf16` nil), or BF16 on the named kernel whatever `sgemm`'s choice would be — nil when it cannot run here.
+public func measureGEMMGFLOPS(m: Int, n: Int, k: Int, transB: Bool, repeats: Int, bf16: BF16Kernel?) -> Double? {
     precondition(m > 0 && n > 0 && k > 0 && repeats > 0, "measureGEMMGFLOPS: m \(m), n \(n), k \(k), repeats \(repeats)")
     let a = UnsafeMutablePointer<Float>.allocate(capacity: m * k)
     let b = UnsafeMutablePointer<Float>.allocate(capacity: k * n)
@@ -36,14 +47,30 @@ public func measureGEMMGFLOPS(m: Int, n: Int, k: Int, repeats: Int) -> Double {
     for i in 0..<(m * k) { a[i] = Float(i % 7) * 0.1 - 0.3 }
     for i in 0..<(k * n) { b[i] = Float(i % 5) * 0.1 - 0.2 }
     let grid = GemmGrid(rows: m, cols: n, depth: k)
+    let ldb = transB ? k : n
+    let status = UnsafeMutablePointer<Int32>.allocate(capacity: grid.units)  // each unit writes its own
+    defer { status.deallocate() }
+    status.initialize(repeating: 0, count: grid.units)
     func once() {
         Parallel.forEachUnit(count: grid.units) { u in
             let (r, col) = grid.ranges(u)
-            sgemm(m: r.count, n: col.count, k: k, a: a + r.lowerBound * k, lda: k, b: b + col.lowerBound, ldb: n,
-                  beta: 0, c: c + r.lowerBound * n + col.lowerBound, ldc: n)
+            let bUnit = b + (transB ? col.lowerBound * k : col.lowerBound)
+            let cUnit = c + r.lowerBound * n + col.lowerBound
+            if let kernel = bf16 {
+                status[u] = ck_gemm_bf16_using(kernel.ckValue, transB ? 1 : 0, Int64(r.count), Int64(col.count),
+                                               Int64(k), 1, a + r.lowerBound * k, Int64(k), bUnit, Int64(ldb), 0,
+                                               cUnit, Int64(n))
+            } else {
+                sgemm(transB: transB, m: r.count, n: col.count, k: k, a: a + r.lowerBound * k, lda: k, b: bUnit,
+                      ldb: ldb, beta: 0, c: cUnit, ldc: n)
+            }
         }
     }
+    if let kernel = bf16, kernel == .amx ? ck_gemm_bf16_amx_available() == 0 : ck_gemm_bf16_available() == 0 {
+        return nil
+    }
     once()
+    if (0..<grid.units).contains(where: { status[$0] != 0 }) { return nil }
     var seconds: [Double] = []
     for _ in 0..<repeats {
         let t0 = monotonicSeconds()

@@ -31,14 +31,16 @@ struct Bench: ParsableCommand {
     @OptionGroup var compute: ComputeOptions
 
     @Option(help: ArgumentHelp(
-        "What to time: all (one generation), vae (only the VAE decoder, --repeats times) or conv.",
+        "What to time: all (one generation), vae (only the VAE decoder, --repeats times), conv or gemm.",
         discussion: "vae decodes a fixed pseudo-random latent of the requested size with the model's VAE weights "
             + "(untiled unless a generation under the memory budget would tile it: the same tiles), after one untimed warm-up decode; it reports the "
             + "median and every timed decode. Compare with tools/bench/vae_vs_diffusers.py. conv times the 3×3 convolution "
-            + "shapes of SD 1.5's VAE (F16) and UNet (Q8_0, batch 2) with im2col and with Winograd, interleaved."))
+            + "shapes of SD 1.5's VAE (F16) and UNet (Q8_0, batch 2) with im2col and with Winograd, interleaved. gemm "
+            + "times SD 1.5's UNet product shapes in F32 (OpenBLAS) and in BF16 on each BF16 kernel the CPU runs "
+            + "(avx512bf16, amx)."))
     var stage: BenchStage = .all
 
-    @Option(help: "With --stage vae: timed decodes (the median is reported).")
+    @Option(help: "With --stage vae or gemm: timed runs (the median is reported).")
     var repeats: Int = 3
 
     @OptionGroup var lora: LoRAOptions
@@ -62,6 +64,7 @@ struct Bench: ParsableCommand {
         switch stage {
         case .vae: return try benchVAE(residency: residencyMode)
         case .conv: return benchConv()
+        case .gemm: return benchGEMM()
         case .all: break
         }
         let sampler = PeakMemorySampler()
@@ -131,6 +134,7 @@ struct Bench: ParsableCommand {
             "text_encode_gflop": Double(textFlops) / 1e9,
             "machine_gemm_gflops_per_second": gemm,
             "blas_core": MachineInfo.blasCoreName(),
+            "bf16_kernel": MachineInfo.bf16KernelName(),
             "blas_threads": MachineInfo.blasThreads(),
             "openblas_coretype_env": ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] ?? "",
             "peak_rss_bytes": peak.peakRSS,
@@ -150,7 +154,7 @@ struct Bench: ParsableCommand {
         func mib(_ b: Int) -> String { String(format: "%.1f MiB", Double(b) / 1_048_576) }
         print("model            \(sdModel.name) (\(WeightSummary.types(of: sdModel)))")
         print("size             \(result.width)×\(result.height), guidance \(guidance), \(t.steps.count) UNet evaluations, residency \(residencyMode.rawValue)")
-        print("products         \(products == .bf16 ? "bf16 (CKernels' AVX512_BF16 GEMM, F32 sums)" : "f32 (OpenBLAS sgemm)") for the UNet and VAE")
+        print("products         \(products == .bf16 ? "bf16 (CKernels' \(MachineInfo.bf16KernelName()) GEMM, F32 sums)" : "f32 (OpenBLAS sgemm)") for the UNet and VAE")
         if !adapted.specs.isEmpty {
             print(String(format: "LoRAs            %d (%@), bound in %.3f s", adapted.specs.count,
                          pipeline.loraApplication.rawValue, loraBindSeconds))
@@ -160,8 +164,8 @@ struct Bench: ParsableCommand {
                      Double(unetFlopsPerStep) / 1e9, report["unet_gflops_per_second"] as? Double ?? 0))
         print(String(format: "VAE decode       %.3f s  (%.0f GFLOP, %.1f GFLOP/s)", t.vaeDecode, Double(vaeFlops) / 1e9,
                      report["vae_gflops_per_second"] as? Double ?? 0))
-        print(String(format: "machine GEMM     %.1f GFLOP/s (sgemm 4096×1280×1280, %@, %d threads)", gemm,
-                     MachineInfo.blasCoreName(), MachineInfo.blasThreads()))
+        print(String(format: "machine GEMM     %.1f GFLOP/s (sgemm 4096×1280×1280, %@, %d threads); BF16 kernel %@", gemm,
+                     MachineInfo.blasCoreName(), MachineInfo.blasThreads(), MachineInfo.bf16KernelName()))
         let plannedText = planned.map { "planned \(mib($0.peak)) under a \(mib($0.budget)) budget" }
             ?? "not planned (no memory budget)"
         print("peak memory      \(mib(peak.peakRSS)) VmHWM measured, \(plannedText); at peak RssAnon \(mib(peak.rssAnon)), "
@@ -171,10 +175,33 @@ struct Bench: ParsableCommand {
 
 /// `sdd bench --stage`: what to time.
 enum BenchStage: String, CaseIterable, ExpressibleByArgument {
-    case all, vae, conv
+    case all, vae, conv, gemm
 }
 
 extension Bench {
+    /// `--stage gemm`: SD 1.5's UNet product shapes (m × n × k, B transposed for attention's Q·Kᵀ) in F32 on
+    /// OpenBLAS and in BF16 on each BF16 kernel this machine runs, median GFLOP/s of `repeats` over all cores.
+    fileprivate func benchGEMM() {
+        let shapes: [(m: Int, n: Int, k: Int, transB: Bool, what: String)] = [
+            (4096, 320, 320, false, "64×64 linear"), (4096, 1280, 320, false, "64×64 feed-forward"),
+            (1024, 640, 640, false, "32×32 linear"), (4096, 4096, 40, true, "64×64 attention scores, d 40"),
+            (256, 512, 40, true, "attention Q·Kᵀ tile, d 40"), (256, 40, 512, false, "attention P·V tile, d 40"),
+        ]
+        print("GEMM m×n×k: GFLOP/s (median of \(repeats), \(MachineInfo.blasThreads()) threads); OpenBLAS core "
+              + "\(MachineInfo.blasCoreName()), BF16 products run on \(MachineInfo.bf16KernelName())")
+        for s in shapes {
+            var line = String(format: "%d×%d×%d%@ (%@): f32 %.0f", s.m, s.n, s.k, s.transB ? "ᵀ" : "", s.what,
+                              measureGEMMGFLOPS(m: s.m, n: s.n, k: s.k, transB: s.transB, repeats: repeats,
+                                                bf16: nil) ?? 0)
+            for kernel in [BF16Kernel.avx512bf16, .amx] {
+                if let g = measureGEMMGFLOPS(m: s.m, n: s.n, k: s.k, transB: s.transB, repeats: repeats, bf16: kernel) {
+                    line += String(format: ", %@ %.0f", kernel.rawValue, g)
+                }
+            }
+            print(line)
+        }
+    }
+
     /// `--stage conv`: each SD 1.5 3×3 stride-1 conv shape with im2col and with Winograd, median of `repeats`.
     fileprivate func benchConv() {
         let vae: [(Int, Int, Int)] = [(512, 512, 64), (512, 512, 128), (512, 512, 256), (512, 256, 256),
@@ -259,8 +286,8 @@ extension Bench {
         print(String(format: "VAE decode       %.3f s median of %d  (all: %@)", median, repeats,
                      seconds.map { String(format: "%.3f", $0) }.joined(separator: " ")))
         print(String(format: "output sum       %.6g", checksum))
-        print(String(format: "machine GEMM     %.1f GFLOP/s (sgemm 4096×1280×1280, %@, %d threads)", gemm,
-                     MachineInfo.blasCoreName(), MachineInfo.blasThreads()))
+        print(String(format: "machine GEMM     %.1f GFLOP/s (sgemm 4096×1280×1280, %@, %d threads); BF16 kernel %@", gemm,
+                     MachineInfo.blasCoreName(), MachineInfo.blasThreads(), MachineInfo.bf16KernelName()))
     }
 }
 

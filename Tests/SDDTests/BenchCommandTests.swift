@@ -1,11 +1,28 @@
 // BenchCommandTests: `sdd bench --stage vae` under a memory budget decodes with the tiles a generation
 // under that budget would use (the planner's, after the UNet's share), says which products ran and which
-// weight types the model stores, and reports the run's measured peak beside the planner's.
+// weight types the model stores, and reports the run's measured peak beside the planner's; `--stage gemm` times
+// each BF16 kernel the CPU runs.
+import CKernels
 import Foundation
 import Pipeline
+import TiledKernels
 import XCTest
 
 final class BenchCommandTests: XCTestCase {
+    func testGEMMStageTimesF32AndEachBF16KernelTheCPURuns() throws {
+        let run = try GenerateCommandTests.runSDD(["bench", "--stage", "gemm", "--repeats", "1"])
+        XCTAssertEqual(run.status, 0, run.stderr)
+        let lines = run.stdout.split(separator: "\n").map(String.init)
+        // The child inherits this process's environment (SDD_BF16_KERNEL included), so it chooses the same kernel.
+        XCTAssertTrue(lines.first?.hasSuffix("BF16 products run on \(MachineInfo.bf16KernelName())") ?? false, run.stdout)
+        XCTAssertEqual(lines.count, 7, run.stdout)
+        for line in lines.dropFirst() {
+            XCTAssertTrue(line.contains("): f32 "), line)
+            XCTAssertEqual(line.contains(", avx512bf16 "), ck_gemm_bf16_available() != 0, line)
+            XCTAssertEqual(line.contains(", amx "), ck_gemm_bf16_amx_available() != 0, line)
+        }
+    }
+
     func testVAEStageUsesTheGenerationPlansTiles() throws {
         let budget = "68M"
         let run = try GenerateCommandTests.runSDD([
@@ -65,6 +82,7 @@ final class BenchCommandTests: XCTestCase {
             JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any], run.stdout)
         let measured = try XCTUnwrap(report["peak_rss_bytes"] as? Int, run.stdout)
         XCTAssertGreaterThan(measured, 1 << 20, "a process's VmHWM is at least a MiB")
+        XCTAssertEqual(report["bf16_kernel"] as? String, MachineInfo.bf16KernelName(), "the BF16 kernel beside the BLAS core")
         // The planned peak is the planner's own number for this run.
         let pipeline = try StableDiffusionPipeline(
             model: try StableDiffusionModel(url: URL(fileURLWithPath: GenerateCommandTests.tinyModel)))

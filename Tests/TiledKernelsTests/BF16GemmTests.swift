@@ -1,7 +1,8 @@
 // BF16GemmTests: CKernels' BF16 GEMM against a Double reference over BF16-rounded operands — the products it
 // promises — and the layers that run it (`sgemm(precision: .bf16)`) against their F32 results.
 // The rounding model (ck_bf16_round, ck_gemm_bf16_model: the packing's rounding and the F32 sums) is checked on
-// every CPU; only the tests of the AVX512_BF16 instruction path skip where the CPU lacks it.
+// every CPU; only the tests of the AVX512_BF16 and AMX-BF16 instruction paths skip where the CPU (or, for AMX, the
+// OS's grant of tile data) lacks them — on such a machine the tests of the kernel choice check the fallback.
 import CKernels
 import XCTest
 @testable import TiledKernels
@@ -21,7 +22,13 @@ final class BF16GemmTests: XCTestCase {
                                 UnsafePointer<Float>, Int64, Float, UnsafeMutablePointer<Float>, Int64) -> Int32
 
     /// The AVX512_BF16 path.
-    private let instruction: Kernel = { ck_gemm_bf16($0, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) }
+    private let instruction: Kernel = {
+        ck_gemm_bf16_using(Int32(CK_BF16_AVX512), $0, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+    }
+    /// The AMX-BF16 path.
+    private let amx: Kernel = {
+        ck_gemm_bf16_using(Int32(CK_BF16_AMX), $0, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+    }
     /// The portable model of it.
     private let model: Kernel = {
         ck_gemm_bf16_model($0, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
@@ -121,6 +128,108 @@ final class BF16GemmTests: XCTestCase {
         for i in 0..<(m * n) { XCTAssertEqual(got[i], want[i], accuracy: 1e-5 * scale, "element \(i)") }
     }
 
+    private func requireAMX() throws {
+        try XCTSkipUnless(ck_gemm_bf16_amx_available() != 0,
+                          "no AMX-BF16 here (CPUID lacks AMX-TILE/AMX-BF16, or the OS did not grant tile data)")
+    }
+
+    func testAMXProductsMatchBF16RoundedReferenceAcrossBlocksAndEdges() throws {
+        try requireAMX()
+        checkShapes(amx)
+        check(amx, m: 65, n: 257, k: 769, transB: false)  // past AMX's 64-row, 256-column and 768-deep blocks
+        check(amx, m: 17, n: 40, k: 512, transB: false)   // attention's P·V: 40 columns of a 64-wide block
+        check(amx, m: 1, n: 1, k: 1, transB: true)
+    }
+
+    func testAMXComputesWhatTheModelDoesUpToTheOrderOfF32Sums() throws {
+        try requireAMX()
+        // Both paths multiply the same BF16-rounded operands (exact in F32: 8 × 8 significant bits), so they
+        // differ only in how the k products and beta · C are summed: AMX's tiles add 768-deep blocks in an
+        // order of their own, the model 384-deep blocks pair by pair. Any summation of k + 1 terms in F32
+        // (round to nearest) is within γ_k · Σ|terms| of the exact sum, γ_k = k·u / (1 − k·u), u = 2⁻²⁴
+        // (Higham, Accuracy and Stability of Numerical Algorithms, §4.2), so the two are within 2 γ_k · Σ|terms|
+        // of each other. A product dropped, misplaced or paired with the wrong partner breaks it.
+        func bf16(_ x: Float) -> Float { Float(bitPattern: UInt32(ck_bf16_round(x)) << 16) }
+        let shapes = [(33, 31, 3, false), (15, 70, 777, true), (64, 256, 768, false), (70, 300, 1000, true),
+                      (32, 33, 40, true), (100, 40, 513, false)]
+        for (m, n, k, transB) in shapes {
+            let alpha: Float = 0.7, beta: Float = 0.5
+            let lda = k + 1, ldb = (transB ? k : n) + 3, ldc = n + 2
+            var random = LCG(seed: UInt64(m * 7 + n * 11 + k))
+            let a = (0..<(m * lda)).map { _ in random.next() }
+            let b = (0..<((transB ? n : k) * ldb)).map { _ in random.next() }
+            let c0 = (0..<(m * ldc)).map { _ in random.next() }
+            var got = c0, want = c0
+            XCTAssertEqual(amx(transB ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha, a, Int64(lda), b, Int64(ldb),
+                               beta, &got, Int64(ldc)), 0)
+            _ = model(transB ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha, a, Int64(lda), b, Int64(ldb), beta,
+                      &want, Int64(ldc))
+            let u = 0x1p-24, gamma = Double(k) * u / (1 - Double(k) * u)
+            for i in 0..<m {
+                for j in 0..<n {
+                    var magnitude = abs(Double(beta) * Double(c0[i * ldc + j]))
+                    for p in 0..<k {
+                        let y = transB ? b[j * ldb + p] : b[p * ldb + j]
+                        magnitude += abs(Double(bf16(alpha * a[i * lda + p])) * Double(bf16(y)))
+                    }
+                    let difference = abs(Double(got[i * ldc + j]) - Double(want[i * ldc + j]))
+                    if difference > 2 * gamma * magnitude {
+                        XCTFail("\(m)×\(n)×\(k) transB \(transB): C[\(i), \(j)] \(got[i * ldc + j]) against the model's "
+                                + "\(want[i * ldc + j]), beyond 2γ_k·Σ|terms| = \(2 * gamma * magnitude)")
+                        return
+                    }
+                }
+                for j in n..<ldc { XCTAssertEqual(got[i * ldc + j], c0[i * ldc + j], "padding column \(j)") }
+            }
+        }
+    }
+
+    func testTheAMXPathRefusesWhereItCannotRunAndWritesNothing() throws {
+        // Where AMX runs, the product runs (status 0, checked above); elsewhere the call says so and leaves C as
+        // it was, so `sgemm` falls back to the AVX512_BF16 kernel or OpenBLAS.
+        let a = [Float](repeating: 1, count: 32 * 32), b = a
+        var c = [Float](repeating: 3, count: 32 * 32)
+        let status = amx(0, 32, 32, 32, 1, a, 32, b, 32, 0, &c, 32)
+        if ck_gemm_bf16_amx_available() != 0 {
+            XCTAssertEqual(status, 0)
+            XCTAssertEqual(c, [Float](repeating: 32, count: 32 * 32), "32 products of ones")
+        } else {
+            XCTAssertEqual(status, -1)
+            XCTAssertEqual(c, [Float](repeating: 3, count: 32 * 32))
+        }
+    }
+
+    func testTheChosenKernelIsAMXWhereItRunsElseAVX512BF16UnlessForced() {
+        let forced = ProcessInfo.processInfo.environment["SDD_BF16_KERNEL"].map { $0 == "avx512" || $0 == "avx512bf16" }
+            ?? false
+        let expected: BF16Kernel? = ck_gemm_bf16_amx_available() != 0 && !forced ? .amx
+            : ck_gemm_bf16_available() != 0 ? .avx512bf16 : nil
+        XCTAssertEqual(ProductPrecision.bf16Kernel, expected)
+        XCTAssertEqual(ProductPrecision.bf16Available, expected != nil)
+    }
+
+    func testAttentionShapedProductsRunInBF16OnAMX() throws {
+        try XCTSkipUnless(ProductPrecision.bf16Kernel == .amx, "BF16 products do not run on AMX here")
+        // 256 × 40 × 512 (P·V at head dim 40): 40 of 64 columns real, which AVX512_BF16 leaves to F32 but AMX
+        // runs (see `bf16Pays`): the result differs from F32's by BF16 operand rounding (~2⁻⁹ relative, far
+        // above F32's ~1e-7), and stays within 1e-2 of the output scale.
+        let m = 256, n = 40, k = 512
+        let a = randomTensor([m, k], seed: 41), b = randomTensor([k, n], seed: 42)
+        var f32 = [Float](repeating: 0, count: m * n), bf = f32
+        a.withUnsafeBufferPointer { ap in
+            b.withUnsafeBufferPointer { bp in
+                sgemm(m: m, n: n, k: k, a: ap.baseAddress!, lda: k, b: bp.baseAddress!, ldb: n, beta: 0,
+                      c: &f32, ldc: n)
+                sgemm(m: m, n: n, k: k, a: ap.baseAddress!, lda: k, b: bp.baseAddress!, ldb: n, beta: 0,
+                      c: &bf, ldc: n, precision: .bf16)
+            }
+        }
+        let scale = f32.map(abs).max() ?? 1
+        let worst = zip(f32, bf).map { abs($0 - $1) }.max() ?? 0
+        XCTAssertGreaterThan(worst, 1e-5 * scale)
+        XCTAssertLessThan(worst, 1e-2 * scale)
+    }
+
     func testBF16DiffersFromF32OnlyByOperandRounding() throws {
         try requireBF16()
         let x = randomTensor([112, 96], seed: 11)
@@ -148,7 +257,8 @@ final class BF16GemmTests: XCTestCase {
     }
 
     func testNarrowProductsFallBackToF32() {
-        // 40 columns fill 40/64 of two register tiles: below the 70% where BF16 pays, so F32 runs — exactly.
+        // 40 columns fill 40/64 of two register tiles: below the 70% where AVX512_BF16 pays, and 16 × 40 × 24
+        // is below the 2¹⁷ multiply-adds where AMX pays, so F32 runs — exactly.
         let a = randomTensor([16, 24], seed: 31), b = randomTensor([24, 40], seed: 32)
         var c1 = [Float](repeating: 0, count: 16 * 40), c2 = c1
         a.withUnsafeBufferPointer { ap in

@@ -108,10 +108,28 @@ void ck_winograd_f43_output(const float *m, int64_t outChannels, int64_t tileRow
 /// Whether ck_gemm_bf16 can run here: AVX-512 with AVX512_BF16 (vdpbf16ps). 1 or 0.
 int ck_gemm_bf16_available(void);
 
+/// The BF16 GEMM kernels: none, AVX512_BF16's vdpbf16ps on zmm accumulators, AMX-BF16's tdpbf16ps on tiles.
+enum { CK_BF16_NONE = 0, CK_BF16_AVX512 = 1, CK_BF16_AMX = 2 };
+
+/// Whether the AMX kernel can run here: AMX-TILE and AMX-BF16 in CPUID, tile state enabled by the OS, and
+/// the process granted tile data (Linux's arch_prctl(ARCH_REQ_XCOMP_PERM), asked once per process, on the
+/// first call, thread-safely), besides AVX512_BF16 (the packing uses it). 1 or 0.
+int ck_gemm_bf16_amx_available(void);
+
+/// The kernel ck_gemm_bf16 runs (a CK_BF16_ value): AMX where available, else AVX512_BF16, else none.
+/// SDD_BF16_KERNEL=avx512 (or avx512bf16) in the environment when first asked forces AVX512_BF16 (for A/B
+/// timing); other values are ignored. Decided once per process.
+int ck_gemm_bf16_kernel(void);
+
+/// ck_gemm_bf16 with the named kernel (CK_BF16_AVX512 or CK_BF16_AMX); -1 when it cannot run here.
+int ck_gemm_bf16_using(int kernel, int transB, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
+                       int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
+
 /// C[m, n] = alpha · A[m, k] · op(B)[k, n] + beta · C, all row-major F32 in memory (A with row stride lda;
 /// B stored [k, n] or, with transB, [n, k]), multiplied in BF16: A and B are rounded to BF16 (nearest even)
-/// and their products summed in F32. beta == 0 ignores C's old contents. Packs into a workspace kept per
-/// calling thread (~0.6 MB, freed when it exits). Returns 0, or -1 when the CPU lacks the instructions or
+/// and their products summed in F32, on the kernel ck_gemm_bf16_kernel names. beta == 0 ignores C's old
+/// contents. Packs into a workspace kept per calling thread and kernel (~0.6 MB AVX512_BF16, ~0.5 MB AMX;
+/// freed when it exits). Returns 0, or -1 when the CPU lacks the instructions or
 /// the workspace could not be allocated (nothing written).
 int ck_gemm_bf16(int transB, int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
                  const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
@@ -120,7 +138,8 @@ int ck_gemm_bf16(int transB, int64_t m, int64_t n, int64_t k, float alpha, const
 /// zero, NaN to a quiet NaN. The upper 16 bits of the F32 it stands for.
 uint16_t ck_bf16_round(float x);
 
-/// What ck_gemm_bf16 computes, in portable scalar C on any CPU: the same operand rounding (alpha · A, then
+/// What ck_gemm_bf16's AVX512_BF16 kernel computes (the AMX kernel: the same operands and products, summed
+/// in 768-deep blocks in the tiles' own order), in portable scalar C on any CPU: the same operand rounding (alpha · A, then
 /// B, to BF16), the same pairs along k (a last odd value paired with zero), the same order of F32 sums
 /// (vdpbf16ps: the odd product, then the even one, into an accumulator per KC-deep block; blocks added to C
 /// in order, beta applied with one fused multiply-add on the first). The model the tests check the
