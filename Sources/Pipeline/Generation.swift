@@ -356,8 +356,11 @@ public final class StableDiffusionPipeline {
         TensorMemory.limitFootprint(try run.unetTensorBytes ?? MemoryPlanner.unetActivationBytes(
             model.unet, latentHeight: input.shape[2], latentWidth: input.shape[3], batch: input.shape[0],
             memory: run.unetMemory, contextTokens: context.shape[1]))
+        // Under tighter scratch bounds the plan counts only buffers of those bounds' size, so idle ones an earlier
+        // stage or step left (larger, or more of them) go first.
+        if run.unetGemmLimits != .standard { ScratchArena.releaseIdle() }
         let scaled = state.scheduler.scaleModelInput(input, stepIndex: i)
-        var eps = unet(scaled, timestep: t, context: context, memory: run.unetMemory)
+        var eps = unet(scaled, timestep: t, context: context, memory: run.unetMemory, limits: run.unetGemmLimits)
         if guided {
             let uncond = eps.slice(batch: 0..<s.count)
             let text = eps.slice(batch: s.count..<(2 * s.count))

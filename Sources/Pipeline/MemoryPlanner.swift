@@ -85,8 +85,11 @@ public struct MemoryPlan: Sendable, CustomStringConvertible {
     /// The largest tensor bytes any block of the UNet's list declares for this shape and mode (skip
     /// connections included; see `UNetBlockLayout.peakBytes`), plus the pipeline's tensors around the call.
     public var unetActivations: Int
-    /// The UNet's kernel scratch at its largest block (a dequantized weight and one im2col band per core).
+    /// The UNet's kernel scratch at its largest block (a dequantized weight and one im2col band per core)
+    /// under `unetGemmLimits`.
     public var scratch: Int = 0
+    /// The scratch bounds the UNet's products run with: the standard ones unless the budget needs smaller.
+    public var unetGemmLimits: GemmLimits = .standard
     public var vaeWeights: Int
     /// The VAE decode's activations with the chosen tiling.
     public var vaeActivations: Int
@@ -104,10 +107,15 @@ public struct MemoryPlan: Sendable, CustomStringConvertible {
     /// arenas) or the quarter added to `vaeActivations` for what the model leaves out.
     public var vaeTensorBytes: Int
 
+    /// " in 4 MiB buffers" when the UNet's scratch bounds are not the standard ones.
+    private var scratchBuffers: String {
+        unetGemmLimits == .standard ? "" : " in \(MemorySize.describe(unetGemmLimits.bandFloats * 4)) buffers"
+    }
+
     public var description: String {
         "planned peak \(MemorySize.describe(peak)): UNet \(MemorySize.describe(unetPeak)) (weights "
             + "\(MemorySize.describe(unetWeights)), activations \(MemorySize.describe(unetActivations)), "
-            + "scratch \(MemorySize.describe(scratch)), \(unetMemory)), VAE "
+            + "scratch \(MemorySize.describe(scratch))\(scratchBuffers), \(unetMemory)), VAE "
             + "\(MemorySize.describe(vaePeak)) (\(vaeTiling.map { "tiles of \($0.tileLatentSize) latent cells" } ?? "untiled"))"
     }
 }
@@ -149,11 +157,19 @@ public enum MemoryPlanner {
         return walk.peak + caller
     }
 
-    /// The UNet's kernel scratch at its largest: the largest of its blocks' (`UNetBlockLayout.scratchBytes`).
-    static func unetScratchBytes(_ config: UNetConfig, latentHeight: Int, latentWidth: Int) throws -> Int {
+    /// The UNet's kernel scratch at its largest under `limits`: the largest of its blocks'
+    /// (`UNetBlockLayout.scratchBytes`).
+    static func unetScratchBytes(_ config: UNetConfig, latentHeight: Int, latentWidth: Int,
+                                 limits: GemmLimits = .standard) throws -> Int {
         UNet.plannedBytes(try UNet.layout(config), batch: 1, latentHeight: latentHeight, latentWidth: latentWidth,
-                          contextTokens: 1, memory: .fastest).scratch
+                          contextTokens: 1, memory: .fastest, limits: limits).scratch
     }
+
+    /// The scratch bounds a budget may need, from the fastest down: the standard ones (a whole weight up to
+    /// 16 MiB of F32, 8 MiB bands), then uniform 4 MiB buffers (Winograd F(2×2) on every UNet conv still fits:
+    /// a 32-channel chunk of a 1280-channel weight is 2.5 MiB), then 1 MiB ones (F(2×2) up to 512 channels, the
+    /// wider convs as im2col + panels).
+    static let unetScratchLadder: [GemmLimits] = [.standard, .uniform(floats: 1 << 20), .uniform(floats: 1 << 18)]
 
     /// The UNet's part of a plan, shared by every VAE kind.
     struct UNetPart {
@@ -161,12 +177,14 @@ public enum MemoryPlanner {
         var activations: Int
         var scratch: Int
         var memory: UNetMemoryMode
+        var limits: GemmLimits = .standard
         var peak: Int { baselineBytes + weights + activations + scratch }
     }
 
     /// The UNet's part for [count (×2 guided), h, w] latents: weights (streamed: the largest group and any LoRA
     /// merged into them; else all), activations and scratch from its block list, whole batch unless `budget`
-    /// needs item by item with F16 skips. Throws when even that does not fit.
+    /// needs item by item with F16 skips, standard scratch bounds unless it needs smaller ones
+    /// (`unetScratchLadder`). Throws when even the smallest of both does not fit.
     static func planUNet(model: StableDiffusionModel, weights: WeightFigures, latentHeight h: Int, latentWidth w: Int,
                          count: Int, guided: Bool, budget: Int?) throws -> UNetPart {
         let batch = count * (guided ? 2 : 1)
@@ -186,6 +204,11 @@ public enum MemoryPlanner {
         // Item by item with F16 skips: slower and not bit-exact, so only when the budget needs it.
         part.memory = .compact
         part.activations = try activations(.compact)
+        // Then smaller scratch buffers, each step down slower (smaller GEMMs, fewer Winograd convs).
+        for limits in unetScratchLadder.dropFirst() where part.peak > budget {
+            part.limits = limits
+            part.scratch = try unetScratchBytes(model.unet, latentHeight: h, latentWidth: w, limits: limits)
+        }
         if part.peak > budget {
             let f = model.vaeScaleFactor
             throw PipelineError.invalidRequest(
@@ -220,7 +243,7 @@ public enum MemoryPlanner {
         let streamed = weights.streamed
         var plan = MemoryPlan(
             baseline: baselineBytes, unetWeights: unet.weights, unetActivations: unet.activations,
-            scratch: unet.scratch,
+            scratch: unet.scratch, unetGemmLimits: unet.limits,
             vaeWeights: streamed ? weights.vaeLargestGroupBytes : weights.vaeTotalBytes,
             vaeActivations: VAEDecoder.peakActivationBytes(config: model.vae, latentHeight: h, latentWidth: w, batch: count),
             vaeTiling: nil, unetMemory: unet.memory,
@@ -252,7 +275,7 @@ public enum MemoryPlanner {
         let whole = TinyAutoencoderDecoder.tensorBytes(config: tiny, latentRows: h, latentWidth: w, batch: count)
         var plan = MemoryPlan(
             baseline: baselineBytes, unetWeights: unet.weights, unetActivations: unet.activations,
-            scratch: unet.scratch, vaeWeights: weights.vaeTotalBytes, vaeActivations: whole * 5 / 4, vaeTiling: nil,
+            scratch: unet.scratch, unetGemmLimits: unet.limits, vaeWeights: weights.vaeTotalBytes, vaeActivations: whole * 5 / 4, vaeTiling: nil,
             unetMemory: unet.memory, vaeTensorBytes: whole)
         guard let budget else { return plan }
         // The same margin as the AutoencoderKL's tiles: a fifth of the room is left for what the model leaves out.

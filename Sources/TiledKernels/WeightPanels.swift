@@ -7,23 +7,64 @@ import Glibc
 import Darwin
 #endif
 
-/// Scratch bounds of the products over typed weights (tests shrink them to force many panels / bands).
-struct GemmLimits: Sendable {
+/// Scratch bounds of the products over typed weights. A run picks them (the memory planner: the standard ones
+/// when they fit its budget, smaller ones when it needs to) and binds them for the duration of its network's
+/// forward pass with `GemmLimits.$current.withValue(limits) { … }`: a task-local value, so it travels down the
+/// call into every `conv2d` / `linear` beneath without each layer passing it on, and no other run (or thread
+/// outside the call) sees it. The public kernels read it once on the calling thread and hand it to their
+/// workers as a parameter. Tests also pass limits directly to force many panels / bands.
+public struct GemmLimits: Sendable, Equatable {
     /// A non-F32 weight of at most this many values is dequantized whole, once per call (16 MiB of F32).
-    var wholeWeightFloats: Int
+    public var wholeWeightFloats: Int
     /// Otherwise it is dequantized in panels of rows of at most this many values each (4 MiB of F32),
     /// one panel per unit of work. (1 MiB panels measured 54 vs 69 GFLOP/s on the 1280-channel 3×3 conv:
     /// a 16-row panel is a poor GEMM shape.)
-    var panelFloats: Int
+    public var panelFloats: Int
     /// Bound on one im2col band of a convolution, in floats (8 MiB); one band per unit of work (per core).
     /// A Winograd convolution keeps its transformed input and products of one band within the same bound.
-    var bandFloats: Int
+    /// A band is at least one output row (one tile row for Winograd), so one row can exceed it.
+    public var bandFloats: Int
     /// How 3×3 stride-1 padding-1 convolutions run (tests force one algorithm or the other).
     var convAlgorithm: ConvAlgorithm = .automatic
 
+    init(wholeWeightFloats: Int, panelFloats: Int, bandFloats: Int, convAlgorithm: ConvAlgorithm = .automatic) {
+        self.wholeWeightFloats = wholeWeightFloats
+        self.panelFloats = panelFloats
+        self.bandFloats = bandFloats
+        self.convAlgorithm = convAlgorithm
+    }
+
     /// SDD_CONV_ALGORITHM=im2col or =winograd forces one convolution algorithm (for A/B timing and checks).
-    static let standard = GemmLimits(wholeWeightFloats: 4 << 20, panelFloats: 1 << 20, bandFloats: 1 << 21,
-                                     convAlgorithm: ConvAlgorithm.fromEnvironment)
+    public static let standard = GemmLimits(wholeWeightFloats: 4 << 20, panelFloats: 1 << 20, bandFloats: 1 << 21,
+                                            convAlgorithm: ConvAlgorithm.fromEnvironment)
+
+    /// Limits for a tight budget: a whole weight, a panel and a band are each at most `floats` values, so every
+    /// scratch buffer a product checks out is about the same size and a pooled arena reused for another kind of
+    /// request holds no more than the model counts (see `peakScratchBytes`).
+    public static func uniform(floats: Int) -> GemmLimits {
+        GemmLimits(wholeWeightFloats: floats, panelFloats: floats, bandFloats: floats,
+                   convAlgorithm: ConvAlgorithm.fromEnvironment)
+    }
+
+    /// The limits the products of the current call use: `standard` unless a caller bound others.
+    @TaskLocal public static var current: GemmLimits = .standard
+
+    /// The most scratch the products hold at once under these limits, for a network whose largest weight has
+    /// `largestWeightFloats` values, whose largest convolution band over a whole image (input channels · kh · kw
+    /// · output pixels of one image, for the im2col form) has `largestBandFloats`, and whose widest single band
+    /// row (`oneRowBandFloats`: the least a band can be) has that many: a whole dequantized weight held by the
+    /// calling thread plus one band per core, or (weights above the whole-weight limit) one shared band plus
+    /// one panel per core. Each buffer is rounded as the pool rounds it.
+    /// An arena is pooled and keeps its largest size, so with unequal limits (`standard`: 16 MiB whole weight,
+    /// 8 MiB bands) a core can run a band in an arena that last held a whole weight, beyond this figure;
+    /// with `uniform` limits every buffer is about the same size and this bounds the pool.
+    public func peakScratchBytes(largestWeightFloats: Int, largestBandFloats: Int, oneRowBandFloats: Int = 0) -> Int {
+        let band = ScratchArena.rounded(min(largestBandFloats, max(bandFloats, oneRowBandFloats)))
+        let whole = ScratchArena.rounded(min(largestWeightFloats, wholeWeightFloats)) + Parallel.cores * band
+        let panels = largestWeightFloats > wholeWeightFloats
+            ? band + Parallel.cores * ScratchArena.rounded(min(panelFloats, largestWeightFloats)) : 0
+        return max(whole, panels) * MemoryLayout<Float>.stride
+    }
 }
 
 /// The algorithm of a 3×3, stride-1, padding-1 convolution.

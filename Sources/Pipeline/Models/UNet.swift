@@ -136,9 +136,14 @@ public struct UNet {
     /// context: [N, tokens, cross_attention_dim]. Returns [N, out_channels, h, w].
     /// memory: `.fastest` (default) is bit-exact with the batched computation; `.compact` runs the batch one
     /// item at a time through each module and keeps skip connections as F16 (see `UNetMemoryMode`).
+    /// limits: the kernels' scratch bounds for this evaluation (bound as `GemmLimits.current` while it runs; the
+    /// products sum the same terms in the same order whatever the panels, so only Winograd-or-im2col choices that
+    /// depend on them can change results, by rounding).
     public func callAsFunction(_ sample: Tensor, timestep: Float, context: Tensor,
-                               memory: UNetMemoryMode = .fastest) -> Tensor {
-        forward(sample, timestep: timestep, context: context, memory: memory)
+                               memory: UNetMemoryMode = .fastest, limits: GemmLimits = .standard) -> Tensor {
+        GemmLimits.$current.withValue(limits) {
+            forward(sample, timestep: timestep, context: context, memory: memory)
+        }
     }
 
     /// The forward pass: walks `blocks` in order, each running its weight groups through the streamer by
