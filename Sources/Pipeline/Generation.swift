@@ -218,6 +218,8 @@ public final class StableDiffusionPipeline {
             return WeightFigures(unetLargestGroupBytes: unet.largestGroupBytes, unetTotalBytes: unet.totalWeightBytes,
                                  unetLargestWeightElements: unet.largestWeightElements,
                                  unetMergedLoRABytes: unet.mergedLoRABytes,
+                                 unetLargestGroupF32Bytes: unet.largestGroupF32Bytes,
+                                 unetTypedBytesPerValue: unet.typedBytesPerValue,
                                  vaeLargestGroupBytes: tiny.totalWeightBytes, vaeTotalBytes: tiny.totalWeightBytes,
                                  streamed: residency != .resident, tinyVAEHaloLatentRows: tiny.haloLatentRows)
         }
@@ -225,6 +227,8 @@ public final class StableDiffusionPipeline {
         return WeightFigures(unetLargestGroupBytes: unet.largestGroupBytes, unetTotalBytes: unet.totalWeightBytes,
                              unetLargestWeightElements: unet.largestWeightElements,
                              unetMergedLoRABytes: unet.mergedLoRABytes,
+                             unetLargestGroupF32Bytes: unet.largestGroupF32Bytes,
+                             unetTypedBytesPerValue: unet.typedBytesPerValue,
                              vaeLargestGroupBytes: vae.largestGroupBytes, vaeTotalBytes: vae.totalWeightBytes,
                              streamed: residency != .resident)
     }

@@ -107,9 +107,12 @@ public struct MemoryPlan: Sendable, CustomStringConvertible {
     /// arenas) or the quarter added to `vaeActivations` for what the model leaves out.
     public var vaeTensorBytes: Int
 
-    /// " in 4 MiB buffers" when the UNet's scratch bounds are not the standard ones.
+    /// " in 4 MiB buffers" when the UNet's scratch bounds are not the standard ones, and whether its typed weights'
+    /// pages are released as they are read.
     private var scratchBuffers: String {
-        unetGemmLimits == .standard ? "" : " in \(MemorySize.describe(unetGemmLimits.bandFloats * 4)) buffers"
+        (unetGemmLimits.bandFloats == GemmLimits.standard.bandFloats ? ""
+            : " in \(MemorySize.describe(unetGemmLimits.bandFloats * 4)) buffers")
+            + (unetGemmLimits.releasesMappedWeights ? ", weight pages released as read" : "")
     }
 
     public var description: String {
@@ -128,6 +131,12 @@ public struct WeightFigures: Sendable, Equatable {
     public var unetLargestWeightElements: Int
     /// UNet weights a LoRA was merged into (resident whatever the residency).
     public var unetMergedLoRABytes: Int = 0
+    /// Bytes of F32 weights in the UNet group that has most: what stays resident of a streamed group when the
+    /// kernels release typed weights' pages as they dequantize them (`GemmLimits.releasesMappedWeights`). nil:
+    /// unknown, and the planner counts whole groups.
+    public var unetLargestGroupF32Bytes: Int? = nil
+    /// The most bytes per value of a typed UNet weight (Q8_0: 34/32).
+    public var unetTypedBytesPerValue: Double = 4
     public var vaeLargestGroupBytes: Int
     public var vaeTotalBytes: Int
     /// Whether the weights are streamed (about one group resident) rather than kept resident.
@@ -171,6 +180,18 @@ public enum MemoryPlanner {
     /// wider convs as im2col + panels).
     static let unetScratchLadder: [GemmLimits] = [.standard, .uniform(floats: 1 << 20), .uniform(floats: 1 << 18)]
 
+    /// Bytes of the UNet's streamed weights resident at once when its kernels run under `limits` with
+    /// `releasesMappedWeights`: the F32 weights of the largest group, and the typed rows being dequantized — a whole
+    /// weight of up to `wholeWeightFloats` values, or a panel (or a Winograd transform step of 64 Ki values) per
+    /// core — each with what a fault maps around it from the page cache (a folio of up to
+    /// `Weight.refaultReachBytes` on either side, see `Weight.releaseMappedRows`).
+    static func releasedWeightBytes(_ weights: WeightFigures, limits: GemmLimits) -> Int? {
+        guard weights.streamed, let f32 = weights.unetLargestGroupF32Bytes else { return nil }
+        let (values, pieces) = limits.valuesDequantizedAtOnce(largestWeightValues: weights.unetLargestWeightElements)
+        return f32 + Int((Double(values) * weights.unetTypedBytesPerValue).rounded(.up)) + pieces * 2 * Weight.refaultReachBytes
+            + weights.unetMergedLoRABytes
+    }
+
     /// The UNet's part of a plan, shared by every VAE kind.
     struct UNetPart {
         var weights: Int
@@ -204,8 +225,14 @@ public enum MemoryPlanner {
         // Item by item with F16 skips: slower and not bit-exact, so only when the budget needs it.
         part.memory = .compact
         part.activations = try activations(.compact)
-        // Then smaller scratch buffers, each step down slower (smaller GEMMs, fewer Winograd convs).
-        for limits in unetScratchLadder.dropFirst() where part.peak > budget {
+        // Then typed weights' pages released as they are dequantized (rows refault from the page cache when read
+        // again), then smaller scratch buffers, each step down slower (smaller GEMMs, fewer Winograd convs).
+        for var limits in unetScratchLadder where part.peak > budget {
+            if let released = releasedWeightBytes(weights, limits: limits), released < part.weights {
+                limits.releasesMappedWeights = true
+                part.weights = released
+            }
+            guard limits != part.limits else { continue }
             part.limits = limits
             part.scratch = try unetScratchBytes(model.unet, latentHeight: h, latentWidth: w, limits: limits)
         }

@@ -285,6 +285,7 @@ private struct ConvProblem {
                         ScratchArena.withArena { arena in
                             let panel = arena.floats(oc.count * kdim)
                             weight.dequantizeRows(oc, into: panel)
+                            if limits.releasesMappedWeights { weight.releaseMappedRows(oc) }
                             sgemm(m: oc.count, n: cols, k: kdim, a: panel, lda: kdim, b: band,
                                   ldb: pointwise ? plane : cols, beta: beta,
                                   c: y + (b * o + oc.lowerBound) * plane + r0 * wOut, ldc: plane,
@@ -393,7 +394,9 @@ struct WinogradProblem {
                 var r0 = local.lowerBound
                 while r0 < local.upperBound {
                     let count = min(step, local.upperBound - r0)
-                    weight.dequantizeRows((rows.lowerBound + r0)..<(rows.lowerBound + r0 + count), into: panel)
+                    let range = (rows.lowerBound + r0)..<(rows.lowerBound + r0 + count)
+                    weight.dequantizeRows(range, into: panel)
+                    if limits.releasesMappedWeights { weight.releaseMappedRows(range) }
                     transform(panel, Int64(count), Int64(c), Int64(planeRows), u + r0 * c)
                     r0 += count
                 }

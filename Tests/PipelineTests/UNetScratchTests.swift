@@ -154,4 +154,90 @@ final class UNetScratchTests: XCTestCase {
         XCTAssertEqual(RunContext(plan: plan).unetGemmLimits, Self.tight)
         XCTAssertEqual(RunContext().unetGemmLimits, .standard)
     }
+    func testReleasingBoundsDropAWeightsMappedPagesOnceDequantizedAndKeepTheResult() throws {
+        // A 3×3 conv weight of 1024 × 512 channels as Q8_0 in a file of its own (5 MB, larger than the 2 MiB folios a
+        // fault can map at once), mapped as the models are.
+        var random = TorchRandom(seed: 9)
+        let (o, c) = (1024, 512)
+        let bytes = Quantizer.quantize(random.randn([o * c * 9]).data.map { $0 * 0.05 }, to: .q8_0)
+        let url = Self.dir.appendingPathComponent("conv.q8_0")
+        try Data(bytes).write(to: url)
+        let file = try MappedFile(url: url)
+        let w = Weight(shape: [o, c, 3, 3], type: .q8_0, bytes: file.bytes, owner: file)
+        let x = random.randn([2, c, 4, 4])
+        var limits = GemmLimits.uniform(floats: 1 << 15)  // panels of 7 rows of 4,608 values (33 KB of Q8_0)
+        let kept = conv2d(x, weight: w, bias: nil, stride: 1, padding: 1, limits: limits)
+        XCTAssertEqual(try mappedRSS(file), file.size, "dequantizing mapped every page")
+        file.release(0..<file.size)
+        XCTAssertEqual(try mappedRSS(file), 0)
+        limits.releasesMappedWeights = true
+        let released = conv2d(x, weight: w, bias: nil, stride: 1, padding: 1, limits: limits)
+        // What may stay mapped: around the last panel each core read, what a later fault mapped from the page cache
+        // (a folio of up to `refaultReachBytes` on either side) after that panel's release (measured: nothing).
+        let left = try mappedRSS(file)
+        print("released panels: \(left) of \(file.size) bytes still mapped")
+        XCTAssertLessThanOrEqual(left, Parallel.cores * 2 * Weight.refaultReachBytes)
+        XCTAssertLessThan(left, file.size / 2)
+        XCTAssertEqual(released.data, kept.data, "the same rows, refaulted from the page cache where read again")
+    }
+
+    /// SD 1.5's configs (diffusers' runwayml/stable-diffusion-v1-5) with Q8_0 weight figures by arithmetic.
+    private func sd15() throws -> (StableDiffusionModel, WeightFigures) {
+        let tiny = try StableDiffusionModel(url: ModelFixtures.tinyModel)
+        let decode = JSONDecoder()
+        let model = try StableDiffusionModel(
+            url: URL(fileURLWithPath: "/sd15"), pipelineClass: "StableDiffusionPipeline",
+            unet: try decode.decode(UNetConfig.self, from: Data(#"{"cross_attention_dim": 768}"#.utf8)),
+            vae: try decode.decode(VAEConfig.self, from: Data(#"{"block_out_channels": [128, 256, 512, 512], "layers_per_block": 2}"#.utf8)),
+            textEncoder: try decode.decode(CLIPTextConfig.self, from: Data(
+                #"{"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12}"#.utf8)),
+            scheduler: tiny.scheduler, tokenizer: tiny.tokenizer, weights: { _ in throw PipelineError.invalidRequest("configs only") })
+        let q8 = 34.0 / 32.0
+        // The largest group: the first half of up_blocks.1.resnets.0 — conv1 2560 → 1280 3×3, the 1×1 shortcut
+        // 2560 → 1280 and the time projection 1280 → 1280 as Q8_0; norm1 and the biases as F32.
+        let typed = 1280 * 2560 * 9 + 1280 * 2560 + 1280 * 1280
+        let f32 = (2 * 2560 + 3 * 1280) * 4
+        let figures = WeightFigures(
+            unetLargestGroupBytes: Int(Double(typed) * q8) + f32, unetTotalBytes: 1 << 30,
+            unetLargestWeightElements: 1280 * 2560 * 9, unetLargestGroupF32Bytes: f32, unetTypedBytesPerValue: q8,
+            // The VAE as F32 (its F16 weights are widened when bound): a 512-channel 3×3 conv per group at most.
+            vaeLargestGroupBytes: 512 * 512 * 9 * 4 + 3 * 512 * 4, vaeTotalBytes: 200 << 20, streamed: true)
+        return (model, figures)
+    }
+
+    func testSD15At512IsPlannedUnder160MAnd128M() throws {
+        let (model, figures) = try sd15()
+        for budget in [160 << 20, 128 << 20] {
+            let plan = try MemoryPlanner.plan(budget: budget, model: model, weights: figures, width: 512, height: 512)
+            print("SD 1.5 under \(MemorySize.describe(budget)): \(plan)")
+            XCTAssertLessThanOrEqual(plan.peak, budget)
+            XCTAssertTrue(plan.unetGemmLimits.releasesMappedWeights, "streamed typed weights leave as they are read")
+            XCTAssertLessThan(plan.unetWeights, figures.unetLargestGroupBytes / 2,
+                              "the rows being dequantized and the folios around them, not the 35 MiB group")
+        }
+        let roomy = try MemoryPlanner.plan(budget: 1 << 30, model: model, weights: figures, width: 512, height: 512)
+        XCTAssertEqual(roomy.unetGemmLimits, .standard, "a budget with room keeps the fastest kernels")
+    }
+
+    /// The bytes of `file`'s mapping in this process's resident set (/proc/self/smaps "Rss:"; mincore would
+    /// report the page cache instead).
+    private func mappedRSS(_ file: MappedFile) throws -> Int {
+        let start = UInt(bitPattern: try XCTUnwrap(file.bytes.baseAddress))
+        // (Read to the end: /proc files report a size of 0.)
+        let handle = try XCTUnwrap(FileHandle(forReadingAtPath: "/proc/self/smaps"))
+        defer { try? handle.close() }
+        let smaps = String(decoding: try handle.readToEnd() ?? Data(), as: UTF8.self)
+        var inside = false
+        for line in smaps.split(separator: "\n") {
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            if let range = fields.first, range.contains("-"), fields.count >= 5,
+               let lo = UInt(range.split(separator: "-")[0], radix: 16), let hi = UInt(range.split(separator: "-")[1], radix: 16) {
+                inside = lo <= start && start < hi
+            } else if inside, fields.first == "Rss:", fields.count >= 2, let kib = Int(fields[1]) {
+                return kib * 1024
+            }
+        }
+        XCTFail("no mapping of \(file.url.path) in /proc/self/smaps")
+        return -1
+    }
 }

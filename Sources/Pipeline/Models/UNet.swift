@@ -106,6 +106,10 @@ public struct UNet {
 
     /// Bytes of the largest weight group: what `.streamed` keeps resident at a time (plus the next one).
     public var largestGroupBytes: Int { streamer.largestGroupBytes }
+    /// F32 bytes of the group with most (see `WeightFigures.unetLargestGroupF32Bytes`).
+    var largestGroupF32Bytes: Int { streamer.largestGroupF32Bytes }
+    /// The most bytes per value of a typed weight.
+    var typedBytesPerValue: Double { streamer.typedBytesPerValue }
 
     /// Bytes of all weights as stored.
     public var totalWeightBytes: Int { streamer.totalBytes }
