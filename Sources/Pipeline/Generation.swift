@@ -218,6 +218,8 @@ public final class StableDiffusionPipeline {
             return WeightFigures(unetLargestGroupBytes: unet.largestGroupBytes, unetTotalBytes: unet.totalWeightBytes,
                                  unetLargestWeightElements: unet.largestWeightElements,
                                  unetMergedLoRABytes: unet.mergedLoRABytes,
+                                 unetLargestGroupF32Bytes: unet.largestGroupF32Bytes,
+                                 unetTypedBytesPerValue: unet.typedBytesPerValue,
                                  vaeLargestGroupBytes: tiny.totalWeightBytes, vaeTotalBytes: tiny.totalWeightBytes,
                                  streamed: residency != .resident, tinyVAEHaloLatentRows: tiny.haloLatentRows)
         }
@@ -225,6 +227,8 @@ public final class StableDiffusionPipeline {
         return WeightFigures(unetLargestGroupBytes: unet.largestGroupBytes, unetTotalBytes: unet.totalWeightBytes,
                              unetLargestWeightElements: unet.largestWeightElements,
                              unetMergedLoRABytes: unet.mergedLoRABytes,
+                             unetLargestGroupF32Bytes: unet.largestGroupF32Bytes,
+                             unetTypedBytesPerValue: unet.typedBytesPerValue,
                              vaeLargestGroupBytes: vae.largestGroupBytes, vaeTotalBytes: vae.totalWeightBytes,
                              streamed: residency != .resident)
     }
@@ -356,8 +360,11 @@ public final class StableDiffusionPipeline {
         TensorMemory.limitFootprint(try run.unetTensorBytes ?? MemoryPlanner.unetActivationBytes(
             model.unet, latentHeight: input.shape[2], latentWidth: input.shape[3], batch: input.shape[0],
             memory: run.unetMemory, contextTokens: context.shape[1]))
+        // Under tighter scratch bounds the plan counts only buffers of those bounds' size, so idle ones an earlier
+        // stage or step left (larger, or more of them) go first.
+        if run.unetGemmLimits != .standard { ScratchArena.releaseIdle() }
         let scaled = state.scheduler.scaleModelInput(input, stepIndex: i)
-        var eps = unet(scaled, timestep: t, context: context, memory: run.unetMemory)
+        var eps = unet(scaled, timestep: t, context: context, memory: run.unetMemory, limits: run.unetGemmLimits)
         if guided {
             let uncond = eps.slice(batch: 0..<s.count)
             let text = eps.slice(batch: s.count..<(2 * s.count))

@@ -85,8 +85,11 @@ public struct MemoryPlan: Sendable, CustomStringConvertible {
     /// The largest tensor bytes any block of the UNet's list declares for this shape and mode (skip
     /// connections included; see `UNetBlockLayout.peakBytes`), plus the pipeline's tensors around the call.
     public var unetActivations: Int
-    /// The UNet's kernel scratch at its largest block (a dequantized weight and one im2col band per core).
+    /// The UNet's kernel scratch at its largest block (a dequantized weight and one im2col band per core)
+    /// under `unetGemmLimits`.
     public var scratch: Int = 0
+    /// The scratch bounds the UNet's products run with: the standard ones unless the budget needs smaller.
+    public var unetGemmLimits: GemmLimits = .standard
     public var vaeWeights: Int
     /// The VAE decode's activations with the chosen tiling.
     public var vaeActivations: Int
@@ -104,10 +107,18 @@ public struct MemoryPlan: Sendable, CustomStringConvertible {
     /// arenas) or the quarter added to `vaeActivations` for what the model leaves out.
     public var vaeTensorBytes: Int
 
+    /// " in 4 MiB buffers" when the UNet's scratch bounds are not the standard ones, and whether its typed weights'
+    /// pages are released as they are read.
+    private var scratchBuffers: String {
+        (unetGemmLimits.bandFloats == GemmLimits.standard.bandFloats ? ""
+            : " in \(MemorySize.describe(unetGemmLimits.bandFloats * 4)) buffers")
+            + (unetGemmLimits.releasesMappedWeights ? ", weight pages released as read" : "")
+    }
+
     public var description: String {
         "planned peak \(MemorySize.describe(peak)): UNet \(MemorySize.describe(unetPeak)) (weights "
             + "\(MemorySize.describe(unetWeights)), activations \(MemorySize.describe(unetActivations)), "
-            + "scratch \(MemorySize.describe(scratch)), \(unetMemory)), VAE "
+            + "scratch \(MemorySize.describe(scratch))\(scratchBuffers), \(unetMemory)), VAE "
             + "\(MemorySize.describe(vaePeak)) (\(vaeTiling.map { "tiles of \($0.tileLatentSize) latent cells" } ?? "untiled"))"
     }
 }
@@ -120,6 +131,12 @@ public struct WeightFigures: Sendable, Equatable {
     public var unetLargestWeightElements: Int
     /// UNet weights a LoRA was merged into (resident whatever the residency).
     public var unetMergedLoRABytes: Int = 0
+    /// Bytes of F32 weights in the UNet group that has most: what stays resident of a streamed group when the
+    /// kernels release typed weights' pages as they dequantize them (`GemmLimits.releasesMappedWeights`). nil:
+    /// unknown, and the planner counts whole groups.
+    public var unetLargestGroupF32Bytes: Int? = nil
+    /// The most bytes per value of a typed UNet weight (Q8_0: 34/32).
+    public var unetTypedBytesPerValue: Double = 4
     public var vaeLargestGroupBytes: Int
     public var vaeTotalBytes: Int
     /// Whether the weights are streamed (about one group resident) rather than kept resident.
@@ -149,10 +166,30 @@ public enum MemoryPlanner {
         return walk.peak + caller
     }
 
-    /// The UNet's kernel scratch at its largest: the largest of its blocks' (`UNetBlockLayout.scratchBytes`).
-    static func unetScratchBytes(_ config: UNetConfig, latentHeight: Int, latentWidth: Int) throws -> Int {
+    /// The UNet's kernel scratch at its largest under `limits`: the largest of its blocks'
+    /// (`UNetBlockLayout.scratchBytes`).
+    static func unetScratchBytes(_ config: UNetConfig, latentHeight: Int, latentWidth: Int,
+                                 limits: GemmLimits = .standard) throws -> Int {
         UNet.plannedBytes(try UNet.layout(config), batch: 1, latentHeight: latentHeight, latentWidth: latentWidth,
-                          contextTokens: 1, memory: .fastest).scratch
+                          contextTokens: 1, memory: .fastest, limits: limits).scratch
+    }
+
+    /// The scratch bounds a budget may need, from the fastest down: the standard ones (a whole weight up to
+    /// 16 MiB of F32, 8 MiB bands), then uniform 4 MiB buffers (Winograd F(2×2) on every UNet conv still fits:
+    /// a 32-channel chunk of a 1280-channel weight is 2.5 MiB), then 1 MiB ones (F(2×2) up to 512 channels, the
+    /// wider convs as im2col + panels).
+    static let unetScratchLadder: [GemmLimits] = [.standard, .uniform(floats: 1 << 20), .uniform(floats: 1 << 18)]
+
+    /// Bytes of the UNet's streamed weights resident at once when its kernels run under `limits` with
+    /// `releasesMappedWeights`: the F32 weights of the largest group, and the typed rows being dequantized — a whole
+    /// weight of up to `wholeWeightFloats` values, or a panel (or a Winograd transform step of 64 Ki values) per
+    /// core — each with what a fault maps around it from the page cache (a folio of up to
+    /// `Weight.refaultReachBytes` on either side, see `Weight.releaseMappedRows`).
+    static func releasedWeightBytes(_ weights: WeightFigures, limits: GemmLimits) -> Int? {
+        guard weights.streamed, let f32 = weights.unetLargestGroupF32Bytes else { return nil }
+        let (values, pieces) = limits.valuesDequantizedAtOnce(largestWeightValues: weights.unetLargestWeightElements)
+        return f32 + Int((Double(values) * weights.unetTypedBytesPerValue).rounded(.up)) + pieces * 2 * Weight.refaultReachBytes
+            + weights.unetMergedLoRABytes
     }
 
     /// The UNet's part of a plan, shared by every VAE kind.
@@ -161,12 +198,14 @@ public enum MemoryPlanner {
         var activations: Int
         var scratch: Int
         var memory: UNetMemoryMode
+        var limits: GemmLimits = .standard
         var peak: Int { baselineBytes + weights + activations + scratch }
     }
 
     /// The UNet's part for [count (×2 guided), h, w] latents: weights (streamed: the largest group and any LoRA
     /// merged into them; else all), activations and scratch from its block list, whole batch unless `budget`
-    /// needs item by item with F16 skips. Throws when even that does not fit.
+    /// needs item by item with F16 skips, standard scratch bounds unless it needs smaller ones
+    /// (`unetScratchLadder`). Throws when even the smallest of both does not fit.
     static func planUNet(model: StableDiffusionModel, weights: WeightFigures, latentHeight h: Int, latentWidth w: Int,
                          count: Int, guided: Bool, budget: Int?) throws -> UNetPart {
         let batch = count * (guided ? 2 : 1)
@@ -186,6 +225,17 @@ public enum MemoryPlanner {
         // Item by item with F16 skips: slower and not bit-exact, so only when the budget needs it.
         part.memory = .compact
         part.activations = try activations(.compact)
+        // Then typed weights' pages released as they are dequantized (rows refault from the page cache when read
+        // again), then smaller scratch buffers, each step down slower (smaller GEMMs, fewer Winograd convs).
+        for var limits in unetScratchLadder where part.peak > budget {
+            if let released = releasedWeightBytes(weights, limits: limits), released < part.weights {
+                limits.releasesMappedWeights = true
+                part.weights = released
+            }
+            guard limits != part.limits else { continue }
+            part.limits = limits
+            part.scratch = try unetScratchBytes(model.unet, latentHeight: h, latentWidth: w, limits: limits)
+        }
         if part.peak > budget {
             let f = model.vaeScaleFactor
             throw PipelineError.invalidRequest(
@@ -220,7 +270,7 @@ public enum MemoryPlanner {
         let streamed = weights.streamed
         var plan = MemoryPlan(
             baseline: baselineBytes, unetWeights: unet.weights, unetActivations: unet.activations,
-            scratch: unet.scratch,
+            scratch: unet.scratch, unetGemmLimits: unet.limits,
             vaeWeights: streamed ? weights.vaeLargestGroupBytes : weights.vaeTotalBytes,
             vaeActivations: VAEDecoder.peakActivationBytes(config: model.vae, latentHeight: h, latentWidth: w, batch: count),
             vaeTiling: nil, unetMemory: unet.memory,
@@ -252,7 +302,7 @@ public enum MemoryPlanner {
         let whole = TinyAutoencoderDecoder.tensorBytes(config: tiny, latentRows: h, latentWidth: w, batch: count)
         var plan = MemoryPlan(
             baseline: baselineBytes, unetWeights: unet.weights, unetActivations: unet.activations,
-            scratch: unet.scratch, vaeWeights: weights.vaeTotalBytes, vaeActivations: whole * 5 / 4, vaeTiling: nil,
+            scratch: unet.scratch, unetGemmLimits: unet.limits, vaeWeights: weights.vaeTotalBytes, vaeActivations: whole * 5 / 4, vaeTiling: nil,
             unetMemory: unet.memory, vaeTensorBytes: whole)
         guard let budget else { return plan }
         // The same margin as the AutoencoderKL's tiles: a fifth of the room is left for what the model leaves out.

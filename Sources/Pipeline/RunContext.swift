@@ -1,5 +1,5 @@
 // RunContext: how one generation uses memory — its plan, UNet memory mode, VAE tiling and the per-stage pool
-// limits — as one value passed down the call, so a loaded pipeline holds no per-run settings.
+// limits, the UNet kernels' scratch bounds — as one value passed down the call, so a loaded pipeline holds no per-run settings.
 
 import TiledKernels
 
@@ -25,6 +25,9 @@ public struct RunContext: Sendable {
     public var vaeTensorBytes: Int?
     /// The most idle kernel scratch kept between kernels (nil: every buffer is kept for the next call).
     public var retainedScratchBytes: Int?
+    /// The scratch bounds of the UNet's products. Not a pool setting: the UNet call binds them for its own
+    /// duration (`UNet.callAsFunction(limits:)`, `GemmLimits.current`), so they reach no other stage or run.
+    public var unetGemmLimits: GemmLimits = .standard
 
     /// No budget: the fastest UNet, no tiling, pool limits from the models — what a pipeline runs with by default.
     public init(unetMemory: UNetMemoryMode = .fastest, vaeTiling: VAETiling? = nil) {
@@ -40,5 +43,6 @@ public struct RunContext: Sendable {
         unetTensorBytes = plan.unetTensorBytes
         vaeTensorBytes = plan.vaeTensorBytes
         retainedScratchBytes = max(plan.scratch, ProcessMemory.retainedScratchBytes)
+        unetGemmLimits = plan.unetGemmLimits
     }
 }

@@ -44,7 +44,8 @@ let conv2dDefaultScratchFloats = GemmLimits.standard.bandFloats
 /// → [N, O, (H + 2·padding − kh) / stride + 1, (W + 2·padding − kw) / stride + 1].
 /// Runs over bands of output rows: each band is unfolded (im2col) into a scratch buffer of at most ~8 MB and
 /// multiplied by the weight; a 1×1, stride-1, unpadded conv is a plain GEMM over column chunks. A typed weight
-/// is dequantized once per call when it fits 16 MB of F32, else in panels of rows (see `GemmLimits`).
+/// is dequantized once per call when it fits 16 MB of F32, else in panels of rows (see `GemmLimits`; the bounds
+/// are `GemmLimits.current`, the standard ones unless the caller bound others).
 /// A 3×3, stride-1, padding-1 conv with at least 32 input and output channels and 16×16 pixels runs as Winograd
 /// F(2×2, 3×3) or F(4×4, 3×3) instead (`winogradTile`, `WinogradProblem`), over chunks of output channels whose
 /// transformed weight (16·O·C or 36·O·C floats) fits the same 16 MB; results differ from im2col's by rounding only.
@@ -57,7 +58,7 @@ public func conv2d(_ x: Tensor, weight: Weight, bias: Weight?, stride: Int = 1, 
             + (KernelProfile.detailed ? " \(x.shape.dropFirst(1).map(String.init).joined(separator: "x"))→\(weight.shape[0])" : ""),
         flops: 2 * Double(weight.count) * Double(x.count / max(1, x.shape.count > 1 ? x.shape[1] : 1)) / Double(stride * stride)
     ) {
-        conv2d(x, weight: weight, bias: bias, stride: stride, padding: padding, limits: .standard)
+        conv2d(x, weight: weight, bias: bias, stride: stride, padding: padding, limits: GemmLimits.current)
     }
 }
 
@@ -284,6 +285,7 @@ private struct ConvProblem {
                         ScratchArena.withArena { arena in
                             let panel = arena.floats(oc.count * kdim)
                             weight.dequantizeRows(oc, into: panel)
+                            if limits.releasesMappedWeights { weight.releaseMappedRows(oc) }
                             sgemm(m: oc.count, n: cols, k: kdim, a: panel, lda: kdim, b: band,
                                   ldb: pointwise ? plane : cols, beta: beta,
                                   c: y + (b * o + oc.lowerBound) * plane + r0 * wOut, ldc: plane,
@@ -306,7 +308,7 @@ private struct ConvProblem {
 /// repeated per chunk, 1/O_chunk of the products' cost. Rounding differs from im2col's by a few ulps of the
 /// inputs' scale for F(2×2) (transforms of up to 16 terms) and about ten times that for F(4×4), whose
 /// transforms scale by up to 8 and 1/24 (measured 8e-6 of the output's scale against 8e-7, 512 channels).
-private struct WinogradProblem {
+struct WinogradProblem {
     let n: Int, c: Int, h: Int, w: Int, o: Int
     /// Output tile side m: 2 or 4.
     let tile: Int
@@ -392,7 +394,9 @@ private struct WinogradProblem {
                 var r0 = local.lowerBound
                 while r0 < local.upperBound {
                     let count = min(step, local.upperBound - r0)
-                    weight.dequantizeRows((rows.lowerBound + r0)..<(rows.lowerBound + r0 + count), into: panel)
+                    let range = (rows.lowerBound + r0)..<(rows.lowerBound + r0 + count)
+                    weight.dequantizeRows(range, into: panel)
+                    if limits.releasesMappedWeights { weight.releaseMappedRows(range) }
                     transform(panel, Int64(count), Int64(c), Int64(planeRows), u + r0 * c)
                     r0 += count
                 }
@@ -463,5 +467,24 @@ struct Im2colGeometry {
                 }
             }
         }
+    }
+}
+
+extension GemmLimits {
+    /// The scratch of one band of a 3×3, stride-1, padding-1 convolution of `channels` → `outChannels` over one
+    /// `height` × `width` image under these limits, in floats, for the algorithm `conv2d` picks: `image`, a band
+    /// over the whole image, and `oneRow`, the least band (one output row of im2col, or one tile row of Winograd's
+    /// transformed input and products with its transform scratch), which a band never goes below whatever
+    /// `bandFloats` says. (The memory planner's figure for a network's scratch.)
+    public func conv3x3BandFloats(channels c: Int, outChannels o: Int, height h: Int, width w: Int)
+        -> (image: Int, oneRow: Int) {
+        if o <= directConvMaximumOutputChannels { return (0, 0) }
+        guard let m = winogradTile(channels: c, outChannels: o, pixels: h * w, limits: self) else {
+            return (9 * c * h * w, 9 * c * w)
+        }
+        let problem = WinogradProblem(n: 1, c: c, h: h, w: w, o: o, tile: m, limits: self)
+        let row = problem.planes * (c + problem.chunkChannels) * problem.tilesWide
+            + max((m * problem.tilesWide + 2) + (m + 2) * (m + 2) * problem.tilesWide, m * m * problem.tilesWide)
+        return (row * problem.tilesHigh, row)
     }
 }

@@ -3,11 +3,12 @@
 
 /// y[..., out] = x[..., in] · Wᵀ + b.
 /// x: [..., in]; weight: [out, in] (PyTorch order, any `TensorType`); bias: [out] or nil → y: [..., out].
-/// F32 weights are used in place; other types are dequantized whole (small weights) or in panels of rows.
+/// F32 weights are used in place; other types are dequantized whole (small weights) or in panels of rows
+/// (bounds: `GemmLimits.current`).
 public func linear(_ x: Tensor, weight: Weight, bias: Weight?) -> Tensor {
     KernelProfile.measure("linear \(weight.type.name)\(weight.products.profileSuffix)",
                           flops: 2 * Double(weight.count) * Double(x.count / max(1, weight.shape.last ?? 1))) {
-        linear(x, weight: weight, bias: bias, limits: .standard)
+        linear(x, weight: weight, bias: bias, limits: GemmLimits.current)
     }
 }
 

@@ -31,7 +31,7 @@ public final class ScratchArena: @unchecked Sendable {
     var bytes: Int { capacity * MemoryLayout<Float>.stride }
 
     /// Rounds up to 64 KiB so slightly larger requests do not reallocate every time.
-    fileprivate static func rounded(_ count: Int) -> Int { (max(count, 16) + 16383) & ~16383 }
+    static func rounded(_ count: Int) -> Int { (max(count, 16) + 16383) & ~16383 }
 
     fileprivate static let pool = ArenaPool()
 
@@ -56,18 +56,17 @@ public final class ScratchArena: @unchecked Sendable {
     /// The cap `limitRetainedBytes` set last (nil: none).
     public static var retainedBytesLimit: Int? { pool.retainLimit() }
 
-    /// The most scratch the products hold at once with the standard limits, for a model whose largest weight
-    /// has `largestWeightFloats` values and whose largest im2col band (input channels · kh · kw · output
-    /// pixels of one image) has `largestBandFloats`: a whole dequantized weight held by the calling thread plus
-    /// one band per core, or (weights above the whole-weight limit) one shared band plus one panel per core.
+    /// The most scratch the products hold at once with the standard limits (see `GemmLimits.peakScratchBytes`).
     public static func peakDemandBytes(largestWeightFloats: Int, largestBandFloats: Int) -> Int {
-        let limits = GemmLimits.standard
-        let band = rounded(min(largestBandFloats, limits.bandFloats))
-        let whole = rounded(min(largestWeightFloats, limits.wholeWeightFloats)) + Parallel.cores * band
-        let panels = largestWeightFloats > limits.wholeWeightFloats
-            ? band + Parallel.cores * rounded(limits.panelFloats) : 0
-        return max(whole, panels) * MemoryLayout<Float>.stride
+        GemmLimits.standard.peakScratchBytes(largestWeightFloats: largestWeightFloats,
+                                             largestBandFloats: largestBandFloats)
     }
+
+    /// The most bytes the pool held at once (idle and in use) since the last `resetHighWater`.
+    public static var highWaterBytes: Int { pool.highWater() }
+
+    /// Starts a new high-water mark from what the pool holds now.
+    public static func resetHighWater() { pool.resetHighWater() }
 }
 
 /// The process-wide set of arenas. Its size is the largest number ever in use at once (about the core
@@ -78,6 +77,8 @@ private final class ArenaPool: Sendable {
         /// Floats held by all arenas.
         var held = 0
         var retainLimit: Int?
+        /// The most floats held at once since the last reset.
+        var highWater = 0
 
         /// Frees `arena`'s buffer.
         mutating func drop(_ arena: ScratchArena) {
@@ -117,12 +118,17 @@ private final class ArenaPool: Sendable {
             arena.pointer = raw.bindMemory(to: Float.self, capacity: rounded)
             arena.capacity = rounded
             state.held += rounded
+            state.highWater = max(state.highWater, state.held)
         }
     }
 
     func totalBytes() -> Int {
         state.withLock { $0.held * MemoryLayout<Float>.stride }
     }
+
+    func highWater() -> Int { state.withLock { $0.highWater * MemoryLayout<Float>.stride } }
+
+    func resetHighWater() { state.withLock { $0.highWater = $0.held } }
 
     func releaseIdle() {
         state.withLock { state in

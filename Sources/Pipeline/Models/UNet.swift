@@ -106,6 +106,10 @@ public struct UNet {
 
     /// Bytes of the largest weight group: what `.streamed` keeps resident at a time (plus the next one).
     public var largestGroupBytes: Int { streamer.largestGroupBytes }
+    /// F32 bytes of the group with most (see `WeightFigures.unetLargestGroupF32Bytes`).
+    var largestGroupF32Bytes: Int { streamer.largestGroupF32Bytes }
+    /// The most bytes per value of a typed weight.
+    var typedBytesPerValue: Double { streamer.typedBytesPerValue }
 
     /// Bytes of all weights as stored.
     public var totalWeightBytes: Int { streamer.totalBytes }
@@ -136,9 +140,14 @@ public struct UNet {
     /// context: [N, tokens, cross_attention_dim]. Returns [N, out_channels, h, w].
     /// memory: `.fastest` (default) is bit-exact with the batched computation; `.compact` runs the batch one
     /// item at a time through each module and keeps skip connections as F16 (see `UNetMemoryMode`).
+    /// limits: the kernels' scratch bounds for this evaluation (bound as `GemmLimits.current` while it runs; the
+    /// products sum the same terms in the same order whatever the panels, so only Winograd-or-im2col choices that
+    /// depend on them can change results, by rounding).
     public func callAsFunction(_ sample: Tensor, timestep: Float, context: Tensor,
-                               memory: UNetMemoryMode = .fastest) -> Tensor {
-        forward(sample, timestep: timestep, context: context, memory: memory)
+                               memory: UNetMemoryMode = .fastest, limits: GemmLimits = .standard) -> Tensor {
+        GemmLimits.$current.withValue(limits) {
+            forward(sample, timestep: timestep, context: context, memory: memory)
+        }
     }
 
     /// The forward pass: walks `blocks` in order, each running its weight groups through the streamer by

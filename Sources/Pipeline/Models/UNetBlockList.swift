@@ -332,35 +332,44 @@ extension UNetBlockLayout {
         return peak
     }
 
-    /// The block's kernel scratch at its largest (see `ScratchArena.peakDemandBytes`): its largest weight
-    /// dequantized whole, and its widest 3×3 im2col band over one image of `pixels` output pixels.
-    func scratchBytes(pixels: Int) -> Int {
-        var weight = 0, band = 0
+    /// The block's kernel scratch at its largest under `limits` (see `GemmLimits.peakScratchBytes`): its largest
+    /// weight, and its widest 3×3 convolution band over one image of `height` × `width` output pixels, as the
+    /// kernel cuts it for the algorithm it picks (`GemmLimits.conv3x3BandFloats`: at least one row).
+    func scratchBytes(height: Int, width: Int, limits: GemmLimits) -> Int {
+        var weight = 0
+        var convs: [(c: Int, o: Int)] = []
         switch kind {
         case .timeEmbedding(let c, let timeDim):
             weight = max(c, timeDim) * timeDim
         case .convIn(let inC, let outC, let k), .out(let inC, let outC, let k):
             weight = outC * inC * k * k
-            band = k > 1 ? inC * k * k * pixels : 0
+            if k > 1 { convs = [(inC, outC)] }
         case .resnet(_, let inC, let outC, let timeDim, _, _):
             weight = max(outC * inC * 9, outC * outC * 9, timeDim * outC)
-            band = max(inC, outC) * 9 * pixels
+            convs = [(inC, outC), (outC, outC)]
         case .transformer(_, let c, _, _, let contextDim):
             weight = max(8 * c * c, c * contextDim)
         case .downsample(_, let c), .upsample(_, let c):
             weight = c * c * 9
-            band = c * 9 * pixels
+            convs = [(c, c)]
         }
-        return ScratchArena.peakDemandBytes(largestWeightFloats: weight, largestBandFloats: band)
+        var image = 0, oneRow = 0
+        for conv in convs {
+            let band = limits.conv3x3BandFloats(channels: conv.c, outChannels: conv.o, height: height, width: width)
+            image = max(image, band.image)
+            oneRow = max(oneRow, band.oneRow)
+        }
+        return limits.peakScratchBytes(largestWeightFloats: weight, largestBandFloats: image, oneRowBandFloats: oneRow)
     }
 }
 
 extension UNet {
     /// The tensor bytes of one evaluation on [batch, in_channels, latentHeight, latentWidth] with a context of
     /// `contextTokens` tokens, block by block (`perBlock[i]`: block i's peak) and at its largest (`peak`);
-    /// `scratch`: the largest block's kernel scratch. Walks `layout` as the forward pass walks the blocks.
+    /// `scratch`: the largest block's kernel scratch under `limits`. Walks `layout` as the forward pass walks the
+    /// blocks.
     static func plannedBytes(_ layout: [UNetBlockLayout], batch: Int, latentHeight: Int, latentWidth: Int,
-                             contextTokens: Int, memory: UNetMemoryMode)
+                             contextTokens: Int, memory: UNetMemoryMode, limits: GemmLimits = .standard)
         -> (peak: Int, perBlock: [Int], scratch: Int) {
         var inC = 4, contextDim = 0
         for block in layout {
@@ -372,9 +381,10 @@ extension UNet {
         var perBlock: [Int] = []
         var scratch = 0
         for block in layout {
-            let before = walk.pixels
+            let before = (walk.height, walk.width)
             perBlock.append(block.peakBytes(&walk))
-            scratch = max(scratch, block.scratchBytes(pixels: max(before, walk.pixels)))
+            scratch = max(scratch, block.scratchBytes(height: max(before.0, walk.height),
+                                                      width: max(before.1, walk.width), limits: limits))
         }
         return (perBlock.max() ?? 0, perBlock, scratch)
     }

@@ -99,6 +99,17 @@ final class WeightStreamer: @unchecked Sendable {
     /// Bytes of the largest group.
     var largestGroupBytes: Int { allGroups.map { $0.reduce(0) { $0 + $1.bytes.count } }.max() ?? 0 }
 
+    /// Bytes of F32 weights (read in place, so resident while their group runs) in the group that has most.
+    var largestGroupF32Bytes: Int {
+        allGroups.map { $0.filter { $0.type == .f32 }.reduce(0) { $0 + $1.bytes.count } }.max() ?? 0
+    }
+
+    /// The most bytes per value of any typed (non-F32) weight.
+    var typedBytesPerValue: Double {
+        allGroups.joined().filter { $0.type != .f32 && $0.count > 0 }.map { Double($0.bytes.count) / Double($0.count) }
+            .max() ?? 0
+    }
+
     /// The file and byte range each mapped weight occupies.
     static func mappedRanges(_ weights: [Weight]) -> [(MappedFile, Range<Int>)] {
         weights.compactMap { w in
