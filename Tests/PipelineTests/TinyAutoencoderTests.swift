@@ -115,6 +115,11 @@ final class TinyAutoencoderTests: XCTestCase {
                                                                                 latentWidth: 8, batch: 1))
         XCTAssertEqual(plan.vaeWeights, tiny.totalWeightBytes)
         XCTAssertNil(plan.vaeTiling)
+        // The decode's whole footprint, as planned: its tensors, its convs' scratch and the 8-bit image, no margin.
+        let bytes = TinyAutoencoderDecoder.decodeBytes(config: tiny.config, bands: nil, latentHeight: 8, latentWidth: 8,
+                                                       batch: 1)
+        XCTAssertEqual(plan.vaeActivations, bytes.tensors + bytes.scratch + 64 * 64 * 3)
+        XCTAssertGreaterThan(bytes.scratch, 0)
         // A budgeted generation decodes with the TAESD (the model's own AutoencoderKL is never bound).
         var s = GenerationSettings(prompt: "a cat")
         s.steps = 2

@@ -1,5 +1,6 @@
 // The VAE decoder is one list of blocks: its forward runs every weight group once in list order, and for every
-// block the tensor bytes it declares are at least what it holds when it runs, and not far above it.
+// block the tensor and scratch bytes it declares are at least what it holds when it runs, and not far above it;
+// a whole tiled decode stays within the footprint the planner gives it.
 
 import Foundation
 @testable import Pipeline
@@ -41,6 +42,77 @@ final class VAEPlannedBytesTests: XCTestCase {
                                planned.peak + n * vae.config.latentChannels * h * w * 4)
             }
         }
+    }
+
+    func testEveryBlockDeclaresTheScratchArenasItsKernelsTake() throws {
+        let vae = try decoder(ModelFixtures.tinyModel)
+        let type = try XCTUnwrap(vae.blocks.first?.weights.first?.type)
+        ScratchArena.limitRetainedBytes(nil)  // every arena keeps its largest buffer: pooledBytes is the high-water
+        var random = TorchRandom(seed: 7)
+        for (h, w, n) in [(8, 8, 1), (16, 12, 1), (32, 32, 1), (16, 16, 2)] {
+            let z = random.randn([n, vae.config.latentChannels, h, w])
+            let planned = VAEDecoder.plannedScratch(vae.blocks.map(\.layout), batch: n, latentHeight: h,
+                                                    latentWidth: w, weightType: type)
+            var measured = [Int](repeating: 0, count: vae.blocks.count)
+            _ = vae.forward(z, beforeBlock: { _ in ScratchArena.releaseIdle() },
+                            afterBlock: { measured[$0] = ScratchArena.pooledBytes })
+            for (i, block) in vae.blocks.enumerated() {
+                let what = "VAE block \(i) \(block.layout) at \(h)×\(w)×\(n)"
+                let p = planned.perBlock[i], arenas = p.arenaBytes
+                XCTAssertGreaterThanOrEqual(arenas, measured[i], "under-planned: \(what)")
+                // The units the plan counts at once may run one after another on a busy machine (then they share
+                // one arena), and arenas need not swap roles: at least the largest request is always held.
+                XCTAssertGreaterThanOrEqual(measured[i], p.largestRequest,
+                                            "over-planned: \(what) (\(arenas) vs \(measured[i]))")
+            }
+        }
+    }
+
+    func testATiledDecodeAndItsImagesStayWithinThePlannedFootprint() throws {
+        let vae = try decoder(ModelFixtures.tinyModel)
+        let type = try XCTUnwrap(vae.blocks.first?.weights.first?.type)
+        var random = TorchRandom(seed: 8)
+        for (h, w, tile) in [(32, 32, 16), (40, 24, 16), (24, 24, 8)] {
+            let z = random.randn([1, vae.config.latentChannels, h, w])
+            let tiling = VAETiling(tileLatentSize: tile)
+            let planned = VAEDecoder.decodeBytes(config: vae.config, tiling: tiling, latentHeight: h, latentWidth: w,
+                                                 typedWeights: type != .f32)
+            // The same work once first: the weights' pages, the worker threads and the heap's first growth.
+            _ = StableDiffusionPipeline.rgb8(try vae.decodeTiled(z, tiling: tiling))
+            // As `sdd` runs under a budget: buffers of 1 MiB or more are mapped and unmapped on free, so the
+            // resident set follows what is held rather than what the heap keeps of earlier frees.
+            ProcessMemory.preferCompactHeap()
+            TensorMemory.releaseIdle()
+            ScratchArena.releaseIdle()
+            ScratchArena.limitRetainedBytes(nil)
+            TensorMemory.limitFootprint(planned.tensors)
+            defer { TensorMemory.limitFootprint(nil) }
+            let tensorsBefore = TensorMemory.tensorBytes
+            TensorMemory.resetPeakTensorBytes()
+            TensorMemory.resetPeakPoolBytes()
+            let rssBefore = try Self.resetPeakResidentBytes()
+            let images = StableDiffusionPipeline.rgb8(try vae.decodeTiled(z, tiling: tiling))
+            let rssPeak = try XCTUnwrap(ProcessMemory.peakResidentBytes())
+            XCTAssertEqual(images.first?.count, h * w * 64 * 3)
+            let what = "\(h)×\(w) latent in \(tile)-cell tiles"
+            let tensors = TensorMemory.peakTensorBytes - tensorsBefore
+            XCTAssertGreaterThanOrEqual(planned.tensors, tensors, "tensors under-planned: \(what)")
+            XCTAssertLessThanOrEqual(Double(planned.tensors), Double(tensors) * Self.slack,
+                                     "tensors over-planned: \(what) (\(planned.tensors) vs \(tensors))")
+            XCTAssertLessThanOrEqual(TensorMemory.peakPoolBytes, planned.tensors,
+                                     "the tensor pool, page rounding included, stays within the tensors: \(what)")
+            XCTAssertLessThanOrEqual(ScratchArena.pooledBytes, planned.scratch, "scratch under-planned: \(what)")
+            // The whole process's growth over the decode (tensors, scratch, strips, images, whatever else it
+            // touched) stays within what the plan adds for it.
+            XCTAssertLessThanOrEqual(rssPeak - rssBefore, planned.total,
+                                     "resident set grew past the plan: \(what) (\(rssPeak - rssBefore) vs \(planned.total))")
+        }
+    }
+
+    /// Resets VmHWM to the current resident set (Linux's /proc/self/clear_refs "5") and returns it.
+    private static func resetPeakResidentBytes() throws -> Int {
+        try "5".write(toFile: "/proc/self/clear_refs", atomically: false, encoding: .utf8)
+        return try XCTUnwrap(ProcessMemory.snapshot()?.rss)
     }
 
     func testTheDecodeRunsEveryWeightGroupOnceInListOrderAndStreamingChangesNothing() throws {

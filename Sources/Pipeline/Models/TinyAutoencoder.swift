@@ -2,6 +2,7 @@
 // nearest ×2 upsampling — latents → RGB in [-1, 1], decoded whole or with its high-resolution steps in bands (exact halos).
 
 import Foundation
+import MMapWeights
 import TiledKernels
 
 /// diffusers' AutoencoderTiny config (the fields its decoder uses).
@@ -316,6 +317,39 @@ public struct TinyAutoencoderDecoder {
             band = max(band, maps(4, rows: extent * t / s, scale: t))
         }
         return max(whole, kept + band)
+    }
+
+    /// What a decode split as `bands` (nil: whole) and its conversion to 8-bit images hold at their peak: the tensors
+    /// (`tensorBytes`), the kernels' scratch of every conv on the largest map it runs on (the whole steps' maps, a
+    /// band's maps with its halo; see `VAEScratch`) and the 8-bit images. `typedWeights` as in
+    /// `VAEDecoder.decodeBytes`.
+    public static func decodeBytes(config: TinyAutoencoderConfig, bands: TinyAutoencoderBands?, latentHeight h: Int,
+                                   latentWidth w: Int, batch: Int, typedWeights: Bool = true) -> VAEDecodeBytes {
+        let layout = layout(config)
+        let k = bands.map { $0.wholeSteps >= 0 && $0.wholeSteps < layout.count ? $0.wholeSteps : layout.count }
+            ?? layout.count
+        let s = scale(layout, before: k)
+        let extent = bands.map { min(h * s, max(1, $0.bandRows) + 2 * haloRows(layout, from: k)) } ?? h * s
+        var scratch = VAEScratch()
+        for (i, step) in layout.enumerated() {
+            // Rows of the map step i reads: the whole latent's before `k`, a band's (with its halo) from `k` on.
+            let t = scale(layout, before: i)
+            let rows = i < k ? h * t : extent * t / s
+            let convs: [(Int, Int)]
+            switch step {
+            case .conv(_, let inC, let outC, _, _): convs = [(inC, outC)]
+            case .block(_, let width): convs = Array(repeating: (width, width), count: 3)
+            case .upsample: convs = []
+            }
+            for (c, o) in convs {
+                scratch.add(conv2dScratch(n: batch, c: c, h: rows, w: w * t, o: o, kh: 3, kw: 3, padding: 1,
+                                          weightType: typedWeights ? .q8_0 : .f32))
+            }
+        }
+        let f = config.scaleFactor
+        return VAEDecodeBytes(tensors: tensorBytes(config: config, bands: bands, latentHeight: h, latentWidth: w,
+                                                   batch: batch),
+                              scratch: scratch.bytes, buffers: batch * h * f * w * f * 3)
     }
 
     /// tanh(z / 3) · 3: AutoencoderTiny's latent clamp.
