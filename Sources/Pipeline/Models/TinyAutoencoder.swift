@@ -84,13 +84,25 @@ public struct TinyAutoencoderDecoder {
     public let config: TinyAutoencoderConfig
 
     /// One step of the decoder as bound: the same list `layout` describes, with its weights.
-    private enum Step {
+    enum Step {
         case conv(Conv2d, relu: Bool)
         case block(Conv2d, Conv2d, Conv2d)
         case upsample
+
+        /// The step's weights: its group (empty for an upsampling).
+        var weights: [Weight] {
+            switch self {
+            case .conv(let c, _): c.weights
+            case .block(let a, let b, let c): a.weights + b.weights + c.weights
+            case .upsample: []
+            }
+        }
     }
 
-    private let steps: [Step]
+    /// The decoder as one list of steps in execution order; the forward pass runs step i's weights as group
+    /// `WeightGroupID(block: i, part: 0)` of `streamer` (resident: TAESD's few MB are read again by every band).
+    let steps: [Step]
+    let streamer: WeightStreamer
     private let layout: [TinyAutoencoderStep]
     public let totalWeightBytes: Int
 
@@ -99,27 +111,24 @@ public struct TinyAutoencoderDecoder {
         self.config = config
         let layout = Self.layout(config)
         var steps: [Step] = []
-        var bytes = 0
         for step in layout {
             switch step {
             case .conv(let layer, let inC, let outC, let bias, let relu):
-                let c = try Conv2d(w, "decoder.layers.\(layer)", in: inC, out: outC, kernel: 3, bias: bias)
-                bytes += c.weights.reduce(0) { $0 + $1.bytes.count }
-                steps.append(.conv(c, relu: relu))
+                steps.append(.conv(try Conv2d(w, "decoder.layers.\(layer)", in: inC, out: outC, kernel: 3, bias: bias),
+                                   relu: relu))
             case .block(let layer, let width):
                 let p = "decoder.layers.\(layer).conv"
-                let a = try Conv2d(w, "\(p).0", in: width, out: width, kernel: 3)
-                let b = try Conv2d(w, "\(p).2", in: width, out: width, kernel: 3)
-                let c = try Conv2d(w, "\(p).4", in: width, out: width, kernel: 3)
-                bytes += (a.weights + b.weights + c.weights).reduce(0) { $0 + $1.bytes.count }
-                steps.append(.block(a, b, c))
+                steps.append(.block(try Conv2d(w, "\(p).0", in: width, out: width, kernel: 3),
+                                    try Conv2d(w, "\(p).2", in: width, out: width, kernel: 3),
+                                    try Conv2d(w, "\(p).4", in: width, out: width, kernel: 3)))
             case .upsample:
                 steps.append(.upsample)
             }
         }
         self.steps = steps
         self.layout = layout
-        totalWeightBytes = bytes
+        streamer = WeightStreamer(blocks: steps.map { [$0.weights] }, residency: .resident)
+        totalWeightBytes = streamer.totalBytes
     }
 
     /// The decoder's steps from its config alone (what the memory planner reads without binding weights).
@@ -175,14 +184,16 @@ public struct TinyAutoencoderDecoder {
     /// Runs `range` of the steps on `x`.
     private func run(_ range: Range<Int>, on input: Tensor) -> Tensor {
         var x = input
-        for step in steps[range] {
-            switch step {
-            case .conv(let c, let relu):
-                x = relu ? Self.relu(c(x)) : c(x)
-            case .block(let a, let b, let c):
-                x = Self.relu(TiledKernels.add(c(Self.relu(b(Self.relu(a(x))))), x))
-            case .upsample:
-                x = upsampleNearest2x(x)
+        for index in range {
+            streamer.run(WeightGroupID(block: index, part: 0)) {
+                switch steps[index] {
+                case .conv(let c, let relu):
+                    x = relu ? Self.relu(c(x)) : c(x)
+                case .block(let a, let b, let c):
+                    x = Self.relu(TiledKernels.add(c(Self.relu(b(Self.relu(a(x))))), x))
+                case .upsample:
+                    x = upsampleNearest2x(x)
+                }
             }
         }
         return x
