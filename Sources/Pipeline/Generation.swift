@@ -219,7 +219,7 @@ public final class StableDiffusionPipeline {
                                  unetLargestWeightElements: unet.largestWeightElements,
                                  unetMergedLoRABytes: unet.mergedLoRABytes,
                                  vaeLargestGroupBytes: tiny.totalWeightBytes, vaeTotalBytes: tiny.totalWeightBytes,
-                                 streamed: residency != .resident, tinyVAEHaloLatentRows: tiny.haloLatentRows)
+                                 streamed: residency != .resident)
         }
         let vae = try vaeDecoder()
         return WeightFigures(unetLargestGroupBytes: unet.largestGroupBytes, unetTotalBytes: unet.totalWeightBytes,

@@ -92,6 +92,8 @@ public struct MemoryPlan: Sendable, CustomStringConvertible {
     /// image buffers (`VAEDecoder.decodeBytes`, `TinyAutoencoderDecoder.decodeBytes`).
     public var vaeActivations: Int
     public var vaeTiling: VAETiling?
+    /// A TAESD decode's bands (nil: whole, or an AutoencoderKL).
+    public var vaeBands: TinyAutoencoderBands?
     /// How the UNet runs: `.fastest` unless the budget needs `.compact`.
     public var unetMemory: UNetMemoryMode = .fastest
 
@@ -109,7 +111,7 @@ public struct MemoryPlan: Sendable, CustomStringConvertible {
         "planned peak \(MemorySize.describe(peak)): UNet \(MemorySize.describe(unetPeak)) (weights "
             + "\(MemorySize.describe(unetWeights)), activations \(MemorySize.describe(unetActivations)), "
             + "scratch \(MemorySize.describe(scratch)), \(unetMemory)), VAE "
-            + "\(MemorySize.describe(vaePeak)) (\(vaeTiling.map { "tiles of \($0.tileLatentSize) latent cells" } ?? "untiled"))"
+            + "\(MemorySize.describe(vaePeak)) (\(vaeTiling.map { "tiles of \($0.tileLatentSize) latent cells" } ?? vaeBands.map { "TAESD in \($0)" } ?? "untiled"))"
     }
 }
 
@@ -125,9 +127,6 @@ public struct WeightFigures: Sendable, Equatable {
     public var vaeTotalBytes: Int
     /// Whether the weights are streamed (about one group resident) rather than kept resident.
     public var streamed: Bool
-    /// For a TAESD (AutoencoderTiny) VAE, the latent rows of context each band of its decode needs; nil for an
-    /// AutoencoderKL.
-    public var tinyVAEHaloLatentRows: Int? = nil
 }
 
 public enum MemoryPlanner {
@@ -212,9 +211,9 @@ public enum MemoryPlanner {
         let f = model.vaeScaleFactor
         let w = (width ?? model.defaultSize.width) / f
         let h = (height ?? model.defaultSize.height) / f
-        if let tiny = model.tinyAutoencoder, let halo = weights.tinyVAEHaloLatentRows {
-            return try planWithTinyVAE(tiny, haloLatentRows: halo, budget: budget, model: model, weights: weights,
-                                       latentHeight: h, latentWidth: w, count: count, guided: guided)
+        if let tiny = model.tinyAutoencoder {
+            return try planWithTinyVAE(tiny, budget: budget, model: model, weights: weights, latentHeight: h,
+                                       latentWidth: w, count: count, guided: guided)
         }
         let unet = try planUNet(model: model, weights: weights, latentHeight: h, latentWidth: w, count: count,
                                 guided: guided, budget: budget)
@@ -243,9 +242,9 @@ public enum MemoryPlanner {
 
     /// The plan for a model whose VAE is an AutoencoderTiny (TAESD): the UNet as always; the decode whole, or in
     /// bands of latent rows (exact, see `TinyAutoencoderDecoder.decode`) whose tensors fit what the budget leaves.
-    static func planWithTinyVAE(_ tiny: TinyAutoencoderConfig, haloLatentRows: Int, budget: Int?,
-                                model: StableDiffusionModel, weights: WeightFigures, latentHeight h: Int,
-                                latentWidth w: Int, count: Int, guided: Bool) throws -> MemoryPlan {
+    static func planWithTinyVAE(_ tiny: TinyAutoencoderConfig, budget: Int?, model: StableDiffusionModel,
+                                weights: WeightFigures, latentHeight h: Int, latentWidth w: Int, count: Int,
+                                guided: Bool) throws -> MemoryPlan {
         let f = model.vaeScaleFactor
         let unet = try planUNet(model: model, weights: weights, latentHeight: h, latentWidth: w, count: count,
                                 guided: guided, budget: budget)
@@ -271,6 +270,7 @@ public enum MemoryPlanner {
             }
             plan.vaeTensorBytes = bytes.tensors
             plan.vaeActivations = bytes.total
+            plan.vaeBands = bands
         }
         return plan
     }

@@ -105,6 +105,20 @@ final class TinyAutoencoderTests: XCTestCase {
         }
     }
 
+    func testABandedTAESDPlanFitsItsBudgetAndSaysItsBands() throws {
+        let model = try StableDiffusionModel(url: ModelFixtures.tinyModel)
+            .replacingVAE(with: ModelFixtures.root.appendingPathComponent("tiny-taesd"))
+        let pipeline = try StableDiffusionPipeline(model: model)
+        let open = try MemoryPlanner.plan(budget: nil, pipeline: pipeline, width: 256, height: 256)
+        XCTAssertGreaterThan(open.vaePeak, open.unetPeak, "at 256×256 the whole TAESD decode is the peak")
+        XCTAssertTrue(open.description.hasSuffix("(untiled)"), open.description)
+        let budget = (open.unetPeak + open.vaePeak) / 2
+        let plan = try MemoryPlanner.plan(budget: budget, pipeline: pipeline, width: 256, height: 256)
+        let bands = try XCTUnwrap(plan.vaeBands)
+        XCTAssertLessThanOrEqual(plan.vaePeak, budget)
+        XCTAssertTrue(plan.description.hasSuffix("(TAESD in \(bands))"), plan.description)
+    }
+
     func testTheMemoryPlanOfATAESDModelIsTheTAESDs() throws {
         let model = try StableDiffusionModel(url: ModelFixtures.tinyModel)
             .replacingVAE(with: ModelFixtures.root.appendingPathComponent("tiny-taesd"))
