@@ -226,7 +226,7 @@ public final class StableDiffusionPipeline {
                              unetLargestWeightElements: unet.largestWeightElements,
                              unetMergedLoRABytes: unet.mergedLoRABytes,
                              vaeLargestGroupBytes: vae.largestGroupBytes, vaeTotalBytes: vae.totalWeightBytes,
-                             streamed: residency != .resident)
+                             streamed: residency != .resident, vaeConvWeightsTyped: vae.convWeightsTyped)
     }
 
     /// Runs the text encoder and UNet with `specs` (in order; none: the plain model) from now on. Opens and checks

@@ -127,6 +127,9 @@ public struct WeightFigures: Sendable, Equatable {
     public var vaeTotalBytes: Int
     /// Whether the weights are streamed (about one group resident) rather than kept resident.
     public var streamed: Bool
+    /// Whether every AutoencoderKL conv weight is quantized or 16-bit (`VAEDecoder.convWeightsTyped`); false plans
+    /// the decode's scratch for any mix of types.
+    public var vaeConvWeightsTyped = false
 }
 
 public enum MemoryPlanner {
@@ -218,8 +221,9 @@ public enum MemoryPlanner {
         let unet = try planUNet(model: model, weights: weights, latentHeight: h, latentWidth: w, count: count,
                                 guided: guided, budget: budget)
         let streamed = weights.streamed
+        let typed = weights.vaeConvWeightsTyped
         let whole = VAEDecoder.decodeBytes(config: model.vae, tiling: nil, latentHeight: h, latentWidth: w,
-                                           batch: count)
+                                           batch: count, typedWeights: typed)
         var plan = MemoryPlan(
             baseline: baselineBytes, unetWeights: unet.weights, unetActivations: unet.activations,
             scratch: unet.scratch,
@@ -230,9 +234,9 @@ public enum MemoryPlanner {
         // baseline and the weights leave.
         let vaeRoom = budget - plan.baseline - plan.vaeWeights
         if let tiling = try VAEDecoder.tiling(forBudgetBytes: max(vaeRoom, 0), config: model.vae, latentHeight: h,
-                                              latentWidth: w, batch: count) {
+                                              latentWidth: w, batch: count, typedWeights: typed) {
             let bytes = VAEDecoder.decodeBytes(config: model.vae, tiling: tiling, latentHeight: h, latentWidth: w,
-                                               batch: count)
+                                               batch: count, typedWeights: typed)
             plan.vaeTiling = tiling
             plan.vaeActivations = bytes.total
             plan.vaeTensorBytes = bytes.tensors

@@ -335,7 +335,7 @@ public struct TinyAutoencoderDecoder {
     /// band's maps with its halo; see `VAEScratch`) and the 8-bit images. `typedWeights` as in
     /// `VAEDecoder.decodeBytes`.
     public static func decodeBytes(config: TinyAutoencoderConfig, bands: TinyAutoencoderBands?, latentHeight h: Int,
-                                   latentWidth w: Int, batch: Int, typedWeights: Bool = true) -> VAEDecodeBytes {
+                                   latentWidth w: Int, batch: Int, typedWeights: Bool = false) -> VAEDecodeBytes {
         let layout = layout(config)
         let k = bands.map { $0.wholeSteps >= 0 && $0.wholeSteps < layout.count ? $0.wholeSteps : layout.count }
             ?? layout.count
@@ -354,9 +354,10 @@ public struct TinyAutoencoderDecoder {
             }
             for (c, o) in convs {
                 scratch.add(conv2dScratch(n: batch, c: c, h: rows, w: w * t, o: o, kh: 3, kw: 3, padding: 1,
-                                          weightType: typedWeights ? .q8_0 : .f32))
+                                          weightType: .q8_0))
             }
         }
+        if !typedWeights { scratch.callerFirst = false }
         let f = config.scaleFactor
         return VAEDecodeBytes(tensors: tensorBytes(config: config, bands: bands, latentHeight: h, latentWidth: w,
                                                    batch: batch),

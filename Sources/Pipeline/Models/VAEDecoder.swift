@@ -68,6 +68,12 @@ public struct VAEDecoder {
     /// Bytes of all weights as stored.
     public var totalWeightBytes: Int { streamer.totalBytes }
 
+    /// Whether every conv weight is quantized or 16-bit (each dequantized or transformed into the caller's scratch
+    /// arena; see `decodeBytes`' `typedWeights`).
+    public var convWeightsTyped: Bool {
+        blocks.flatMap(\.weights).filter { $0.shape.count == 4 }.allSatisfy { $0.type != .f32 }
+    }
+
     /// The most bytes of tensors alive at once in one decode of [batch, latent_channels, h, w] latents (the
     /// caller's latents not included): the largest of the blocks' declared peaks (`VAEBlockLayout.peakBytes`).
     static func plannedTensorBytes(_ layout: [VAEBlockLayout], batch: Int, latentHeight: Int, latentWidth: Int)
@@ -141,29 +147,41 @@ enum VAEBlockLayout: Sendable, Equatable {
 
 /// Kernel scratch of a run of kernels, by where it lives. The scratch pool hands out its arenas last-in first-out, and
 /// a call checks out at most `arenas` at once (its caller-held one, if any, and one per concurrent unit), so the
-/// same `arenas` arenas serve every call; but units check theirs back in in the order they finish, so any of them
-/// may serve any role next and grow to the largest request (`largestRequest`): the arenas hold at most
-/// `arenas × largestRequest`. Heap scratch (a direct conv's dequantized weight, attention's score tiles) comes on
-/// top while it lives.
+/// same `arenas` arenas serve every call. Units check theirs back in in the order they finish, so they may trade
+/// places among themselves; the caller's arena, checked in last, is the next call's first checkout. When every call
+/// that takes arenas takes a caller-held one first (`callerFirst`: typed weights are dequantized or transformed into
+/// it), that arena only ever serves callers and the others only units: the arenas hold at most `largestCaller` plus
+/// `largestUnit` per further arena. Otherwise any arena may serve any role and grow to the largest request:
+/// `arenas × max(largestCaller, largestUnit)`. Heap scratch (a direct conv's dequantized weight, attention's score
+/// tiles) comes on top while it lives.
 struct VAEScratch: Sendable, Equatable {
-    var largestRequest = 0
+    var largestCaller = 0
+    var largestUnit = 0
     /// The most arenas one call holds at once.
     var arenas = 0
+    var callerFirst = true
     var heap = 0
 
     /// The arenas' bound.
-    var arenaBytes: Int { largestRequest * arenas }
+    var arenaBytes: Int {
+        callerFirst ? largestCaller + largestUnit * max(arenas - 1, 0) : arenas * max(largestCaller, largestUnit)
+    }
     var bytes: Int { arenaBytes + heap }
 
     mutating func add(_ conv: ConvScratch) {
-        largestRequest = max(largestRequest, conv.caller, conv.perUnit)
-        arenas = max(arenas, (conv.caller > 0 ? 1 : 0) + (conv.perUnit > 0 ? conv.concurrentUnits : 0))
+        let units = conv.perUnit > 0 ? conv.concurrentUnits : 0
+        if conv.caller == 0 && units > 0 { callerFirst = false }
+        largestCaller = max(largestCaller, conv.caller)
+        largestUnit = max(largestUnit, units > 0 ? conv.perUnit : 0)
+        arenas = max(arenas, (conv.caller > 0 ? 1 : 0) + units)
         heap = max(heap, conv.heap)
     }
 
     mutating func add(_ other: VAEScratch) {
-        largestRequest = max(largestRequest, other.largestRequest)
+        largestCaller = max(largestCaller, other.largestCaller)
+        largestUnit = max(largestUnit, other.largestUnit)
         arenas = max(arenas, other.arenas)
+        callerFirst = callerFirst && other.callerFirst
         heap = max(heap, other.heap)
     }
 }

@@ -163,10 +163,11 @@ extension VAEDecoder {
     /// What one decode (`callAsFunction`, or `decodeTiled` with `tiling`) and its conversion to 8-bit images hold at
     /// their peak, by owner, from the decoder's own list of blocks: the tensors (one tile's activations, the
     /// latents, the output image), the kernels' scratch (`plannedScratch`, on the largest tile) and the plain
-    /// arrays beside them (seam strips, 8-bit images). `typedWeights`: the weights are quantized or 16-bit (what the
-    /// planner assumes: an F32 weight needs no dequantized copy, so this is an upper bound for F32 models).
+    /// arrays beside them (seam strips, 8-bit images). `typedWeights`: every conv weight is quantized or 16-bit
+    /// (`VAEDecoder.convWeightsTyped`); otherwise the scratch is bounded for any mix of types (each kernel's requests
+    /// sized as for a typed weight, any arena serving any role: see `VAEScratch`).
     public static func decodeBytes(config: VAEConfig, tiling: VAETiling?, latentHeight: Int, latentWidth: Int,
-                                   batch: Int = 1, typedWeights: Bool = true) -> VAEDecodeBytes {
+                                   batch: Int = 1, typedWeights: Bool = false) -> VAEDecodeBytes {
         let n = max(batch, 1), f = config.scaleFactor
         let latentBytes = n * config.latentChannels * latentHeight * latentWidth * 4
         let pixel = n * config.outChannels * 4
@@ -187,9 +188,10 @@ extension VAEDecoder {
         for th in heights {
             for tw in widths {
                 scratchBound.add(plannedScratch(layout, batch: n, latentHeight: th, latentWidth: tw,
-                                                weightType: typedWeights ? .q8_0 : .f32).whole)
+                                                weightType: .q8_0).whole)
             }
         }
+        if !typedWeights { scratchBound.callerFirst = false }
         let scratch = scratchBound.bytes
         guard tiled, let tiling else {
             return VAEDecodeBytes(tensors: tensors + latentBytes, scratch: scratch, buffers: bytes8)
@@ -207,9 +209,9 @@ extension VAEDecoder {
 
     /// The whole of `decodeBytes` with `tiling` (the untiled decode's when the latent fits in one tile).
     public static func tiledDecodeBytes(config: VAEConfig, tiling: VAETiling, latentHeight: Int, latentWidth: Int,
-                                        batch: Int = 1) -> Int {
+                                        batch: Int = 1, typedWeights: Bool = false) -> Int {
         decodeBytes(config: config, tiling: tiling, latentHeight: latentHeight, latentWidth: latentWidth,
-                    batch: batch).total
+                    batch: batch, typedWeights: typedWeights).total
     }
 
     /// The decode's tensors alone with `tiling` (nil: untiled): what the tensor pool may hold during the decode.
@@ -223,9 +225,9 @@ extension VAEDecoder {
     /// scratch and buffers) fits `budgetBytes`. nil when the untiled decode fits; throws when even 8-cell tiles
     /// do not.
     public static func tiling(forBudgetBytes budgetBytes: Int, config: VAEConfig, latentHeight: Int,
-                              latentWidth: Int, batch: Int = 1) throws -> VAETiling? {
+                              latentWidth: Int, batch: Int = 1, typedWeights: Bool = false) throws -> VAETiling? {
         let untiled = decodeBytes(config: config, tiling: nil, latentHeight: latentHeight, latentWidth: latentWidth,
-                                  batch: batch).total
+                                  batch: batch, typedWeights: typedWeights).total
         if untiled <= budgetBytes { return nil }
         let largest = max(latentHeight, latentWidth)
         var side = ((largest - 1) / 8) * 8  // strictly smaller than the latent, or it would not tile
@@ -233,7 +235,7 @@ extension VAEDecoder {
         while side >= 8 {
             let tiling = VAETiling(tileLatentSize: side, scaleFactor: config.scaleFactor)
             let need = tiledDecodeBytes(config: config, tiling: tiling, latentHeight: latentHeight,
-                                        latentWidth: latentWidth, batch: batch)
+                                        latentWidth: latentWidth, batch: batch, typedWeights: typedWeights)
             if need <= budgetBytes { return tiling }
             smallestNeed = need
             side -= 8
