@@ -151,14 +151,14 @@ final class VAEPlannedBytesTests: XCTestCase {
     }
 }
 
-/// Another provider's weights with every conv weight (4-D) stored as BF16: a typed VAE from the F32 fixture.
+/// Another provider's weights with every conv weight wider than 1×1 stored as BF16: a typed VAE from the F32 fixture.
 private final class BF16ConvWeights: WeightProvider {
     let base: WeightProvider
     init(_ base: WeightProvider) { self.base = base }
 
     func weight(_ name: String, shape: [Int]?) throws -> Weight {
         let w = try base.weight(name, shape: shape)
-        guard w.shape.count == 4 else { return w }
+        guard w.shape.count == 4, w.shape[2] * w.shape[3] > 1 else { return w }  // 1×1 convs stay F32, as in GGUFs
         var values = [Float](repeating: 0, count: w.count)
         values.withUnsafeMutableBufferPointer { w.dequantizeRows(0..<w.rows, into: $0.baseAddress!) }
         let bits = values.map(Float32Conversion.floatToBFloat16)

@@ -68,10 +68,12 @@ public struct VAEDecoder {
     /// Bytes of all weights as stored.
     public var totalWeightBytes: Int { streamer.totalBytes }
 
-    /// Whether every conv weight is quantized or 16-bit (each dequantized or transformed into the caller's scratch
-    /// arena; see `decodeBytes`' `typedWeights`).
+    /// Whether every conv weight wider than 1×1 is quantized or 16-bit (each dequantized or transformed into the
+    /// caller's scratch arena; see `decodeBytes`' `typedWeights`). A 1×1 conv with an F32 weight takes no arena at
+    /// all (a plain GEMM), so it leaves the arenas' roles alone.
     public var convWeightsTyped: Bool {
-        blocks.flatMap(\.weights).filter { $0.shape.count == 4 }.allSatisfy { $0.type != .f32 }
+        blocks.flatMap(\.weights).filter { $0.shape.count == 4 && $0.shape[2] * $0.shape[3] > 1 }
+            .allSatisfy { $0.type != .f32 }
     }
 
     /// The most bytes of tensors alive at once in one decode of [batch, latent_channels, h, w] latents (the
