@@ -221,7 +221,7 @@ public final class StableDiffusionPipeline {
                                  unetLargestGroupF32Bytes: unet.largestGroupF32Bytes,
                                  unetTypedBytesPerValue: unet.typedBytesPerValue,
                                  vaeLargestGroupBytes: tiny.totalWeightBytes, vaeTotalBytes: tiny.totalWeightBytes,
-                                 streamed: residency != .resident, tinyVAEHaloLatentRows: tiny.haloLatentRows)
+                                 streamed: residency != .resident)
         }
         let vae = try vaeDecoder()
         return WeightFigures(unetLargestGroupBytes: unet.largestGroupBytes, unetTotalBytes: unet.totalWeightBytes,
@@ -230,7 +230,7 @@ public final class StableDiffusionPipeline {
                              unetLargestGroupF32Bytes: unet.largestGroupF32Bytes,
                              unetTypedBytesPerValue: unet.typedBytesPerValue,
                              vaeLargestGroupBytes: vae.largestGroupBytes, vaeTotalBytes: vae.totalWeightBytes,
-                             streamed: residency != .resident)
+                             streamed: residency != .resident, vaeConvWeightsTyped: vae.convWeightsTyped)
     }
 
     /// Runs the text encoder and UNet with `specs` (in order; none: the plain model) from now on. Opens and checks
@@ -378,6 +378,8 @@ public final class StableDiffusionPipeline {
     func decode(_ latents: Tensor, run: RunContext, shouldContinue: () -> Bool = { true }) throws -> [[UInt8]] {
         // The UNet's idle tensor blocks have the UNet's sizes; the decoder's are others.
         TensorMemory.releaseIdle()
+        // The UNet's idle scratch arenas too: the decode's scratch (`VAEDecoder.decodeBytes`) is its own.
+        ScratchArena.releaseIdle()
         defer { TensorMemory.releaseIdle() }
         let h = latents.shape[2], w = latents.shape[3], n = latents.shape[0]
         let z = Tensor(shape: latents.shape, data: latents.data.map { $0 / model.latentScalingFactor })
@@ -412,8 +414,8 @@ public final class StableDiffusionPipeline {
     /// image: [N, 3, H, W] in [-1, 1] → N row-major H×W×3 byte images, rounded as diffusers' numpy_to_pil.
     public static func rgb8(_ image: Tensor) -> [[UInt8]] {
         let n = image.shape[0], c = image.shape[1], h = image.shape[2], w = image.shape[3]
-        let values = image.data
-        return (0..<n).map { b in
+        // Read in place: a copy (`data`) would be a second F32 image at the decode's end (3 MiB at 512×512).
+        return image.withUnsafeBufferPointer { values in (0..<n).map { b in
             var out = [UInt8](repeating: 0, count: h * w * 3)
             for y in 0..<h {
                 for x in 0..<w {
@@ -426,6 +428,6 @@ public final class StableDiffusionPipeline {
                 }
             }
             return out
-        }
+        } }
     }
 }

@@ -91,9 +91,12 @@ public struct MemoryPlan: Sendable, CustomStringConvertible {
     /// The scratch bounds the UNet's products run with: the standard ones unless the budget needs smaller.
     public var unetGemmLimits: GemmLimits = .standard
     public var vaeWeights: Int
-    /// The VAE decode's activations with the chosen tiling.
+    /// Everything the VAE decode holds besides its weights with the chosen tiling: its tensors, kernel scratch and
+    /// image buffers (`VAEDecoder.decodeBytes`, `TinyAutoencoderDecoder.decodeBytes`).
     public var vaeActivations: Int
     public var vaeTiling: VAETiling?
+    /// A TAESD decode's bands (nil: whole, or an AutoencoderKL).
+    public var vaeBands: TinyAutoencoderBands?
     /// How the UNet runs: `.fastest` unless the budget needs `.compact`.
     public var unetMemory: UNetMemoryMode = .fastest
 
@@ -103,8 +106,8 @@ public struct MemoryPlan: Sendable, CustomStringConvertible {
 
     /// What the tensor pool may hold, live and idle together, while the UNet runs: its modelled activations.
     public var unetTensorBytes: Int { unetActivations }
-    /// The same for the VAE decode: its modelled tensors alone, without kernel scratch (kept by the scratch
-    /// arenas) or the quarter added to `vaeActivations` for what the model leaves out.
+    /// The same for the VAE decode: its tensors alone, without the kernel scratch (kept by the scratch arenas) and
+    /// image buffers that `vaeActivations` adds.
     public var vaeTensorBytes: Int
 
     /// " in 4 MiB buffers" when the UNet's scratch bounds are not the standard ones, and whether its typed weights'
@@ -119,7 +122,7 @@ public struct MemoryPlan: Sendable, CustomStringConvertible {
         "planned peak \(MemorySize.describe(peak)): UNet \(MemorySize.describe(unetPeak)) (weights "
             + "\(MemorySize.describe(unetWeights)), activations \(MemorySize.describe(unetActivations)), "
             + "scratch \(MemorySize.describe(scratch))\(scratchBuffers), \(unetMemory)), VAE "
-            + "\(MemorySize.describe(vaePeak)) (\(vaeTiling.map { "tiles of \($0.tileLatentSize) latent cells" } ?? "untiled"))"
+            + "\(MemorySize.describe(vaePeak)) (\(vaeTiling.map { "tiles of \($0.tileLatentSize) latent cells" } ?? vaeBands.map { "TAESD in \($0)" } ?? "untiled"))"
     }
 }
 
@@ -141,9 +144,9 @@ public struct WeightFigures: Sendable, Equatable {
     public var vaeTotalBytes: Int
     /// Whether the weights are streamed (about one group resident) rather than kept resident.
     public var streamed: Bool
-    /// For a TAESD (AutoencoderTiny) VAE, the latent rows of context each band of its decode needs; nil for an
-    /// AutoencoderKL.
-    public var tinyVAEHaloLatentRows: Int? = nil
+    /// Whether every AutoencoderKL conv weight is quantized or 16-bit (`VAEDecoder.convWeightsTyped`); false plans
+    /// the decode's scratch for any mix of types.
+    public var vaeConvWeightsTyped = false
 }
 
 public enum MemoryPlanner {
@@ -261,63 +264,67 @@ public enum MemoryPlanner {
         let f = model.vaeScaleFactor
         let w = (width ?? model.defaultSize.width) / f
         let h = (height ?? model.defaultSize.height) / f
-        if let tiny = model.tinyAutoencoder, let halo = weights.tinyVAEHaloLatentRows {
-            return try planWithTinyVAE(tiny, haloLatentRows: halo, budget: budget, model: model, weights: weights,
-                                       latentHeight: h, latentWidth: w, count: count, guided: guided)
+        if let tiny = model.tinyAutoencoder {
+            return try planWithTinyVAE(tiny, budget: budget, model: model, weights: weights, latentHeight: h,
+                                       latentWidth: w, count: count, guided: guided)
         }
         let unet = try planUNet(model: model, weights: weights, latentHeight: h, latentWidth: w, count: count,
                                 guided: guided, budget: budget)
         let streamed = weights.streamed
+        let typed = weights.vaeConvWeightsTyped
+        let whole = VAEDecoder.decodeBytes(config: model.vae, tiling: nil, latentHeight: h, latentWidth: w,
+                                           batch: count, typedWeights: typed)
         var plan = MemoryPlan(
             baseline: baselineBytes, unetWeights: unet.weights, unetActivations: unet.activations,
             scratch: unet.scratch, unetGemmLimits: unet.limits,
             vaeWeights: streamed ? weights.vaeLargestGroupBytes : weights.vaeTotalBytes,
-            vaeActivations: VAEDecoder.peakActivationBytes(config: model.vae, latentHeight: h, latentWidth: w, batch: count),
-            vaeTiling: nil, unetMemory: unet.memory,
-            vaeTensorBytes: VAEDecoder.tensorBytes(config: model.vae, tiling: nil, latentHeight: h, latentWidth: w,
-                                                   batch: count))
+            vaeActivations: whole.total, vaeTiling: nil, unetMemory: unet.memory, vaeTensorBytes: whole.tensors)
         guard let budget else { return plan }
-        // The VAE estimate ran ~20% under measured peaks (SD 1.5 Q8_0, 512×512, 32-cell tiles: 270 MB
-        // measured against 229 MiB planned), so tiles are chosen with that margin.
-        let vaeRoom = (budget - plan.baseline - plan.vaeWeights) * 4 / 5
+        // Tiles are chosen by the decode's whole footprint (tensors, kernel scratch, image buffers) in what the
+        // baseline and the weights leave.
+        let vaeRoom = budget - plan.baseline - plan.vaeWeights
         if let tiling = try VAEDecoder.tiling(forBudgetBytes: max(vaeRoom, 0), config: model.vae, latentHeight: h,
-                                              latentWidth: w, batch: count) {
+                                              latentWidth: w, batch: count, typedWeights: typed) {
+            let bytes = VAEDecoder.decodeBytes(config: model.vae, tiling: tiling, latentHeight: h, latentWidth: w,
+                                               batch: count, typedWeights: typed)
             plan.vaeTiling = tiling
-            plan.vaeActivations = VAEDecoder.tiledDecodeBytes(config: model.vae, tiling: tiling, latentHeight: h,
-                                                              latentWidth: w, batch: count) * 5 / 4
-            plan.vaeTensorBytes = VAEDecoder.tensorBytes(config: model.vae, tiling: tiling, latentHeight: h,
-                                                         latentWidth: w, batch: count)
+            plan.vaeActivations = bytes.total
+            plan.vaeTensorBytes = bytes.tensors
         }
         return plan
     }
 
     /// The plan for a model whose VAE is an AutoencoderTiny (TAESD): the UNet as always; the decode whole, or in
     /// bands of latent rows (exact, see `TinyAutoencoderDecoder.decode`) whose tensors fit what the budget leaves.
-    static func planWithTinyVAE(_ tiny: TinyAutoencoderConfig, haloLatentRows: Int, budget: Int?,
-                                model: StableDiffusionModel, weights: WeightFigures, latentHeight h: Int,
-                                latentWidth w: Int, count: Int, guided: Bool) throws -> MemoryPlan {
+    static func planWithTinyVAE(_ tiny: TinyAutoencoderConfig, budget: Int?, model: StableDiffusionModel,
+                                weights: WeightFigures, latentHeight h: Int, latentWidth w: Int, count: Int,
+                                guided: Bool) throws -> MemoryPlan {
         let f = model.vaeScaleFactor
         let unet = try planUNet(model: model, weights: weights, latentHeight: h, latentWidth: w, count: count,
                                 guided: guided, budget: budget)
-        let whole = TinyAutoencoderDecoder.tensorBytes(config: tiny, latentRows: h, latentWidth: w, batch: count)
+        let whole = TinyAutoencoderDecoder.decodeBytes(config: tiny, bands: nil, latentHeight: h, latentWidth: w,
+                                                       batch: count)
         var plan = MemoryPlan(
             baseline: baselineBytes, unetWeights: unet.weights, unetActivations: unet.activations,
-            scratch: unet.scratch, unetGemmLimits: unet.limits, vaeWeights: weights.vaeTotalBytes, vaeActivations: whole * 5 / 4, vaeTiling: nil,
-            unetMemory: unet.memory, vaeTensorBytes: whole)
+            scratch: unet.scratch, unetGemmLimits: unet.limits, vaeWeights: weights.vaeTotalBytes,
+            vaeActivations: whole.total, vaeTiling: nil, unetMemory: unet.memory, vaeTensorBytes: whole.tensors)
         guard let budget else { return plan }
-        // The same margin as the AutoencoderKL's tiles: a fifth of the room is left for what the model leaves out.
-        let room = max(budget - plan.baseline - plan.vaeWeights, 0) * 4 / 5
-        if let bands = TinyAutoencoderDecoder.bands(config: tiny, forBudgetBytes: room, latentHeight: h, latentWidth: w,
-                                                    batch: count) {
-            let bytes = TinyAutoencoderDecoder.tensorBytes(config: tiny, bands: bands, latentHeight: h, latentWidth: w,
+        // Bands are chosen for their tensors in what the baseline, the weights, the whole decode's scratch (bands
+        // only shrink the maps a conv runs on) and the 8-bit images leave; the plan then counts the bands' own.
+        let room = max(budget - plan.baseline - plan.vaeWeights, 0)
+        if let bands = TinyAutoencoderDecoder.bands(config: tiny, forBudgetBytes: max(room - whole.scratch - whole.buffers, 0),
+                                                    latentHeight: h, latentWidth: w, batch: count) {
+            let bytes = TinyAutoencoderDecoder.decodeBytes(config: tiny, bands: bands, latentHeight: h, latentWidth: w,
                                                            batch: count)
-            guard bytes <= room else {
+            guard bytes.total <= room else {
                 throw PipelineError.invalidRequest(
                     "memory budget \(MemorySize.describe(budget)) is too small for the TAESD decode of \(w * f)×\(h * f): "
-                    + "its smallest bands need about \(MemorySize.describe(bytes)) of activations")
+                    + "its smallest bands need about \(MemorySize.describe(bytes.total)) (tensors "
+                    + "\(MemorySize.describe(bytes.tensors)), scratch \(MemorySize.describe(bytes.scratch)))")
             }
-            plan.vaeTensorBytes = bytes
-            plan.vaeActivations = bytes * 5 / 4
+            plan.vaeTensorBytes = bytes.tensors
+            plan.vaeActivations = bytes.total
+            plan.vaeBands = bands
         }
         return plan
     }

@@ -5,6 +5,7 @@
 // F(2×2, 3×3) or, for wide ones on large images, F(4×4, 3×3): 16 or 36 GEMMs per band of tile rows with 2.25× or
 // 4× fewer multiply-adds than im2col.
 import CKernels
+import MMapWeights
 
 /// Below this many pixels per image (16×16) a Winograd conv has too few tiles for good GEMM shapes: SD 1.5's
 /// 1280-channel convs at 8×8 ran at 69–76 GFLOP/s as Winograd and 132–141 as im2col; at 16×16, 164–189 vs 120–141.
@@ -60,6 +61,92 @@ public func conv2d(_ x: Tensor, weight: Weight, bias: Weight?, stride: Int = 1, 
     ) {
         conv2d(x, weight: weight, bias: bias, stride: stride, padding: padding, limits: GemmLimits.current)
     }
+}
+
+/// The kernel scratch of one `conv2d` call, as the call takes it from the `ScratchArena` pool (each request
+/// rounded up to 64 KiB as the pool rounds it) or from the heap: `caller` bytes held by the calling thread for the
+/// whole call (a dequantized weight, Winograd's transformed weight, a shared im2col band), `perUnit` bytes
+/// held by each unit of work, of which at most `concurrentUnits` run at once (one per core), and `heap` bytes
+/// from the heap rather than an arena (a direct conv's dequantized weight).
+public struct ConvScratch: Sendable, Equatable {
+    public var caller: Int
+    public var perUnit: Int
+    public var concurrentUnits: Int
+    public var heap: Int
+
+    public init(caller: Int, perUnit: Int, concurrentUnits: Int, heap: Int = 0) {
+        self.caller = caller
+        self.perUnit = perUnit
+        self.concurrentUnits = concurrentUnits
+        self.heap = heap
+    }
+
+    /// The most bytes the call holds at once.
+    public var peak: Int { caller + perUnit * concurrentUnits + heap }
+}
+
+/// The threads the kernels spread their units of work over (one per online core).
+public var kernelThreadCount: Int { Parallel.cores }
+
+/// What `conv2d` on x [n, c, h, w] with a weight [o, c, kh, kw] of `weightType` takes as scratch (see
+/// `ConvScratch`), from the same problem descriptions (`winogradTile`, `WinogradProblem`, `ConvProblem`) the
+/// call runs: the memory planner's figure for a convolution comes from the code that allocates it.
+public func conv2dScratch(n: Int, c: Int, h: Int, w: Int, o: Int, kh: Int, kw: Int, stride: Int = 1,
+                          padding: Int = 0, weightType: TensorType) -> ConvScratch {
+    conv2dScratch(n: n, c: c, h: h, w: w, o: o, kh: kh, kw: kw, stride: stride, padding: padding,
+                  weightType: weightType, limits: .standard)
+}
+
+/// `conv2dScratch` under explicit limits.
+func conv2dScratch(n: Int, c: Int, h: Int, w: Int, o: Int, kh: Int, kw: Int, stride: Int, padding: Int,
+                   weightType: TensorType, limits: GemmLimits) -> ConvScratch {
+    // ScratchArena.rounded: every arena request is rounded up to a multiple of 16 Ki floats (64 KiB).
+    func arena(_ floats: Int) -> Int { ((max(floats, 16) + 16383) & ~16383) * MemoryLayout<Float>.stride }
+    let none = ConvScratch(caller: 0, perUnit: 0, concurrentUnits: 0)
+    let hOut = (h + 2 * padding - kh) / stride + 1, wOut = (w + 2 * padding - kw) / stride + 1
+    let kdim = c * kh * kw, weightCount = o * kdim
+    guard n > 0, o > 0, hOut > 0, wOut > 0, kdim > 0 else { return none }
+    let typed = weightType != .f32
+    if kh == 3 && kw == 3 && stride == 1 && padding == 1 && o <= directConvMaximumOutputChannels {
+        // `Weight.withFloats`: a typed weight is dequantized into an array for the call.
+        return ConvScratch(caller: 0, perUnit: 0, concurrentUnits: 0,
+                           heap: typed ? weightCount * MemoryLayout<Float>.stride : 0)
+    }
+    if kh == 3 && kw == 3 && stride == 1 && padding == 1,
+       let tile = winogradTile(channels: c, outChannels: o, pixels: h * w, limits: limits) {
+        let p = WinogradProblem(n: n, c: c, h: h, w: w, o: o, tile: tile, limits: limits)
+        let chunk = p.chunkChannels, rows = p.bandTileRows
+        let units = n * ((p.tilesHigh + rows - 1) / rows)
+        let inputScratch = (tile * p.tilesWide + 2) + (tile * rows + 2) * (tile + 2) * p.tilesWide
+        let outputScratch = tile * tile * p.tilesWide
+        let band = arena(p.planes * (c + chunk) * rows * p.tilesWide + max(inputScratch, outputScratch))
+        // transformWeight's dequantized panels (typed weights) run before the bands, while U is held.
+        let rowLength = 9 * c
+        let step = max(1, min(chunk, (1 << 16) / rowLength))
+        let panel = typed ? arena(step * rowLength) : 0
+        return ConvScratch(caller: arena(p.planes * chunk * c), perUnit: max(band, panel),
+                           concurrentUnits: min(max(units, 1), Parallel.cores))
+    }
+    let pointwise = kh == 1 && kw == 1 && stride == 1 && padding == 0
+    let problem = ConvProblem(n: n, c: c, h: h, w: w, o: o, kdim: kdim, hOut: hOut, wOut: wOut,
+                              geometry: Im2colGeometry(channels: c, height: h, width: w, kh: kh, kw: kw,
+                                                       stride: stride, padding: padding, outWidth: wOut),
+                              pointwise: pointwise, beta: 0, limits: limits)
+    if !typed || weightCount <= limits.wholeWeightFloats {
+        // runBands: the whole dequantized weight (typed), then one im2col band per unit (none for a 1×1).
+        let rows = problem.bandRows
+        let units = n * ((hOut + rows - 1) / rows)
+        return ConvScratch(caller: typed ? arena(weightCount) : 0, perUnit: pointwise ? 0 : arena(kdim * rows * wOut),
+                           concurrentUnits: pointwise ? 0 : min(units, Parallel.cores))
+    }
+    // runPanels: one shared band (not for a 1×1), then one dequantized panel of weight rows per unit.
+    let rows = pointwise ? hOut : max(1, min(hOut, limits.bandFloats / max(1, kdim * wOut)))
+    var panelRows = max(1, limits.panelFloats / kdim)
+    panelRows = min(panelRows, max(1, (o + 2 * Parallel.cores - 1) / (2 * Parallel.cores)))
+    if panelRows > 16 { panelRows = panelRows / 16 * 16 }
+    let panels = (o + panelRows - 1) / panelRows
+    return ConvScratch(caller: pointwise ? 0 : arena(kdim * rows * wOut), perUnit: arena(panelRows * kdim),
+                       concurrentUnits: min(panels, Parallel.cores))
 }
 
 /// `conv2d` with the band scratch bound as a parameter (tests force many small bands with it).

@@ -75,6 +75,13 @@ public enum TensorMemory {
     /// Blocks mapped since the process started (a steady-state run maps none per step).
     public static var blocksMapped: Int { pool.counters().mapped }
 
+    /// The most bytes the pool held mapped at once, live and idle blocks together, since the last
+    /// `resetPeakPoolBytes` (or the start): the pool's share of the process's peak.
+    public static var peakPoolBytes: Int { pool.peakFootprint() }
+
+    /// Starts a new pool high-water mark at what the pool holds now.
+    public static func resetPeakPoolBytes() { pool.resetPeakFootprint() }
+
     private static let liveTensorBytes = Atomic<Int>(0)
     private static let peakLiveTensorBytes = Atomic<Int>(0)
 
@@ -104,8 +111,10 @@ public enum TensorMemory {
 }
 
 /// Page-aligned anonymous mappings keyed by their size. A freed block goes to the idle list of its size; a
-/// request takes the most recently freed block of its exact size, else the smallest idle block up to a
-/// quarter larger, else maps a new one.
+/// request takes the most recently freed block of its exact size, else (without a limit) the smallest idle block
+/// up to a quarter larger, else maps a new one. Under a limit only exact sizes are reused, so the blocks live
+/// tensors hold are their page-rounded sizes and the pool stays within max(limit, those): a planner that
+/// sets the limit to its tensor model can count on it.
 private final class BlockPool: Sendable {
     /// @unchecked: raw pointers are not Sendable; the idle blocks they address belong to the pool and are only
     /// reached through `state`'s lock.
@@ -118,10 +127,12 @@ private final class BlockPool: Sendable {
         var liveBytes = 0
         var mappedCount = 0
         var limit: Int?
+        var peakFootprint = 0
 
-        /// The idle size to reuse for a request of `bytes`: exact, else the smallest at most 25% larger.
+        /// The idle size to reuse for a request of `bytes`: exact, else (no limit) the smallest at most 25% larger.
         func bestIdleSize(for bytes: Int) -> Int? {
             if idle[bytes] != nil { return bytes }
+            if limit != nil { return nil }
             var best: Int?
             for size in idle.keys where size > bytes && size <= bytes + bytes / 4 && size < (best ?? .max) {
                 best = size
@@ -167,6 +178,7 @@ private final class BlockPool: Sendable {
             box.mappedCount += 1
             // Make room first, so the new block and the idle ones stay within the limit.
             if let limit = box.limit { box.evict(downTo: max(limit - box.liveBytes, 0)) }
+            box.peakFootprint = max(box.peakFootprint, box.liveBytes + box.idleBytes)
             return (nil, bytes)
         }
         if let reused { return (reused, size) }
@@ -203,6 +215,10 @@ private final class BlockPool: Sendable {
     }
 
     func limit() -> Int? { state.withLock { $0.limit } }
+
+    func peakFootprint() -> Int { state.withLock { $0.peakFootprint } }
+
+    func resetPeakFootprint() { state.withLock { $0.peakFootprint = $0.liveBytes + $0.idleBytes } }
 
     func counters() -> (live: Int, idle: Int, mapped: Int) {
         state.withLock { ($0.liveBytes, $0.idleBytes, $0.mappedCount) }

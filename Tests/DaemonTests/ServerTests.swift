@@ -128,12 +128,14 @@ final class ServerTests: XCTestCase {
         XCTAssertEqual(try UnixHTTPClient.request(socketPath, "GET", "/v1/jobs/\(job.id)/images/1").status, 404)
     }
 
-    func testAJobsLatestLatentPreviewIsServedAndTheImageIsTheSameAsWithoutPreviews() async throws {
-        try await startDaemon(previewEvery: 2)
+    /// The preview tests' common run: a daemon previewing every 2 steps (`configure` sets its worker up before any
+    /// job runs), a finished two-image LCM job of 6 steps, and the pipeline's own run of the same settings without
+    /// previews, whose images the job's must equal byte for byte. Returns the served preview — step 4 of 6, the last
+    /// of steps 2 and 4 — and that run's step-4 progress, whose latents it shows.
+    func runPreviewJob(configure: (Worker) -> Void = { _ in }) async throws -> (preview: PNGImage, stepFour: StepProgress) {
+        configure(try await startDaemon(previewEvery: 2).worker)
         let job = try submit(JobRequest(prompt: "a red circle", steps: 6, seed: 42, scheduler: "lcm", count: 2))
         XCTAssertEqual(try events(job.id).last?.event, .finished)
-
-        // The pipeline's own run, without previews: its step-4 latents are what the last preview (steps 2, 4) shows.
         let pipeline = try StableDiffusionPipeline(model: try StableDiffusionModel(url: Self.tinyModel))
         var stepFour: StepProgress?
         let direct = try pipeline.generate(RequestValidation.settings(job.settings)) { p in
@@ -148,9 +150,13 @@ final class ServerTests: XCTestCase {
         XCTAssertEqual(preview.status, 200)
         XCTAssertEqual(preview.headers["content-type"], "image/png")
         XCTAssertEqual(preview.headers["x-sdd-preview-step"], "4/6")
-        let image = try PNGReader.decode(preview.body)
+        return (try PNGReader.decode(preview.body), try XCTUnwrap(stepFour))
+    }
+
+    func testAJobsLatestLatentPreviewIsServedAndTheImageIsTheSameAsWithoutPreviews() async throws {
+        let (image, stepFour) = try await runPreviewJob()
         XCTAssertEqual([image.width, image.height], [8, 8], "one pixel per latent cell of the 64×64 image")
-        XCTAssertEqual(image.rgb, try XCTUnwrap(LatentPreview.rgb(try XCTUnwrap(stepFour).latents)).rgb)
+        XCTAssertEqual(image.rgb, try XCTUnwrap(LatentPreview.rgb(stepFour.latents)).rgb)
     }
 
     func testTheSocketIs0660AndAStaleSocketFileIsReplaced() async throws {

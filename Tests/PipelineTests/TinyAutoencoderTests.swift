@@ -105,6 +105,20 @@ final class TinyAutoencoderTests: XCTestCase {
         }
     }
 
+    func testABandedTAESDPlanFitsItsBudgetAndSaysItsBands() throws {
+        let model = try StableDiffusionModel(url: ModelFixtures.tinyModel)
+            .replacingVAE(with: ModelFixtures.root.appendingPathComponent("tiny-taesd"))
+        let pipeline = try StableDiffusionPipeline(model: model)
+        let open = try MemoryPlanner.plan(budget: nil, pipeline: pipeline, width: 256, height: 256)
+        XCTAssertGreaterThan(open.vaePeak, open.unetPeak, "at 256×256 the whole TAESD decode is the peak")
+        XCTAssertTrue(open.description.hasSuffix("(untiled)"), open.description)
+        let budget = (open.unetPeak + open.vaePeak) / 2
+        let plan = try MemoryPlanner.plan(budget: budget, pipeline: pipeline, width: 256, height: 256)
+        let bands = try XCTUnwrap(plan.vaeBands)
+        XCTAssertLessThanOrEqual(plan.vaePeak, budget)
+        XCTAssertTrue(plan.description.hasSuffix("(TAESD in \(bands))"), plan.description)
+    }
+
     func testTheMemoryPlanOfATAESDModelIsTheTAESDs() throws {
         let model = try StableDiffusionModel(url: ModelFixtures.tinyModel)
             .replacingVAE(with: ModelFixtures.root.appendingPathComponent("tiny-taesd"))
@@ -115,6 +129,11 @@ final class TinyAutoencoderTests: XCTestCase {
                                                                                 latentWidth: 8, batch: 1))
         XCTAssertEqual(plan.vaeWeights, tiny.totalWeightBytes)
         XCTAssertNil(plan.vaeTiling)
+        // The decode's whole footprint, as planned: its tensors, its convs' scratch and the 8-bit image, no margin.
+        let bytes = TinyAutoencoderDecoder.decodeBytes(config: tiny.config, bands: nil, latentHeight: 8, latentWidth: 8,
+                                                       batch: 1)
+        XCTAssertEqual(plan.vaeActivations, bytes.tensors + bytes.scratch + 64 * 64 * 3)
+        XCTAssertGreaterThan(bytes.scratch, 0)
         // A budgeted generation decodes with the TAESD (the model's own AutoencoderKL is never bound).
         var s = GenerationSettings(prompt: "a cat")
         s.steps = 2

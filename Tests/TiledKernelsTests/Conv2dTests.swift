@@ -1,6 +1,7 @@
 // Conv2dTests: conv2d() against a direct-loop Double convolution, including forced multi-band runs.
 // Tolerance: 1e-5 of the output scale (F32 GEMM over at most a few hundred products).
 import XCTest
+import MMapWeights
 @testable import TiledKernels
 
 final class Conv2dTests: XCTestCase {
@@ -70,5 +71,31 @@ final class Conv2dTests: XCTestCase {
     func testDefaultScratchBoundSplitsALargeInputIntoBands() {
         // kdim 288 · 160 columns = 46 080 floats per row → 45 rows per 8 MiB band → 4 bands.
         check(n: 1, c: 32, o: 2, h: 160, w: 160, kh: 3, kw: 3, stride: 1, padding: 1, seed: 90)
+    }
+    /// conv2dScratch against what a call takes: the pool's arenas emptied first and kept whole after, so
+    /// `ScratchArena.pooledBytes` is the call's high-water. Units that could run at once may run one after the other
+    /// on a busy machine and share an arena: at least the caller's arena and one unit's are taken.
+    func testConvScratchDeclaresTheArenasACallTakes() {
+        ScratchArena.limitRetainedBytes(nil)
+        let cases: [(n: Int, c: Int, h: Int, w: Int, o: Int, k: Int, type: TensorType)] = [
+            (1, 64, 40, 40, 64, 3, .q8_0),  // Winograd F(2×2), transformed typed weight
+            (1, 16, 96, 96, 16, 3, .f32),  // im2col bands
+            (1, 32, 64, 64, 16, 5, .q8_0),  // im2col with the whole weight dequantized
+            (2, 64, 20, 20, 40, 1, .q8_0),  // pointwise
+            (1, 8, 30, 30, 3, 3, .f16),  // direct, dequantized weight on the heap
+        ]
+        for (i, t) in cases.enumerated() {
+            let x = randomTensor([t.n, t.c, t.h, t.w], seed: 40 + UInt64(i))
+            let weight = randomWeight([t.o, t.c, t.k, t.k], seed: 50 + UInt64(i)).converted(to: t.type)
+            let planned = conv2dScratch(n: t.n, c: t.c, h: t.h, w: t.w, o: t.o, kh: t.k, kw: t.k, padding: t.k / 2,
+                                        weightType: t.type)
+            ScratchArena.releaseIdle()
+            _ = conv2d(x, weight: weight, bias: nil, padding: t.k / 2)
+            let held = ScratchArena.pooledBytes
+            XCTAssertLessThanOrEqual(held, planned.caller + planned.perUnit * planned.concurrentUnits, "case \(i)")
+            XCTAssertGreaterThanOrEqual(held, planned.caller + planned.perUnit, "case \(i)")
+            if t.type != .f32 && t.o <= 4 { XCTAssertEqual(planned.heap, t.o * t.c * 9 * 4, "case \(i)") }
+        }
+        ScratchArena.releaseIdle()
     }
 }

@@ -48,6 +48,42 @@ final class TensorMemoryTests: XCTestCase {
         XCTAssertEqual(TensorMemory.idleBytes, 0)
     }
 
+    func testWithoutALimitASlightlyLargerIdleBlockIsReusedAndUnderALimitOnlyItsOwnSize() {
+        let smaller = [pooled[0] * 9 / 10]  // within a quarter of the idle block's size
+        do { _ = Tensor(zeros: pooled) }
+        var mapped = TensorMemory.blocksMapped
+        do { _ = Tensor(zeros: smaller) }
+        XCTAssertEqual(TensorMemory.blocksMapped, mapped, "no limit: the larger idle block serves it")
+        TensorMemory.releaseIdle()
+        TensorMemory.limitFootprint(TensorMemory.liveBytes + (16 << 20))
+        do { _ = Tensor(zeros: pooled) }
+        mapped = TensorMemory.blocksMapped
+        let live = TensorMemory.liveBytes
+        let t = Tensor(zeros: smaller)
+        XCTAssertEqual(TensorMemory.blocksMapped, mapped + 1, "under a limit a block of its own size is mapped")
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        XCTAssertEqual(TensorMemory.liveBytes - live, (smaller[0] * 4 + page - 1) / page * page)
+        _ = t
+    }
+
+    func testThePoolsPeakCountsLiveAndIdleBlocksUntilReset() {
+        TensorMemory.resetPeakPoolBytes()
+        let start = TensorMemory.liveBytes + TensorMemory.idleBytes
+        XCTAssertEqual(TensorMemory.peakPoolBytes, start)
+        do {
+            let a = Tensor(zeros: pooled), b = Tensor(zeros: pooled)
+            _ = (a, b)
+        }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let block = (pooled[0] * 4 + page - 1) / page * page
+        XCTAssertEqual(TensorMemory.peakPoolBytes, start + 2 * block, "both blocks, now idle, were mapped at once")
+        do { _ = Tensor(zeros: pooled) }
+        XCTAssertEqual(TensorMemory.peakPoolBytes, start + 2 * block, "a reused block adds nothing")
+        TensorMemory.releaseIdle()
+        TensorMemory.resetPeakPoolBytes()
+        XCTAssertEqual(TensorMemory.peakPoolBytes, start)
+    }
+
     func testSmallTensorsStayOutOfThePool() {
         let live = TensorMemory.liveBytes
         let small = Tensor(zeros: [1000])

@@ -2,6 +2,7 @@
 // nearest ×2 upsampling — latents → RGB in [-1, 1], decoded whole or with its high-resolution steps in bands (exact halos).
 
 import Foundation
+import MMapWeights
 import TiledKernels
 
 /// diffusers' AutoencoderTiny config (the fields its decoder uses).
@@ -83,13 +84,25 @@ public struct TinyAutoencoderDecoder {
     public let config: TinyAutoencoderConfig
 
     /// One step of the decoder as bound: the same list `layout` describes, with its weights.
-    private enum Step {
+    enum Step {
         case conv(Conv2d, relu: Bool)
         case block(Conv2d, Conv2d, Conv2d)
         case upsample
+
+        /// The step's weights: its group (empty for an upsampling).
+        var weights: [Weight] {
+            switch self {
+            case .conv(let c, _): c.weights
+            case .block(let a, let b, let c): a.weights + b.weights + c.weights
+            case .upsample: []
+            }
+        }
     }
 
-    private let steps: [Step]
+    /// The decoder as one list of steps in execution order; the forward pass runs step i's weights as group
+    /// `WeightGroupID(block: i, part: 0)` of `streamer` (resident: TAESD's few MB are read again by every band).
+    let steps: [Step]
+    let streamer: WeightStreamer
     private let layout: [TinyAutoencoderStep]
     public let totalWeightBytes: Int
 
@@ -98,27 +111,24 @@ public struct TinyAutoencoderDecoder {
         self.config = config
         let layout = Self.layout(config)
         var steps: [Step] = []
-        var bytes = 0
         for step in layout {
             switch step {
             case .conv(let layer, let inC, let outC, let bias, let relu):
-                let c = try Conv2d(w, "decoder.layers.\(layer)", in: inC, out: outC, kernel: 3, bias: bias)
-                bytes += c.weights.reduce(0) { $0 + $1.bytes.count }
-                steps.append(.conv(c, relu: relu))
+                steps.append(.conv(try Conv2d(w, "decoder.layers.\(layer)", in: inC, out: outC, kernel: 3, bias: bias),
+                                   relu: relu))
             case .block(let layer, let width):
                 let p = "decoder.layers.\(layer).conv"
-                let a = try Conv2d(w, "\(p).0", in: width, out: width, kernel: 3)
-                let b = try Conv2d(w, "\(p).2", in: width, out: width, kernel: 3)
-                let c = try Conv2d(w, "\(p).4", in: width, out: width, kernel: 3)
-                bytes += (a.weights + b.weights + c.weights).reduce(0) { $0 + $1.bytes.count }
-                steps.append(.block(a, b, c))
+                steps.append(.block(try Conv2d(w, "\(p).0", in: width, out: width, kernel: 3),
+                                    try Conv2d(w, "\(p).2", in: width, out: width, kernel: 3),
+                                    try Conv2d(w, "\(p).4", in: width, out: width, kernel: 3)))
             case .upsample:
                 steps.append(.upsample)
             }
         }
         self.steps = steps
         self.layout = layout
-        totalWeightBytes = bytes
+        streamer = WeightStreamer(blocks: steps.map { [$0.weights] }, residency: .resident)
+        totalWeightBytes = streamer.totalBytes
     }
 
     /// The decoder's steps from its config alone (what the memory planner reads without binding weights).
@@ -174,14 +184,16 @@ public struct TinyAutoencoderDecoder {
     /// Runs `range` of the steps on `x`.
     private func run(_ range: Range<Int>, on input: Tensor) -> Tensor {
         var x = input
-        for step in steps[range] {
-            switch step {
-            case .conv(let c, let relu):
-                x = relu ? Self.relu(c(x)) : c(x)
-            case .block(let a, let b, let c):
-                x = Self.relu(TiledKernels.add(c(Self.relu(b(Self.relu(a(x))))), x))
-            case .upsample:
-                x = upsampleNearest2x(x)
+        for index in range {
+            streamer.run(WeightGroupID(block: index, part: 0)) {
+                switch steps[index] {
+                case .conv(let c, let relu):
+                    x = relu ? Self.relu(c(x)) : c(x)
+                case .block(let a, let b, let c):
+                    x = Self.relu(TiledKernels.add(c(Self.relu(b(Self.relu(a(x))))), x))
+                case .upsample:
+                    x = upsampleNearest2x(x)
+                }
             }
         }
         return x
@@ -316,6 +328,40 @@ public struct TinyAutoencoderDecoder {
             band = max(band, maps(4, rows: extent * t / s, scale: t))
         }
         return max(whole, kept + band)
+    }
+
+    /// What a decode split as `bands` (nil: whole) and its conversion to 8-bit images hold at their peak: the tensors
+    /// (`tensorBytes`), the kernels' scratch of every conv on the largest map it runs on (the whole steps' maps, a
+    /// band's maps with its halo; see `VAEScratch`) and the 8-bit images. `typedWeights` as in
+    /// `VAEDecoder.decodeBytes`.
+    public static func decodeBytes(config: TinyAutoencoderConfig, bands: TinyAutoencoderBands?, latentHeight h: Int,
+                                   latentWidth w: Int, batch: Int, typedWeights: Bool = false) -> VAEDecodeBytes {
+        let layout = layout(config)
+        let k = bands.map { $0.wholeSteps >= 0 && $0.wholeSteps < layout.count ? $0.wholeSteps : layout.count }
+            ?? layout.count
+        let s = scale(layout, before: k)
+        let extent = bands.map { min(h * s, max(1, $0.bandRows) + 2 * haloRows(layout, from: k)) } ?? h * s
+        var scratch = VAEScratch()
+        for (i, step) in layout.enumerated() {
+            // Rows of the map step i reads: the whole latent's before `k`, a band's (with its halo) from `k` on.
+            let t = scale(layout, before: i)
+            let rows = i < k ? h * t : extent * t / s
+            let convs: [(Int, Int)]
+            switch step {
+            case .conv(_, let inC, let outC, _, _): convs = [(inC, outC)]
+            case .block(_, let width): convs = Array(repeating: (width, width), count: 3)
+            case .upsample: convs = []
+            }
+            for (c, o) in convs {
+                scratch.add(conv2dScratch(n: batch, c: c, h: rows, w: w * t, o: o, kh: 3, kw: 3, padding: 1,
+                                          weightType: .q8_0))
+            }
+        }
+        if !typedWeights { scratch.callerFirst = false }
+        let f = config.scaleFactor
+        return VAEDecodeBytes(tensors: tensorBytes(config: config, bands: bands, latentHeight: h, latentWidth: w,
+                                                   batch: batch),
+                              scratch: scratch.bytes, buffers: batch * h * f * w * f * 3)
     }
 
     /// tanh(z / 3) · 3: AutoencoderTiny's latent clamp.

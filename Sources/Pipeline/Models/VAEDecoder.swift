@@ -1,6 +1,7 @@
 // VAEDecoder: diffusers' AutoencoderKL decode path (post_quant_conv, Decoder with its attention
 // mid block and UpDecoderBlock2D levels), latents → RGB in [-1, 1].
 
+import MMapWeights
 import TiledKernels
 
 public struct VAEDecoder {
@@ -67,6 +68,14 @@ public struct VAEDecoder {
     /// Bytes of all weights as stored.
     public var totalWeightBytes: Int { streamer.totalBytes }
 
+    /// Whether every conv weight wider than 1×1 is quantized or 16-bit (each dequantized or transformed into the
+    /// caller's scratch arena; see `decodeBytes`' `typedWeights`). A 1×1 conv with an F32 weight takes no arena at
+    /// all (a plain GEMM), so it leaves the arenas' roles alone.
+    public var convWeightsTyped: Bool {
+        blocks.flatMap(\.weights).filter { $0.shape.count == 4 && $0.shape[2] * $0.shape[3] > 1 }
+            .allSatisfy { $0.type != .f32 }
+    }
+
     /// The most bytes of tensors alive at once in one decode of [batch, latent_channels, h, w] latents (the
     /// caller's latents not included): the largest of the blocks' declared peaks (`VAEBlockLayout.peakBytes`).
     static func plannedTensorBytes(_ layout: [VAEBlockLayout], batch: Int, latentHeight: Int, latentWidth: Int)
@@ -74,6 +83,24 @@ public struct VAEDecoder {
         var walk = (channels: 0, height: latentHeight, width: latentWidth)
         let perBlock = layout.map { $0.peakBytes(batch: batch, &walk) }
         return (perBlock.max() ?? 0, perBlock)
+    }
+
+    /// The kernel scratch of one decode of [batch, latent_channels, h, w] latents, block by block (`perBlock[i]`:
+    /// block i's alone) and for the whole walk (`whole`: the arenas' roles carried across blocks, see
+    /// `VAEScratch`). Walks `layout` as the forward pass walks the blocks.
+    static func plannedScratch(_ layout: [VAEBlockLayout], batch: Int, latentHeight: Int, latentWidth: Int,
+                               weightType: TensorType) -> (whole: VAEScratch, perBlock: [VAEScratch]) {
+        let cores = kernelThreadCount
+        var walk = (channels: layout.first.map { if case .convIn(let l, _, _) = $0 { l } else { 0 } } ?? 0,
+                    height: latentHeight, width: latentWidth)
+        var whole = VAEScratch()
+        let perBlock = layout.map { block in
+            let s = block.scratch(batch: batch, walk, weightType: weightType, cores: cores)
+            _ = block.peakBytes(batch: batch, &walk)
+            whole.add(s)
+            return s
+        }
+        return (whole, perBlock)
     }
 }
 
@@ -117,6 +144,87 @@ enum VAEBlockLayout: Sendable, Equatable {
             walk.channels = outC
             return (2 * inC + outC) * unit  // x, norm(x), conv_out
         }
+    }
+}
+
+/// Kernel scratch of a run of kernels, by where it lives. The scratch pool hands out its arenas last-in first-out, and
+/// a call checks out at most `arenas` at once (its caller-held one, if any, and one per concurrent unit), so the
+/// same `arenas` arenas serve every call. Units check theirs back in in the order they finish, so they may trade
+/// places among themselves; the caller's arena, checked in last, is the next call's first checkout. When every call
+/// that takes arenas takes a caller-held one first (`callerFirst`: typed weights are dequantized or transformed into
+/// it), that arena only ever serves callers and the others only units: the arenas hold at most `largestCaller` plus
+/// `largestUnit` per further arena. Otherwise any arena may serve any role and grow to the largest request:
+/// `arenas × max(largestCaller, largestUnit)`. Heap scratch (a direct conv's dequantized weight, attention's score
+/// tiles) comes on top while it lives.
+struct VAEScratch: Sendable, Equatable {
+    var largestCaller = 0
+    var largestUnit = 0
+    /// The most arenas one call holds at once.
+    var arenas = 0
+    var callerFirst = true
+    var heap = 0
+
+    /// The arenas' bound.
+    var arenaBytes: Int {
+        callerFirst ? largestCaller + largestUnit * max(arenas - 1, 0) : arenas * max(largestCaller, largestUnit)
+    }
+    var bytes: Int { arenaBytes + heap }
+
+    mutating func add(_ conv: ConvScratch) {
+        let units = conv.perUnit > 0 ? conv.concurrentUnits : 0
+        if conv.caller == 0 && units > 0 { callerFirst = false }
+        largestCaller = max(largestCaller, conv.caller)
+        largestUnit = max(largestUnit, units > 0 ? conv.perUnit : 0)
+        arenas = max(arenas, (conv.caller > 0 ? 1 : 0) + units)
+        heap = max(heap, conv.heap)
+    }
+
+    mutating func add(_ other: VAEScratch) {
+        largestCaller = max(largestCaller, other.largestCaller)
+        largestUnit = max(largestUnit, other.largestUnit)
+        arenas = max(arenas, other.arenas)
+        callerFirst = callerFirst && other.callerFirst
+        heap = max(heap, other.heap)
+    }
+}
+
+extension VAEBlockLayout {
+    /// The block's kernel scratch on maps of `walk`'s size (the block's input; `walk` is not advanced), from each
+    /// of its convolutions' `conv2dScratch` and, for the attention, its products' dequantized weights
+    /// (`withPreparedWeight`: a typed weight of at most 4 Mi values is dequantized whole into the caller's arena)
+    /// and one online-softmax tile per thread (`attention`'s 256-query × 512-key default). `weightType`: the
+    /// weights' stored type (the planner assumes a typed one: an F32 weight needs no dequantized copy).
+    func scratch(batch n: Int, _ walk: (channels: Int, height: Int, width: Int), weightType: TensorType,
+                 cores: Int) -> VAEScratch {
+        var s = VAEScratch()
+        let h = walk.height, w = walk.width
+        func conv(_ c: Int, _ o: Int, _ k: Int, _ height: Int, _ width: Int) {
+            s.add(conv2dScratch(n: n, c: c, h: height, w: width, o: o, kh: k, kw: k, padding: k / 2,
+                                weightType: weightType))
+        }
+        switch self {
+        case .convIn(let latent, let out, let postQuant):
+            if postQuant { conv(latent, latent, 1, h, w) }
+            conv(latent, out, 3, h, w)
+        case .resnet(_, let inC, let outC):
+            conv(inC, outC, 3, h, w)
+            conv(outC, outC, 3, h, w)
+            if inC != outC { conv(inC, outC, 1, h, w) }
+        case .attention(let c):
+            if weightType != .f32 && c * c <= 4 << 20 {
+                s.add(ConvScratch(caller: ((c * c + 16383) & ~16383) * MemoryLayout<Float>.stride, perUnit: 0,
+                                  concurrentUnits: 0))
+            }
+            let tokens = h * w, queryTile = min(256, tokens), keyTile = min(512, tokens)
+            let workers = 2 * tokens * tokens * c * n < (1 << 22) ? 1 : min(cores, n * ((tokens + 255) / 256))
+            // scores, accumulator, running max (F32) and running sum (F64) per worker.
+            s.heap = workers * (queryTile * keyTile + queryTile * c + 3 * queryTile) * MemoryLayout<Float>.stride
+        case .upsample(_, let c):
+            conv(c, c, 3, 2 * h, 2 * w)
+        case .out(let inC, let outC):
+            conv(inC, outC, 3, h, w)
+        }
+        return s
     }
 }
 

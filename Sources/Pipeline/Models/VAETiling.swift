@@ -144,89 +144,90 @@ extension VAEDecoder {
         return image
     }
 
-    /// Peak bytes of activations alive during one `callAsFunction` on a [batch, latent_channels, h, w] latent
-    /// (the input included, the weights not). See the static form.
+    /// Peak bytes of one decode of a [batch, latent_channels, h, w] latent (the input included, the weights not).
+    /// See the static form.
     public func peakActivationBytes(latentHeight: Int, latentWidth: Int, batch: Int = 1) -> Int {
         Self.peakActivationBytes(config: config, latentHeight: latentHeight, latentWidth: latentWidth, batch: batch)
     }
 
-    /// Peak bytes of F32 activations alive at once in the decoder's forward for a [batch, latent, h, w] input:
-    /// the input latents plus the largest of the blocks' declared tensor peaks (`VAEBlockLayout.peakBytes`,
-    /// walking the decoder's own list), plus, with `kernelScratch`, the largest kernel scratch of a block: a
-    /// 3×3 conv's im2col band (whole output rows of C·9 columns, up to 2 Mi floats, TiledKernels'
-    /// conv2dDefaultScratchFloats) or the mid attention's per-thread score tiles.
-    /// For SD 1.5 the peak is up_blocks.3's first resnet (256 → 128 channels at full resolution).
-    /// `kernelScratch: false` leaves out the scratch: the tensors alone, as the tensor pool holds them.
+    /// Peak bytes of one untiled decode of a [batch, latent, h, w] input: `decodeBytes` without tiling, its tensors
+    /// alone with `kernelScratch: false` (the input latents plus the largest of the blocks' declared tensor peaks,
+    /// `VAEBlockLayout.peakBytes`, walking the decoder's own list; for SD 1.5 up_blocks.3's first resnet).
     public static func peakActivationBytes(config: VAEConfig, latentHeight: Int, latentWidth: Int, batch: Int = 1,
                                            kernelScratch: Bool = true) -> Int {
-        let n = max(batch, 1)
-        let layout = Self.layout(config)
-        let tensors = plannedTensorBytes(layout, batch: n, latentHeight: latentHeight, latentWidth: latentWidth).peak
-            + n * config.latentChannels * latentHeight * latentWidth * 4
-        guard kernelScratch else { return tensors }
-        var h = latentHeight, w = latentWidth
-        var scratch = 0
-        func band(_ c: Int) -> Int {
-            let kdim = c * 9
-            return kdim * max(1, min(h, (2 * 1024 * 1024) / max(kdim * w, 1))) * w
-        }
-        for block in layout {
-            switch block {
-            case .convIn(let latent, _, _): scratch = max(scratch, band(latent))
-            case .resnet(_, let inC, let outC): scratch = max(scratch, band(max(inC, outC)))
-            case .attention(let top):
-                let threads = max(ProcessInfo.processInfo.activeProcessorCount, 1)
-                scratch = max(scratch, threads * (256 * 512 + 256 * top + 2 * 256))
-            case .upsample(_, let c):
-                h *= 2
-                w *= 2
-                scratch = max(scratch, band(c))
-            case .out(let inC, _): scratch = max(scratch, band(inC))
-            }
-        }
-        return tensors + scratch * MemoryLayout<Float>.size
+        let bytes = decodeBytes(config: config, tiling: nil, latentHeight: latentHeight, latentWidth: latentWidth,
+                                batch: batch)
+        return kernelScratch ? bytes.total : bytes.tensors
     }
 
-    /// Peak bytes of a whole tiled decode with `tiling`: one tile's activations, the output image, the
-    /// latents and the seam strips (see `decodeTiled`); the untiled peak when the latent fits in one tile.
-    public static func tiledDecodeBytes(config: VAEConfig, tiling: VAETiling, latentHeight: Int, latentWidth: Int,
-                                        batch: Int = 1, kernelScratch: Bool = true) -> Int {
+    /// What one decode (`callAsFunction`, or `decodeTiled` with `tiling`) and its conversion to 8-bit images hold at
+    /// their peak, by owner, from the decoder's own list of blocks: the tensors (one tile's activations, the
+    /// latents, the output image), the kernels' scratch (`plannedScratch`, on the largest tile) and the plain
+    /// arrays beside them (seam strips, 8-bit images). `typedWeights`: every conv weight is quantized or 16-bit
+    /// (`VAEDecoder.convWeightsTyped`); otherwise the scratch is bounded for any mix of types (each kernel's requests
+    /// sized as for a typed weight, any arena serving any role: see `VAEScratch`).
+    public static func decodeBytes(config: VAEConfig, tiling: VAETiling?, latentHeight: Int, latentWidth: Int,
+                                   batch: Int = 1, typedWeights: Bool = false) -> VAEDecodeBytes {
         let n = max(batch, 1), f = config.scaleFactor
         let latentBytes = n * config.latentChannels * latentHeight * latentWidth * 4
-        guard tiling.applies(latentHeight: latentHeight, latentWidth: latentWidth) else {
-            return peakActivationBytes(config: config, latentHeight: latentHeight, latentWidth: latentWidth, batch: n,
-                                       kernelScratch: kernelScratch)
-        }
-        let tileActivations = peakActivationBytes(config: config, latentHeight: min(tiling.tileLatentSize, latentHeight),
-                                                  latentWidth: min(tiling.tileLatentSize, latentWidth), batch: n,
-                                                  kernelScratch: kernelScratch)
         let pixel = n * config.outChannels * 4
         let image = pixel * latentHeight * latentWidth * f * f
+        // rgb8: one H×W×3 byte image per batch item, made while the decoded image is alive.
+        let bytes8 = n * latentHeight * latentWidth * f * f * 3
+        let layout = Self.layout(config)
+        let tiled = tiling.map { $0.applies(latentHeight: latentHeight, latentWidth: latentWidth) } ?? false
+        let tileH = tiled ? min(tiling!.tileLatentSize, latentHeight) : latentHeight
+        let tileW = tiled ? min(tiling!.tileLatentSize, latentWidth) : latentWidth
+        let tensors = plannedTensorBytes(layout, batch: n, latentHeight: tileH, latentWidth: tileW).peak
+        // Scratch over every tile shape the decode runs (edge tiles are smaller, and a smaller map can take a
+        // convolution path with more scratch: im2col below Winograd's minimum size).
+        var scratchBound = VAEScratch()
+        let sizes = { (starts: [Int], extent: Int, size: Int) in Set(starts.map { min($0 + size, extent) - $0 }) }
+        let heights = tiled ? sizes(tiling!.starts(extent: latentHeight), latentHeight, tiling!.tileLatentSize) : [tileH]
+        let widths = tiled ? sizes(tiling!.starts(extent: latentWidth), latentWidth, tiling!.tileLatentSize) : [tileW]
+        for th in heights {
+            for tw in widths {
+                scratchBound.add(plannedScratch(layout, batch: n, latentHeight: th, latentWidth: tw,
+                                                weightType: .q8_0).whole)
+            }
+        }
+        if !typedWeights { scratchBound.callerFirst = false }
+        let scratch = scratchBound.bytes
+        guard tiled, let tiling else {
+            return VAEDecodeBytes(tensors: tensors + latentBytes, scratch: scratch, buffers: bytes8)
+        }
+        // The tile's latents (cropped from the whole) beside the whole; the image being filled; the strips: the
+        // bottom rows of each column's tile above, the right columns of the tile to the left, and the two new ones
+        // made while those they replace are still alive.
+        let tileLatents = n * config.latentChannels * tileH * tileW * 4
         let tileSide = tiling.tileLatentSize * f
         let columns = tiling.starts(extent: latentWidth).count
-        let strips = pixel * tiling.blendExtent * tileSide * (columns + 2)  // row above, left tile, the new ones
-        return tileActivations + image + latentBytes + strips
+        let strips = pixel * tiling.blendExtent * tileSide * (columns + 2)
+        return VAEDecodeBytes(tensors: tensors + image + latentBytes + tileLatents, scratch: scratch,
+                              buffers: strips + bytes8)
     }
 
-    /// The decode's tensors alone, without kernel scratch, with `tiling` (nil: untiled): what the tensor pool
-    /// holds at the decode's peak.
+    /// The whole of `decodeBytes` with `tiling` (the untiled decode's when the latent fits in one tile).
+    public static func tiledDecodeBytes(config: VAEConfig, tiling: VAETiling, latentHeight: Int, latentWidth: Int,
+                                        batch: Int = 1, typedWeights: Bool = false) -> Int {
+        decodeBytes(config: config, tiling: tiling, latentHeight: latentHeight, latentWidth: latentWidth,
+                    batch: batch, typedWeights: typedWeights).total
+    }
+
+    /// The decode's tensors alone with `tiling` (nil: untiled): what the tensor pool may hold during the decode.
     public static func tensorBytes(config: VAEConfig, tiling: VAETiling?, latentHeight: Int, latentWidth: Int,
                                    batch: Int = 1) -> Int {
-        guard let tiling else {
-            return peakActivationBytes(config: config, latentHeight: latentHeight, latentWidth: latentWidth,
-                                       batch: batch, kernelScratch: false)
-        }
-        return tiledDecodeBytes(config: config, tiling: tiling, latentHeight: latentHeight, latentWidth: latentWidth,
-                                batch: batch, kernelScratch: false)
+        decodeBytes(config: config, tiling: tiling, latentHeight: latentHeight, latentWidth: latentWidth,
+                    batch: batch).tensors
     }
 
-    /// The largest tile (a multiple of 8 latent cells, overlap 0.25) whose whole decode fits `budgetBytes`
-    /// of activation memory, by `tiledDecodeBytes`. nil when the untiled decode fits; throws when even
-    /// 8-cell tiles do not.
+    /// The largest tile (a multiple of 8 latent cells, overlap 0.25) whose whole decode (`decodeBytes`: tensors,
+    /// scratch and buffers) fits `budgetBytes`. nil when the untiled decode fits; throws when even 8-cell tiles
+    /// do not.
     public static func tiling(forBudgetBytes budgetBytes: Int, config: VAEConfig, latentHeight: Int,
-                              latentWidth: Int, batch: Int = 1) throws -> VAETiling? {
-        let untiled = peakActivationBytes(config: config, latentHeight: latentHeight, latentWidth: latentWidth,
-                                          batch: batch)
+                              latentWidth: Int, batch: Int = 1, typedWeights: Bool = false) throws -> VAETiling? {
+        let untiled = decodeBytes(config: config, tiling: nil, latentHeight: latentHeight, latentWidth: latentWidth,
+                                  batch: batch, typedWeights: typedWeights).total
         if untiled <= budgetBytes { return nil }
         let largest = max(latentHeight, latentWidth)
         var side = ((largest - 1) / 8) * 8  // strictly smaller than the latent, or it would not tile
@@ -234,7 +235,7 @@ extension VAEDecoder {
         while side >= 8 {
             let tiling = VAETiling(tileLatentSize: side, scaleFactor: config.scaleFactor)
             let need = tiledDecodeBytes(config: config, tiling: tiling, latentHeight: latentHeight,
-                                        latentWidth: latentWidth, batch: batch)
+                                        latentWidth: latentWidth, batch: batch, typedWeights: typedWeights)
             if need <= budgetBytes { return tiling }
             smallestNeed = need
             side -= 8
@@ -242,11 +243,23 @@ extension VAEDecoder {
         let what = smallestNeed == Int.max ? untiled : smallestNeed
         throw PipelineError.invalidRequest(
             "VAE decode of \(latentWidth * config.scaleFactor)×\(latentHeight * config.scaleFactor) needs at least "
-            + "\(what / (1024 * 1024)) MiB of activations (\(smallestNeed == Int.max ? "untiled" : "8-cell tiles")), "
+            + "\(what / (1024 * 1024)) MiB (\(smallestNeed == Int.max ? "untiled" : "8-cell tiles")), "
             + "over the budget of \(budgetBytes / (1024 * 1024)) MiB")
     }
 }
 
+/// The bytes one VAE decode holds at its peak, by where they live (see `VAEDecoder.decodeBytes`).
+public struct VAEDecodeBytes: Sendable, Equatable {
+    /// Tensors (the tensor pool's limit for the decode): the largest block peak on one tile or the whole latent,
+    /// the latents and, tiled, the output image and the tile's latents.
+    public var tensors: Int
+    /// Kernel scratch: the arenas' bound and heap scratch (`VAEScratch`).
+    public var scratch: Int
+    /// Plain arrays beside the tensors: a tiled decode's seam strips and the 8-bit images.
+    public var buffers: Int
+
+    public var total: Int { tensors + scratch + buffers }
+}
 /// The edge of a blended tile that its right or lower neighbour blends with: [N, C, rows, cols] values
 /// copied out of the tile, `depth` = min(tile extent, blendExtent) deep.
 private struct SeamStrip {
@@ -258,14 +271,17 @@ private struct SeamStrip {
         n = tile.shape[0]; c = tile.shape[1]
         let th = tile.shape[2], tw = tile.shape[3]
         rows = min(th, depth); cols = tw
-        let all = tile.data
-        var v = [Float]()
-        v.reserveCapacity(n * c * rows * cols)
-        for p in 0..<(n * c) {
-            let base = (p * th + th - rows) * tw
-            v.append(contentsOf: all[base..<(base + rows * tw)])
+        let (planes, rows) = (n * c, rows)
+        // Read in place: a copy of the whole tile (`data`) would be one more tile-sized array at the peak.
+        values = tile.withUnsafeBufferPointer { all in
+            var v = [Float]()
+            v.reserveCapacity(planes * rows * tw)
+            for p in 0..<planes {
+                let base = (p * th + th - rows) * tw
+                v.append(contentsOf: all[base..<(base + rows * tw)])
+            }
+            return v
         }
-        values = v
     }
 
     /// The last min(tile width, depth) columns of `tile`, full height.
@@ -273,16 +289,18 @@ private struct SeamStrip {
         n = tile.shape[0]; c = tile.shape[1]
         let th = tile.shape[2], tw = tile.shape[3]
         rows = th; cols = min(tw, depth)
-        let all = tile.data
-        var v = [Float]()
-        v.reserveCapacity(n * c * rows * cols)
-        for p in 0..<(n * c) {
-            for y in 0..<th {
-                let base = (p * th + y) * tw + tw - cols
-                v.append(contentsOf: all[base..<(base + cols)])
+        let (planes, cols) = (n * c, cols)
+        values = tile.withUnsafeBufferPointer { all in
+            var v = [Float]()
+            v.reserveCapacity(planes * th * cols)
+            for p in 0..<planes {
+                for y in 0..<th {
+                    let base = (p * th + y) * tw + tw - cols
+                    v.append(contentsOf: all[base..<(base + cols)])
+                }
             }
+            return v
         }
-        values = v
     }
 
     /// diffusers' blend_v(a: the tile above, b: tile): the first e = min(a.h, b.h, extent) rows of b become
@@ -337,16 +355,23 @@ extension Tensor {
     /// z[:, :, rows, cols] of an NCHW tensor, copied.
     fileprivate func croppingSpatial(rows: Range<Int>, cols: Range<Int>) -> Tensor {
         let n = shape[0], c = shape[1], h = shape[2], w = shape[3]
-        let all = data
-        var out = [Float]()
-        out.reserveCapacity(n * c * rows.count * cols.count)
-        for p in 0..<(n * c) {
-            for y in rows {
-                let base = (p * h + y) * w
-                out.append(contentsOf: all[(base + cols.lowerBound)..<(base + cols.upperBound)])
+        // Straight into the tile's tensor: no copy of the whole latent, no intermediate array.
+        var out = Tensor(uninitialized: [n, c, rows.count, cols.count])
+        out.withUnsafeMutableBufferPointer { dst in
+            withUnsafeBufferPointer { all in
+                var i = 0
+                for p in 0..<(n * c) {
+                    for y in rows {
+                        let base = (p * h + y) * w
+                        for x in cols {
+                            dst[i] = all[base + x]
+                            i += 1
+                        }
+                    }
+                }
             }
         }
-        return Tensor(shape: [n, c, rows.count, cols.count], data: out)
+        return out
     }
 
     /// Writes tile[:, :, :rows, :cols] into self at (row, col).

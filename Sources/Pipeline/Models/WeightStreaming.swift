@@ -24,15 +24,13 @@ struct WeightGroupID: Hashable, Sendable {
 /// Streams a network's weight groups, block by block as the network's own list declares them: running a group
 /// prefetches the group after it in that list and releases the group itself.
 final class WeightStreamer: @unchecked Sendable {
-    // @unchecked: used by the single thread that runs the model; `cursor` is only touched there.
+    // @unchecked: used by the single thread that runs the model; `onRun` is only set by tests.
     let residency: WeightResidency
     /// Each block's weight groups, in the order of the network's list of blocks.
     private let blocks: [[[Weight]]]
-    /// Every group's identity in list order (for `next(after:)` and the positional `run`).
+    /// Every group's identity in list order (for `next(after:)`).
     private let ids: [WeightGroupID]
     private let position: [WeightGroupID: Int]
-    /// Only for `run(_:)`, the positional form networks that are not yet one list of blocks use.
-    private var cursor = 0
     /// Called with each group as it runs (tests check the forward pass visits the list in order).
     var onRun: ((WeightGroupID) -> Void)?
 
@@ -45,11 +43,6 @@ final class WeightStreamer: @unchecked Sendable {
         self.residency = residency
         ids = blocks.indices.flatMap { b in blocks[b].indices.map { WeightGroupID(block: b, part: $0) } }
         position = Dictionary(uniqueKeysWithValues: ids.enumerated().map { ($1, $0) })
-    }
-
-    /// A streamer over a flat order of groups, each its own block (for `run(_:)`).
-    convenience init(order: [[Weight]], residency: WeightResidency) {
-        self.init(blocks: order.map { [$0] }, residency: residency)
     }
 
     /// The weights of group `id`.
@@ -71,15 +64,6 @@ final class WeightStreamer: @unchecked Sendable {
         let result = try body()
         WeightStreamer.release(weights(id), dropPageCache: residency == .strict)
         return result
-    }
-
-    /// Runs the next group in list order (a cursor that wraps): for networks whose forward pass is not yet
-    /// one walk over their list of blocks (the text encoder, TAESD).
-    func run<T>(_ body: () throws -> T) rethrows -> T {
-        guard residency != .resident, !ids.isEmpty else { return try body() }
-        let id = ids[cursor % ids.count]
-        cursor += 1
-        return try run(id, body)
     }
 
     /// Every group's identity, in list order.
