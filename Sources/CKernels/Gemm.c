@@ -271,21 +271,6 @@ static int ck_gemm_zero_depth(int64_t m, int64_t n, int64_t k, float beta, float
     return 1;
 }
 
-// Each thread's workspace: allocated on its first product, freed when the thread exits.
-static pthread_key_t ck_workspace_key;
-static pthread_once_t ck_workspace_once = PTHREAD_ONCE_INIT;
-static void ck_workspace_make_key(void) { pthread_key_create(&ck_workspace_key, free); }
-
-static void *ck_thread_workspace(void) {
-    pthread_once(&ck_workspace_once, ck_workspace_make_key);
-    void *w = pthread_getspecific(ck_workspace_key);
-    if (!w) {
-        w = malloc((size_t)ck_gemm_bf16_workspace_bytes());
-        if (w && pthread_setspecific(ck_workspace_key, w) != 0) { free(w); w = NULL; }
-    }
-    return w;
-}
-
 // ---- AMX-BF16 (Sapphire Rapids and later): tile products, 16 × 16 F32 accumulators in tile registers ----
 // Eight tiles of 16 rows × 64 bytes: C in tiles 0–3 (a 32 × 32 block), A in 4–5 (16 rows × 32 BF16 each),
 // B in 6–7 (16 pair rows × 16 columns of BF16 pairs each). TDPBF16PS sums the products of one pair word of
@@ -475,11 +460,56 @@ static void ck_amx_block(int64_t kpad, const uint32_t *ap, const uint32_t *bp, f
     }
 }
 
+// Pair words of one 32-row panel of A packed for the whole depth k: its KC-deep blocks one after another, each
+// 32 rows × kpad (kp rounded up to whole tiles). Every block but the last is KC / 2 pair words deep.
+static int64_t ck_amx_panel_words(int64_t k) {
+    const int64_t full = k / CK_AMX_KC, rest = k - full * CK_AMX_KC;
+    const int64_t restPad = ((rest + 1) / 2 + 15) / 16 * 16;
+    return 32 * (full * (CK_AMX_KC / 2) + restPad);
+}
+
+int64_t ck_gemm_amx_packed_a_words(int64_t m, int64_t k) {
+    if (m <= 0 || k <= 0) return 0;
+    return (m + 31) / 32 * ck_amx_panel_words(k);
+}
+
+CK_AMX_TARGET
+static void ck_amx_pack_a_rows(int64_t m, int64_t k, int64_t row0, int64_t rows, const float *a, int64_t lda,
+                               uint32_t *packed) {
+    const int64_t panelWords = ck_amx_panel_words(k);
+    for (int64_t r = row0; r < row0 + rows; r++) {
+        const float *row = a + (r - row0) * lda;
+        uint32_t *panel = packed + r / 32 * panelWords;
+        for (int64_t pc = 0; pc < k; pc += CK_AMX_KC) {
+            const int64_t kc = k - pc < CK_AMX_KC ? k - pc : CK_AMX_KC;
+            const int64_t kpad = ((kc + 1) / 2 + 15) / 16 * 16;
+            uint32_t *dst = panel + 32 * (pc / 2) + (r % 32) * kpad;
+            for (int64_t p0 = 0; p0 < kpad; p0 += 16) {
+                const __m512i words = 2 * p0 < kc ? ck_row_pairs(row + pc + 2 * p0, kc - 2 * p0, 1)
+                                                  : _mm512_setzero_si512();
+                _mm512_storeu_si512(dst + p0, words);
+            }
+        }
+    }
+    // The last panel's rows past m are zero once its last real row is written.
+    if (row0 + rows == m && m % 32 != 0) {
+        uint32_t *panel = packed + m / 32 * panelWords;
+        for (int64_t pc = 0; pc < k; pc += CK_AMX_KC) {
+            const int64_t kc = k - pc < CK_AMX_KC ? k - pc : CK_AMX_KC;
+            const int64_t kpad = ((kc + 1) / 2 + 15) / 16 * 16;
+            memset(panel + 32 * (pc / 2) + (m % 32) * kpad, 0, (size_t)((32 - m % 32) * kpad) * sizeof(uint32_t));
+        }
+    }
+}
+
 // The blocked product as ck_gemm_blocked, with 32 × 32 tile blocks: B packed per (NC columns, KC depth) block
-// into NR = 32-column panels zero-padded to kpad pair rows, A per MC rows into 32-row panels.
+// into NR = 32-column panels zero-padded to kpad pair rows, A per MC rows into 32-row panels, or A already
+// packed whole (packedA, as ck_gemm_amx_pack_a_rows lays it out: the same words, so the same sums).
 CK_AMX_TARGET
 static void ck_gemm_amx(int transB, int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
-                        const float *b, int64_t ldb, float beta, float *c, int64_t ldc, void *workspace) {
+                        const uint32_t *packedA, const float *b, int64_t ldb, float beta, float *c, int64_t ldc,
+                        void *workspace) {
+    const int64_t panelWords = ck_amx_panel_words(k);
     uint32_t *ap = (uint32_t *)(((uintptr_t)workspace + 63) & ~(uintptr_t)63);
     uint32_t *bp = ap + (CK_AMX_KC / 2) * CK_AMX_MC;
     ck_amx_load_config();
@@ -501,16 +531,22 @@ static void ck_gemm_amx(int transB, int64_t m, int64_t n, int64_t k, float alpha
             }
             for (int64_t ic = 0; ic < m; ic += CK_AMX_MC) {
                 const int64_t mc = m - ic < CK_AMX_MC ? m - ic : CK_AMX_MC;
+                const uint32_t *panels[CK_AMX_MC / 32];
                 for (int64_t ir = 0; ir < mc; ir += 32) {
                     const int64_t mr = mc - ir < 32 ? mc - ir : 32;
-                    ck_amx_pack_rows(mr, kc, a + (ic + ir) * lda + pc, lda, alpha, ap + ir * kpad, kpad);
+                    if (packedA) {
+                        panels[ir / 32] = packedA + (ic + ir) / 32 * panelWords + 32 * (pc / 2);
+                    } else {
+                        ck_amx_pack_rows(mr, kc, a + (ic + ir) * lda + pc, lda, alpha, ap + ir * kpad, kpad);
+                        panels[ir / 32] = ap + ir * kpad;
+                    }
                 }
                 for (int64_t jr = 0; jr < nc; jr += CK_NR) {
                     const int nr = (int)(nc - jr < CK_NR ? nc - jr : CK_NR);
                     for (int64_t ir = 0; ir < mc; ir += 32) {
                         const int mr = (int)(mc - ir < 32 ? mc - ir : 32);
-                        ck_amx_block(kpad, ap + ir * kpad, bp + jr * kpad, c + (ic + ir) * ldc + jc + jr, ldc, first,
-                                     beta, mr, nr);
+                        ck_amx_block(kpad, panels[ir / 32], bp + jr * kpad, c + (ic + ir) * ldc + jc + jr, ldc,
+                                     first, beta, mr, nr);
                     }
                 }
             }
@@ -523,16 +559,19 @@ static int64_t ck_gemm_amx_workspace_bytes(void) {
     return (int64_t)sizeof(uint32_t) * (CK_AMX_KC / 2) * (CK_AMX_MC + CK_AMX_NC) + 64;
 }
 
-static pthread_key_t ck_amx_workspace_key;
-static pthread_once_t ck_amx_workspace_once = PTHREAD_ONCE_INIT;
-static void ck_amx_workspace_make_key(void) { pthread_key_create(&ck_amx_workspace_key, free); }
+// Each thread's workspace, one for both kernels (a thread runs one product at a time): as large as the
+// larger of the two, allocated on its first product, freed when the thread exits.
+static pthread_key_t ck_workspace_key;
+static pthread_once_t ck_workspace_once = PTHREAD_ONCE_INIT;
+static void ck_workspace_make_key(void) { pthread_key_create(&ck_workspace_key, free); }
 
-static void *ck_amx_thread_workspace(void) {
-    pthread_once(&ck_amx_workspace_once, ck_amx_workspace_make_key);
-    void *w = pthread_getspecific(ck_amx_workspace_key);
+static void *ck_thread_workspace(void) {
+    pthread_once(&ck_workspace_once, ck_workspace_make_key);
+    void *w = pthread_getspecific(ck_workspace_key);
     if (!w) {
-        w = malloc((size_t)ck_gemm_amx_workspace_bytes());
-        if (w && pthread_setspecific(ck_amx_workspace_key, w) != 0) { free(w); w = NULL; }
+        const int64_t bf16 = ck_gemm_bf16_workspace_bytes(), amx = ck_gemm_amx_workspace_bytes();
+        w = malloc((size_t)(bf16 > amx ? bf16 : amx));
+        if (w && pthread_setspecific(ck_workspace_key, w) != 0) { free(w); w = NULL; }
     }
     return w;
 }
@@ -559,9 +598,9 @@ int ck_gemm_bf16_using(int kernel, int transB, int64_t m, int64_t n, int64_t k, 
     if (kernel == CK_BF16_AMX ? !ck_gemm_bf16_amx_available()
         : kernel == CK_BF16_AVX512 ? !ck_gemm_bf16_available() : 1) return -1;
     if (ck_gemm_zero_depth(m, n, k, beta, c, ldc)) return 0;
-    void *workspace = kernel == CK_BF16_AMX ? ck_amx_thread_workspace() : ck_thread_workspace();
+    void *workspace = ck_thread_workspace();
     if (!workspace) return -1;
-    if (kernel == CK_BF16_AMX) ck_gemm_amx(transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, workspace);
+    if (kernel == CK_BF16_AMX) ck_gemm_amx(transB, m, n, k, alpha, a, lda, NULL, b, ldb, beta, c, ldc, workspace);
     else ck_gemm_blocked(transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, workspace);
     return 0;
 }
@@ -571,7 +610,39 @@ int ck_gemm_bf16(int transB, int64_t m, int64_t n, int64_t k, float alpha, const
     return ck_gemm_bf16_using(ck_gemm_bf16_kernel(), transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
+int ck_gemm_amx_pack_a_rows(int64_t m, int64_t k, int64_t row0, int64_t rows, const float *a, int64_t lda,
+                            uint32_t *packed) {
+    if (!ck_gemm_bf16_amx_available()) return -1;
+    if (m <= 0 || k <= 0 || row0 < 0 || rows <= 0 || row0 + rows > m) return 0;
+    ck_amx_pack_a_rows(m, k, row0, rows, a, lda, packed);
+    return 0;
+}
+
+int ck_gemm_amx_packed(int transB, int64_t m, int64_t n, int64_t k, const uint32_t *packedA, const float *b,
+                       int64_t ldb, float beta, float *c, int64_t ldc) {
+    if (!ck_gemm_bf16_amx_available()) return -1;
+    if (ck_gemm_zero_depth(m, n, k, beta, c, ldc)) return 0;
+    void *workspace = ck_thread_workspace();
+    if (!workspace) return -1;
+    ck_gemm_amx(transB, m, n, k, 1, NULL, 0, packedA, b, ldb, beta, c, ldc, workspace);
+    return 0;
+}
+
 #else
+
+int64_t ck_gemm_amx_packed_a_words(int64_t m, int64_t k) { (void)m; (void)k; return 0; }
+
+int ck_gemm_amx_pack_a_rows(int64_t m, int64_t k, int64_t row0, int64_t rows, const float *a, int64_t lda,
+                            uint32_t *packed) {
+    (void)m; (void)k; (void)row0; (void)rows; (void)a; (void)lda; (void)packed;
+    return -1;
+}
+
+int ck_gemm_amx_packed(int transB, int64_t m, int64_t n, int64_t k, const uint32_t *packedA, const float *b,
+                       int64_t ldb, float beta, float *c, int64_t ldc) {
+    (void)transB; (void)m; (void)n; (void)k; (void)packedA; (void)b; (void)ldb; (void)beta; (void)c; (void)ldc;
+    return -1;
+}
 
 int ck_gemm_bf16_available(void) { return 0; }
 int ck_gemm_bf16_amx_available(void) { return 0; }

@@ -421,7 +421,38 @@ struct WinogradProblem {
         return rows
     }
 
-    func run(x: UnsafePointer<Float>, weight: Weight, bias: Weight?, y: UnsafeMutablePointer<Float>) {
+    /// U's rows transformed at a time when U is packed (`packsWeight`): at most 8, and no more than the
+    /// dequantized panel `transformWeight` takes for a typed weight (so the declared per-unit scratch holds).
+    var packGroupRows: Int { max(1, min(8, (1 << 16) / (9 * c))) }
+
+    /// Pair words of one plane U_ξ [oc, C] packed for `ck_gemm_amx_packed`.
+    func packedPlaneWords(outChannels oc: Int) -> Int { Int(ck_gemm_amx_packed_a_words(Int64(oc), Int64(c))) }
+
+    /// Whether the bands multiply by U packed once per chunk of output channels for the AMX kernel
+    /// (`ck_gemm_amx_packed`) rather than by the F32 U, which `ck_gemm_bf16` rounds and packs again for every
+    /// band and every 256 tiles (measured: packing A was ~29% of ck_gemm_amx's time in a guided SD 1.5 run,
+    /// most of it here). Only with BF16 products on the AMX kernel, when a band's products pay in BF16, and
+    /// when the packed U (about half the F32 U) and each worker's transformed rows fit in the arena the F32 U
+    /// would take: the scratch `conv2dScratch` declares holds either way. Decided per chunk of `oc` output
+    /// channels; a packed chunk runs every band on AMX. The words are those ck_gemm_bf16 packs, so where every
+    /// band's product pays in BF16 the result is the same to the bit.
+    func packsWeight(products: ProductPrecision, outChannels oc: Int) -> Bool {
+        guard products == .bf16, ProductPrecision.bf16Kernel == .amx else { return false }
+        guard bf16Pays(m: oc, n: bandTileRows * tilesWide, k: c, kernel: .amx) else { return false }
+        return packWorkers(outChannels: oc) >= 1
+    }
+
+    /// The workers `transformAndPackWeight` runs for a chunk of `oc` output channels: one per core and per
+    /// group of rows, as many as have room for their rows beside the packed U in the F32 U's arena.
+    func packWorkers(outChannels oc: Int) -> Int {
+        let room = planes * chunkChannels * c - planes * packedPlaneWords(outChannels: oc)
+        let groups = (oc + packGroupRows - 1) / packGroupRows
+        return min(Parallel.cores, groups, max(0, room) / (planes * packGroupRows * c))
+    }
+
+    /// `packing` false never packs U (tests compare both ways).
+    func run(x: UnsafePointer<Float>, weight: Weight, bias: Weight?, y: UnsafeMutablePointer<Float>,
+             packing: Bool = true) {
         let (c, o, h, w, m) = (self.c, self.o, self.h, self.w, self.tile)
         let tilesWide = self.tilesWide, tilesHigh = self.tilesHigh, planes = self.planes
         let chunk = chunkChannels
@@ -429,12 +460,21 @@ struct WinogradProblem {
         let outputTransform = m == 2 ? ck_winograd_f23_output : ck_winograd_f43_output
         ScratchArena.withArena { weightArena in
             let u = weightArena.floats(planes * chunk * c)
+            // Packed: U_ξ's words at packedU + ξ · planeWords, then each worker's transformed rows.
+            let packedU = UnsafeMutablePointer<UInt32>(OpaquePointer(u))
             let bandRows = bandTileRows
             let bandsPerImage = (tilesHigh + bandRows - 1) / bandRows
             withOptionalFloats(bias) { bias in
                 for o0 in stride(from: 0, to: o, by: chunk) {
                     let oc = min(chunk, o - o0)
-                    transformWeight(weight, rows: o0..<(o0 + oc), into: u)
+                    let planeWords = packedPlaneWords(outChannels: oc)
+                    let packed = packing && packsWeight(products: weight.products, outChannels: oc)
+                    if packed {
+                        transformAndPackWeight(weight, rows: o0..<(o0 + oc), into: packedU, planeWords: planeWords,
+                                               rowScratch: u + planes * planeWords)
+                    } else {
+                        transformWeight(weight, rows: o0..<(o0 + oc), into: u)
+                    }
                     Parallel.forEachUnit(count: n * bandsPerImage) { unit in
                         let b = unit / bandsPerImage, ty0 = (unit % bandsPerImage) * bandRows
                         let rows = min(bandRows, tilesHigh - ty0)
@@ -448,9 +488,16 @@ struct WinogradProblem {
                             inputTransform(x + b * c * h * w, Int64(c), Int64(h), Int64(w), Int64(ty0), Int64(rows),
                                            Int64(tilesWide), v, scratch)
                             for xi in 0..<planes {
-                                sgemm(m: oc, n: tiles, k: c, a: u + xi * oc * c, lda: c, b: v + xi * c * tiles,
-                                      ldb: tiles, beta: 0, c: mp + xi * oc * tiles, ldc: tiles,
-                                      precision: weight.products)
+                                if packed {
+                                    let status = ck_gemm_amx_packed(0, Int64(oc), Int64(tiles), Int64(c),
+                                                                    packedU + xi * planeWords, v + xi * c * tiles,
+                                                                    Int64(tiles), 0, mp + xi * oc * tiles, Int64(tiles))
+                                    precondition(status == 0, "conv2d: the AMX product could not allocate its workspace")
+                                } else {
+                                    sgemm(m: oc, n: tiles, k: c, a: u + xi * oc * c, lda: c, b: v + xi * c * tiles,
+                                          ldb: tiles, beta: 0, c: mp + xi * oc * tiles, ldc: tiles,
+                                          precision: weight.products)
+                                }
                             }
                             outputTransform(mp, Int64(oc), Int64(rows), Int64(tilesWide), bias.map { $0 + o0 },
                                             y + (b * o + o0) * h * w, Int64(h), Int64(w), Int64(ty0), scratch)
@@ -486,6 +533,49 @@ struct WinogradProblem {
                     if limits.releasesMappedWeights { weight.releaseMappedRows(range) }
                     transform(panel, Int64(count), Int64(c), Int64(planeRows), u + r0 * c)
                     r0 += count
+                }
+            }
+        }
+    }
+}
+
+extension WinogradProblem {
+    /// U [planes, rows.count, C] as `transformWeight` computes it, packed plane by plane for the AMX kernel
+    /// (`ck_gemm_amx_pack_a_rows`) `packGroupRows` rows at a time, never held whole in F32: each worker
+    /// transforms a group of rows into its part of `rowScratch` (planes · packGroupRows · C floats each), a
+    /// typed weight dequantized on the way as in `transformWeight`.
+    fileprivate func transformAndPackWeight(_ weight: Weight, rows: Range<Int>, into packed: UnsafeMutablePointer<UInt32>,
+                                            planeWords: Int, rowScratch: UnsafeMutablePointer<Float>) {
+        let c = self.c, planes = self.planes, rowLength = 9 * c
+        let oc = rows.count, groupRows = packGroupRows
+        let groups = (oc + groupRows - 1) / groupRows
+        let workers = packWorkers(outChannels: oc)
+        precondition(workers >= 1, "conv2d: no room to pack U")
+        let transform = tile == 2 ? ck_winograd_f23_weight : ck_winograd_f43_weight
+        Parallel.forEachUnit(count: workers) { worker in
+            let local = rowScratch + worker * planes * groupRows * c
+            func transformAndPack(_ source: UnsafePointer<Float>, first: Int, count: Int) {
+                transform(source, Int64(count), Int64(c), Int64(count), local)
+                for xi in 0..<planes {
+                    let status = ck_gemm_amx_pack_a_rows(Int64(oc), Int64(c), Int64(first), Int64(count),
+                                                         local + xi * count * c, Int64(c), packed + xi * planeWords)
+                    precondition(status == 0, "conv2d: AMX packing ran where AMX cannot")
+                }
+            }
+            ScratchArena.withArena { arena in
+                let panel = weight.type == .f32 ? nil : arena.floats(groupRows * rowLength)
+                var group = worker
+                while group < groups {
+                    let first = group * groupRows, count = min(groupRows, oc - first)
+                    let range = (rows.lowerBound + first)..<(rows.lowerBound + first + count)
+                    if let panel {
+                        weight.dequantizeRows(range, into: panel)
+                        if limits.releasesMappedWeights { weight.releaseMappedRows(range) }
+                        transformAndPack(panel, first: first, count: count)
+                    } else {
+                        transformAndPack(weight.base + range.lowerBound * rowLength, first: first, count: count)
+                    }
+                    group += workers
                 }
             }
         }

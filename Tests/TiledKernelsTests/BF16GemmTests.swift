@@ -184,6 +184,41 @@ final class BF16GemmTests: XCTestCase {
         }
     }
 
+    func testAMXProductsWithAPackedOnceEqualThoseThatPackAPerCall() throws {
+        try requireAMX()
+        // Packing A once (ck_gemm_amx_pack_a_rows, in row groups written out of order, the way Winograd's
+        // weight transform does) must give the words ck_gemm_bf16 packs per call, in the same order: C equal to
+        // the bit. Shapes cross the 32-row panels, 768-deep blocks (odd remainders) and 256-column blocks.
+        let shapes = [(33, 31, 3, false), (64, 300, 769, false), (100, 257, 1537, true), (5, 40, 40, true),
+                      (512, 96, 512, false)]
+        for (m, n, k, transB) in shapes {
+            let lda = k + 1, ldb = (transB ? k : n) + 3, ldc = n + 2, beta: Float = 0.5
+            var random = LCG(seed: UInt64(m * 5 + n * 3 + k))
+            let a = (0..<(m * lda)).map { _ in random.next() }
+            let b = (0..<((transB ? n : k) * ldb)).map { _ in random.next() }
+            let c0 = (0..<(m * ldc)).map { _ in random.next() }
+            let words = Int(ck_gemm_amx_packed_a_words(Int64(m), Int64(k)))
+            XCTAssertGreaterThanOrEqual(words, m * ((k + 1) / 2), "\(m)×\(k): every pair word has a place")
+            // Garbage where padding goes: the packer must write every word the product reads.
+            var packed = [UInt32](repeating: 0x7FC0_7FC0, count: words)
+            let groups = stride(from: 0, to: m, by: 7).map { $0..<min(m, $0 + 7) }
+            for rows in groups.reversed() {
+                let status = a.withUnsafeBufferPointer { ap in
+                    ck_gemm_amx_pack_a_rows(Int64(m), Int64(k), Int64(rows.lowerBound), Int64(rows.count),
+                                            ap.baseAddress! + rows.lowerBound * lda, Int64(lda), &packed)
+                }
+                XCTAssertEqual(status, 0)
+            }
+            var got = c0, want = c0
+            XCTAssertEqual(ck_gemm_amx_packed(transB ? 1 : 0, Int64(m), Int64(n), Int64(k), packed, b, Int64(ldb),
+                                              beta, &got, Int64(ldc)), 0)
+            XCTAssertEqual(amx(transB ? 1 : 0, Int64(m), Int64(n), Int64(k), 1, a, Int64(lda), b, Int64(ldb), beta,
+                               &want, Int64(ldc)), 0)
+            let first = got.indices.first { got[$0].bitPattern != want[$0].bitPattern }
+            XCTAssertNil(first, "\(m)×\(n)×\(k) transB \(transB): first difference at \(first ?? -1)")
+        }
+    }
+
     func testTheAMXPathRefusesWhereItCannotRunAndWritesNothing() throws {
         // Where AMX runs, the product runs (status 0, checked above); elsewhere the call says so and leaves C as
         // it was, so `sgemm` falls back to the AVX512_BF16 kernel or OpenBLAS.

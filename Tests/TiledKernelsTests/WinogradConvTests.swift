@@ -47,6 +47,42 @@ final class WinogradConvTests: XCTestCase {
         }
     }
 
+    func testWeightsPackedOnceForAMXGiveTheResultOfPackingThemPerBand() throws {
+        try XCTSkipUnless(ProductPrecision.bf16Kernel == .amx, "the BF16 products here do not run on AMX")
+        // With BF16 products on AMX, U is transformed and packed once per chunk of output channels; the bands
+        // then multiply the same words ck_gemm_bf16 would pack from the F32 U, so the output is equal to the
+        // bit. Typed and F32 weights, both tiles, several chunks and bands.
+        // Each band's product pays in BF16 (≥ 16 rows, ≥ 2¹⁷ multiply-adds), so both ways run it on AMX; the
+        // chunked case's last chunk (8 channels) does not pay and runs unpacked in F32 both ways.
+        var chunked = limits(.winograd4, bandFloats: 36 * (128 + 96) * 8 * 2)
+        chunked.wholeWeightFloats = 36 * 128 * 96
+        let cases: [(c: Int, o: Int, h: Int, w: Int, type: TensorType, limits: GemmLimits)] = [
+            (128, 96, 32, 30, .f32, limits(.winograd4)),
+            (96, 80, 17, 23, .q8_0, limits(.winograd)),
+            (128, 200, 32, 32, .q8_0, chunked),
+        ]
+        for (i, t) in cases.enumerated() {
+            let x = randomTensor([1, t.c, t.h, t.w], seed: 340 + UInt64(i))
+            let f32 = randomWeight([t.o, t.c, 3, 3], seed: 350 + UInt64(i))
+            let weight = (t.type == .f32 ? f32 : f32.converted(to: t.type)).multiplying(in: .bf16)
+            let bias = randomWeight([t.o], seed: 360 + UInt64(i))
+            let tile = t.limits.convAlgorithm == .winograd4 ? 4 : 2
+            let problem = WinogradProblem(n: 1, c: t.c, h: t.h, w: t.w, o: t.o, tile: tile, limits: t.limits)
+            XCTAssertTrue(problem.packsWeight(products: .bf16, outChannels: problem.chunkChannels),
+                          "case \(i) packs its weight")
+            XCTAssertFalse(problem.packsWeight(products: .f32, outChannels: problem.chunkChannels),
+                           "F32 products never pack")
+            var packed = [Float](repeating: .nan, count: t.o * t.h * t.w), perBand = packed
+            x.withUnsafeBufferPointer { xp in
+                problem.run(x: xp.baseAddress!, weight: weight, bias: bias, y: &packed, packing: true)
+                problem.run(x: xp.baseAddress!, weight: weight, bias: bias, y: &perBand, packing: false)
+            }
+            let first = packed.indices.first { packed[$0].bitPattern != perBand[$0].bitPattern }
+            XCTAssertNil(first, "case \(i): first difference at \(first ?? -1)")
+            XCTAssertFalse(packed.contains { $0.isNaN }, "case \(i): every output written")
+        }
+    }
+
     func testF4x4WideInputsStayWithinTheirTolerance() {
         check(n: 1, c: 512, o: 32, h: 12, w: 12, limits: limits(.winograd4), seed: 320)
         check(n: 1, c: 64, o: 32, h: 12, w: 12, limits: limits(.winograd4), seed: 321, scale: 100)

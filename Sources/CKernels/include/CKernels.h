@@ -128,11 +128,30 @@ int ck_gemm_bf16_using(int kernel, int transB, int64_t m, int64_t n, int64_t k, 
 /// C[m, n] = alpha · A[m, k] · op(B)[k, n] + beta · C, all row-major F32 in memory (A with row stride lda;
 /// B stored [k, n] or, with transB, [n, k]), multiplied in BF16: A and B are rounded to BF16 (nearest even)
 /// and their products summed in F32, on the kernel ck_gemm_bf16_kernel names. beta == 0 ignores C's old
-/// contents. Packs into a workspace kept per calling thread and kernel (~0.6 MB AVX512_BF16, ~0.5 MB AMX;
-/// freed when it exits). Returns 0, or -1 when the CPU lacks the instructions or
+/// contents. Packs into a workspace kept per calling thread (~0.56 MB, one for both kernels; freed when it
+/// exits). Returns 0, or -1 when the CPU lacks the instructions or
 /// the workspace could not be allocated (nothing written).
 int ck_gemm_bf16(int transB, int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
                  const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
+
+/// Pair words of an m × k A packed whole for ck_gemm_amx_packed: 32-row panels (the last zero-padded), each
+/// holding its 768-deep blocks one after another, 32 rows × (pairs rounded up to 16) words each. 0 for an
+/// empty A. (The same on every CPU; whether AMX runs is ck_gemm_bf16_amx_available.)
+int64_t ck_gemm_amx_packed_a_words(int64_t m, int64_t k);
+
+/// Rounds rows row0 ..< row0 + rows of an m × k A to BF16 pair words (nearest even, as ck_gemm_bf16 packs)
+/// into `packed` (ck_gemm_amx_packed_a_words(m, k) words, 64-byte aligned): row r's values at
+/// a + (r − row0) · lda. Calls for disjoint rows may run on different threads; the call that writes row m − 1
+/// also zeroes the last panel's rows past m. Returns 0, or -1 when AMX cannot run here (nothing written).
+int ck_gemm_amx_pack_a_rows(int64_t m, int64_t k, int64_t row0, int64_t rows, const float *a, int64_t lda,
+                            uint32_t *packed);
+
+/// ck_gemm_bf16 on the AMX kernel with alpha 1 and A packed once beforehand (ck_gemm_amx_pack_a_rows, every
+/// row written): the same words in the same order, so the same C to the bit as ck_gemm_bf16_using(CK_BF16_AMX)
+/// on A, without repacking A for every call and column block. Returns 0, or -1 when AMX cannot run here or
+/// the workspace could not be allocated (nothing written).
+int ck_gemm_amx_packed(int transB, int64_t m, int64_t n, int64_t k, const uint32_t *packedA, const float *b,
+                       int64_t ldb, float beta, float *c, int64_t ldc);
 
 /// x rounded to BF16 as AVX512_BF16's conversions do (vcvtne2ps2bf16): nearest even, denormals to signed
 /// zero, NaN to a quiet NaN. The upper 16 bits of the F32 it stands for.
