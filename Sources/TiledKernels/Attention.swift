@@ -14,7 +14,7 @@ public func attention(q: Tensor, k: Tensor, v: Tensor, heads: Int, causal: Bool 
 /// softmax(q·kᵀ / sqrt(D)) · v per head (torch F.scaled_dot_product_attention).
 /// q: [B, Tq, H·D]; k, v: [B, Tk, H·D] → [B, Tq, H·D]; head h owns channels h·D..<(h+1)·D.
 /// `causal`: key j > query i is masked (CLIP's causal mask, top-left aligned).
-/// Scratch per thread is one queryTile×keyTile score tile plus a queryTile×D accumulator; tile products go
+/// Scratch per thread is one queryTile×keyTile score tile (each unit accumulates in its rows of the output); tile products go
 /// through `sgemm` with `precision`. Large problems split their (batch, head, query tile) units across cores, with OpenBLAS held to
 /// one thread meanwhile. A query with no key to attend to (Tk = 0) gets zeros.
 func attentionTiles(q: Tensor, k: Tensor, v: Tensor, heads: Int, causal: Bool,
@@ -49,7 +49,7 @@ func attentionTiles(q: Tensor, k: Tensor, v: Tensor, heads: Int, causal: Bool,
                     guard let op = ob.baseAddress, let qp = qb.baseAddress,
                           let kp = kb.baseAddress, let vp = vb.baseAddress else { return }
                     let run = { (worker: Int) in
-                        let tile = OnlineSoftmaxTile(queryTile: qTile, keyTile: kTile, headDim: headDim)
+                        let tile = OnlineSoftmaxTile(queryTile: qTile, keyTile: kTile)
                         defer { tile.deallocate() }
                         var unit = worker
                         while unit < units {
@@ -79,6 +79,9 @@ private struct AttentionProblem {
     let precision: ProductPrecision
     let alpha: Float
 
+    /// The unit's output rows in `out` (stride `channels`) are its accumulator: the first key tile's product
+    /// writes them (beta 0), later ones add to them, and `finish` divides them by the row sums in place — no
+    /// zeroing and no copy out of a separate accumulator.
     func solve(unit: Int, q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                out: UnsafeMutablePointer<Float>, tile: OnlineSoftmaxTile) {
         let qt = unit % queryTiles
@@ -90,6 +93,7 @@ private struct AttentionProblem {
         let qRows = q + (b * tq + q0) * channels + headOffset
         let kHead = k + b * tk * channels + headOffset
         let vHead = v + b * tk * channels + headOffset
+        let acc = out + (b * tq + q0) * channels + headOffset
         tile.reset(rows: rows)
         // Causal: the last query of this tile sees keys up to its own index.
         let keyEnd = causal ? min(tk, q0 + rows) : tk
@@ -100,106 +104,41 @@ private struct AttentionProblem {
             sgemm(transB: true, m: rows, n: cols, k: headDim, alpha: alpha,
                   a: qRows, lda: channels, b: kHead + k0 * channels, ldb: channels,
                   beta: 0, c: tile.scores, ldc: cols, precision: precision)
-            tile.absorbScores(rows: rows, cols: cols, firstQuery: q0, firstKey: k0, causal: causal)
-            // acc [rows, D] += P [rows, cols] · V[k0..<k0+cols]
+            // scores → P = exp(S − new running max); running sums and acc rows rescaled where the max grew.
+            ck_online_softmax_tile(tile.scores, Int64(rows), Int64(cols), Int64(q0 - k0), causal ? 1 : 0,
+                                   tile.runMax, tile.runSum, acc, Int64(channels), Int64(headDim))
+            // acc [rows, D] (+)= P [rows, cols] · V[k0..<k0+cols]
             sgemm(m: rows, n: headDim, k: cols, a: tile.scores, lda: cols,
-                  b: vHead + k0 * channels, ldb: channels, beta: 1, c: tile.acc, ldc: headDim,
+                  b: vHead + k0 * channels, ldb: channels, beta: k0 == 0 ? 0 : 1, c: acc, ldc: channels,
                   precision: precision)
             k0 += cols
         }
-        tile.finish(rows: rows, into: out + (b * tq + q0) * channels + headOffset, rowStride: channels)
+        // acc / running sum, in place; rows that saw no key (sum 0) get 0.
+        ck_online_softmax_finish(acc, Int64(channels), tile.runSum, Int64(rows), Int64(headDim), acc, Int64(channels))
     }
 }
 
-/// The running state of one query tile: scores scratch, output accumulator, running max and running sum.
+/// The running state of one query tile: scores scratch, running max and running sum (the output accumulator
+/// is the unit's rows of the output tensor).
 private struct OnlineSoftmaxTile {
     let scores: UnsafeMutablePointer<Float>
-    let acc: UnsafeMutablePointer<Float>
     let runMax: UnsafeMutablePointer<Float>
     let runSum: UnsafeMutablePointer<Double>
-    let headDim: Int
 
-    init(queryTile: Int, keyTile: Int, headDim: Int) {
+    init(queryTile: Int, keyTile: Int) {
         scores = .allocate(capacity: queryTile * keyTile)
-        acc = .allocate(capacity: queryTile * headDim)
         runMax = .allocate(capacity: queryTile)
         runSum = .allocate(capacity: queryTile)
-        self.headDim = headDim
     }
 
     func deallocate() {
         scores.deallocate()
-        acc.deallocate()
         runMax.deallocate()
         runSum.deallocate()
     }
 
     func reset(rows: Int) {
-        acc.initialize(repeating: 0, count: rows * headDim)
         runMax.initialize(repeating: -.infinity, count: rows)
         runSum.initialize(repeating: 0, count: rows)
     }
-
-    /// Turns the score tile [rows, cols] into exp(s − new running max) in place (masked entries → 0),
-    /// and rescales each row's accumulator and running sum by exp(old max − new max).
-    func absorbScores(rows: Int, cols: Int, firstQuery: Int, firstKey: Int, causal: Bool) {
-        for i in 0..<rows {
-            let row = scores + i * cols
-            // Keys this query may see within the tile.
-            let valid = causal ? max(0, min(cols, firstQuery + i - firstKey + 1)) : cols
-            if valid < cols { (row + valid).initialize(repeating: 0, count: cols - valid) }
-            if valid == 0 { continue }
-            let oldMax = runMax[i]
-            let newMax = max(oldMax, rowMaximum(row, count: valid))
-            if newMax == -.infinity {
-                // Every score so far is −inf: nothing to weight yet.
-                row.initialize(repeating: 0, count: valid)
-                continue
-            }
-            let sum = exponentiateRow(row, count: valid, minus: newMax)
-            if oldMax != newMax {
-                let correction = oldMax == -.infinity ? 0 : fastExp(oldMax - newMax)
-                runSum[i] *= Double(correction)
-                let a = acc + i * headDim
-                for d in 0..<headDim { a[d] *= correction }
-            }
-            runSum[i] += sum
-            runMax[i] = newMax
-        }
-    }
-
-    /// Writes acc / running sum for each row to `dst` (row stride `rowStride`); rows that saw no key get 0.
-    func finish(rows: Int, into dst: UnsafeMutablePointer<Float>, rowStride: Int) {
-        for i in 0..<rows {
-            let a = acc + i * headDim
-            let o = dst + i * rowStride
-            let s = runSum[i]
-            let inv = s > 0 ? Float(1.0 / s) : 0
-            for d in 0..<headDim { o[d] = a[d] * inv }
-        }
-    }
-}
-
-/// max of `count` ≥ 1 floats (four running maxima, so the loop is not one long dependency chain).
-@inline(__always)
-private func rowMaximum(_ row: UnsafeMutablePointer<Float>, count: Int) -> Float {
-    var m0 = -Float.infinity, m1 = -Float.infinity, m2 = -Float.infinity, m3 = -Float.infinity
-    var j = 0
-    while j + 4 <= count {
-        m0 = max(m0, row[j]); m1 = max(m1, row[j + 1]); m2 = max(m2, row[j + 2]); m3 = max(m3, row[j + 3])
-        j += 4
-    }
-    while j < count {
-        m0 = max(m0, row[j])
-        j += 1
-    }
-    return max(max(m0, m1), max(m2, m3))
-}
-
-/// row[j] = exp(row[j] − shift) in place; returns the sum of the new values (in Double). The C kernel runs
-/// `fastExp`'s polynomial 16 or 8 lanes wide (AVX-512 / AVX2) where the CPU has them; Swift here compiles
-/// for baseline x86-64 (4 lanes).
-@inline(__always)
-private func exponentiateRow(_ row: UnsafeMutablePointer<Float>, count: Int, minus shift: Float) -> Double {
-    ck_exp_row(row, Int64(count), shift)
 }

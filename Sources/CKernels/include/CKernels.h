@@ -68,6 +68,21 @@ void ck_force_dequantize_level(int level);
 /// give e^−87); returns the sum of the new values. Vectorized per ck_dequantize_level (Softmax.c).
 double ck_exp_row(float *row, int64_t n, float shift);
 
+/// One key tile of attention's online softmax for `rows` query rows (Softmax.c). `scores` [rows, cols] (row
+/// stride cols) holds the scaled scores S; on return it holds P = exp(S − m_new), with keys hidden by the causal
+/// mask set to 0 (row i sees keys j ≤ query_minus_key + i when `causal` ≠ 0; query_minus_key = first query
+/// index − first key index of the tile). run_max/run_sum [rows] are the running row max and sum, updated;
+/// a row whose max grew has its accumulator row (acc + i·acc_stride, `width` floats) and its sum scaled by
+/// exp(m_old − m_new). Rows whose running max was −inf are not rescaled (their accumulator holds only
+/// zero-weighted products, or is overwritten by the next product with beta = 0). AVX-512 when
+/// ck_dequantize_level() ≥ 2, else portable C (its exp through ck_exp_row).
+void ck_online_softmax_tile(float *scores, int64_t rows, int64_t cols, int64_t query_minus_key, int causal,
+                            float *run_max, double *run_sum, float *acc, int64_t acc_stride, int64_t width);
+
+/// dst row i [width] = acc row i / run_sum[i], 0 where run_sum[i] is 0; acc and dst may be the same rows.
+void ck_online_softmax_finish(const float *acc, int64_t acc_stride, const double *run_sum, int64_t rows,
+                              int64_t width, float *dst, int64_t dst_stride);
+
 /// Serves allocations of `threshold` bytes or more with their own mappings (returned to the kernel on
 /// free) and trims the heap above it: glibc's mallopt(M_MMAP_THRESHOLD / M_TRIM_THRESHOLD).
 /// Returns 0 on success.
