@@ -35,9 +35,7 @@ func attentionTiles(q: Tensor, k: Tensor, v: Tensor, heads: Int, causal: Bool,
     let qTile = min(queryTile, tq), kTile = min(keyTile, tk)
     let queryTiles = (tq + qTile - 1) / qTile
     let units = batch * heads * queryTiles
-    // Score work (multiply-adds of both products) below which threads cost more than they save.
-    let work = 2 * tq * tk * channels * batch
-    let workers = work < (1 << 22) ? 1 : min(Parallel.cores, units)
+    let workers = attentionWorkers(batch: batch, tq: tq, tk: tk, channels: channels, units: units)
     let problem = AttentionProblem(tq: tq, tk: tk, channels: channels, heads: heads, headDim: headDim,
                                    queryTile: qTile, keyTile: kTile, queryTiles: queryTiles, causal: causal,
                                    precision: precision, alpha: Float(1.0 / Double(headDim).squareRoot()))
@@ -69,6 +67,25 @@ func attentionTiles(q: Tensor, k: Tensor, v: Tensor, heads: Int, causal: Bool,
         }
     }
     return out
+}
+
+/// The threads an attention call runs its (batch, head, query tile) units on: one below 2²² multiply-adds of
+/// both products (threads would cost more than they save), else one per core and unit.
+private func attentionWorkers(batch: Int, tq: Int, tk: Int, channels: Int, units: Int) -> Int {
+    2 * tq * tk * channels * batch < (1 << 22) ? 1 : min(Parallel.cores, units)
+}
+
+/// The heap `attention` allocates for q [batch, tq, channels] and k, v [batch, tk, channels] in `heads` heads:
+/// one online-softmax tile per worker (scores, running max in F32, running sum in F64); the output rows are
+/// the accumulator. (The memory planner's figure for an attention call.)
+public func attentionScratchBytes(batch: Int, tq: Int, tk: Int, channels: Int, heads: Int,
+                                  queryTile: Int = 256, keyTile: Int = 512) -> Int {
+    guard batch > 0, tq > 0, tk > 0, channels > 0, heads > 0 else { return 0 }
+    let qTile = min(queryTile, tq), kTile = min(keyTile, tk)
+    let units = batch * heads * ((tq + qTile - 1) / qTile)
+    let workers = attentionWorkers(batch: batch, tq: tq, tk: tk, channels: channels, units: units)
+    return workers * (qTile * kTile * MemoryLayout<Float>.stride + qTile * MemoryLayout<Float>.stride
+                      + qTile * MemoryLayout<Double>.stride)
 }
 
 /// Shapes and constants of one attention call; `solve` computes one (batch, head, query tile) unit.

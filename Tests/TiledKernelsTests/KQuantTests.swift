@@ -15,7 +15,7 @@ final class KQuantTests: XCTestCase {
             let info = try XCTUnwrap(gguf.tensor(name), name)
             XCTAssertEqual(info.type, type)
             XCTAssertEqual(info.shape, [3, 512])
-            let want = try XCTUnwrap(try expected.info(name))
+            let want = try XCTUnwrap(expected.info(name))
             var values = [Float](repeating: 0, count: want.elementCount)
             try values.withUnsafeMutableBufferPointer { try want.copyAsFloat32(into: $0) }
             // Same operations in the same order as ggml's reference (and gguf's numpy): exact equality.

@@ -90,12 +90,11 @@ public struct VAEDecoder {
     /// `VAEScratch`). Walks `layout` as the forward pass walks the blocks.
     static func plannedScratch(_ layout: [VAEBlockLayout], batch: Int, latentHeight: Int, latentWidth: Int,
                                weightType: TensorType) -> (whole: VAEScratch, perBlock: [VAEScratch]) {
-        let cores = kernelThreadCount
         var walk = (channels: layout.first.map { if case .convIn(let l, _, _) = $0 { l } else { 0 } } ?? 0,
                     height: latentHeight, width: latentWidth)
         var whole = VAEScratch()
         let perBlock = layout.map { block in
-            let s = block.scratch(batch: batch, walk, weightType: weightType, cores: cores)
+            let s = block.scratch(batch: batch, walk, weightType: weightType)
             _ = block.peakBytes(batch: batch, &walk)
             whole.add(s)
             return s
@@ -192,10 +191,10 @@ extension VAEBlockLayout {
     /// The block's kernel scratch on maps of `walk`'s size (the block's input; `walk` is not advanced), from each
     /// of its convolutions' `conv2dScratch` and, for the attention, its products' dequantized weights
     /// (`withPreparedWeight`: a typed weight of at most 4 Mi values is dequantized whole into the caller's arena)
-    /// and one online-softmax tile per thread (`attention`'s 256-query × 512-key default). `weightType`: the
+    /// and one online-softmax tile per thread (`attentionScratchBytes`). `weightType`: the
     /// weights' stored type (the planner assumes a typed one: an F32 weight needs no dequantized copy).
-    func scratch(batch n: Int, _ walk: (channels: Int, height: Int, width: Int), weightType: TensorType,
-                 cores: Int) -> VAEScratch {
+    func scratch(batch n: Int, _ walk: (channels: Int, height: Int, width: Int), weightType: TensorType)
+        -> VAEScratch {
         var s = VAEScratch()
         let h = walk.height, w = walk.width
         func conv(_ c: Int, _ o: Int, _ k: Int, _ height: Int, _ width: Int) {
@@ -215,10 +214,7 @@ extension VAEBlockLayout {
                 s.add(ConvScratch(caller: ((c * c + 16383) & ~16383) * MemoryLayout<Float>.stride, perUnit: 0,
                                   concurrentUnits: 0))
             }
-            let tokens = h * w, queryTile = min(256, tokens), keyTile = min(512, tokens)
-            let workers = 2 * tokens * tokens * c * n < (1 << 22) ? 1 : min(cores, n * ((tokens + 255) / 256))
-            // scores, accumulator, running max (F32) and running sum (F64) per worker.
-            s.heap = workers * (queryTile * keyTile + queryTile * c + 3 * queryTile) * MemoryLayout<Float>.stride
+            s.heap = attentionScratchBytes(batch: n, tq: h * w, tk: h * w, channels: c, heads: 1)
         case .upsample(_, let c):
             conv(c, c, 3, 2 * h, 2 * w)
         case .out(let inC, let outC):
