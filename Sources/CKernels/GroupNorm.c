@@ -34,7 +34,7 @@ ATTR static void ck_group_norm_##SUFFIX(const float *src, float *dst, int64_t ch
     lo += hi;                                                                                          \
     double sum = CK_SUM_F64X8(lo);                                                                     \
     for (; i < count; i++) sum += (double)src[i];                                                      \
-    const double mean = sum / (double)count;                                                                        \
+    const double mean = sum / (double)count;                                                           \
     lo = 0;                                                                                            \
     hi = 0;                                                                                            \
     for (i = 0; i + 16 <= count; i += 16) {                                                            \
