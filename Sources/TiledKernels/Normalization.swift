@@ -1,5 +1,7 @@
 // Normalization: GroupNorm (optionally fused with SiLU) and LayerNorm, torch.nn semantics.
-// Statistics are accumulated in Double, two-pass (mean, then mean squared deviation), biased variance.
+// Statistics are accumulated in Double, two-pass (mean, then mean squared deviation), biased variance. GroupNorm's
+// per-group loops are CKernels' ck_group_norm (AVX-512 / AVX2 where the CPU has them); Swift splits the groups.
+import CKernels
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -32,18 +34,9 @@ func groupNormKernel(_ x: Tensor, groups: Int, gamma: Weight, beta: Weight, eps:
             guard let yp = yb.baseAddress, let xp = xb.baseAddress else { return }
             Parallel.forEachChunk(count: n * groups, minItemsPerChunk: max(1, (1 << 15) / max(1, perGroup))) { range in
                 for unit in range {
-                    let g = unit % groups
-                    let src = UnsafePointer(xp + unit * perGroup)
-                    let dst = yp + unit * perGroup
-                    let (mean, invStd) = meanAndInverseStd(src, count: perGroup, eps: eps)
-                    for cl in 0..<channelsPerGroup {
-                        let ch = g * channelsPerGroup + cl
-                        let a = Float(invStd * Double(gp[ch]))
-                        let b = bp[ch]
-                        let m = Float(mean)
-                        normalizeRow(src + cl * spatial, dst + cl * spatial, count: spatial,
-                                     mean: m, scale: a, shift: b, silu: silu)
-                    }
+                    let first = (unit % groups) * channelsPerGroup
+                    ck_group_norm(xp + unit * perGroup, yp + unit * perGroup, Int64(channelsPerGroup),
+                                  Int64(spatial), gp + first, bp + first, eps, silu ? 1 : 0)
                 }
             }
         }
@@ -121,21 +114,4 @@ private func meanAndInverseStd(_ p: UnsafePointer<Float>, count: Int, eps: Float
     }
     let variance = sq / Double(count)
     return (mean, 1.0 / (variance + Double(eps)).squareRoot())
-}
-
-/// dst = (src − mean) · scale + shift, then SiLU (v · sigmoid(v), with the vectorizable `fastExp`) when asked.
-@inline(__always)
-private func normalizeRow(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, count: Int,
-                          mean: Float, scale: Float, shift: Float, silu: Bool) {
-    if silu {
-        for i in 0..<count {
-            let v = (src[i] - mean) * scale + shift
-            // exp(−v) for v < −88 would overflow fastExp's exponent; v · sigmoid(v) is then −0 in F32 anyway.
-            dst[i] = v / (1 + fastExp(min(-v, 88)))
-        }
-    } else {
-        for i in 0..<count {
-            dst[i] = (src[i] - mean) * scale + shift
-        }
-    }
 }

@@ -83,6 +83,22 @@ void ck_online_softmax_tile(float *scores, int64_t rows, int64_t cols, int64_t q
 void ck_online_softmax_finish(const float *acc, int64_t acc_stride, const double *run_sum, int64_t rows,
                               int64_t width, float *dst, int64_t dst_stride);
 
+/// torch.nn.GroupNorm for one (sample, group) (GroupNorm.c): src and dst hold `channels` rows of `spatial`
+/// F32 (the group's slice of [N, C, *spatial]); gamma and beta point at the group's first channel. Mean and
+/// biased variance in Double, two passes; dst = (src − mean) · (gamma[c] / sqrt(var + eps)) + beta[c], then
+/// with `silu` nonzero v · sigmoid(v) (exp's argument clamped to [−87, 88]). Nothing for an empty group.
+/// Vectorized per ck_dequantize_level; ck_force_dequantize_level(0) runs the portable C.
+void ck_group_norm(const float *src, float *dst, int64_t channels, int64_t spatial, const float *gamma,
+                   const float *beta, float eps, int silu);
+
+/// y[i] = erf(x[i]) for i < n (Gelu.c): within 1.4 ulp on every F32, ±1 for |x| ≥ 3.92, NaN for NaN.
+void ck_erf_row(const float *x, float *y, int64_t n);
+/// y[i] = GELU(x[i]) = x · ½(1 + erf(x/√2)), the lower tail from erfc so a negative x keeps its relative
+/// accuracy (Φ < 8e−9, below x ≈ −5.6, is 0); |error| ≤ 2·2^−24·|x|.
+void ck_gelu_row(const float *x, float *y, int64_t n);
+/// diffusers' GEGLU on one row: y[i] = hidden[i] · GELU(gate[i]) for i < n.
+void ck_geglu_row(const float *hidden, const float *gate, float *y, int64_t n);
+
 /// Serves allocations of `threshold` bytes or more with their own mappings (returned to the kernel on
 /// free) and trims the heap above it: glibc's mallopt(M_MMAP_THRESHOLD / M_TRIM_THRESHOLD).
 /// Returns 0 on success.
