@@ -3,10 +3,11 @@
 // run with BF16 products (ProductPrecision.bf16): on CPUs that have the instruction it does twice the
 // multiply-adds per cycle of an F32 FMA. Operands are rounded to BF16 (nearest even) while they are packed,
 // so callers pass F32 as to cblas_sgemm. Blocking after BLIS: B in NR-column panels of KC depth, A in MR-row
-// panels, a 14 × 32 register tile of AVX-512 accumulators; packed blocks live in a workspace kept per thread.
+// panels, a 14 × 32 register tile of AVX-512 accumulators; packed blocks live in a workspace held per product.
 #include "CKernels.h"
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -559,22 +560,49 @@ static int64_t ck_gemm_amx_workspace_bytes(void) {
     return (int64_t)sizeof(uint32_t) * (CK_AMX_KC / 2) * (CK_AMX_MC + CK_AMX_NC) + 64;
 }
 
-// Each thread's workspace, one for both kernels (a thread runs one product at a time): as large as the
-// larger of the two, allocated on its first product, freed when the thread exits.
-static pthread_key_t ck_workspace_key;
-static pthread_once_t ck_workspace_once = PTHREAD_ONCE_INIT;
-static void ck_workspace_make_key(void) { pthread_key_create(&ck_workspace_key, free); }
+// Packing workspaces, one for both kernels, held per product rather than per thread: a product takes the lowest
+// free slot (allocating it the first time) and gives it back when it returns, so the process holds as many as
+// products ever ran at once — at most one per thread multiplying at the same moment — not one per thread that
+// ever multiplied. Per-thread workspaces, freed only when a thread exits, made the resident set depend on how
+// many of GCD's worker threads (which come and go) had run a product.
+enum { CK_WORKSPACE_SLOTS = 64 };
+static void *ck_workspaces[CK_WORKSPACE_SLOTS];
+static atomic_int ck_workspace_busy[CK_WORKSPACE_SLOTS];
+static atomic_int ck_workspaces_made;
 
-static void *ck_thread_workspace(void) {
-    pthread_once(&ck_workspace_once, ck_workspace_make_key);
-    void *w = pthread_getspecific(ck_workspace_key);
-    if (!w) {
-        const int64_t bf16 = ck_gemm_bf16_workspace_bytes(), amx = ck_gemm_amx_workspace_bytes();
-        w = malloc((size_t)(bf16 > amx ? bf16 : amx));
-        if (w && pthread_setspecific(ck_workspace_key, w) != 0) { free(w); w = NULL; }
-    }
-    return w;
+static int64_t ck_workspace_bytes(void) {
+    const int64_t bf16 = ck_gemm_bf16_workspace_bytes(), amx = ck_gemm_amx_workspace_bytes();
+    return bf16 > amx ? bf16 : amx;
 }
+
+// A workspace and its slot (-1: every slot busy, a workspace of its own to free). NULL when malloc fails.
+static void *ck_workspace_take(int *slot) {
+    for (int i = 0; i < CK_WORKSPACE_SLOTS; i++) {
+        int expected = 0;
+        if (atomic_load_explicit(&ck_workspace_busy[i], memory_order_relaxed) != 0
+            || !atomic_compare_exchange_strong_explicit(&ck_workspace_busy[i], &expected, 1, memory_order_acquire,
+                                                        memory_order_relaxed)) continue;
+        if (!ck_workspaces[i]) {
+            ck_workspaces[i] = malloc((size_t)ck_workspace_bytes());
+            if (!ck_workspaces[i]) {
+                atomic_store_explicit(&ck_workspace_busy[i], 0, memory_order_release);
+                return NULL;
+            }
+            atomic_fetch_add_explicit(&ck_workspaces_made, 1, memory_order_relaxed);
+        }
+        *slot = i;
+        return ck_workspaces[i];
+    }
+    *slot = -1;
+    return malloc((size_t)ck_workspace_bytes());
+}
+
+static void ck_workspace_give(int slot, void *workspace) {
+    if (slot < 0) free(workspace);
+    else atomic_store_explicit(&ck_workspace_busy[slot], 0, memory_order_release);
+}
+
+int ck_gemm_bf16_workspaces(void) { return atomic_load_explicit(&ck_workspaces_made, memory_order_relaxed); }
 
 // SDD_BF16_KERNEL=avx512 (or avx512bf16) or amx forces a kernel where the CPU runs it; unset, "auto" or
 // anything else: AMX where it runs, else AVX512_BF16. Read once.
@@ -598,10 +626,12 @@ int ck_gemm_bf16_using(int kernel, int transB, int64_t m, int64_t n, int64_t k, 
     if (kernel == CK_BF16_AMX ? !ck_gemm_bf16_amx_available()
         : kernel == CK_BF16_AVX512 ? !ck_gemm_bf16_available() : 1) return -1;
     if (ck_gemm_zero_depth(m, n, k, beta, c, ldc)) return 0;
-    void *workspace = ck_thread_workspace();
+    int slot;
+    void *workspace = ck_workspace_take(&slot);
     if (!workspace) return -1;
     if (kernel == CK_BF16_AMX) ck_gemm_amx(transB, m, n, k, alpha, a, lda, NULL, b, ldb, beta, c, ldc, workspace);
     else ck_gemm_blocked(transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, workspace);
+    ck_workspace_give(slot, workspace);
     return 0;
 }
 
@@ -622,13 +652,17 @@ int ck_gemm_amx_packed(int transB, int64_t m, int64_t n, int64_t k, const uint32
                        int64_t ldb, float beta, float *c, int64_t ldc) {
     if (!ck_gemm_bf16_amx_available()) return -1;
     if (ck_gemm_zero_depth(m, n, k, beta, c, ldc)) return 0;
-    void *workspace = ck_thread_workspace();
+    int slot;
+    void *workspace = ck_workspace_take(&slot);
     if (!workspace) return -1;
     ck_gemm_amx(transB, m, n, k, 1, NULL, 0, packedA, b, ldb, beta, c, ldc, workspace);
+    ck_workspace_give(slot, workspace);
     return 0;
 }
 
 #else
+
+int ck_gemm_bf16_workspaces(void) { return 0; }
 
 int64_t ck_gemm_amx_packed_a_words(int64_t m, int64_t k) { (void)m; (void)k; return 0; }
 

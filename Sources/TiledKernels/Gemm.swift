@@ -90,8 +90,8 @@ func sgemm(
         }
         return
     }
-    // The BF16 kernels pack into workspaces of their own per thread (~0.6 MB): taking them from the scratch
-    // arenas made them grow to every size in turn.
+    // The BF16 kernels pack into workspaces of their own (~0.56 MB each, one per product running at once):
+    // taking them from the scratch arenas made them grow to every size in turn.
     if precision == .bf16, !transA, let kernel = ProductPrecision.bf16Kernel,
        bf16Pays(m: m, n: n, k: k, kernel: kernel),
        ck_gemm_bf16_using(kernel.ckValue, transB ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha, a, Int64(lda), b,

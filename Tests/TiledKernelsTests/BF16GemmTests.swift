@@ -219,6 +219,30 @@ final class BF16GemmTests: XCTestCase {
         }
     }
 
+    func testWorkspacesAreHeldPerProductNotPerThread() throws {
+        try requireBF16()
+        // Products on eight threads, one after another: each takes the workspace the last one gave back, so the
+        // process holds no more workspaces than before (at least one). With a workspace per thread, freed only
+        // when its thread exits, every new thread would add one.
+        let m = 64, n = 64, k = 64
+        let a = [Float](repeating: 0.5, count: m * k), b = a
+        let before = ck_gemm_bf16_workspaces()
+        for _ in 0..<8 {
+            // The product has given its workspace back when ck_gemm_bf16 returns, before the signal.
+            let done = DispatchSemaphore(value: 0)
+            let thread = Thread {
+                var c = [Float](repeating: 0, count: m * n)
+                _ = ck_gemm_bf16(0, Int64(m), Int64(n), Int64(k), 1, a, Int64(k), b, Int64(n), 0, &c, Int64(n))
+                precondition(c[0] == 16, "64 products of 0.5 · 0.5")
+                done.signal()
+            }
+            thread.start()
+            done.wait()
+        }
+        XCTAssertLessThanOrEqual(ck_gemm_bf16_workspaces(), max(before, 1))
+        XCTAssertGreaterThanOrEqual(ck_gemm_bf16_workspaces(), 1)
+    }
+
     func testTheAMXPathRefusesWhereItCannotRunAndWritesNothing() throws {
         // Where AMX runs, the product runs (status 0, checked above); elsewhere the call says so and leaves C as
         // it was, so `sgemm` falls back to the AVX512_BF16 kernel or OpenBLAS.

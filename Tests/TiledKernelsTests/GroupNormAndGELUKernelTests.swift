@@ -172,7 +172,7 @@ final class GELUKernelTests: XCTestCase {
 
     func testErfOfSpecialValues() {
         let x: [Float] = [0, -0.0, .infinity, -.infinity, .nan, 3.92, -3.92, 5, -1e30, .greatestFiniteMagnitude,
-                          1e-40, -1e-40, Float.leastNonzeroMagnitude]
+                          Float(1e-40 as Double), Float(-1e-40 as Double), Float.leastNonzeroMagnitude]  // subnormals
         forEachLevel { level in
             let y = erfRow(x)
             XCTAssertEqual(y[0].bitPattern, Float(0).bitPattern, "level \(level): erf(+0) is +0")
@@ -195,7 +195,7 @@ final class GELUKernelTests: XCTestCase {
         // 3.24u·|x| (measured: 1.92u). The absolute term covers subnormal x, whose products round to a subnormal
         // step. Lengths cross the vector widths; values: a dense [−8, 8] ramp plus tiny, subnormal and huge ones.
         var x = (0..<40_001).map { Float(-8 + 16 * Double($0) / 40_000) }
-        x += [1e-30, -1e-30, 1e-38, -1e-38, 1e-42, -1e-42, 1e3, -1e3, 1e30, -1e30, 3e38, -3e38, 0, -0.0]
+        x += [1e-30, -1e-30, 1e-38, -1e-38, Float(1e-42 as Double), Float(-1e-42 as Double), 1e3, -1e3, 1e30, -1e30, 3e38, -3e38, 0, -0.0]
         forEachLevel { level in
             for n in oddLengths + [x.count] {
                 let row = Array(x.suffix(n))

@@ -159,11 +159,14 @@ int ck_gemm_bf16_using(int kernel, int transB, int64_t m, int64_t n, int64_t k, 
 /// C[m, n] = alpha · A[m, k] · op(B)[k, n] + beta · C, all row-major F32 in memory (A with row stride lda;
 /// B stored [k, n] or, with transB, [n, k]), multiplied in BF16: A and B are rounded to BF16 (nearest even)
 /// and their products summed in F32, on the kernel ck_gemm_bf16_kernel names. beta == 0 ignores C's old
-/// contents. Packs into a workspace kept per calling thread (~0.56 MB, one for both kernels; freed when it
-/// exits). Returns 0, or -1 when the CPU lacks the instructions or
+/// contents. Packs into a workspace (~0.56 MB, one for both kernels) held for the call: the process keeps as
+/// many as products ever ran at once (ck_gemm_bf16_workspaces), reused by whichever thread multiplies next. Returns 0, or -1 when the CPU lacks the instructions or
 /// the workspace could not be allocated (nothing written).
 int ck_gemm_bf16(int transB, int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
                  const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
+
+/// Workspaces the BF16 products have allocated in this process: as many as ever ran at once (never freed).
+int ck_gemm_bf16_workspaces(void);
 
 /// Pair words of an m × k A packed whole for ck_gemm_amx_packed: 32-row panels (the last zero-padded), each
 /// holding its 768-deep blocks one after another, 32 rows × (pairs rounded up to 16) words each. 0 for an
