@@ -1,5 +1,6 @@
 // ElementwiseMath: branch-free F32 exp and erf written so LLVM vectorizes a loop that calls them (selects, no
-// branches or libm calls), inlined into GroupNorm.c's and Gelu.c's per-ISA loops. Private to CKernels.
+// branches or libm calls), inlined into GroupNorm.c's and Gelu.c's per-ISA loops and Softmax.c's scalar exp.
+// Private to CKernels.
 #ifndef CK_ELEMENTWISE_MATH_H
 #define CK_ELEMENTWISE_MATH_H
 

@@ -461,12 +461,14 @@ static void ck_amx_block(int64_t kpad, const uint32_t *ap, const uint32_t *bp, f
     }
 }
 
+// Pair words per row of a kc-deep block packed for AMX: kc's pairs rounded up to whole tiles (16 pair words).
+static inline int64_t ck_amx_kpad(int64_t kc) { return ((kc + 1) / 2 + 15) / 16 * 16; }
+
 // Pair words of one 32-row panel of A packed for the whole depth k: its KC-deep blocks one after another, each
 // 32 rows × kpad (kp rounded up to whole tiles). Every block but the last is KC / 2 pair words deep.
 static int64_t ck_amx_panel_words(int64_t k) {
     const int64_t full = k / CK_AMX_KC, rest = k - full * CK_AMX_KC;
-    const int64_t restPad = ((rest + 1) / 2 + 15) / 16 * 16;
-    return 32 * (full * (CK_AMX_KC / 2) + restPad);
+    return 32 * (full * (CK_AMX_KC / 2) + ck_amx_kpad(rest));
 }
 
 int64_t ck_gemm_amx_packed_a_words(int64_t m, int64_t k) {
@@ -483,7 +485,7 @@ static void ck_amx_pack_a_rows(int64_t m, int64_t k, int64_t row0, int64_t rows,
         uint32_t *panel = packed + r / 32 * panelWords;
         for (int64_t pc = 0; pc < k; pc += CK_AMX_KC) {
             const int64_t kc = k - pc < CK_AMX_KC ? k - pc : CK_AMX_KC;
-            const int64_t kpad = ((kc + 1) / 2 + 15) / 16 * 16;
+            const int64_t kpad = ck_amx_kpad(kc);
             uint32_t *dst = panel + 32 * (pc / 2) + (r % 32) * kpad;
             for (int64_t p0 = 0; p0 < kpad; p0 += 16) {
                 const __m512i words = 2 * p0 < kc ? ck_row_pairs(row + pc + 2 * p0, kc - 2 * p0, 1)
@@ -497,7 +499,7 @@ static void ck_amx_pack_a_rows(int64_t m, int64_t k, int64_t row0, int64_t rows,
         uint32_t *panel = packed + m / 32 * panelWords;
         for (int64_t pc = 0; pc < k; pc += CK_AMX_KC) {
             const int64_t kc = k - pc < CK_AMX_KC ? k - pc : CK_AMX_KC;
-            const int64_t kpad = ((kc + 1) / 2 + 15) / 16 * 16;
+            const int64_t kpad = ck_amx_kpad(kc);
             memset(panel + 32 * (pc / 2) + (m % 32) * kpad, 0, (size_t)((32 - m % 32) * kpad) * sizeof(uint32_t));
         }
     }
@@ -518,7 +520,7 @@ static void ck_gemm_amx(int transB, int64_t m, int64_t n, int64_t k, float alpha
         const int64_t nc = n - jc < CK_AMX_NC ? n - jc : CK_AMX_NC;
         for (int64_t pc = 0; pc < k; pc += CK_AMX_KC) {
             const int64_t kc = k - pc < CK_AMX_KC ? k - pc : CK_AMX_KC;
-            const int64_t kp = (kc + 1) / 2, kpad = (kp + 15) / 16 * 16;
+            const int64_t kp = (kc + 1) / 2, kpad = ck_amx_kpad(kc);
             const int first = pc == 0;
             for (int64_t jr = 0; jr < nc; jr += CK_NR) {
                 const int64_t nr = nc - jr < CK_NR ? nc - jr : CK_NR;

@@ -5,6 +5,7 @@
 // Also attention's whole per-tile online-softmax step (row max, exp, row sum, rescale of the running sum and
 // output rows) and its final normalization, AVX-512 or portable C, so no per-score work is left in Swift.
 #include "CKernels.h"
+#include "ElementwiseMath.h"
 #include <math.h>
 #include <string.h>
 
@@ -63,25 +64,8 @@ double ck_exp_row(float *row, int64_t n, float shift) {
 
 // ---- One key tile of the online softmax (flash attention's per-tile bookkeeping) ----------------------------
 
-/// Cephes' expf on one float (the rows' polynomial, scalar): rescale factors and the portable path.
-static inline float ck_exp_scalar(float x) {
-    x = x < -87.0f ? -87.0f : x;
-    const float shifter = 12582912.0f;
-    float k = (x * 1.44269504088896341f + shifter) - shifter;
-    x = x - k * 0.693359375f;
-    x = x + k * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * x + 1.3981999507e-3f;
-    p = p * x + 8.3334519073e-3f;
-    p = p * x + 4.1665795894e-2f;
-    p = p * x + 1.6666665459e-1f;
-    p = p * x + 5.0000001201e-1f;
-    const float y = p * (x * x) + x + 1.0f;
-    const int32_t bits = ((int32_t)k + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return y * scale;
-}
+/// e^x for one float, x clamped at −87 (rescale factors and the portable path): ElementwiseMath.h's Cephes expf.
+static inline float ck_exp_scalar(float x) { return ck_exp_cephes(x < -87.0f ? -87.0f : x); }
 
 /// Keys row i may see: all `cols`, or under the causal mask those with key index ≤ query index.
 static inline int64_t ck_visible_keys(int64_t i, int64_t cols, int64_t query_minus_key, int causal) {
